@@ -1,0 +1,57 @@
+"""Training throughput (images/s) of teacher and student at the digits and cifar sizes.
+
+One step = forward, backward and AdamW update on a batch of 64, as in training.
+Writes bench/results/train_throughput.json.
+"""
+
+from __future__ import annotations
+
+import argparse
+
+import torch
+from common import timeit, write
+
+from dashlib.device import resolve_device
+from dashlib.presets import get_preset
+from dashlib.unet import UNet, count_params
+
+
+def throughput(cfg, batch: int, device: torch.device, repeat: int) -> dict[str, float]:
+    model = UNet(cfg).to(device)
+    opt = torch.optim.AdamW(model.parameters(), lr=1e-4)
+    g = torch.Generator().manual_seed(0)
+    x = torch.randn(batch, cfg.in_channels, cfg.image_size, cfg.image_size, generator=g).to(device)
+    t = torch.randint(0, 1000, (batch,), generator=g).to(device)
+    y = torch.randint(0, cfg.num_classes, (batch,), generator=g).to(device)
+
+    def step() -> None:
+        loss = (model(x, t, y) - x).pow(2).mean()
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        opt.step()
+
+    seconds = timeit(step, repeat=repeat, warmup=2)
+    return {"params": count_params(model), "step_s": seconds, "images_per_s": batch / seconds}
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__)
+    ap.add_argument("--presets", nargs="+", default=["digits", "cifar10"])
+    ap.add_argument("--batch", type=int, default=64)
+    ap.add_argument("--device", default="auto")
+    args = ap.parse_args()
+    device = resolve_device(args.device)
+    rows = []
+    for name in args.presets:
+        preset = get_preset(name)
+        repeat = 3 if preset.data.image_size >= 32 and device.type == "cpu" else 10
+        for role in ("teacher", "student"):
+            r = throughput(getattr(preset, role), args.batch, device, repeat)
+            rows.append({"preset": name, "model": role, "batch": args.batch, **r})
+            print(f"{name:8s} {role:8s} {r['params'] / 1e6:6.2f}M params "
+                  f"{r['images_per_s']:8.1f} img/s")
+    write("train_throughput", {"device": str(device), "rows": rows})
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,128 @@
+"""The `dash` command line: one registered subcommand per job.
+
+Subcommands live in `dashlib.commands.*` and register themselves with
+`@command`; this module holds the shared options and the entry point. Every
+command prints progress to stderr and, as its last line on stdout, the
+path of what it wrote. Known failures (bad config, missing data, unsafe or
+mismatched checkpoint, unfinished run, non-finite loss) print one
+`dash: error: ...` line and exit with status 2.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+from dashlib.config import ConfigError
+from dashlib.data import DataNotFoundError
+from dashlib.io import CheckpointError
+from dashlib.registry import Registry, UnknownNameError
+from dashlib.runs import RunStateError
+from dashlib.train import NonFiniteLossError
+
+KNOWN_ERRORS: tuple[type[BaseException], ...] = (
+    ConfigError, DataNotFoundError, CheckpointError, RunStateError, NonFiniteLossError,
+    UnknownNameError, FileNotFoundError,
+)
+
+
+@dataclass(frozen=True)
+class Command:
+    help: str
+    add_arguments: Callable[[argparse.ArgumentParser], None]
+    run: Callable[[argparse.Namespace], int]
+
+
+COMMANDS: Registry[Command] = Registry("command")
+
+
+def command(name: str, help: str,
+            add_arguments: Callable[[argparse.ArgumentParser], None]) -> Callable[..., Any]:
+    def decorator(run: Callable[[argparse.Namespace], int]) -> Callable[[argparse.Namespace], int]:
+        COMMANDS.add(name, Command(help, add_arguments, run))
+        return run
+
+    return decorator
+
+
+# --- shared options ------------------------------------------------------------
+
+def parse_set(items: Sequence[str]) -> dict[str, Any]:
+    """`--set train.lr=3e-4 --set data.data_root=/data` -> {"train.lr": 3e-4, ...}."""
+    out: dict[str, Any] = {}
+    for item in items:
+        key, sep, raw = item.partition("=")
+        if not sep or not key:
+            raise ConfigError(f"--set expects KEY=VALUE (e.g. train.lr=3e-4), got {item!r}")
+        try:
+            out[key] = json.loads(raw)
+        except json.JSONDecodeError:
+            out[key] = raw
+    return out
+
+
+def add_preset(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--preset", default="digits", help="preset name (default: digits)")
+    p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
+                   help="override a preset field, e.g. --set train.lr=3e-4 (repeatable)")
+
+
+def add_runtime(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--device", default="auto", help="auto (CUDA if present), cpu, cuda, cuda:1, ...")
+    p.add_argument("--no-progress", action="store_true", help="hide progress bars")
+
+
+def add_training(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--steps", type=int, help="training steps (default: the preset's)")
+    p.add_argument("--seed", type=int, help="random seed (default: the preset's)")
+    p.add_argument("--force", action="store_true", help="retrain even if a finished run exists")
+    p.add_argument("--resume", action="store_true", help="continue an interrupted run exactly")
+
+
+def preset_from_args(args: argparse.Namespace, **extra: Any) -> Any:
+    from dashlib.presets import get_preset
+
+    overrides = parse_set(args.overrides)
+    overrides.update({k: v for k, v in extra.items() if v is not None})
+    return get_preset(args.preset, **overrides)
+
+
+# --- entry point --------------------------------------------------------------
+
+def build_parser() -> argparse.ArgumentParser:
+    import dashlib.commands  # noqa: F401  (registers every subcommand)
+
+    parser = argparse.ArgumentParser(
+        prog="dash", description="DASH: dual-branch score distillation, reproduced.")
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    for name in COMMANDS:
+        cmd = COMMANDS.get(name)
+        p = sub.add_parser(name, help=cmd.help, description=cmd.help)
+        cmd.add_arguments(p)
+        p.set_defaults(func=cmd.run)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        return int(args.func(args))
+    except KNOWN_ERRORS as err:
+        print(f"dash: error: {err}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("dash: interrupted; rerun with --resume to continue from the last checkpoint",
+              file=sys.stderr)
+        return 130
+
+
+def console() -> None:
+    sys.exit(main())
+
+
+if __name__ == "__main__":
+    console()

@@ -1,0 +1,3 @@
+"""Subcommands of `dash`; importing this package registers them all."""
+
+from dashlib.commands import core  # noqa: F401

@@ -1,0 +1,75 @@
+"""Core commands: info, train-teacher, sample."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+
+from dashlib.cli import add_preset, add_runtime, add_training, command, preset_from_args
+
+
+@command("info", "print a preset's sizes as JSON", add_preset)
+def cmd_info(args: argparse.Namespace) -> int:
+    from dashlib.config import to_dict
+    from dashlib.unet import UNet, count_params
+
+    preset = preset_from_args(args)
+    t, s = count_params(UNet(preset.teacher)), count_params(UNet(preset.student))
+    print(json.dumps({
+        "preset": preset.name, "description": preset.description, "dataset": preset.data.name,
+        "image_size": preset.data.image_size, "channels": preset.teacher.in_channels,
+        "num_classes": preset.teacher.num_classes, "teacher_params": t, "student_params": s,
+        "compression_ratio": round(t / s, 3), "T": preset.diffusion.T,
+        "schedule": preset.diffusion.schedule, "teacher_steps": preset.train.steps,
+        "distill_steps": preset.distill.steps, "sampler": to_dict(preset.sample),
+    }, indent=2))
+    return 0
+
+
+def _train_args(p: argparse.ArgumentParser) -> None:
+    add_preset(p)
+    add_training(p)
+    add_runtime(p)
+
+
+@command("train-teacher", "train (or reuse) the preset's teacher", _train_args)
+def cmd_train_teacher(args: argparse.Namespace) -> int:
+    from dashlib.teacher import train_teacher
+
+    preset = preset_from_args(args, **{"train.steps": args.steps, "train.seed": args.seed})
+    run = train_teacher(preset, force=args.force, resume=args.resume, device=args.device,
+                        progress=not args.no_progress)
+    results = run.read_results()
+    print(f"teacher: {results['params']:,} params, {results['steps']} steps, "
+          f"final loss {results['final_loss']:.4f}, {results['wall_time_s']:.0f} s", file=sys.stderr)
+    print(run.results)
+    return 0
+
+
+def _sample_args(p: argparse.ArgumentParser) -> None:
+    add_preset(p)
+    p.add_argument("--run", help="run folder of the model to sample (default: the preset's teacher)")
+    g = p.add_mutually_exclusive_group()
+    g.add_argument("--w", type=float, help="constant guidance scale (1 = conditional, 0 = unconditional)")
+    g.add_argument("--tag", action="store_true", help="time-varying TAG guidance (PAPER.md)")
+    p.add_argument("--steps", type=int, help="DDIM steps (default: the preset's, 50)")
+    p.add_argument("--n", type=int, default=100, help="number of samples, balanced over classes")
+    p.add_argument("--eta", type=float, help="DDIM eta (default 0: deterministic)")
+    p.add_argument("--seed", type=int, default=0, help="sampling seed")
+    p.add_argument("--out", help="output folder (default: <run>/samples)")
+    add_runtime(p)
+
+
+@command("sample", "draw class-balanced samples: PNG grid (a row per class) + tensor file",
+         _sample_args)
+def cmd_sample(args: argparse.Namespace) -> int:
+    from dashlib.generate import sample_to_files
+
+    preset = preset_from_args(args, **{"sample.steps": args.steps, "sample.eta": args.eta})
+    guidance = "tag" if args.tag else args.w
+    png, tensor = sample_to_files(preset, run=args.run, guidance=guidance, n=args.n,
+                                  seed=args.seed, out=args.out, device=args.device)
+    print(f"wrote {png}", file=sys.stderr)
+    print(tensor)
+    return 0

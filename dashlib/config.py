@@ -1,0 +1,427 @@
+"""Frozen, validated configuration dataclasses.
+
+Every config checks its own fields on construction and raises `ConfigError`
+naming the class, the field, the bad value and what is allowed, so a typo in a
+notebook's parameters cell or on the command line fails at once and readably.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+import types
+import typing
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass, field
+from typing import Any, TypeVar
+
+C = TypeVar("C")
+
+
+class ConfigError(ValueError):
+    """A configuration value is invalid; the message names field and fix."""
+
+
+def fail(obj: object, name: str, value: object, allowed: str) -> typing.NoReturn:
+    raise ConfigError(f"{type(obj).__name__}.{name} = {value!r} is invalid: {allowed}")
+
+
+def _type_ok(value: object, hint: Any) -> bool:
+    origin = typing.get_origin(hint)
+    if hint is Any:
+        return True
+    if origin in (typing.Union, types.UnionType):
+        return any(_type_ok(value, h) for h in typing.get_args(hint))
+    if hint is type(None):
+        return value is None
+    if hint is float:
+        return isinstance(value, (int, float)) and not isinstance(value, bool)
+    if hint is int:
+        return isinstance(value, int) and not isinstance(value, bool)
+    if origin is tuple:
+        args = typing.get_args(hint)
+        if not isinstance(value, tuple):
+            return False
+        if len(args) == 2 and args[1] is Ellipsis:
+            return all(_type_ok(v, args[0]) for v in value)
+        return len(args) == len(value) and all(_type_ok(v, a) for v, a in zip(value, args))
+    if dataclasses.is_dataclass(hint):
+        return isinstance(value, hint)  # type: ignore[arg-type]
+    if isinstance(hint, type):
+        return isinstance(value, hint)
+    return True
+
+
+def _describe(hint: Any) -> str:
+    return getattr(hint, "__name__", None) or str(hint).replace("typing.", "")
+
+
+class Validated:
+    """Mixin: type-check every field, then run the class's own `validate`."""
+
+    def __post_init__(self) -> None:
+        hints = typing.get_type_hints(type(self))
+        for f in dataclasses.fields(self):  # type: ignore[arg-type]
+            value = getattr(self, f.name)
+            # Lists from JSON or a notebook become tuples, ints become floats.
+            if isinstance(value, list) and typing.get_origin(hints[f.name]) is tuple:
+                object.__setattr__(self, f.name, tuple(value))
+                value = getattr(self, f.name)
+            if hints[f.name] is float and isinstance(value, int) and not isinstance(value, bool):
+                object.__setattr__(self, f.name, float(value))
+                value = getattr(self, f.name)
+            if not _type_ok(value, hints[f.name]):
+                fail(self, f.name, value, f"must be of type {_describe(hints[f.name])}")
+        self.validate()
+
+    def validate(self) -> None:
+        """Range checks; overridden by each config."""
+
+
+def positive(obj: object, name: str, strict: bool = True) -> None:
+    value = getattr(obj, name)
+    if isinstance(value, float) and not math.isfinite(value):
+        fail(obj, name, value, "must be a finite number")
+    if value < 0 or (strict and value == 0):
+        fail(obj, name, value, "must be > 0" if strict else "must be >= 0")
+
+
+def in_range(obj: object, name: str, lo: float, hi: float) -> None:
+    value = getattr(obj, name)
+    if not (lo <= value <= hi) or (isinstance(value, float) and not math.isfinite(value)):
+        fail(obj, name, value, f"must lie in [{lo}, {hi}]")
+
+
+def one_of(obj: object, name: str, allowed: Iterable[str]) -> None:
+    allowed = list(allowed)
+    value = getattr(obj, name)
+    if value not in allowed:
+        fail(obj, name, value, f"choose one of: {', '.join(map(str, allowed))}")
+
+
+def finite(obj: object, name: str) -> None:
+    value = getattr(obj, name)
+    if not math.isfinite(value):
+        fail(obj, name, value, "must be a finite number")
+
+
+@dataclass(frozen=True)
+class ModelConfig(Validated):
+    """A class-conditional ADM/DDPM-style UNet (see `dashlib.unet`).
+
+    `cfg=True` adds the null class row (index `num_classes`) so one network
+    has a conditional and an unconditional branch; `null_init` says how that
+    row starts ("random" like every row, "zero", or "mean" of the class rows).
+    """
+
+    image_size: int = 8
+    in_channels: int = 1
+    ch: int = 32
+    ch_mult: tuple[int, ...] = (1, 2, 2)
+    num_res_blocks: int = 2
+    attn_resolutions: tuple[int, ...] = (4,)
+    dropout: float = 0.1
+    num_classes: int = 10
+    norm_groups: int = 32
+    cfg: bool = True
+    null_init: str = "random"
+
+    def validate(self) -> None:
+        for name in ("image_size", "in_channels", "ch", "num_res_blocks", "num_classes", "norm_groups"):
+            positive(self, name)
+        if not self.ch_mult or any(m <= 0 for m in self.ch_mult):
+            fail(self, "ch_mult", self.ch_mult, "must be a non-empty tuple of positive ints")
+        down = 2 ** (len(self.ch_mult) - 1)
+        if self.image_size % down:
+            fail(self, "image_size", self.image_size,
+                 f"must be divisible by 2**(len(ch_mult)-1) = {down}")
+        in_range(self, "dropout", 0.0, 1.0)
+        resolutions = {self.image_size // 2**i for i in range(len(self.ch_mult))}
+        for r in self.attn_resolutions:
+            if r not in resolutions:
+                fail(self, "attn_resolutions", self.attn_resolutions,
+                     f"each must be one of the UNet's resolutions {sorted(resolutions)}")
+        for m in set(self.ch_mult):
+            if (self.ch * m) % self.norm_groups:
+                fail(self, "norm_groups", self.norm_groups,
+                     f"must divide every level's width ch*mult (here {self.ch}*{m})")
+        one_of(self, "null_init", ("random", "zero", "mean"))
+
+
+@dataclass(frozen=True)
+class DiffusionConfig(Validated):
+    """Noise schedule and horizon; the model predicts epsilon."""
+
+    schedule: str = "cosine"
+    T: int = 1000
+
+    def validate(self) -> None:
+        from dashlib.diffusion import SCHEDULES
+
+        one_of(self, "schedule", SCHEDULES.names())
+        if self.T < 2:
+            fail(self, "T", self.T, "must be >= 2")
+
+
+@dataclass(frozen=True)
+class DataConfig(Validated):
+    """Which dataset, where it lives, and the size images are served at."""
+
+    name: str = "digits"
+    image_size: int = 8
+    data_root: str = "data"
+    download: bool = False
+    holdout_fraction: float = 0.2
+    split_seed: int = 0
+    synthetic_size: int = 512
+
+    def validate(self) -> None:
+        from dashlib.data import DATASETS
+
+        one_of(self, "name", DATASETS.names())
+        positive(self, "image_size")
+        in_range(self, "holdout_fraction", 0.01, 0.9)
+        positive(self, "synthetic_size")
+
+
+@dataclass(frozen=True)
+class TrainConfig(Validated):
+    """The teacher's training loop (and `scratch`'s): PAPER.md 'Setup'."""
+
+    steps: int = 1000
+    batch_size: int = 64
+    lr: float = 2e-4
+    lr_min: float = 1e-6
+    warmup_steps: int = 0
+    weight_decay: float = 0.0
+    ema_decay: float = 0.9999
+    grad_clip: float = 1.0
+    label_dropout: float = 0.1
+    label_dropout_mode: str = "batch"
+    weighting: str = "tirt"
+    tirt_lr: float | None = None
+    amp: str = "auto"
+    ckpt_every: int = 200
+    log_every: int = 25
+    seed: int = 0
+
+    def validate(self) -> None:
+        from dashlib.tirt import WEIGHTINGS
+
+        for name in ("steps", "batch_size", "lr", "ckpt_every", "log_every"):
+            positive(self, name)
+        positive(self, "lr_min", strict=False)
+        positive(self, "weight_decay", strict=False)
+        positive(self, "warmup_steps", strict=False)
+        positive(self, "grad_clip")
+        if self.lr_min > self.lr:
+            fail(self, "lr_min", self.lr_min, f"must be <= lr ({self.lr})")
+        in_range(self, "ema_decay", 0.0, 1.0)
+        if self.ema_decay == 1.0:
+            fail(self, "ema_decay", self.ema_decay, "must be < 1 (1 would never update the EMA)")
+        in_range(self, "label_dropout", 0.0, 1.0)
+        one_of(self, "label_dropout_mode", ("batch", "sample"))
+        one_of(self, "weighting", WEIGHTINGS.names())
+        if self.tirt_lr is not None:
+            positive(self, "tirt_lr", strict=False)
+        one_of(self, "amp", ("auto", "none", "bf16", "fp16"))
+
+
+@dataclass(frozen=True)
+class SampleConfig(Validated):
+    """DDIM with classifier-free guidance: constant `w` or the TAG schedule.
+
+    `guidance="constant"` uses `w`; `guidance="tag"` uses
+    w(t) = w_min + (w_max - w_min) * sigmoid(beta * (0.5 - t / T)).
+    `batch_size` is the number of samples per chunk (the CFG forward sees
+    twice as many rows).
+    """
+
+    steps: int = 50
+    eta: float = 0.0
+    guidance: str = "tag"
+    w: float = 4.0
+    w_min: float = 1.0
+    w_max: float = 4.0
+    beta: float = 5.0
+    batch_size: int = 64
+    clip_x0: bool = True
+    spacing: str = "linspace"
+
+    def validate(self) -> None:
+        from dashlib.guidance import GUIDANCE
+        from dashlib.sampling import SPACINGS
+
+        positive(self, "steps")
+        in_range(self, "eta", 0.0, 1.0)
+        one_of(self, "guidance", GUIDANCE.names())
+        for name in ("w", "w_min", "w_max", "beta"):
+            finite(self, name)
+        positive(self, "batch_size")
+        one_of(self, "spacing", SPACINGS.names())
+
+    def with_guidance(self, spec: str | float) -> SampleConfig:
+        """`"tag"` selects TAG; a number selects constant guidance at that w."""
+        if spec == "tag":
+            return dataclasses.replace(self, guidance="tag")
+        return dataclasses.replace(self, guidance="constant", w=float(spec))
+
+
+@dataclass(frozen=True)
+class DistillConfig(Validated):
+    """One distillation run: the method and its knobs (see `dashlib.distill`).
+
+    `im`, `un`, `an` weight DASH's imitation, unconditional and anchor terms;
+    `tirt` is "transfer" (teacher's lambda_t, frozen), "uniform" (w_t = 1) or
+    "relearn" (lambda_t learned again by the student). `w_train` is the
+    composite/single-head training scale; `w_range` the multi-w range.
+    `null_rows` feeds the null label to output-level students during training.
+    """
+
+    method: str = "dash"
+    steps: int = 1000
+    batch_size: int = 64
+    lr: float = 1e-4
+    lr_min: float = 1e-6
+    weight_decay: float = 1e-3
+    ema_decay: float = 0.999
+    grad_clip: float = 1.0
+    im: float = 1.0
+    un: float = 1.0
+    an: float = 0.1
+    tirt: str = "transfer"
+    w_train: float = 4.0
+    w_range: tuple[float, float] = (1.0, 5.0)
+    feature_weight: float = 1.0
+    prune_fraction: float = 8.95 / 35.75
+    single_head_fraction: float = 8.99 / 35.75
+    null_init: str = "random"
+    null_rows: bool = False
+    label_dropout: float = 0.1
+    calib_every: int = 100
+    calib_samples: int = 256
+    amp: str = "auto"
+    ckpt_every: int = 200
+    log_every: int = 25
+    seed: int = 0
+
+    def validate(self) -> None:
+        for name in ("steps", "batch_size", "lr", "ckpt_every", "log_every",
+                     "calib_every", "calib_samples"):
+            positive(self, name)
+        for name in ("lr_min", "weight_decay", "im", "un", "an", "feature_weight"):
+            positive(self, name, strict=False)
+        positive(self, "grad_clip")
+        in_range(self, "ema_decay", 0.0, 0.999999)
+        one_of(self, "tirt", ("transfer", "uniform", "relearn"))
+        finite(self, "w_train")
+        lo, hi = self.w_range
+        if not (math.isfinite(lo) and math.isfinite(hi) and lo <= hi):
+            fail(self, "w_range", self.w_range, "must be two finite numbers (lo, hi) with lo <= hi")
+        in_range(self, "prune_fraction", 0.01, 1.0)
+        in_range(self, "single_head_fraction", 0.01, 1.0)
+        one_of(self, "null_init", ("random", "zero", "mean"))
+        in_range(self, "label_dropout", 0.0, 1.0)
+        one_of(self, "amp", ("auto", "none", "bf16", "fp16"))
+
+
+@dataclass(frozen=True)
+class EvalConfig(Validated):
+    """Sample-quality evaluation: how many samples, which seeds and scales."""
+
+    n_samples: int = 500
+    seeds: tuple[int, ...] = (42, 123, 456)
+    guidance: tuple[str, ...] = ("0", "1", "3", "tag")
+    ddim_steps: int = 50
+    feature_extractor: str = "classifier"
+    classifier_steps: int = 1500
+    inception_weights: str | None = None
+
+    def validate(self) -> None:
+        positive(self, "n_samples")
+        positive(self, "ddim_steps")
+        positive(self, "classifier_steps")
+        if not self.seeds:
+            fail(self, "seeds", self.seeds, "must name at least one seed")
+        for g in self.guidance:
+            if g != "tag":
+                try:
+                    ok = math.isfinite(float(g))
+                except ValueError:
+                    ok = False
+                if not ok:
+                    fail(self, "guidance", self.guidance,
+                         "each entry must be 'tag' or a finite number such as '3'")
+        one_of(self, "feature_extractor", ("classifier", "inception"))
+
+
+@dataclass(frozen=True)
+class Preset(Validated):
+    """Everything a pipeline needs, at one scale."""
+
+    name: str
+    description: str
+    data: DataConfig
+    teacher: ModelConfig
+    student: ModelConfig
+    diffusion: DiffusionConfig = field(default_factory=DiffusionConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+    distill: DistillConfig = field(default_factory=DistillConfig)
+    sample: SampleConfig = field(default_factory=SampleConfig)
+    eval: EvalConfig = field(default_factory=EvalConfig)
+
+    def validate(self) -> None:
+        for model in ("teacher", "student"):
+            m: ModelConfig = getattr(self, model)
+            if m.image_size != self.data.image_size:
+                fail(self, f"{model}.image_size", m.image_size,
+                     f"must equal data.image_size ({self.data.image_size})")
+            if m.num_classes != self.teacher.num_classes:
+                fail(self, f"{model}.num_classes", m.num_classes,
+                     f"must equal teacher.num_classes ({self.teacher.num_classes})")
+            if m.in_channels != self.teacher.in_channels:
+                fail(self, f"{model}.in_channels", m.in_channels, "must equal the teacher's")
+
+
+def to_dict(cfg: object) -> dict[str, Any]:
+    """A JSON-ready dict of a (nested) config."""
+    return dataclasses.asdict(cfg)  # type: ignore[call-overload,no-any-return]
+
+
+def from_dict(cls: type[C], data: Mapping[str, Any]) -> C:
+    """Rebuild a (nested) config dataclass; unknown keys are an error."""
+    hints = typing.get_type_hints(cls)
+    names = {f.name for f in dataclasses.fields(cls)}  # type: ignore[arg-type]
+    unknown = set(data) - names
+    if unknown:
+        raise ConfigError(f"{cls.__name__}: unknown field(s) {sorted(unknown)}; "
+                          f"known fields are {sorted(names)}")
+    kwargs = {}
+    for key, value in data.items():
+        hint = hints[key]
+        if dataclasses.is_dataclass(hint) and isinstance(value, Mapping):
+            value = from_dict(hint, value)  # type: ignore[arg-type]
+        kwargs[key] = value
+    return cls(**kwargs)
+
+
+def override(cfg: C, **changes: Any) -> C:
+    """`dataclasses.replace` with dotted keys for nested fields.
+
+    >>> override(preset, **{"train.steps": 10})
+    """
+    nested: dict[str, dict[str, Any]] = {}
+    flat: dict[str, Any] = {}
+    for key, value in changes.items():
+        head, _, rest = key.partition(".")
+        if rest:
+            nested.setdefault(head, {})[rest] = value
+        else:
+            flat[key] = value
+    names = {f.name for f in dataclasses.fields(cfg)}  # type: ignore[arg-type]
+    for key in list(flat) + list(nested):
+        if key not in names:
+            raise ConfigError(f"{type(cfg).__name__} has no field {key!r}; fields: {sorted(names)}")
+    for head, sub in nested.items():
+        flat[head] = override(getattr(cfg, head), **sub)
+    return dataclasses.replace(cfg, **flat)  # type: ignore[type-var]

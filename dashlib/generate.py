@@ -1,0 +1,63 @@
+"""Sample generation for a trained run: tensors in memory, or a PNG grid + tensor file."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import torch
+from torch import Tensor
+
+from dashlib.artifacts import Artifact, load_artifact
+from dashlib.config import ConfigError, Preset, SampleConfig
+from dashlib.device import resolve_device
+from dashlib.images import save_grid
+from dashlib.io import atomic_torch_save
+from dashlib.runs import Run, RunStateError
+from dashlib.sampling import DDIMSampler, balanced_labels
+
+
+def model_run(preset: Preset, run: str | Path | None) -> Run:
+    """The run to sample: the given folder, or the preset's finished teacher."""
+    if run is not None:
+        found = Run(Path(run))
+        if not found.final.is_file():
+            raise RunStateError(f"{found.path} has no finished model (final.pt); train it first")
+        return found
+    from dashlib.teacher import teacher_run
+
+    teacher = teacher_run(preset)
+    if not teacher.final.is_file():
+        raise RunStateError(f"no trained teacher for preset {preset.name!r} (looked in "
+                            f"{teacher.path}); run `dash train-teacher --preset {preset.name}` first")
+    return teacher
+
+
+def generate(artifact: Artifact, config: SampleConfig, labels: Tensor, seed: int,
+             device: torch.device | str = "cpu") -> Tensor:
+    """Samples (N, C, H, W) in [-1, 1] for `labels` (N,), seeded by `seed`."""
+    model = artifact.model.to(device)
+    sampler = DDIMSampler(artifact.diffusion, config)
+    return sampler.sample(model, labels, torch.Generator().manual_seed(seed))
+
+
+def sample_to_files(preset: Preset, run: str | Path | None, guidance: str | float | None,
+                    n: int, seed: int, out: str | Path | None = None,
+                    device: str = "auto") -> tuple[Path, Path]:
+    """Write a class-per-row PNG grid and a tensor file {samples, labels}; returns their paths."""
+    src = model_run(preset, run)
+    dev = resolve_device(device)
+    artifact = load_artifact(src, device=dev)
+    config = preset.sample if guidance is None else preset.sample.with_guidance(guidance)
+    k = artifact.model.config.num_classes
+    if n < k:
+        raise ConfigError(f"--n = {n} is too small: the grid has one row per class, so ask for "
+                          f"at least {k} samples (a multiple of {k} fills every row equally)")
+    labels = balanced_labels(n, k)
+    samples = generate(artifact, config, labels, seed, dev)
+    tag = "tag" if config.guidance == "tag" else f"w{config.w:g}"
+    stem = f"samples-{tag}-steps{config.steps}-n{n}-seed{seed}"
+    folder = Path(out) if out else src.path / "samples"
+    png = save_grid(samples, labels, k, folder / f"{stem}.png")
+    tensor = atomic_torch_save({"samples": samples, "labels": labels, "guidance": tag,
+                                "steps": config.steps, "seed": seed}, folder / f"{stem}.pt")
+    return png, tensor

@@ -1,0 +1,50 @@
+"""Sample grids as PNG files: one row per class."""
+
+from __future__ import annotations
+
+import io
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+from PIL import Image
+from torch import Tensor
+from torchvision.utils import make_grid
+
+from dashlib.data import to_uint8
+from dashlib.io import atomic_write_bytes
+
+
+def class_rows(samples: Tensor, labels: Tensor, num_classes: int) -> Tensor:
+    """Reorder (N, C, H, W) samples into class-major order, equal count per class.
+
+    Returns (K * m, C, H, W) where m is the smallest per-class count.
+    """
+    per_class = [samples[labels == k] for k in range(num_classes)]
+    m = min(len(p) for p in per_class)
+    if m == 0:
+        raise ValueError("every class needs at least one sample to draw a per-class grid")
+    return torch.cat([p[:m] for p in per_class])
+
+
+def grid_image(samples: Tensor, labels: Tensor, num_classes: int, scale: int = 4) -> Tensor:
+    """A uint8 (3, H', W') grid, one row per class, upscaled `scale`x (nearest)."""
+    rows = class_rows(samples, labels, num_classes)
+    per_row = len(rows) // num_classes
+    big = F.interpolate(rows.float(), scale_factor=scale, mode="nearest") if scale > 1 else rows
+    grid = make_grid(big, nrow=per_row, padding=scale, pad_value=1.0)
+    if grid.shape[0] == 1:
+        grid = grid.expand(3, -1, -1)
+    return to_uint8(grid)
+
+
+def save_png(image: Tensor, path: str | Path) -> Path:
+    """Write a uint8 (3, H, W) tensor as PNG, atomically."""
+    buf = io.BytesIO()
+    Image.fromarray(image.permute(1, 2, 0).numpy()).save(buf, format="PNG")
+    return atomic_write_bytes(path, buf.getvalue())
+
+
+def save_grid(samples: Tensor, labels: Tensor, num_classes: int, path: str | Path,
+              scale: int = 4) -> Path:
+    return save_png(grid_image(samples, labels, num_classes, scale), path)

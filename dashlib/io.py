@@ -1,0 +1,125 @@
+"""Atomic file writes and safe checkpoint loading.
+
+Every artifact (checkpoint, results JSON, figure, table) is written to a
+temporary file in the same folder, flushed to disk, then renamed over the
+target: a crash while saving leaves the previous version intact and never a
+truncated file. Checkpoints are loaded with `weights_only=True`, so a file
+that would run code when unpickled is refused.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import math
+import os
+import pickle
+import tempfile
+from collections.abc import Callable, Mapping
+from pathlib import Path
+from typing import Any
+
+import torch
+
+
+class CheckpointError(RuntimeError):
+    """A checkpoint is missing, corrupt, unsafe or from another configuration."""
+
+
+def atomic_write(path: str | Path, write: Callable[[io.BufferedWriter], None]) -> Path:
+    """Call `write(f)` on a temporary file, fsync it, then rename it to `path`."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "wb") as f:
+            write(f)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+    return path
+
+
+def atomic_write_bytes(path: str | Path, data: bytes) -> Path:
+    return atomic_write(path, lambda f: f.write(data))  # type: ignore[arg-type,return-value]
+
+
+def atomic_write_text(path: str | Path, text: str) -> Path:
+    return atomic_write_bytes(path, text.encode())
+
+
+def _jsonable(value: Any) -> Any:
+    """Non-finite floats become null (strict JSON has no NaN/Infinity)."""
+    if isinstance(value, float) and not math.isfinite(value):
+        return None
+    if isinstance(value, Mapping):
+        return {str(k): _jsonable(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_jsonable(v) for v in value]
+    if isinstance(value, torch.Tensor):
+        return _jsonable(value.tolist())
+    if isinstance(value, Path):
+        return str(value)
+    return value
+
+
+def atomic_write_json(path: str | Path, data: Any) -> Path:
+    return atomic_write_text(path, json.dumps(_jsonable(data), indent=2, sort_keys=False) + "\n")
+
+
+def atomic_torch_save(obj: Any, path: str | Path) -> Path:
+    return atomic_write(path, lambda f: torch.save(obj, f))
+
+
+def read_json(path: str | Path) -> Any:
+    with open(path) as f:
+        return json.load(f)
+
+
+def load_checkpoint(path: str | Path) -> dict[str, Any]:
+    """Load a checkpoint safely (weights_only=True) with errors that say what to do."""
+    path = Path(path)
+    if not path.is_file():
+        raise CheckpointError(f"checkpoint {path} does not exist")
+    try:
+        obj = torch.load(path, map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError as err:
+        raise CheckpointError(
+            f"refusing to load {path}: it holds objects other than tensors and plain "
+            f"containers, so loading it could run arbitrary code (weights_only=True refused "
+            f"it: {str(err).splitlines()[0]}). Only load checkpoints written by dash; "
+            f"delete the file and retrain (--force) if it is yours."
+        ) from None
+    except (RuntimeError, EOFError, OSError, ValueError) as err:
+        raise CheckpointError(
+            f"{path} is not a readable checkpoint (truncated or corrupt: "
+            f"{type(err).__name__}: {str(err).splitlines()[0] if str(err) else ''}). "
+            f"Delete it and rerun with --force, or restore it from a backup."
+        ) from None
+    if not isinstance(obj, dict):
+        raise CheckpointError(f"{path} is not a dash checkpoint (a {type(obj).__name__}, not a dict)")
+    return obj
+
+
+def check_config_match(path: str | Path, stored: Mapping[str, Any], expected: Mapping[str, Any],
+                       what: str = "config") -> None:
+    """Raise CheckpointError naming every field where a checkpoint's config differs."""
+    diffs = _diff(stored, expected)
+    if diffs:
+        shown = "; ".join(f"{k}: checkpoint has {a!r}, expected {b!r}" for k, a, b in diffs[:8])
+        raise CheckpointError(f"{path} was written for another {what} ({shown}). "
+                              f"Use a checkpoint of this configuration, or --force to retrain.")
+
+
+def _diff(a: Any, b: Any, prefix: str = "") -> list[tuple[str, Any, Any]]:
+    if isinstance(a, Mapping) and isinstance(b, Mapping):
+        out: list[tuple[str, Any, Any]] = []
+        for k in sorted(set(a) | set(b)):
+            out += _diff(a.get(k), b.get(k), f"{prefix}{k}.")
+        return out
+    if isinstance(a, (list, tuple)) and isinstance(b, (list, tuple)):
+        a, b = list(a), list(b)
+    return [] if a == b else [(prefix.rstrip("."), a, b)]

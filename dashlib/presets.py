@@ -1,0 +1,123 @@
+"""Presets: the same pipeline at four scales.
+
+* ``tiny``: synthetic 8x8 data, few-thousand-parameter models; seconds (tests).
+* ``digits``: the embedded default. scikit-learn's bundled 8x8 digits (no
+  download), a teacher and a 5.8x smaller student of the paper's UNet family;
+  trains on a laptop CPU in minutes. ``digits16`` is the same at 16x16.
+* ``cifar10`` / ``cifar100``: the paper's settings (PAPER.md 'Setup') exactly.
+
+Choices the paper leaves open, and what dash picks (documented in the README):
+the student keeps dropout 0.1; the EMA warms up as min(decay, (1+k)/(10+k));
+DDIM uses `linspace` spacing from T-1 to 0; digits uses smaller EMA decays and
+a larger learning rate because it trains for thousands, not 100Ks, of steps.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Any
+
+from dashlib.config import (
+    ConfigError,
+    DataConfig,
+    DiffusionConfig,
+    DistillConfig,
+    EvalConfig,
+    ModelConfig,
+    Preset,
+    SampleConfig,
+    TrainConfig,
+    override,
+)
+from dashlib.registry import Registry, UnknownNameError
+
+PRESETS: Registry[Preset] = Registry("preset")
+
+
+def _cifar(name: str, num_classes: int) -> Preset:
+    teacher = ModelConfig(image_size=32, in_channels=3, ch=128, ch_mult=(1, 2, 2, 2),
+                          num_res_blocks=2, attn_resolutions=(16,), dropout=0.1,
+                          num_classes=num_classes, norm_groups=32)
+    return Preset(
+        name=name,
+        description=f"PAPER.md settings on {name.upper()} 32x32 (GPU scale)",
+        data=DataConfig(name=name, image_size=32, data_root="data"),
+        teacher=teacher,
+        student=dataclasses.replace(teacher, ch=64, num_res_blocks=1),
+        diffusion=DiffusionConfig(schedule="cosine", T=1000),
+        train=TrainConfig(steps=391_000, batch_size=64, lr=2e-4, lr_min=1e-6, ema_decay=0.9999,
+                          grad_clip=1.0, label_dropout=0.1, label_dropout_mode="batch",
+                          weighting="tirt", amp="fp16", ckpt_every=5000, log_every=500),
+        distill=DistillConfig(steps=234_000, batch_size=64, lr=1e-4, lr_min=1e-6,
+                              weight_decay=1e-3, ema_decay=0.999, grad_clip=1.0, amp="fp16",
+                              calib_every=5000, calib_samples=1024, ckpt_every=5000,
+                              log_every=500),
+        sample=SampleConfig(steps=50, eta=0.0, guidance="tag", w=4.0, w_min=1.0, w_max=4.0,
+                            beta=5.0, batch_size=256),
+        eval=EvalConfig(n_samples=50_000, seeds=(42, 123, 456), guidance=("0", "1", "3", "tag"),
+                        ddim_steps=50, feature_extractor="inception"),
+    )
+
+
+PRESETS.add("cifar10", _cifar("cifar10", 10))
+PRESETS.add("cifar100", _cifar("cifar100", 100))
+
+_DIGITS_TEACHER = ModelConfig(image_size=8, in_channels=1, ch=32, ch_mult=(1, 2, 2),
+                              num_res_blocks=2, attn_resolutions=(4,), dropout=0.1,
+                              num_classes=10, norm_groups=8)
+
+PRESETS.add("digits", Preset(
+    name="digits",
+    description="scikit-learn digits 8x8 (bundled, no download); laptop CPU",
+    data=DataConfig(name="digits", image_size=8, holdout_fraction=0.2, split_seed=0),
+    teacher=_DIGITS_TEACHER,
+    student=dataclasses.replace(_DIGITS_TEACHER, ch=16, num_res_blocks=1),
+    diffusion=DiffusionConfig(schedule="cosine", T=1000),
+    train=TrainConfig(steps=3000, batch_size=64, lr=1e-3, lr_min=1e-5, warmup_steps=100,
+                      ema_decay=0.995, grad_clip=1.0, label_dropout=0.1,
+                      label_dropout_mode="batch", weighting="tirt", ckpt_every=250, log_every=25),
+    distill=DistillConfig(steps=1000, batch_size=64, lr=1e-3, lr_min=1e-5, weight_decay=1e-3,
+                          ema_decay=0.99, grad_clip=1.0, calib_every=100, calib_samples=256,
+                          ckpt_every=250, log_every=25),
+    sample=SampleConfig(steps=50, eta=0.0, guidance="tag", w=4.0, batch_size=64),
+    eval=EvalConfig(n_samples=500, seeds=(42, 123, 456), guidance=("0", "1", "3", "tag"),
+                    ddim_steps=50, feature_extractor="classifier", classifier_steps=1500),
+))
+
+PRESETS.add("digits16", override(
+    PRESETS.get("digits"), name="digits16",
+    description="scikit-learn digits upsampled to 16x16; laptop CPU (slower than digits)",
+    **{"data.image_size": 16},
+    teacher=dataclasses.replace(_DIGITS_TEACHER, image_size=16, ch_mult=(1, 2, 2, 2),
+                                attn_resolutions=(8,)),
+    student=dataclasses.replace(_DIGITS_TEACHER, image_size=16, ch_mult=(1, 2, 2, 2),
+                                attn_resolutions=(8,), ch=16, num_res_blocks=1),
+))
+
+_TINY_TEACHER = ModelConfig(image_size=8, in_channels=1, ch=4, ch_mult=(1, 2), num_res_blocks=2,
+                            attn_resolutions=(4,), dropout=0.0, num_classes=4, norm_groups=2)
+
+PRESETS.add("tiny", Preset(
+    name="tiny",
+    description="synthetic 8x8 data and few-thousand-parameter models; seconds (tests)",
+    data=DataConfig(name="synthetic", image_size=8, synthetic_size=256, holdout_fraction=0.25),
+    teacher=_TINY_TEACHER,
+    student=dataclasses.replace(_TINY_TEACHER, ch=2, num_res_blocks=1, norm_groups=1),
+    diffusion=DiffusionConfig(schedule="cosine", T=100),
+    train=TrainConfig(steps=20, batch_size=16, lr=2e-3, lr_min=1e-4, ema_decay=0.9,
+                      ckpt_every=10, log_every=5),
+    distill=DistillConfig(steps=10, batch_size=16, lr=2e-3, lr_min=1e-4, ema_decay=0.9,
+                          calib_every=5, calib_samples=32, ckpt_every=5, log_every=5),
+    sample=SampleConfig(steps=5, eta=0.0, guidance="tag", w=3.0, batch_size=32),
+    eval=EvalConfig(n_samples=32, seeds=(42, 123), guidance=("0", "1", "tag"), ddim_steps=5,
+                    classifier_steps=60),
+))
+
+
+def get_preset(name: str, **overrides: Any) -> Preset:
+    """A registered preset, with dotted-key overrides ("train.steps": 10)."""
+    try:
+        preset = PRESETS.get(name)
+    except UnknownNameError:
+        raise ConfigError(f"unknown preset {name!r}; choose one of: {', '.join(PRESETS.names())}") from None
+    return override(preset, **overrides) if overrides else preset

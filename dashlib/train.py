@@ -1,0 +1,260 @@
+"""The training loop shared by teacher training and every distillation method.
+
+An `Objective` (an nn.Module owning what is trained) turns a `Batch` into a
+scalar loss; the `Trainer` draws batches from explicit generators, runs
+AdamW with a cosine learning rate, gradient clipping, an EMA of the model,
+mixed precision on GPU only, a tqdm progress bar, a JSON-lines log, and
+atomic checkpoints from which `resume=True` continues bit-for-bit on CPU
+(all generator states, the global RNG used by dropout, optimizer and EMA are
+saved). A non-finite loss stops with a clear message and keeps the last good
+checkpoint.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import time
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+from torch import Tensor, nn
+from tqdm import tqdm
+
+from dashlib.data import Split, batch_indices
+from dashlib.device import amp_dtype, autocast
+from dashlib.diffusion import Diffusion
+from dashlib.ema import EMA
+from dashlib.io import atomic_torch_save, check_config_match, load_checkpoint
+from dashlib.runs import Run
+
+
+class NonFiniteLossError(FloatingPointError):
+    """Training produced a NaN or infinite loss."""
+
+
+@dataclass(frozen=True)
+class LoopConfig:
+    """The optimisation settings of one loop (built from TrainConfig or DistillConfig)."""
+
+    steps: int
+    batch_size: int
+    lr: float
+    lr_min: float
+    weight_decay: float
+    ema_decay: float
+    grad_clip: float
+    amp: str
+    ckpt_every: int
+    log_every: int
+    seed: int
+    warmup_steps: int = 0
+
+    @classmethod
+    def from_config(cls, cfg: Any) -> LoopConfig:
+        names = cls.__dataclass_fields__
+        return cls(**{k: getattr(cfg, k) for k in names if hasattr(cfg, k)})
+
+
+@dataclass
+class Batch:
+    """One training batch with all of its randomness drawn up front.
+
+    x0 (B, C, H, W), y (B,), t (B,), eps (B, C, H, W); `u` (B, 4) uniforms
+    for per-sample choices (label dropout, a random w, ...) and `u_batch` (4,)
+    uniforms for batch-level choices, so an objective needs no generator of
+    its own and a run is a pure function of the seed.
+    """
+
+    x0: Tensor
+    y: Tensor
+    t: Tensor
+    eps: Tensor
+    u: Tensor
+    u_batch: Tensor
+
+    def to(self, device: torch.device) -> Batch:
+        return Batch(*(v.to(device, non_blocking=True) for v in
+                       (self.x0, self.y, self.t, self.eps, self.u, self.u_batch)))
+
+    def rows(self, rows: slice) -> Batch:
+        """The rows of a global batch one process works on (u_batch is shared)."""
+        return Batch(self.x0[rows], self.y[rows], self.t[rows], self.eps[rows], self.u[rows],
+                     self.u_batch)
+
+
+class Objective(nn.Module):
+    """What a loop trains. Subclasses set `model` (the EMA'd network)."""
+
+    model: nn.Module
+
+    def loss(self, batch: Batch) -> tuple[Tensor, dict[str, Tensor]]:
+        """(scalar loss to minimise, named scalar tensors to log)."""
+        raise NotImplementedError
+
+    def param_groups(self, lr: float, weight_decay: float) -> list[dict[str, Any]]:
+        """Optimizer groups; by default every trainable parameter at `lr`."""
+        params = [p for p in self.parameters() if p.requires_grad]
+        return [{"params": params, "lr": lr, "weight_decay": weight_decay}]
+
+    def after_step(self) -> None:
+        """Called after every optimizer step (e.g. to re-apply a pruning mask)."""
+
+
+Hook = Callable[[int], Mapping[str, float]]
+
+
+def cosine_lr(step: int, loop: LoopConfig) -> float:
+    """Linear warm-up, then cosine decay from lr to lr_min over the run."""
+    if step < loop.warmup_steps:
+        return loop.lr * (step + 1) / loop.warmup_steps
+    span = max(loop.steps - loop.warmup_steps, 1)
+    progress = min((step - loop.warmup_steps) / span, 1.0)
+    return loop.lr_min + 0.5 * (loop.lr - loop.lr_min) * (1 + math.cos(math.pi * progress))
+
+
+class Trainer:
+    """Runs an Objective for `loop.steps` steps on a Split, checkpointing to a Run."""
+
+    def __init__(self, objective: Objective, data: Split, diffusion: Diffusion, loop: LoopConfig,
+                 run: Run, payload: Mapping[str, Any], device: torch.device,
+                 hooks: Mapping[int, Hook] | None = None, progress: bool = True,
+                 desc: str = "train") -> None:
+        self.objective = objective.to(device)
+        self.data, self.diffusion, self.loop, self.run = data, diffusion, loop, run
+        self.payload, self.device, self.progress, self.desc = dict(payload), device, progress, desc
+        self.hooks = dict(hooks or {})
+        groups = objective.param_groups(loop.lr, loop.weight_decay)
+        for g in groups:
+            g["base_lr"] = g["lr"]
+        self.optimizer = torch.optim.AdamW(groups, lr=loop.lr, weight_decay=loop.weight_decay)
+        self.ema = EMA(objective.model, loop.ema_decay)
+        self.dtype = amp_dtype(device, loop.amp)
+        self.scaler = torch.amp.GradScaler(device.type, enabled=self.dtype == torch.float16)
+        self.data_gen = torch.Generator().manual_seed(loop.seed)
+        self.noise_gen = torch.Generator().manual_seed(loop.seed + 1)
+        self.step = 0
+        self.last_ckpt_step = 0
+        self.rank, self.world = 0, 1
+
+    # --- randomness -----------------------------------------------------
+    def draw_batch(self) -> Batch:
+        """The global batch (same on every process), then this process's rows."""
+        B = self.loop.batch_size
+        idx = batch_indices(len(self.data), B, self.data_gen)
+        x0, y = self.data.x[idx], self.data.y[idx]
+        g = self.noise_gen
+        batch = Batch(x0, y, self.diffusion.sample_t(B, g), torch.randn(x0.shape, generator=g),
+                      torch.rand(B, 4, generator=g), torch.rand(4, generator=g))
+        per = B // self.world
+        return batch.rows(slice(self.rank * per, (self.rank + 1) * per)).to(self.device)
+
+    # --- checkpoints ----------------------------------------------------
+    def state(self) -> dict[str, Any]:
+        return {
+            "step": self.step,
+            "config": self.payload,
+            "objective": self.objective.state_dict(),
+            "optimizer": self.optimizer.state_dict(),
+            "ema": self.ema.state_dict(),
+            "scaler": self.scaler.state_dict(),
+            "data_gen": self.data_gen.get_state(),
+            "noise_gen": self.noise_gen.get_state(),
+            "torch_rng": torch.get_rng_state(),
+            "cuda_rng": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else [],
+        }
+
+    def save_checkpoint(self) -> None:
+        if self.rank == 0:
+            atomic_torch_save(self.state(), self.run.checkpoint)
+        self.last_ckpt_step = self.step
+
+    def load_checkpoint(self) -> None:
+        ckpt = load_checkpoint(self.run.checkpoint)
+        check_config_match(self.run.checkpoint, ckpt["config"], self.payload)
+        self.objective.load_state_dict(ckpt["objective"])
+        self.optimizer.load_state_dict(ckpt["optimizer"])
+        self.ema.load_state_dict(ckpt["ema"])
+        self.scaler.load_state_dict(ckpt["scaler"])
+        self.data_gen.set_state(ckpt["data_gen"])
+        self.noise_gen.set_state(ckpt["noise_gen"])
+        torch.set_rng_state(ckpt["torch_rng"])
+        if ckpt["cuda_rng"] and torch.cuda.is_available():
+            torch.cuda.set_rng_state_all(ckpt["cuda_rng"])
+        self.step = self.last_ckpt_step = int(ckpt["step"])
+        self._trim_log()
+
+    def _trim_log(self) -> None:
+        """Drop log lines written after the checkpoint we resume from."""
+        if not self.run.log.exists():
+            return
+        keep = []
+        for line in self.run.log.read_text().splitlines():
+            try:
+                if json.loads(line).get("step", 0) <= self.step:
+                    keep.append(line)
+            except json.JSONDecodeError:
+                break  # a line cut off by a kill: everything after it is stale
+        self.run.log.write_text("".join(k + "\n" for k in keep))
+
+    # --- the loop -------------------------------------------------------
+    def fit(self, resume: bool = False) -> dict[str, float]:
+        """Train to `loop.steps`; returns the last logged record."""
+        if resume:
+            self.load_checkpoint()
+        else:
+            torch.manual_seed(self.loop.seed + 2)  # dropout draws from the global RNG
+            self.run.log.unlink(missing_ok=True)
+        self.objective.train()
+        record: dict[str, float] = {}
+        bar = tqdm(total=self.loop.steps, initial=self.step, desc=self.desc,
+                   disable=not self.progress or self.rank != 0, mininterval=1.0, dynamic_ncols=True)
+        start = time.perf_counter()
+        with bar, self.run.log.open("a") as log:
+            while self.step < self.loop.steps:
+                logs = self.train_step()
+                self.step += 1
+                bar.update(1)
+                if self.step % self.loop.log_every == 0 or self.step == self.loop.steps:
+                    record = self._record(logs, start)
+                    bar.set_postfix(loss=f"{record['loss']:.4f}")
+                    if self.rank == 0:
+                        log.write(json.dumps(record) + "\n")
+                        log.flush()
+                if self.step % self.loop.ckpt_every == 0 or self.step == self.loop.steps:
+                    self.save_checkpoint()
+        return record
+
+    def _record(self, logs: Mapping[str, Tensor], start: float) -> dict[str, float]:
+        record = {"step": self.step, "lr": self.optimizer.param_groups[0]["lr"],
+                  "time": time.perf_counter() - start}
+        record.update({k: float(v) for k, v in logs.items()})
+        for every, hook in self.hooks.items():
+            if self.step % every == 0 or self.step == self.loop.steps:
+                record.update(hook(self.step))
+        return record
+
+    def train_step(self) -> dict[str, Tensor]:
+        for g in self.optimizer.param_groups:
+            g["lr"] = g["base_lr"] * cosine_lr(self.step, self.loop) / self.loop.lr
+        batch = self.draw_batch()
+        with autocast(self.device, self.dtype):
+            loss, logs = self.objective.loss(batch)
+        if not torch.isfinite(loss):
+            raise NonFiniteLossError(
+                f"the loss became {float(loss)} at step {self.step + 1}; training stopped. "
+                f"The last good checkpoint (step {self.last_ckpt_step}) is kept in "
+                f"{self.run.checkpoint}. Lower the learning rate or check the data, then "
+                f"continue with --resume or start over with --force.")
+        self.optimizer.zero_grad(set_to_none=True)
+        self.scaler.scale(loss).backward()
+        self.scaler.unscale_(self.optimizer)
+        params = [p for g in self.optimizer.param_groups for p in g["params"]]
+        grad_norm = torch.nn.utils.clip_grad_norm_(params, self.loop.grad_clip)
+        self.scaler.step(self.optimizer)
+        self.scaler.update()
+        self.objective.after_step()
+        self.ema.update(self.objective.model)
+        return {"loss": loss.detach(), "grad_norm": grad_norm, **logs}

@@ -1,0 +1,38 @@
+"""Shared fixtures: every test runs on CPU in its own runs/ folder."""
+
+from __future__ import annotations
+
+import os
+
+import pytest
+import torch
+
+os.environ.setdefault("MPLBACKEND", "Agg")
+
+
+@pytest.fixture(autouse=True)
+def _isolated_runs(tmp_path, monkeypatch):
+    monkeypatch.setenv("DASH_RUNS", str(tmp_path / "runs"))
+    torch.manual_seed(0)
+
+
+@pytest.fixture
+def tiny():
+    from dashlib.presets import get_preset
+
+    return get_preset("tiny")
+
+
+@pytest.fixture
+def tiny_model(tiny):
+    from dashlib.unet import UNet
+
+    torch.manual_seed(1)
+    model = UNet(tiny.teacher).eval()
+    # Zero-initialised output convs make every branch output 0; randomise them so
+    # branch tests compare genuinely different predictions.
+    with torch.no_grad():
+        for p in model.parameters():
+            if p.abs().sum() == 0:
+                p.normal_(0, 0.1)
+    return model

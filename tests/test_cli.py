@@ -1,0 +1,49 @@
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import torch
+
+from dashlib.cli import main
+
+
+def test_info_prints_the_documented_keys(capsys):
+    assert main(["info", "--preset", "cifar10"]) == 0
+    info = json.loads(capsys.readouterr().out)
+    for key in ("teacher_params", "student_params", "compression_ratio", "image_size",
+                "num_classes", "dataset"):
+        assert key in info
+    assert info["teacher_params"] == 35_751_939 and info["dataset"] == "cifar10"
+
+
+def test_train_then_sample_writes_grid_and_tensor(capsys, tmp_path):
+    assert main(["train-teacher", "--preset", "tiny", "--steps", "6", "--no-progress"]) == 0
+    results = Path(capsys.readouterr().out.strip().splitlines()[-1])
+    assert json.loads(results.read_text())["steps"] == 6
+    # sampling the default teacher needs the same preset overrides
+    assert main(["sample", "--preset", "tiny", "--set", "train.steps=6", "--w", "3", "--n", "8",
+                 "--steps", "4", "--out", str(tmp_path / "s")]) == 0
+    tensor_path = Path(capsys.readouterr().out.strip().splitlines()[-1])
+    saved = torch.load(tensor_path, weights_only=True)
+    assert saved["samples"].shape == (8, 1, 8, 8) and saved["labels"].tolist() == [0, 1, 2, 3] * 2
+    assert tensor_path.with_suffix(".png").stat().st_size > 100
+
+
+def test_sampling_without_a_teacher_says_how_to_train_one(capsys):
+    assert main(["sample", "--preset", "tiny", "--tag"]) == 2
+    assert "dash train-teacher --preset tiny" in capsys.readouterr().err
+
+
+def test_bad_input_exits_2_with_one_line(capsys):
+    assert main(["info", "--preset", "nope"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("dash: error: unknown preset 'nope'") and "\n" not in err
+    assert main(["train-teacher", "--preset", "tiny", "--set", "train.lr=-1"]) == 2
+    assert "TrainConfig.lr = -1" in capsys.readouterr().err
+
+
+def test_module_entry_point_runs():
+    out = subprocess.run([sys.executable, "-m", "dashlib", "info", "--preset", "tiny"],
+                         capture_output=True, text=True, check=True)
+    assert json.loads(out.stdout)["dataset"] == "synthetic"

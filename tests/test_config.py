@@ -1,0 +1,71 @@
+import pytest
+
+from dashlib.config import (
+    ConfigError,
+    DataConfig,
+    ModelConfig,
+    SampleConfig,
+    TrainConfig,
+    from_dict,
+    override,
+    to_dict,
+)
+from dashlib.data import load_dataset
+from dashlib.presets import PRESETS, get_preset
+
+
+@pytest.mark.parametrize("make, field", [
+    (lambda: ModelConfig(ch=0), "ch"),
+    (lambda: ModelConfig(ch_mult=()), "ch_mult"),
+    (lambda: ModelConfig(image_size=10, ch_mult=(1, 2, 2)), "image_size"),
+    (lambda: ModelConfig(attn_resolutions=(3,)), "attn_resolutions"),
+    (lambda: ModelConfig(ch=30, norm_groups=8), "norm_groups"),
+    (lambda: ModelConfig(null_init="ones"), "null_init"),
+    (lambda: ModelConfig(ch="32"), "ch"),
+    (lambda: ModelConfig(dropout=1.5), "dropout"),
+    (lambda: TrainConfig(lr=-1e-3), "lr"),
+    (lambda: TrainConfig(lr=float("nan")), "lr"),
+    (lambda: TrainConfig(weighting="snr"), "weighting"),
+    (lambda: TrainConfig(label_dropout_mode="row"), "label_dropout_mode"),
+    (lambda: TrainConfig(ema_decay=1.0), "ema_decay"),
+    (lambda: SampleConfig(w=float("inf")), "w"),
+    (lambda: SampleConfig(guidance="cosine"), "guidance"),
+    (lambda: SampleConfig(eta=2.0), "eta"),
+    (lambda: DataConfig(name="imagenet"), "name"),
+])
+def test_bad_values_name_the_field(make, field):
+    with pytest.raises(ConfigError) as err:
+        make()
+    assert f".{field} = " in str(err.value)
+
+
+def test_unknown_preset_lists_the_choices():
+    with pytest.raises(ConfigError, match="unknown preset 'cifar'.*digits"):
+        get_preset("cifar")
+
+
+def test_unknown_dataset_lists_the_choices():
+    with pytest.raises(ConfigError, match="choose one of:.*digits.*synthetic"):
+        load_dataset(DataConfig(name="svhn"))
+
+
+def test_unknown_override_field_is_refused():
+    with pytest.raises(ConfigError, match="no field 'stepz'"):
+        get_preset("tiny", **{"train.stepz": 3})
+
+
+def test_override_and_roundtrip():
+    p = get_preset("digits", **{"train.steps": 7, "sample.w": 2})
+    assert p.train.steps == 7 and p.sample.w == 2.0
+    assert from_dict(type(p), to_dict(p)) == p
+    assert override(p, name="x").name == "x"
+
+
+def test_lists_become_tuples():
+    assert ModelConfig(ch_mult=[1, 2, 2]).ch_mult == (1, 2, 2)
+
+
+def test_every_preset_is_valid_and_consistent():
+    for name in PRESETS:
+        p = PRESETS.get(name)
+        assert p.teacher.image_size == p.data.image_size

@@ -1,0 +1,87 @@
+import json
+
+import pytest
+import torch
+
+from dashlib.config import override
+from dashlib.io import load_checkpoint
+from dashlib.runs import RunStateError
+from dashlib.teacher import DiffusionObjective, train_teacher
+from dashlib.train import NonFiniteLossError, Trainer
+
+
+@pytest.fixture
+def preset(tiny):
+    # dropout > 0 so resuming must also restore the global RNG dropout draws from
+    return override(tiny, **{"train.steps": 20, "train.ckpt_every": 5, "train.log_every": 1,
+                             "teacher.dropout": 0.1})
+
+
+def _weights(run):
+    ckpt = load_checkpoint(run.final)
+    return {**ckpt["model"], **{f"w.{k}": v for k, v in ckpt["weighting"].items()}}
+
+
+def test_resume_after_a_stop_equals_an_uninterrupted_run(preset, monkeypatch, tmp_path):
+    monkeypatch.setenv("DASH_RUNS", str(tmp_path / "straight"))
+    straight = _weights(train_teacher(preset, progress=False))
+
+    monkeypatch.setenv("DASH_RUNS", str(tmp_path / "stopped"))
+    original = Trainer.train_step
+
+    def stop_at_13(self):
+        if self.step == 13:
+            raise KeyboardInterrupt
+        return original(self)
+
+    monkeypatch.setattr(Trainer, "train_step", stop_at_13)
+    with pytest.raises(KeyboardInterrupt):
+        train_teacher(preset, progress=False)
+    monkeypatch.setattr(Trainer, "train_step", original)
+    with pytest.raises(RunStateError, match="--resume"):
+        train_teacher(preset, progress=False)
+    run = train_teacher(preset, resume=True, progress=False)
+
+    resumed = _weights(run)
+    assert straight.keys() == resumed.keys()
+    for k in straight:
+        assert torch.equal(straight[k], resumed[k]), k
+    steps = [json.loads(line)["step"] for line in run.log.read_text().splitlines()]
+    assert steps == list(range(1, 21))
+
+
+def test_finished_run_is_reused_and_force_retrains(preset):
+    run = train_teacher(preset, progress=False)
+    mtime = run.final.stat().st_mtime_ns
+    assert train_teacher(preset, progress=False) == run
+    assert run.final.stat().st_mtime_ns == mtime
+    train_teacher(preset, force=True, progress=False)
+    assert run.final.stat().st_mtime_ns != mtime
+
+
+def test_non_finite_loss_stops_and_keeps_last_good_checkpoint(preset, monkeypatch):
+    original = DiffusionObjective.loss
+    calls = {"n": 0}
+
+    def poisoned(self, batch):
+        calls["n"] += 1
+        loss, logs = original(self, batch)
+        return (loss * float("nan"), logs) if calls["n"] == 8 else (loss, logs)
+
+    monkeypatch.setattr(DiffusionObjective, "loss", poisoned)
+    with pytest.raises(NonFiniteLossError, match=r"step 8.*last good checkpoint \(step 5\)"):
+        train_teacher(preset, progress=False)
+    from dashlib.teacher import teacher_run
+
+    run = teacher_run(preset)
+    assert load_checkpoint(run.checkpoint)["step"] == 5
+    assert not run.final.exists()
+
+
+def test_teacher_loss_decreases(tiny):
+    preset = override(tiny, **{"train.steps": 60, "train.log_every": 10})
+    run = train_teacher(preset, progress=False)
+    mse = [json.loads(line)["mse"] for line in run.log.read_text().splitlines()]
+    assert mse[-1] < mse[0]
+    results = run.read_results()
+    assert results["steps"] == 60 and results["params"] > 0

@@ -1,0 +1,46 @@
+import dataclasses
+
+import pytest
+import torch
+
+from dashlib.presets import get_preset
+from dashlib.unet import UNet, count_params, feature_channels
+
+
+@pytest.mark.parametrize("name, teacher_m, student_m", [
+    ("cifar10", 35.75, 6.08), ("cifar100", 35.75, 6.08)])
+def test_cifar_parameter_counts_match_paper(name, teacher_m, student_m):
+    preset = get_preset(name)
+    t, s = count_params(UNet(preset.teacher)), count_params(UNet(preset.student))
+    assert abs(t / 1e6 - teacher_m) / teacher_m < 0.005
+    assert abs(s / 1e6 - student_m) / student_m < 0.005
+
+
+@pytest.mark.parametrize("name", ["digits", "digits16"])
+def test_digits_compression_is_paper_like(name):
+    preset = get_preset(name)
+    ratio = count_params(UNet(preset.teacher)) / count_params(UNet(preset.student))
+    assert abs(ratio - 5.9) <= 0.2
+
+
+def test_forward_shapes_and_features(tiny):
+    model = UNet(tiny.teacher)
+    x = torch.randn(3, 1, 8, 8)
+    eps, feats = model.forward_with_features(x, torch.tensor([0, 5, 99]), torch.tensor([0, 1, 4]))
+    assert eps.shape == x.shape
+    assert [f.shape[1] for f in feats] == feature_channels(tiny.teacher)
+
+
+@pytest.mark.parametrize("init", ["zero", "mean"])
+def test_null_row_initialisation(tiny, init):
+    model = UNet(dataclasses.replace(tiny.teacher, null_init=init))
+    w = model.label_emb.weight
+    expected = torch.zeros_like(w[-1]) if init == "zero" else w[:-1].mean(0)
+    torch.testing.assert_close(w[-1], expected)
+
+
+def test_single_head_model_has_no_null_row(tiny):
+    model = UNet(dataclasses.replace(tiny.teacher, cfg=False))
+    assert model.label_emb.num_embeddings == tiny.teacher.num_classes
+    with pytest.raises(ValueError, match="no null label"):
+        _ = model.null_label
