@@ -1,0 +1,76 @@
+import copy
+import math
+
+import torch
+from torch import nn
+
+from dashlib.calibration import CALIB_BINS, Calibrator, gap_metrics, matched_inputs
+from dashlib.data import load_dataset
+from dashlib.diffusion import Diffusion
+
+
+class EqualBranches(nn.Module):
+    """A collapsed student: it ignores the label, so both branches coincide."""
+
+    def __init__(self, model):
+        super().__init__()
+        self.inner, self.config = model, model.config
+
+    @property
+    def null_label(self):
+        return self.inner.null_label
+
+    def forward(self, x, t, y):
+        return self.inner(x, t, torch.zeros_like(y))
+
+
+def _calibrator(tiny, teacher):
+    diffusion = Diffusion(tiny.diffusion)
+    data = load_dataset(tiny.data)
+    inputs = matched_inputs(data.test, diffusion, 60, torch.Generator().manual_seed(0))
+    return Calibrator(teacher, diffusion, inputs, batch_size=16)
+
+
+def test_teacher_against_itself_is_perfectly_calibrated(tiny, tiny_model):
+    m = _calibrator(tiny, tiny_model).score(copy.deepcopy(tiny_model))
+    assert abs(m["rho"] - 1) < 1e-6 and abs(m["cos"] - 1) < 1e-5
+    assert m["gap_mse"] < 1e-10 and m["cond_mse"] < 1e-10 and m["uncond_mse"] < 1e-10
+    assert len(m["per_bin"]["rho"]) == CALIB_BINS
+
+
+def test_equal_branches_have_rho_zero(tiny, tiny_model):
+    calib = _calibrator(tiny, tiny_model)
+    collapsed = EqualBranches(copy.deepcopy(tiny_model)).eval()
+    m = calib.score(collapsed)
+    assert m["rho"] == 0.0 and m["cos"] == 0.0
+    assert m["gap_mse"] > 0
+
+
+def test_scaled_gap_gives_rho_of_the_scale():
+    g = torch.Generator().manual_seed(0)
+    cond_t, uncond_t = torch.randn(20, 1, 4, 4, generator=g), torch.randn(20, 1, 4, 4, generator=g)
+    half = cond_t - 0.5 * (cond_t - uncond_t)
+    m = gap_metrics(cond_t, half, cond_t, uncond_t)
+    assert abs(m["rho"] - 0.5) < 1e-6 and abs(m["cos"] - 1) < 1e-6 and m["cond_mse"] == 0
+    flipped = gap_metrics(uncond_t, cond_t, cond_t, uncond_t)
+    assert abs(flipped["rho"] - 1) < 1e-6 and abs(flipped["cos"] + 1) < 1e-6
+
+
+def test_single_head_student_has_no_gap_metrics(tiny, tiny_model):
+    import dataclasses
+
+    from dashlib.unet import UNet
+
+    student = UNet(dataclasses.replace(tiny.student, cfg=False))
+    m = _calibrator(tiny, tiny_model).score(student)
+    assert math.isnan(m["rho"]) and math.isfinite(m["cond_mse"])
+
+
+def test_matched_inputs_are_stratified_and_seeded(tiny):
+    diffusion = Diffusion(tiny.diffusion)
+    data = load_dataset(tiny.data)
+    a = matched_inputs(data.test, diffusion, 50, torch.Generator().manual_seed(1))
+    b = matched_inputs(data.test, diffusion, 50, torch.Generator().manual_seed(1))
+    assert torch.equal(a.t, b.t) and torch.equal(a.eps, b.eps)
+    counts = torch.bincount(a.t * 10 // diffusion.T, minlength=10)
+    assert counts.min() >= 4
