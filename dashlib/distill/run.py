@@ -114,7 +114,8 @@ def distill(preset: Preset, method: str | None = None, seed: int | None = None,
     wall = time.perf_counter() - start
     student_ema = trainer.ema.shadow
     save_artifact(run, "student", payload, student_ema, objective.weighting,
-                  _weighting_name(config, teacher), extra={"method": config.method, "teacher_run": str(teacher_folder.path)})
+                  _weighting_name(config, teacher),
+                  extra={"method": config.method, "teacher_run": str(teacher_folder.path)})
     write_results(run, preset, config, objective, calibrator.score(student_ema), last, wall,
                   teacher_params=count_params(teacher.model))
     return run
