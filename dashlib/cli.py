@@ -21,12 +21,13 @@ from dashlib.config import ConfigError
 from dashlib.data import DataNotFoundError
 from dashlib.io import CheckpointError
 from dashlib.registry import Registry, UnknownNameError
+from dashlib.reproduce import ReproduceError
 from dashlib.runs import RunStateError
 from dashlib.train import NonFiniteLossError
 
 KNOWN_ERRORS: tuple[type[BaseException], ...] = (
     ConfigError, DataNotFoundError, CheckpointError, RunStateError, NonFiniteLossError,
-    UnknownNameError, FileNotFoundError,
+    UnknownNameError, FileNotFoundError, ReproduceError,
 )
 
 
