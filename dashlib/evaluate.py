@@ -175,13 +175,15 @@ def run_spec(run: Run | str | Path, sample: SampleConfig | None = None,
     results = read_json(run.results) if run.results.is_file() else {}
     kind = str(load_checkpoint(run.final).get("kind", "model"))
     data = from_dict(DataConfig, artifact.config["data"]) if "data" in artifact.config else preset.data
+    own_sample = artifact.config.get("sample")
+    sample = sample or (from_dict(SampleConfig, own_sample) if own_sample else preset.sample)
     if data_root is not None:
         data = dataclasses.replace(data, data_root=data_root)
     model = artifact.model
     return RunSpec(
         path=str(run.path), name=run.path.name, kind=kind,
         method=str(artifact.extra.get("method") or results.get("method") or kind),
-        preset=preset_name, data=to_dict(data), sample=to_dict(sample or preset.sample),
+        preset=preset_name, data=to_dict(data), sample=to_dict(sample),
         digest=file_digest(run.final), cfg=bool(model.config.cfg), num_classes=model.config.num_classes,
         params=count_params(model), params_nonzero=count_params(model, nonzero=True))
 
@@ -307,19 +309,21 @@ class EvalReport:
         return atomic_write_json(path, self.to_dict())
 
 
-def row(cell: Cell, measured: dict[str, Any]) -> dict[str, Any]:
-    """The tidy row of one cell: identity columns, then its measurements."""
+def row(cell: Cell, measured: dict[str, Any], primary: str) -> dict[str, Any]:
+    """The tidy row of one cell: identity columns, its measurements, and the primary
+    feature space's metrics again without prefix (`fid` = `<primary>_fid`, ...)."""
     spec = cell.run
     ident = {"run": spec.path, "name": spec.name, "kind": spec.kind, "method": spec.method,
              "preset": spec.preset, "guidance": cell.guidance,
              "w": None if cell.guidance == "tag" else float(cell.guidance), "guidance_applied": spec.cfg,
-             "steps": cell.steps, "seed": cell.seed, "n": cell.n, "params": spec.params,
+             "ddim_steps": cell.steps, "seed": cell.seed, "n": cell.n, "params": spec.params,
              "params_nonzero": spec.params_nonzero}
-    return {**ident, **{k: v for k, v in measured.items() if k not in ("key", "samples_key")}}
+    values = {k: v for k, v in measured.items() if k not in ("key", "samples_key")}
+    return {**ident, **{k: values[f"{primary}_{k}"] for k in METRIC_KEYS}, **values}
 
 
 def metric_columns(extractors: Sequence[Extractor]) -> list[str]:
-    return [f"{e.kind}_{k}" for e in extractors for k in METRIC_KEYS] + ["accuracy"]
+    return list(METRIC_KEYS) + [f"{e.kind}_{k}" for e in extractors for k in METRIC_KEYS] + ["accuracy"]
 
 
 def _std(values: list[float]) -> float:
@@ -327,15 +331,15 @@ def _std(values: list[float]) -> float:
 
 
 def summarize(rows: Sequence[dict[str, Any]], columns: Sequence[str]) -> list[dict[str, Any]]:
-    """Mean and sample std (ddof = 1) over seeds of every column, per (run, guidance, steps)."""
+    """Mean and sample std (ddof = 1) over seeds of every column, per (run, guidance, ddim_steps)."""
     groups: dict[tuple[str, str, int], list[dict[str, Any]]] = {}
     for r in rows:
-        groups.setdefault((r["run"], r["guidance"], r["steps"]), []).append(r)
+        groups.setdefault((r["run"], r["guidance"], r["ddim_steps"]), []).append(r)
     out = []
     for group in groups.values():
         first = group[0]
         entry = {k: first[k] for k in ("run", "name", "kind", "method", "preset", "guidance", "w",
-                                       "guidance_applied", "steps", "n", "params", "params_nonzero")}
+                                       "guidance_applied", "ddim_steps", "n", "params", "params_nonzero")}
         entry["seeds"] = [r["seed"] for r in group]
         for col in columns:
             values = [float(r[col]) for r in group]
@@ -381,9 +385,13 @@ def evaluate_runs(runs: Sequence[Run | str | Path], config: EvalConfig,
                   data_root: str | None = None, out: str | Path | None = None) -> EvalReport:
     """Evaluate every run at `config.guidance` x `steps` (default: `config.ddim_steps`) x `config.seeds`.
 
-    `workers=None` picks `default_workers`; `sample` replaces each run's preset
-    sampler settings (steps and guidance are still set per cell); `data_root`
-    says where the datasets live now. Writes the report to `out` if given.
+    `workers=None` picks `default_workers`. Each run samples with the sampler
+    settings stored in its config (single-head students), else its preset's;
+    `sample` replaces both (steps and guidance are still set per cell).
+    `data_root` says where the datasets live now. Rows carry every feature
+    space's metrics prefixed (`classifier_fid`, `inception_fid`) and the
+    primary one's (`config.feature_extractor`) unprefixed (`fid`). Writes the
+    report to `out` if given.
     """
     start = time.perf_counter()
     dev = resolve_device(device)
@@ -407,11 +415,12 @@ def evaluate_runs(runs: Sequence[Run | str | Path], config: EvalConfig,
     unique = {t.key: t for t in tasks}
     n_workers = workers if workers is not None else default_workers(dev, len(unique))
     measured = measure_all(list(unique.values()), n_workers, progress)
-    rows = [row(t.cell, measured[t.key]) for t in tasks]
+    rows = [row(t.cell, measured[t.key], config.feature_extractor) for t in tasks]
     columns = metric_columns(tasks[0].extractors)
     classifiers = {p[0].path.name: {"run": str(p[0].path), "dataset": p[3].get("dataset"),
                                     "test_accuracy": p[3].get("test_accuracy")} for p in prepared.values()}
-    meta = {"config": to_dict(config), "steps": list(steps), "device": str(dev), "workers": n_workers,
+    meta = {"config": to_dict(config), "ddim_steps": list(steps), "primary": config.feature_extractor,
+            "device": str(dev), "workers": n_workers,
             "torch_threads": torch.get_num_threads(), "classifiers": classifiers,
             "extractors": [dataclasses.asdict(e) for p in prepared.values() for e in p[1]],
             "cells": len(tasks), "distinct_cells": len(unique),

@@ -19,7 +19,7 @@ def small_eval(tiny):
 
 
 def _metrics(row):
-    return {k: v for k, v in row.items() if k.startswith("classifier_") or k == "accuracy"}
+    return {k: v for k, v in row.items() if k.startswith("classifier_") or k in ("fid", "accuracy")}
 
 
 def test_rows_summary_and_single_head_reuse(tiny, small_eval):
@@ -32,6 +32,7 @@ def test_rows_summary_and_single_head_reuse(tiny, small_eval):
                                       "classifier_precision", "classifier_recall", "accuracy"}
         assert all(math.isfinite(v) for v in _metrics(row).values()), row
         assert 0 <= row["accuracy"] <= 1 and len(row["accuracy_per_class"]) == 4
+        assert row["fid"] == row["classifier_fid"]  # the preset's primary feature space
     for entry in report.summary:
         assert entry["seeds"] == [1, 2] and math.isfinite(entry["classifier_fid_std"])
     by = {(r["name"], r["guidance"], r["seed"]): r for r in report.rows}
@@ -87,7 +88,7 @@ def test_sweeps_cover_their_grids(tiny):
     teacher = fake_run(tiny)
     config = dataclasses.replace(tiny.eval, n_samples=8, seeds=(0,))
     steps = sweep_steps([teacher], config, workers=1, device="cpu", progress=False)
-    assert sorted(r["steps"] for r in steps.rows) == sorted(config.sweep_steps)
+    assert sorted(r["ddim_steps"] for r in steps.rows) == sorted(config.sweep_steps)
     assert {r["guidance"] for r in steps.rows} == {"tag"}
     scales = sweep_guidance([teacher], config, workers=1, device="cpu", progress=False)
     assert [r["guidance"] for r in scales.rows] == list(config.sweep_guidance)
@@ -110,7 +111,7 @@ def test_dash_evaluate_writes_json_and_prints_its_path_last(tiny, capsys):
     assert path.is_file() and path.parent.parent == run.path
     data = json.loads(path.read_text())
     assert [r["guidance"] for r in data["rows"]] == ["0", "2.5", "tag"]
-    assert {r["steps"] for r in data["rows"]} == {3} and {r["n"] for r in data["rows"]} == {12}
+    assert {r["ddim_steps"] for r in data["rows"]} == {3} and {r["n"] for r in data["rows"]} == {12}
     assert data["meta"]["classifiers"]
 
 

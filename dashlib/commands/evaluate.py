@@ -51,8 +51,8 @@ def _fmt(mean: float, std: float) -> str:
 def _print_summary(summary: list[dict[str, Any]]) -> None:
     for entry in summary:
         cols = [f"{k[:-5]} {_fmt(entry[k], entry[k[:-5] + '_std'])}" for k in entry
-                if k.endswith("_fid_mean") or k == "accuracy_mean"]
-        print(f"{entry['name']} {entry['guidance']:>4} steps {entry['steps']:>3}: " + ", ".join(cols),
+                if k.endswith("_fid_mean") or k in ("isc_mean_mean", "accuracy_mean")]
+        print(f"{entry['name']} {entry['guidance']:>4} steps {entry['ddim_steps']:>3}: " + ", ".join(cols),
               file=sys.stderr)
 
 
