@@ -51,6 +51,7 @@ from dashlib.data import to_uint8
 from dashlib.device import resolve_device
 from dashlib.fidelity import (
     METRIC_KEYS,
+    PRC_NEIGHBORHOOD,
     Extractor,
     Reference,
     fidelity_cache_root,
@@ -71,6 +72,7 @@ from dashlib.unet import count_params
 #: Bumped when the way a cell is computed changes, so cached cells are recomputed.
 EVAL_VERSION = 1
 MAX_LOADED_MODELS = 2
+MIN_SAMPLES = PRC_NEIGHBORHOOD + 2
 
 
 # --- what is evaluated ------------------------------------------------------------
@@ -358,15 +360,29 @@ def default_workers(device: torch.device, tasks: int) -> int:
     return max(1, min(os.cpu_count() or 1, tasks))
 
 
-def prepare_data(specs: Sequence[RunSpec], config: EvalConfig, device: torch.device,
-                 progress: bool) -> dict[str, tuple[Run, tuple[Extractor, ...], str, dict[str, Any]]]:
-    """Per distinct dataset: (classifier run, extractors, reference name, classifier results).
+@dataclass(frozen=True)
+class Space:
+    """Per dataset: its classifier run, the feature spaces, the reference set's cache name."""
+
+    classifier: Run
+    extractors: tuple[Extractor, ...]
+    reference: str
+
+    def describe(self) -> dict[str, Any]:
+        results = self.classifier.read_results()
+        return {"run": str(self.classifier.path), "dataset": results.get("dataset"),
+                "test_accuracy": results.get("test_accuracy")}
+
+
+def prepare_spaces(specs: Sequence[RunSpec], config: EvalConfig, device: torch.device,
+                   progress: bool) -> dict[str, Space]:
+    """data-config hash -> Space, for every dataset the runs use.
 
     Trains (or reuses) the classifier and fills the reference cache here, in
     the parent, so worker processes never race to write them.
     """
     out = {}
-    for data_dict in {config_hash(s.data): s.data for s in specs}.values():
+    for key, data_dict in {config_hash(s.data): s.data for s in specs}.items():
         data = from_dict(DataConfig, data_dict)
         clf = train_classifier(data, config, device=str(device), progress=progress)
         kinds = ["classifier"] + (["inception"] if config.feature_extractor == "inception" else [])
@@ -375,8 +391,20 @@ def prepare_data(specs: Sequence[RunSpec], config: EvalConfig, device: torch.dev
         reference = reference_set(data)
         for extractor in extractors:
             warm_reference_cache(reference, extractor, device, fidelity_cache_root())
-        out[config_hash(data_dict)] = (clf, extractors, reference.name, dict(clf.read_results()))
+        out[key] = Space(clf, extractors, reference.name)
     return out
+
+
+def check_request(specs: Sequence[RunSpec], config: EvalConfig) -> None:
+    """Refuse, before any work, what cannot be evaluated."""
+    if not specs:
+        raise ConfigError("evaluate_runs needs at least one run")
+    if config.feature_extractor == "inception":
+        inception_weights_path(config.inception_weights, config.download_weights)
+    least = max(MIN_SAMPLES, *(s.num_classes for s in specs))
+    if config.n_samples < least:
+        raise ConfigError(f"EvalConfig.n_samples = {config.n_samples} is too small: samples are balanced "
+                          f"over the classes and the metrics need {MIN_SAMPLES}; ask for at least {least}")
 
 
 def evaluate_runs(runs: Sequence[Run | str | Path], config: EvalConfig,
@@ -395,38 +423,27 @@ def evaluate_runs(runs: Sequence[Run | str | Path], config: EvalConfig,
     """
     start = time.perf_counter()
     dev = resolve_device(device)
-    if config.feature_extractor == "inception":  # fail before any training or sampling
-        inception_weights_path(config.inception_weights, config.download_weights)
     specs = [run_spec(r, sample, data_root) for r in runs]
-    if not specs:
-        raise ConfigError("evaluate_runs needs at least one run")
-    for spec in specs:
-        if config.n_samples < spec.num_classes:
-            raise ConfigError(f"EvalConfig.n_samples = {config.n_samples} is too small: the samples are "
-                              f"balanced over {spec.num_classes} classes, so ask for at least that many")
+    check_request(specs, config)
     steps = tuple(steps) if steps is not None else (config.ddim_steps,)
-    prepared = prepare_data(specs, config, dev, progress)
-    grid = cells(specs, config.guidance, steps, config.seeds, config.n_samples)
+    spaces = prepare_spaces(specs, config, dev, progress)
     tasks = []
-    for cell in grid:
-        clf, extractors, reference, _ = prepared[config_hash(cell.run.data)]
-        tasks.append(Task(cell, extractors, str(clf.final), reference, str(fidelity_cache_root()),
-                          str(dev), config.keep_samples))
+    for cell in cells(specs, config.guidance, steps, config.seeds, config.n_samples):
+        space = spaces[config_hash(cell.run.data)]
+        tasks.append(Task(cell, space.extractors, str(space.classifier.final), space.reference,
+                          str(fidelity_cache_root()), str(dev), config.keep_samples))
     unique = {t.key: t for t in tasks}
     n_workers = workers if workers is not None else default_workers(dev, len(unique))
     measured = measure_all(list(unique.values()), n_workers, progress)
     rows = [row(t.cell, measured[t.key], config.feature_extractor) for t in tasks]
-    columns = metric_columns(tasks[0].extractors)
-    classifiers = {p[0].path.name: {"run": str(p[0].path), "dataset": p[3].get("dataset"),
-                                    "test_accuracy": p[3].get("test_accuracy")} for p in prepared.values()}
     meta = {"config": to_dict(config), "ddim_steps": list(steps), "primary": config.feature_extractor,
-            "device": str(dev), "workers": n_workers,
-            "torch_threads": torch.get_num_threads(), "classifiers": classifiers,
-            "extractors": [dataclasses.asdict(e) for p in prepared.values() for e in p[1]],
+            "device": str(dev), "workers": n_workers, "torch_threads": torch.get_num_threads(),
+            "classifiers": {sp.classifier.path.name: sp.describe() for sp in spaces.values()},
+            "extractors": [dataclasses.asdict(e) for sp in spaces.values() for e in sp.extractors],
             "cells": len(tasks), "distinct_cells": len(unique),
             "computed": sum(not m.get("cached") for m in measured.values()),
             "wall_time_s": time.perf_counter() - start, "version": EVAL_VERSION}
-    report = EvalReport(rows, summarize(rows, columns), meta)
+    report = EvalReport(rows, summarize(rows, metric_columns(tasks[0].extractors)), meta)
     if out is not None:
         report.write(out)
     return report
