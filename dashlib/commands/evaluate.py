@@ -140,7 +140,12 @@ def cmd_efficiency(args: argparse.Namespace) -> int:
     payload = {"preset": preset.name, "teacher": to_dict(teacher.config), "student": to_dict(student.config),
                "teacher_run": args.teacher_run, "student_run": args.student_run, "steps": args.steps,
                "batch": args.batch, "device": str(device)}
-    out = Path(args.out) if args.out else make_run(preset.name, "efficiency", payload).results
+    if args.out:
+        out = Path(args.out)
+    else:
+        run = make_run(preset.name, "efficiency", payload)
+        atomic_write_json(run.config, payload)
+        out = run.results
     atomic_write_json(out, result)
     t, s = result["teacher"], result["student"]
     line = (f"FLOPs {t['flops_per_sample'] / 1e9:.1f}G vs {s['flops_per_sample'] / 1e9:.1f}G per sample "
