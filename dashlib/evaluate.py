@@ -47,7 +47,7 @@ from tqdm import tqdm
 from dashlib.artifacts import Artifact, load_artifact
 from dashlib.classifier import Classifier, load_classifier, predict, train_classifier
 from dashlib.config import ConfigError, DataConfig, EvalConfig, SampleConfig, from_dict, to_dict
-from dashlib.data import to_uint8
+from dashlib.data import load_dataset, to_uint8
 from dashlib.device import resolve_device
 from dashlib.fidelity import (
     METRIC_KEYS,
@@ -60,7 +60,6 @@ from dashlib.fidelity import (
     from_uint8,
     make_extractor,
     reference_set,
-    warm_reference_cache,
 )
 from dashlib.generate import generate
 from dashlib.inception import inception_weights_path
@@ -281,11 +280,16 @@ class CellEvaluator:
 
 
 _WORKER: CellEvaluator | None = None
+_LIMITS: object = None  # keeps the worker's thread-pool limits alive
 
 
 def _init_worker(threads: int) -> None:
-    global _WORKER
+    """Single-threaded torch and BLAS (numpy's, used by the metrics): workers never oversubscribe."""
+    from threadpoolctl import threadpool_limits
+
+    global _WORKER, _LIMITS
     torch.set_num_threads(threads)
+    _LIMITS = threadpool_limits(threads)
     _WORKER = CellEvaluator()
 
 
@@ -367,11 +371,12 @@ class Space:
     classifier: Run
     extractors: tuple[Extractor, ...]
     reference: str
+    real: dict[str, dict[str, float]]
 
     def describe(self) -> dict[str, Any]:
         results = self.classifier.read_results()
         return {"run": str(self.classifier.path), "dataset": results.get("dataset"),
-                "test_accuracy": results.get("test_accuracy")}
+                "test_accuracy": results.get("test_accuracy"), "test_split_metrics": self.real}
 
 
 def prepare_spaces(specs: Sequence[RunSpec], config: EvalConfig, device: torch.device,
@@ -379,7 +384,9 @@ def prepare_spaces(specs: Sequence[RunSpec], config: EvalConfig, device: torch.d
     """data-config hash -> Space, for every dataset the runs use.
 
     Trains (or reuses) the classifier and fills the reference cache here, in
-    the parent, so worker processes never race to write them.
+    the parent, so worker processes never race to write them. Doing so it
+    scores the real test split against the train split: the floor a perfect
+    model would reach at N = len(test) (`Space.real`, in the results' meta).
     """
     out = {}
     for key, data_dict in {config_hash(s.data): s.data for s in specs}.items():
@@ -388,10 +395,10 @@ def prepare_spaces(specs: Sequence[RunSpec], config: EvalConfig, device: torch.d
         kinds = ["classifier"] + (["inception"] if config.feature_extractor == "inception" else [])
         extractors = tuple(make_extractor(k, clf, config.inception_weights, config.download_weights)
                            for k in kinds)
-        reference = reference_set(data)
-        for extractor in extractors:
-            warm_reference_cache(reference, extractor, device, fidelity_cache_root())
-        out[key] = Space(clf, extractors, reference.name)
+        reference, test = reference_set(data), to_uint8(load_dataset(data).test.x)
+        real = {e.kind: fidelity_metrics(test, reference, e, device, fidelity_cache_root())
+                for e in extractors}
+        out[key] = Space(clf, extractors, reference.name, real)
     return out
 
 

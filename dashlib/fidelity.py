@@ -250,15 +250,3 @@ def fidelity_metrics(samples: Tensor, reference: Reference, extractor: Extractor
         prc_neighborhood=PRC_NEIGHBORHOOD, rng_seed=RNG_SEED, batch_size=FEATURE_BATCH,
         cuda=torch.device(device).type == "cuda", save_cpu_ram=True, verbose=False)
     return {short: float(raw[long]) for long, short in METRIC_NAMES.items()}
-
-
-def warm_reference_cache(reference: Reference, extractor: Extractor, device: torch.device | str = "cpu",
-                         cache_root: str | Path | None = None) -> dict[str, float]:
-    """Compute and cache the reference features/statistics once (before workers start).
-
-    Scores the first images of the reference against the whole set, which
-    makes torch-fidelity extract and cache every reference feature.
-    """
-    head = reference.images[: max(PRC_NEIGHBORHOOD + 2, min(len(reference.images), 100))]
-    return fidelity_metrics(head, reference, extractor, device, cache_root)
-
