@@ -174,3 +174,144 @@ def gap_heatmaps(b: Budget, models: Mapping[str, Artifact], timesteps: tuple[int
     fig.suptitle(f"guidance gap δ for held-out image #{index} (class {int(y[0])})")
     fig.tight_layout()
     return fig
+
+
+# --- evaluation outputs -------------------------------------------------------------------
+
+def _pm(mean: float | None, std: float | None, digits: int = 3) -> str:
+    if mean is None or mean != mean:
+        return "–"
+    if std is None or std != std:
+        return f"{mean:.{digits}f}"
+    return f"{mean:.{digits}f} ± {std:.{digits}f}"
+
+
+def _summary(report: Any, guidance: str) -> dict[str, dict[str, Any]]:
+    """{method: summary row} at one guidance setting (and the report's one step count)."""
+    return {r["method"]: r for r in report.summary if r["guidance"] == guidance}
+
+
+T1_COLUMNS = ["model", "params", "compression", "FID", "IS", "accuracy", "rho"]
+
+
+def t1_main_results(b: Budget, report: Any, runs: Mapping[str, Run], folder: str | Path,
+                    notebook: str = "03_evaluation") -> Path:
+    """Every model at the table guidance: params, FID, IS, guidance fidelity, rho."""
+    rows_by = _summary(report, b.table_guidance)
+    teacher_params = rows_by["teacher"]["params"]
+    rows = []
+    for name in plots.ordered(list(rows_by)):
+        r = rows_by[name]
+        params = r.get("params_nonzero") if name == "pruning" else r["params"]
+        rho = runs[name].read_results().get("rho") if name in runs else (1.0 if name == "teacher" else None)
+        rows.append({"model": name, "params": f"{params:,}", "compression": f"{teacher_params / params:.2f}x",
+                     "FID": _pm(r.get("fid_mean"), r.get("fid_std")),
+                     "IS": _pm(r.get("isc_mean_mean"), r.get("isc_mean_std"), 2),
+                     "accuracy": _pm(r.get("accuracy_mean"), r.get("accuracy_std")),
+                     "rho": "–" if rho is None or rho != rho else f"{rho:.2f}"})
+    feature = b.preset.eval.feature_extractor
+    guidance = "TAG" if b.table_guidance == "tag" else f"w = {b.table_guidance}"
+    return save_table(rows, T1_COLUMNS, folder, "T1_main_results",
+                      f"Main results ({guidance}, {b.preset.eval.ddim_steps} DDIM steps, "
+                      f"{b.preset.eval.n_samples} samples; FID/IS in the {feature} feature space; "
+                      f"mean ± std over seeds {', '.join(map(str, b.seeds))})",
+                      ["C1", "C2", "C3"], b.provenance(notebook))
+
+
+def f3_guidance_sweep(b: Budget, report: Any, folder: str | Path,
+                      notebook: str = "03_evaluation") -> Path:
+    label = f"{b.preset.eval.feature_extractor} FID"
+    fig = plots.guidance_sweep(report.rows, quality="fid", fidelity="accuracy", quality_label=label)
+    return _save(fig, b, folder, "F3_guidance_sweep",
+                 "Sample quality and guidance fidelity against guidance scale, per method",
+                 ["C1", "C3"], notebook)
+
+
+T4_COLUMNS = ["model", "params", "GFLOPs (50-step CFG run, batch 64)", "latency (s)",
+              "peak memory (MB)", "speedup", "FLOPs ratio", "speedup / FLOPs ratio"]
+
+
+def t4_efficiency(b: Budget, teacher: Artifact, student: Artifact, folder: str | Path,
+                  repeats: int = 3, notebook: str = "03_evaluation") -> Path:
+    from dashlib.device import resolve_device
+    from dashlib.efficiency import efficiency
+
+    e = efficiency(b.preset, teacher.model, student.model, resolve_device(b.device), steps=50,
+                   batch=64, repeats=repeats)
+    rows = []
+    for name, cost in (("teacher", e["teacher"]), ("dash student", e["student"])):
+        is_teacher = name == "teacher"
+        rows.append({"model": name, "params": f"{cost['params']:,}",
+                     "GFLOPs (50-step CFG run, batch 64)": cost["flops"] / 1e9,
+                     "latency (s)": cost.get("latency_s"),
+                     "peak memory (MB)": (cost.get("peak_memory_bytes") or 0) / 2**20,
+                     "speedup": 1.0 if is_teacher else e.get("speedup"),
+                     "FLOPs ratio": 1.0 if is_teacher else e["flops_ratio"],
+                     "speedup / FLOPs ratio": None if is_teacher else e.get("speedup_over_flops_ratio")})
+    memory = e["teacher"].get("peak_memory_method", "")
+    return save_table(rows, T4_COLUMNS, folder, "T4_efficiency",
+                      f"Efficiency on {e['device_name']} ({e['threads']} threads; {e['guidance']} "
+                      f"guidance; latency median of {repeats}; memory: {memory})", ["C1"],
+                      b.provenance(notebook), digits=2)
+
+
+# --- ablation and sweeps -------------------------------------------------------------------
+
+T2_COLUMNS = ["variant", "L_im", "L_un", "L_an", "TIRT", "FID", "accuracy", "rho", "cos"]
+
+
+def ablation_quality(b: Budget, report: Any) -> dict[str, dict[int, float]]:
+    """{variant: {seed: FID}} at the table guidance."""
+    out: dict[str, dict[int, float]] = {}
+    for r in report.rows:
+        if r["guidance"] == b.table_guidance:
+            out.setdefault(r["method"], {})[r["seed"]] = r["fid"]
+    return out
+
+
+def t2_ablation(b: Budget, report: Any, runs: Mapping[str, Run], folder: str | Path,
+                notebook: str = "04_ablations") -> Path:
+    from dashlib.ablation import LEAVE_ONE_OUT, PATH
+
+    summary = _summary(report, b.table_guidance)
+    rows = []
+    for v in PATH + LEAVE_ONE_OUT:
+        res, s = runs[v.name].read_results(), summary[v.name]
+        cfg = v.preset(b.preset).distill
+        dash = v.method == "dash"
+        tirt = res.get("tirt", "uniform")
+        rows.append({"variant": v.name, "L_im": "1" if not dash else f"{cfg.im:g}",
+                     "L_un": f"{cfg.un:g}" if dash else "0", "L_an": f"{cfg.an:g}" if dash else "0",
+                     "TIRT": tirt, "FID": _pm(s.get("fid_mean"), s.get("fid_std")),
+                     "accuracy": _pm(s.get("accuracy_mean"), s.get("accuracy_std")),
+                     "rho": f"{res['rho']:.2f}", "cos": f"{res['cos']:.2f}"})
+    return save_table(rows, T2_COLUMNS, folder, "T2_ablation",
+                      "DASH ablation: the additive path cond-only → +L_un → +L_an → +TIRT Transfer, "
+                      "and leave-one-out variants (FID mean ± std over seeds)", ["C4", "C5"],
+                      b.provenance(notebook))
+
+
+def f6_ablation(b: Budget, report: Any, folder: str | Path, notebook: str = "04_ablations") -> Path:
+    from dashlib.ablation import shares_over_seeds
+
+    shares = shares_over_seeds(ablation_quality(b, report))
+    fig = plots.ablation_shares({f"{k}": v for k, v in shares.items()})
+    return _save(fig, b, folder, "F6_ablation",
+                 "Each DASH component's share of the total gain (FID), spread over seeds",
+                 ["C4", "C5"], notebook)
+
+
+def f7_steps_and_compression(b: Budget, steps_report: Any, width_report: Any,
+                             width_runs: Mapping[str, Run], folder: str | Path,
+                             notebook: str = "04_ablations") -> Path:
+    teacher_params = next(r["params"] for r in steps_report.rows if r["method"] == "teacher")
+    width_rows = []
+    for r in width_report.rows:
+        if r["guidance"] == b.table_guidance:
+            width_rows.append({**r, "compression_ratio": teacher_params / r["params"],
+                               "label": r["method"]})
+    label = f"{b.preset.eval.feature_extractor} FID"
+    fig = plots.steps_and_compression(steps_report.rows, width_rows, quality="fid", quality_label=label)
+    return _save(fig, b, folder, "F7_steps_compression",
+                 "Quality against DDIM steps and against compression ratio (DASH students)",
+                 ["C1"], notebook)

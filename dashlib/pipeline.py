@@ -27,68 +27,69 @@ from dashlib.teacher import train_teacher
 class Budget:
     """Everything a reproduction spends, for one preset.
 
-    `guidance` is the F3 sweep; `table_guidance` the setting of T1/F1/F6
-    (the release's TAG by default); `widths` the DASH student widths of the
-    F7 compression sweep; `ddim_sweep` the F7 step counts.
+    Steps, seeds, sample counts and sweep grids live in `preset` (its
+    `train`, `distill` and `eval` configs, with the quick overrides applied);
+    `widths` are the student widths of the F7 compression sweep; `workers`
+    the parallel single-threaded CPU processes for independent runs.
     """
 
     preset: Preset
     quick: bool
     methods: tuple[str, ...]
-    eval_seeds: tuple[int, ...]
-    guidance: tuple[str, ...]
-    table_guidance: str
-    eval_n: int
-    eval_steps: int
-    ddim_sweep: tuple[int, ...]
     widths: tuple[int, ...]
     workers: int
     device: str
 
+    @property
+    def seeds(self) -> tuple[int, ...]:
+        return self.preset.eval.seeds
+
+    @property
+    def table_guidance(self) -> str:
+        """The guidance of T1, F1 and F6: the preset's sampler (TAG by default)."""
+        s = self.preset.sample
+        return "tag" if s.guidance == "tag" else f"{s.w:g}"
+
     def provenance(self, notebook: str) -> Provenance:
-        return Provenance(self.preset.name, self.eval_seeds,
-                          {"teacher": self.preset.train.steps, "distill": self.preset.distill.steps,
-                           "ddim": self.eval_steps},
+        p = self.preset
+        return Provenance(p.name, p.eval.seeds,
+                          {"teacher": p.train.steps, "distill": p.distill.steps,
+                           "ddim": p.eval.ddim_steps},
                           quick=self.quick, notebook=notebook,
-                          extra={"eval_samples": self.eval_n})
+                          extra={"eval_samples": p.eval.n_samples})
 
 
-# Per preset: (full, quick) overrides of the defaults below.
+# Per preset: (full, quick) changes; dotted keys override the preset's configs.
 _BUDGETS: dict[str, tuple[dict[str, Any], dict[str, Any]]] = {
-    "tiny": ({"widths": (2, 4), "ddim_sweep": (2, 5)},
-             {"widths": (2, 4), "ddim_sweep": (2, 5), "eval_seeds": (42,)}),
-    "digits": ({"widths": (8, 12, 24), "ddim_sweep": (10, 20, 50, 100)},
-               {"widths": (8, 24), "ddim_sweep": (10, 50), "eval_seeds": (42,),
-                "preset": {"train.steps": 1200, "distill.steps": 300}}),
-    "digits16": ({"widths": (8, 24), "ddim_sweep": (10, 20, 50)},
-                 {"widths": (8,), "ddim_sweep": (10, 50), "eval_seeds": (42,),
-                  "preset": {"train.steps": 1200, "distill.steps": 300}}),
+    "tiny": ({"widths": (2, 4)}, {"widths": (2, 4), "eval.seeds": (42,)}),
+    "digits": ({"widths": (8, 12, 24)},
+               {"widths": (8, 24), "eval.seeds": (42,), "eval.sweep_steps": (10, 50),
+                "eval.sweep_guidance": ("0", "1", "3", "tag"),
+                "train.steps": 1200, "distill.steps": 300}),
+    "digits16": ({"widths": (8, 24)},
+                 {"widths": (8,), "eval.seeds": (42,), "eval.sweep_steps": (10, 50),
+                  "train.steps": 1200, "distill.steps": 300}),
 }
+_DEFAULT_BUDGET: tuple[dict[str, Any], dict[str, Any]] = (
+    {"widths": (32, 96)}, {"widths": (32,), "eval.seeds": (42,), "eval.sweep_steps": (10, 50)})
 
 
 def budget(preset: str | Preset, quick: bool = False, workers: int = 2, device: str = "auto",
            runs_dir: str | None = None, **changes: Any) -> Budget:
-    """The budget of a reproduction; `runs_dir` (if given) becomes $DASH_RUNS."""
+    """The budget of a reproduction; `runs_dir` (if given) becomes $DASH_RUNS.
+
+    `changes` override the budget: `methods`, `widths`, or dotted preset keys
+    such as `**{"distill.steps": 500}`.
+    """
     if runs_dir is not None:
         os.environ["DASH_RUNS"] = str(Path(runs_dir).resolve())
     p = preset if isinstance(preset, Preset) else get_preset(preset)
-    full, fast = _BUDGETS.get(p.name, ({"widths": (32, 96), "ddim_sweep": (10, 20, 50, 100)},
-                                       {"widths": (32,), "ddim_sweep": (10, 50),
-                                        "eval_seeds": (42,)}))
+    full, fast = _BUDGETS.get(p.name, _DEFAULT_BUDGET)
     knobs = {**(fast if quick else full), **changes}
-    preset_changes = knobs.pop("preset", {})
-    p = override(p, **preset_changes) if preset_changes else p
-    ev = p.eval
-    return Budget(
-        preset=p, quick=quick, methods=tuple(knobs.pop("methods", METHODS.names())),
-        eval_seeds=tuple(knobs.pop("eval_seeds", ev.seeds)),
-        guidance=tuple(knobs.pop("guidance", ev.sweep_guidance if hasattr(ev, "sweep_guidance")
-                                 else ev.guidance)),
-        table_guidance=knobs.pop("table_guidance", p.sample.guidance if p.sample.guidance == "tag"
-                                 else f"{p.sample.w:g}"),
-        eval_n=int(knobs.pop("eval_n", ev.n_samples)), eval_steps=int(knobs.pop("eval_steps", ev.ddim_steps)),
-        ddim_sweep=tuple(knobs.pop("ddim_sweep")), widths=tuple(knobs.pop("widths")),
-        workers=workers, device=device, **knobs)
+    dotted = {k: knobs.pop(k) for k in list(knobs) if "." in k}
+    return Budget(preset=override(p, **dotted) if dotted else p, quick=quick,
+                  methods=tuple(knobs.pop("methods", METHODS.names())),
+                  widths=tuple(knobs.pop("widths")), workers=workers, device=device, **knobs)
 
 
 def teacher(b: Budget, progress: bool = True) -> Artifact:
@@ -123,8 +124,9 @@ def describe(b: Budget) -> dict[str, Any]:
             "image_size": b.preset.data.image_size, "num_classes": b.preset.teacher.num_classes,
             "teacher_params": t, "student_params": s, "compression_ratio": round(t / s, 2),
             "teacher_steps": b.preset.train.steps, "distill_steps": b.preset.distill.steps,
-            "methods": list(b.methods), "eval_seeds": list(b.eval_seeds), "eval_samples": b.eval_n,
-            "eval_ddim_steps": b.eval_steps, "quick": b.quick, "workers": b.workers}
+            "methods": list(b.methods), "eval_seeds": list(b.seeds),
+            "eval_samples": b.preset.eval.n_samples, "eval_ddim_steps": b.preset.eval.ddim_steps,
+            "quick": b.quick, "workers": b.workers}
 
 
 def data_grid(b: Budget, per_class: int = 8) -> Any:
@@ -146,3 +148,43 @@ def load_models(b: Budget, runs: dict[str, Run]) -> dict[str, Artifact]:
     """{"teacher": ..., method: student, ...} loaded on the CPU."""
     return {"teacher": teacher(b, progress=False),
             **{m: load_artifact(r) for m, r in runs.items()}}
+
+
+def evaluate(b: Budget, runs: dict[str, Run], guidance: tuple[str, ...] | None = None,
+             steps: tuple[int, ...] | None = None, progress: bool = True) -> Any:
+    """Evaluate named runs (teacher and/or students) at `guidance` x `steps` x the
+    budget's seeds; returns the `EvalReport` (cells are cached in the run folders)."""
+    from dashlib.evaluate import evaluate_runs
+
+    config = b.preset.eval if guidance is None else dataclasses.replace(b.preset.eval,
+                                                                        guidance=tuple(guidance))
+    report = evaluate_runs(list(runs.values()), config, steps=steps, workers=b.workers,
+                           device=b.device, progress=progress)
+    names = {str(r.path): name for name, r in runs.items()}
+    for row in report.rows + report.summary:
+        row["method"] = names.get(row["run"], row["method"])
+    return report
+
+
+def ablation_runs(b: Budget, progress: bool = True) -> dict[str, Run]:
+    """Every ablation variant's run (PATH and leave-one-out), training what is missing."""
+    from dashlib.ablation import VARIANTS
+
+    jobs = [(name, v.preset(b.preset), v.method) for name, v in VARIANTS.items()]
+    return _distill_jobs(b, jobs, progress)
+
+
+def width_runs(b: Budget, progress: bool = True) -> dict[str, Run]:
+    """DASH students of the budget's widths (plus the preset's own), for F7."""
+    widths = sorted({*b.widths, b.preset.student.ch})
+    jobs = [(f"ch{w}", width_preset(b, w), "dash") for w in widths]
+    return _distill_jobs(b, jobs, progress)
+
+
+def _distill_jobs(b: Budget, jobs: list[tuple[str, Preset, str]], progress: bool) -> dict[str, Run]:
+    """Distil (name, preset, method) jobs, `workers` at a time; {name: run}."""
+    from dashlib.distill.run import run_jobs
+
+    runs = run_jobs([(p, m, None, None) for _, p, m in jobs], device=b.device, workers=b.workers,
+                    progress=progress)
+    return {name: run for (name, _, _), run in zip(jobs, runs)}
