@@ -417,6 +417,26 @@ class Preset(Validated):
                      f"must equal teacher.num_classes ({self.teacher.num_classes})")
             if m.in_channels != self.teacher.in_channels:
                 fail(self, f"{model}.in_channels", m.in_channels, "must equal the teacher's")
+        T = self.diffusion.T
+        for name, steps in (("sample.steps", self.sample.steps),
+                            ("eval.ddim_steps", self.eval.ddim_steps),
+                            ("eval.sweep_steps", max(self.eval.sweep_steps))):
+            if steps > T:
+                fail(self, name, steps, f"DDIM cannot take more steps than the {T} diffusion "
+                                        f"timesteps (diffusion.T); choose at most {T}")
+        self._check_student_smaller()
+
+    def _check_student_smaller(self) -> None:
+        import torch
+
+        from dashlib.unet import UNet, count_params
+
+        with torch.device("meta"):  # counts parameters without allocating them
+            t, s = count_params(UNet(self.teacher)), count_params(UNet(self.student))
+        if s >= t:
+            fail(self, "student", f"{s:,} parameters",
+                 f"the student must be smaller than the teacher ({t:,} parameters); "
+                 f"lower student.ch or student.num_res_blocks")
 
 
 def to_dict(cfg: object) -> dict[str, Any]:
