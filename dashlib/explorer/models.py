@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
@@ -11,7 +12,18 @@ from dashlib.config import Preset
 from dashlib.data import load_dataset
 from dashlib.explorer.widget import BranchExplorer
 from dashlib.presets import get_preset
+from dashlib.runs import runs_root
 from dashlib.teacher import train_teacher
+
+
+def default_runs_dir(path: str | Path | None) -> Path:
+    """Use `path` as the runs root unless $DASH_RUNS is already set; returns the root in use.
+
+    Notebooks run in notebooks/, so they pass "../runs" to share the project's runs.
+    """
+    if path is not None:
+        os.environ.setdefault("DASH_RUNS", str(path))
+    return runs_root()
 
 
 def load_models(preset: Preset, methods: Sequence[str] = (),

@@ -165,6 +165,14 @@ class BranchExplorer:
                              f"{self.cache.hits} hits, {self.cache.misses} misses")
         return elapsed
 
+    def timing_summary(self) -> str:
+        """Median and worst redraw time so far (each is one control change)."""
+        if not self.timings:
+            return "no redraws yet"
+        ms = sorted(1000 * t for t in self.timings)
+        return (f"{len(ms)} redraws: median {ms[len(ms) // 2]:.0f} ms, max {ms[-1]:.0f} ms "
+                f"(cache: {self.cache.hits} hits, {self.cache.misses} misses)")
+
     def run_ddim(self) -> None:
         """Sample every shown model from the same seeded x_T, then redraw."""
         state = self.state()
