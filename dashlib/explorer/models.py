@@ -49,9 +49,14 @@ def load_models(preset: Preset, methods: Sequence[str] = (),
 
 def open_explorer(preset: str | Preset, methods: Sequence[str] = (),
                   student_runs: Mapping[str, str | Path] | None = None, device: str = "cpu",
-                  progress: bool = False, **options: Any) -> BranchExplorer:
-    """A `BranchExplorer` for a preset's teacher and students; `options` go to the explorer."""
+                  progress: bool = False, t_fraction: float = 0.5,
+                  **options: Any) -> BranchExplorer:
+    """A `BranchExplorer` for a preset's teacher and students, first shown at timestep
+    round(t_fraction (T - 1)); `options` go to the explorer."""
+    if not 0.0 <= t_fraction <= 1.0:
+        raise ValueError(f"t_fraction = {t_fraction} must lie in [0, 1]")
     p = get_preset(preset) if isinstance(preset, str) else preset
     teacher, students = load_models(p, methods, student_runs, device, progress)
+    t = round(t_fraction * (p.diffusion.T - 1))
     return BranchExplorer(teacher, students, load_dataset(p.data), p.sample,
-                          title=f"[{p.name}]", **options)
+                          title=f"[{p.name}]", t=t, **options)
