@@ -17,6 +17,7 @@ from dashlib.guidance import branches
 from dashlib.sampling import DDIMSampler
 from dashlib.workshop.mlp import ToyMLP
 from dashlib.workshop.toy import ToyConfig, mode_centers, sample_data
+from dashlib.workshop.train import Workshop, draw_batch, student_terms
 
 
 def toy_sample_config(config: ToyConfig, guidance: str | float) -> SampleConfig:
@@ -43,8 +44,10 @@ def field_on_grid(model: ToyMLP, points: Tensor, t: int, y: int) -> tuple[Tensor
 
 @torch.no_grad()
 def gap_at(student: ToyMLP, teacher: ToyMLP, diffusion: Diffusion, config: ToyConfig, t: int,
-           n: int = 2048, seed: int = 0) -> dict[str, float]:
-    """rho, cos, gap_mse, cond_mse, uncond_mse at timestep t on n matched noised data points."""
+           n: int | None = None, seed: int = 0) -> dict[str, float]:
+    """rho, cos, gap_mse, cond_mse, uncond_mse at timestep t on n (default
+    `config.gap_points`) matched noised data points."""
+    n = n or config.gap_points
     g = torch.Generator().manual_seed(seed)
     x0, y = sample_data(config, n, g)
     tt = torch.full((n,), t)
@@ -55,7 +58,7 @@ def gap_at(student: ToyMLP, teacher: ToyMLP, diffusion: Diffusion, config: ToyCo
 
 
 def gap_profile(student: ToyMLP, teacher: ToyMLP, diffusion: Diffusion, config: ToyConfig,
-                timesteps: list[int], n: int = 2048, seed: int = 0) -> dict[str, list[float]]:
+                timesteps: list[int], n: int | None = None, seed: int = 0) -> dict[str, list[float]]:
     """`gap_at` over several timesteps: {metric: [value per timestep]}."""
     rows = [gap_at(student, teacher, diffusion, config, t, n, seed) for t in timesteps]
     return {k: [r[k] for r in rows] for k in rows[0]}
@@ -74,3 +77,25 @@ def on_mode(samples: Tensor, y: Tensor, config: ToyConfig, k_std: float = 3.0) -
     own = mode_centers(config)[y]  # (N, M, 2)
     d = (samples[:, None] - own).norm(dim=-1).min(1).values
     return float((d <= k_std * config.mode_std).float().mean())
+
+
+@torch.no_grad()
+def loss_terms(shop: Workshop, n_batches: int = 8, seed: int = 123) -> dict[str, dict[str, float]]:
+    """L_im, L_un, L_an of every student on the same fresh batches: {student: {term: value}}.
+
+    An output-level student is trained on L_im alone; this shows what that
+    loss does not see.
+    """
+    out = {}
+    for name, model in shop.models.items():
+        if name == "teacher":
+            continue
+        g = torch.Generator().manual_seed(seed)
+        sums = {"im": 0.0, "un": 0.0, "an": 0.0}
+        for _ in range(n_batches):
+            terms = student_terms(model, shop.teacher, shop.diffusion, draw_batch(shop.config,
+                                                                                   shop.diffusion, g))
+            for k, v in terms.items():
+                sums[k] += float(v) / n_batches
+        out[name] = {f"L_{k}": v for k, v in sums.items()}
+    return out

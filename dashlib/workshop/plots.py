@@ -85,14 +85,15 @@ def plot_fields(shop: Workshop, t: int, y: int, extent: float = 1.05, n: int = 1
 
 
 def plot_samples(shop: Workshop, guidance: Sequence[str | float] = (0, 1, 3, "tag"),
-                 n_per_class: int = 200, seed: int = 0) -> Figure:
+                 n_per_class: int | None = None, seed: int = 0) -> Figure:
     """Rows: models; columns: guidance (constant w or "tag"); colour = requested class.
 
-    Each title gives the fraction of samples nearest a mode of their own class
-    ("class") and the fraction within 3 standard deviations of one ("on a mode").
+    `n_per_class` defaults to `config.samples_per_class`. Each title gives the
+    fraction of samples nearest a mode of their own class ("class") and the
+    fraction within 3 standard deviations of one ("on a mode").
     """
     k = shop.config.num_classes
-    y = torch.arange(n_per_class * k) % k
+    y = torch.arange((n_per_class or shop.config.samples_per_class) * k) % k
     extent = 1.05
     fig, axes = plt.subplots(len(shop.models), len(guidance),
                              figsize=(2.8 * len(guidance), 2.9 * len(shop.models)), squeeze=False)

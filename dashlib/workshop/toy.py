@@ -10,8 +10,10 @@ live in [-1, 1]^2 like the images, so DDIM clips its x_0 estimate to
 
 from __future__ import annotations
 
+import dataclasses
 import math
 from dataclasses import dataclass
+from typing import Any
 
 import torch
 from torch import Tensor
@@ -22,7 +24,8 @@ from dashlib.registry import Registry
 
 @dataclass(frozen=True)
 class ToyConfig(Validated):
-    """The toy problem, its models and the training/sampling budget."""
+    """The toy problem, its models, the training/sampling budget, and the sizes of
+    the diagnostics (`gap_points` noised points per rho/cos, `samples_per_class`)."""
 
     num_classes: int = 3
     modes_per_class: int = 2
@@ -38,12 +41,14 @@ class ToyConfig(Validated):
     lr: float = 4e-3
     label_dropout: float = 0.15
     ddim_steps: int = 25
+    gap_points: int = 2048
+    samples_per_class: int = 200
     seed: int = 0
 
     def validate(self) -> None:
         for name in ("num_classes", "modes_per_class", "radius", "mode_std", "teacher_hidden",
                      "student_hidden", "depth", "teacher_steps", "student_steps", "batch_size",
-                     "lr", "ddim_steps"):
+                     "lr", "ddim_steps", "gap_points", "samples_per_class"):
             positive(self, name)
         in_range(self, "label_dropout", 0.0, 1.0)
         if self.T < 2:
@@ -57,13 +62,15 @@ class ToyConfig(Validated):
 TOY_BUDGETS: Registry[ToyConfig] = Registry("toy budget")
 TOY_BUDGETS.add("laptop", ToyConfig())
 TOY_BUDGETS.add("tiny", ToyConfig(teacher_steps=150, student_steps=100, batch_size=128,
-                                  teacher_hidden=64, student_hidden=16, ddim_steps=8, T=50))
+                                  teacher_hidden=64, student_hidden=16, ddim_steps=8, T=50,
+                                  gap_points=256, samples_per_class=30))
 
 
-def toy_config_for(preset: str) -> ToyConfig:
+def toy_config_for(preset: str, **changes: Any) -> ToyConfig:
     """The `tiny` preset (tests, papermill smoke runs) gets the tiny budget; every
-    other preset the laptop budget the workshop is written for."""
-    return TOY_BUDGETS.get("tiny" if preset == "tiny" else "laptop")
+    other preset the laptop budget the workshop is written for. `changes`
+    replace fields (e.g. seed=1)."""
+    return dataclasses.replace(TOY_BUDGETS.get("tiny" if preset == "tiny" else "laptop"), **changes)
 
 
 def mode_centers(config: ToyConfig) -> Tensor:
