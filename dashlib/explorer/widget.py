@@ -119,7 +119,11 @@ class BranchExplorer:
                              int(c["seed"].value), str(c["guidance"].value), float(c["w"].value))
 
     def set(self, **values: Any) -> None:
-        """Set controls by name (students, y, t, guidance, w, seed), as a user would."""
+        """Set controls by name (students, y, t, guidance, w, seed), as a user would.
+
+        Inside a kernel the redraw is debounced (it follows `debounce_s` after the
+        cell returns); call `redraw()` to draw at once.
+        """
         for name, value in values.items():
             self.controls[name].value = value
 
