@@ -4,8 +4,8 @@ Subcommands live in `dashlib.commands.*` and register themselves with
 `@command`; this module holds the shared options and the entry point. Every
 command prints progress to stderr and, as its last line on stdout, the
 path of what it wrote. Known failures (bad config, missing data, unsafe or
-mismatched checkpoint, unfinished run, non-finite loss) print one
-`dash: error: ...` line and exit with status 2.
+mismatched checkpoint, unfinished run, non-finite loss, missing Inception
+weights) print one `dash: error: ...` line and exit with status 2.
 """
 
 from __future__ import annotations
@@ -19,14 +19,16 @@ from typing import Any
 
 from dashlib.config import ConfigError
 from dashlib.data import DataNotFoundError
+from dashlib.inception import InceptionWeightsError
 from dashlib.io import CheckpointError
 from dashlib.registry import Registry, UnknownNameError
+from dashlib.reproduce import ReproduceError
 from dashlib.runs import RunStateError
 from dashlib.train import NonFiniteLossError
 
 KNOWN_ERRORS: tuple[type[BaseException], ...] = (
     ConfigError, DataNotFoundError, CheckpointError, RunStateError, NonFiniteLossError,
-    UnknownNameError, FileNotFoundError,
+    UnknownNameError, InceptionWeightsError, FileNotFoundError, ReproduceError,
 )
 
 
