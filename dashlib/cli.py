@@ -13,6 +13,7 @@ from __future__ import annotations
 import argparse
 import json
 import sys
+import typing
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -95,10 +96,18 @@ def preset_from_args(args: argparse.Namespace, **extra: Any) -> Any:
 
 # --- entry point --------------------------------------------------------------
 
+class DashArgumentParser(argparse.ArgumentParser):
+    """argparse, with usage errors as the same single `dash: error:` line (exit 2)."""
+
+    def error(self, message: str) -> typing.NoReturn:
+        print(f"dash: error: {self.prog}: {message} (see `{self.prog} --help`)", file=sys.stderr)
+        sys.exit(2)
+
+
 def build_parser() -> argparse.ArgumentParser:
     import dashlib.commands  # noqa: F401  (registers every subcommand)
 
-    parser = argparse.ArgumentParser(
+    parser = DashArgumentParser(
         prog="dash", description="DASH: dual-branch score distillation, reproduced.")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     for name in COMMANDS:

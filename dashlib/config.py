@@ -324,6 +324,9 @@ class DistillConfig(Validated):
         one_of(self, "null_init", ("random", "zero", "mean"))
         in_range(self, "label_dropout", 0.0, 1.0)
         one_of(self, "amp", ("auto", "none", "bf16", "fp16"))
+        if self.method == "dash" and not (self.im or self.un or self.an):
+            fail(self, "im", self.im, "im, un and an are all 0, so DASH has no loss; "
+                                      "give at least one term a positive weight")
 
 
 def _guidance_spec_ok(spec: str) -> bool:

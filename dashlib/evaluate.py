@@ -92,6 +92,7 @@ class RunSpec:
     num_classes: int
     params: int
     params_nonzero: int
+    T: int
 
 
 @dataclass(frozen=True)
@@ -186,7 +187,8 @@ def run_spec(run: Run | str | Path, sample: SampleConfig | None = None,
         method=str(artifact.extra.get("method") or results.get("method") or kind),
         preset=preset_name, data=to_dict(data), sample=to_dict(sample),
         digest=file_digest(run.final), cfg=bool(model.config.cfg), num_classes=model.config.num_classes,
-        params=count_params(model), params_nonzero=count_params(model, nonzero=True))
+        params=count_params(model), params_nonzero=count_params(model, nonzero=True),
+        T=artifact.diffusion.T)
 
 
 def cells(specs: Iterable[RunSpec], guidance: Sequence[str], steps: Sequence[int],
@@ -402,10 +404,14 @@ def prepare_spaces(specs: Sequence[RunSpec], config: EvalConfig, device: torch.d
     return out
 
 
-def check_request(specs: Sequence[RunSpec], config: EvalConfig) -> None:
+def check_request(specs: Sequence[RunSpec], config: EvalConfig, steps: Sequence[int]) -> None:
     """Refuse, before any work, what cannot be evaluated."""
     if not specs:
         raise ConfigError("evaluate_runs needs at least one run")
+    T = min(s.T for s in specs)
+    if any(k < 1 or k > T for k in steps):
+        raise ConfigError(f"DDIM steps {list(steps)} are invalid: each must be between 1 and the "
+                          f"{T} diffusion timesteps; choose at most {T}")
     if config.feature_extractor == "inception":
         inception_weights_path(config.inception_weights, config.download_weights)
     least = max(MIN_SAMPLES, *(s.num_classes for s in specs))
@@ -431,8 +437,8 @@ def evaluate_runs(runs: Sequence[Run | str | Path], config: EvalConfig,
     start = time.perf_counter()
     dev = resolve_device(device)
     specs = [run_spec(r, sample, data_root) for r in runs]
-    check_request(specs, config)
     steps = tuple(steps) if steps is not None else (config.ddim_steps,)
+    check_request(specs, config, steps)
     spaces = prepare_spaces(specs, config, dev, progress)
     tasks = []
     for cell in cells(specs, config.guidance, steps, config.seeds, config.n_samples):

@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import Any
 
 from dashlib.artifacts import Artifact, load_artifact
-from dashlib.config import Preset, override
+from dashlib.config import ConfigError, Preset, override
 from dashlib.distill import METHODS, distill_many
 from dashlib.presets import get_preset
 from dashlib.report import Provenance
@@ -81,6 +81,9 @@ def budget(preset: str | Preset, quick: bool = False, workers: int = 2, device: 
     `changes` override the budget: `methods`, `widths`, or dotted preset keys
     such as `**{"distill.steps": 500}`.
     """
+    if not isinstance(workers, int) or workers < 1:
+        raise ConfigError(f"budget workers = {workers!r} is invalid: must be an int >= 1 "
+                          f"(parallel CPU processes; 1 disables parallelism)")
     if runs_dir is not None:
         os.environ["DASH_RUNS"] = str(Path(runs_dir).resolve())
     p = preset if isinstance(preset, Preset) else get_preset(preset)

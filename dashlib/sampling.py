@@ -23,7 +23,7 @@ from collections.abc import Callable
 import torch
 from torch import Tensor, nn
 
-from dashlib.config import SampleConfig
+from dashlib.config import ConfigError, SampleConfig
 from dashlib.diffusion import Diffusion
 from dashlib.guidance import guidance_scale, guided_eps
 from dashlib.registry import Registry
@@ -44,9 +44,9 @@ def leading_spacing(T: int, steps: int) -> Tensor:
 
 def ddim_timesteps(T: int, steps: int, spacing: str = "linspace") -> Tensor:
     """Descending timesteps (S,) int64 visited by the sampler."""
-    if steps > T:
-        raise ValueError(f"DDIM steps = {steps} is more than the {T} diffusion timesteps; "
-                         f"choose steps <= {T}")
+    if not 1 <= steps <= T:
+        raise ConfigError(f"DDIM steps = {steps} is invalid: it must lie between 1 and the {T} "
+                          f"diffusion timesteps; choose steps <= {T}")
     return SPACINGS.get(spacing)(T, steps)
 
 

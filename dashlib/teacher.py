@@ -85,11 +85,11 @@ def train_teacher(preset: Preset, force: bool = False, resume: bool = False,
     """Train (or reuse) the preset's teacher; returns its finished run folder."""
     payload = teacher_payload(preset)
     run = teacher_run(preset)
-    state = prepare(run, payload, force=force, resume=resume)
-    if state == "reuse":
+    if run.finished and not force:
         return run
     dev = resolve_device(device)
-    data = load_dataset(preset.data)
+    data = load_dataset(preset.data)  # a missing dataset fails here, before anything is written
+    state = prepare(run, payload, force=force, resume=resume)
     diffusion = Diffusion(preset.diffusion)
     model = build_unet(preset.teacher, seed=preset.train.seed)
     weighting = make_weighting(preset.train.weighting, diffusion)

@@ -90,12 +90,12 @@ def distill(preset: Preset, method: str | None = None, seed: int | None = None,
     payload = distill_payload(preset, config)
     run = make_run(preset.name, f"distill-{config.method}", payload)
     teacher_folder = train_teacher(preset, device=device, progress=progress)
-    state = prepare(run, payload, force=force, resume=resume)
-    if state == "reuse":
+    if run.finished and not force:
         return run
     dev = resolve_device(device)
     teacher = load_artifact(teacher_folder, expect=preset.teacher, device=dev)
     data = load_dataset(preset.data)
+    state = prepare(run, payload, force=force, resume=resume)
     diffusion = teacher.diffusion
     cls = METHODS.get(config.method)
     student = cls.build_student(preset, config, teacher.model)

@@ -1,0 +1,169 @@
+"""Table-driven bad input: each case fails with ONE clear `dash: error:` line that
+names the fix, a non-zero exit, and leaves every existing file untouched."""
+
+from __future__ import annotations
+
+import hashlib
+from pathlib import Path
+
+import pytest
+
+from dashlib.cli import main
+
+RUNS = "{runs}"  # replaced by the runs folder of the session's trained tiny teacher
+
+CASES = [
+    # (id, argv, phrase the message must contain)
+    ("unknown preset", ["info", "--preset", "cifar"], "unknown preset 'cifar'; choose one of"),
+    ("unknown dataset", ["train-teacher", "--preset", "tiny", "--set", "data.name=svhn"],
+     "DataConfig.name = 'svhn' is invalid: choose one of"),
+    ("unknown method", ["distill", "--preset", "tiny", "--method", "kd"],
+     "unknown distillation method 'kd'; choose one of"),
+    ("wrong type", ["train-teacher", "--preset", "tiny", "--set", "train.steps=ten"],
+     "TrainConfig.steps = 'ten' is invalid: must be of type int"),
+    ("float where int", ["train-teacher", "--preset", "tiny", "--set", "train.batch_size=1.5"],
+     "TrainConfig.batch_size = 1.5 is invalid: must be of type int"),
+    ("unknown field", ["train-teacher", "--preset", "tiny", "--set", "train.stepz=3"],
+     "has no field 'stepz'"),
+    ("malformed --set", ["train-teacher", "--preset", "tiny", "--set", "train.steps"],
+     "--set expects KEY=VALUE"),
+    ("steps above T", ["sample", "--preset", "tiny", "--steps", "101"],
+     "choose at most 100"),
+    ("eval steps above T", ["evaluate", "--run", RUNS + "/teacher", "--steps", "500"],
+     "at most 100"),
+    ("non-finite guidance", ["sample", "--preset", "tiny", "--w", "nan"],
+     "SampleConfig.w = nan is invalid: must be a finite number"),
+    ("infinite guidance in eval", ["evaluate", "--run", RUNS + "/teacher", "--w", "inf"],
+     "finite number"),
+    ("negative learning rate", ["train-teacher", "--preset", "tiny", "--set", "train.lr=-1e-3"],
+     "TrainConfig.lr = -0.001 is invalid: must be > 0"),
+    ("negative label dropout", ["train-teacher", "--preset", "tiny", "--set", "train.label_dropout=-0.1"],
+     "must lie in [0.0, 1.0]"),
+    ("EMA decay of one", ["distill", "--preset", "tiny", "--set", "distill.ema_decay=1.0"],
+     "DistillConfig.ema_decay = 1.0 is invalid"),
+    ("missing CIFAR root", ["train-teacher", "--preset", "cifar10", "--set", "data.data_root=/nonexistent/cifar"],
+     "/nonexistent/cifar"),
+    ("missing Inception weights", ["evaluate", "--run", RUNS + "/teacher", "--extractor", "inception",
+                                   "--inception-weights", "/nonexistent/pt_inception.pth"],
+     "/nonexistent/pt_inception.pth"),
+    ("corrupt checkpoint", ["sample", "--preset", "tiny", "--run", RUNS + "/corrupt"],
+     "truncated or corrupt"),
+    ("crafted pickle", ["sample", "--preset", "tiny", "--run", RUNS + "/pickled"],
+     "refusing to load"),
+    ("not a run folder", ["evaluate", "--run", "/nonexistent/run"], "/nonexistent/run"),
+    ("student larger than teacher", ["info", "--preset", "tiny", "--set", "student.ch=8",
+                                     "--set", "student.norm_groups=2"],
+     "the student must be smaller than the teacher"),
+    ("image size mismatch", ["train-teacher", "--preset", "tiny", "--set", "data.image_size=16"],
+     "must equal data.image_size (16)"),
+    ("too few samples for the grid", ["sample", "--preset", "tiny", "--n", "2"],
+     "ask for at least 4 samples"),
+    ("DASH with no loss terms", ["distill", "--preset", "tiny", "--set", "distill.im=0",
+                                 "--set", "distill.un=0", "--set", "distill.an=0"], "no loss"),
+    ("unknown notebook", ["reproduce", "--preset", "tiny", "--only", "99_missing"], "unknown notebook"),
+    ("reproduce unknown preset", ["reproduce", "--preset", "imagenet"], "unknown preset 'imagenet'"),
+    ("unfinished run without --resume", ["train-teacher", "--preset", "tiny", "--set", "train.steps=40"],
+     "pass --resume to continue it or --force to start over"),
+]
+
+
+def _snapshot(root: Path) -> dict[str, str]:
+    return {str(p.relative_to(root)): hashlib.sha256(p.read_bytes()).hexdigest()
+            for p in sorted(root.rglob("*")) if p.is_file()}
+
+
+@pytest.fixture(scope="module")
+def prepared(tmp_path_factory):
+    """A runs folder with a finished tiny teacher, an unfinished one, a corrupt
+    and a malicious artifact."""
+    import os
+    import pickle
+    import shutil
+
+    from dashlib.config import override
+    from dashlib.presets import get_preset
+    from dashlib.teacher import teacher_run, train_teacher
+    from dashlib.train import Trainer
+
+    root = tmp_path_factory.mktemp("bad-inputs")
+    old = os.environ.get("DASH_RUNS")
+    os.environ["DASH_RUNS"] = str(root)
+    try:
+        tiny = get_preset("tiny")
+        run = train_teacher(tiny, progress=False)
+        shutil.copytree(run.path, root / "teacher")
+        # an interrupted 40-step run: a checkpoint but no final.pt
+        unfinished = override(tiny, **{"train.steps": 40})
+        original = Trainer.train_step
+
+        def stop(self):
+            if self.step == 12:
+                raise KeyboardInterrupt
+            return original(self)
+
+        Trainer.train_step = stop
+        try:
+            train_teacher(unfinished, progress=False)
+        except KeyboardInterrupt:
+            pass
+        finally:
+            Trainer.train_step = original
+        assert teacher_run(unfinished).checkpoint.exists()
+        for name, payload in (("corrupt", None), ("pickled", "evil")):
+            folder = root / name
+            shutil.copytree(run.path, folder)
+            final = folder / "final.pt"
+            if payload is None:
+                final.write_bytes(final.read_bytes()[:300])
+            else:
+                with open(final, "wb") as f:
+                    pickle.dump({"model": _Evil()}, f)
+    finally:
+        if old is None:
+            os.environ.pop("DASH_RUNS", None)
+        else:
+            os.environ["DASH_RUNS"] = old
+    return root
+
+
+class _Evil:
+    def __reduce__(self):
+        return (print, ("this must never run",))
+
+
+@pytest.mark.parametrize("case, argv, phrase", CASES, ids=[c[0] for c in CASES])
+def test_bad_input_fails_clearly_and_touches_nothing(prepared, monkeypatch, capsys, case, argv, phrase):
+    monkeypatch.setenv("DASH_RUNS", str(prepared))
+    argv = [a.replace(RUNS, str(prepared)) for a in argv]
+    before = _snapshot(prepared)
+    try:
+        code = main(argv)
+    except SystemExit as exit_:  # argparse usage errors
+        code = exit_.code
+    captured = capsys.readouterr()
+    assert code != 0, f"{case}: exited 0"
+    lines = [ln for ln in captured.err.splitlines() if ln.strip()]
+    errors = [ln for ln in lines if ln.startswith("dash: error:")]
+    assert len(errors) == 1, f"{case}: expected one error line, got {lines}"
+    assert phrase in errors[0], f"{case}: {errors[0]!r} lacks {phrase!r}"
+    assert "Traceback" not in captured.err and "this must never run" not in captured.out
+    assert _snapshot(prepared) == before, f"{case}: files were changed or created"
+
+
+def test_at_least_twenty_cases():
+    assert len(CASES) >= 20
+
+
+@pytest.mark.parametrize("params, phrase", [
+    ({"preset": "nope"}, "unknown preset 'nope'"),
+    ({"preset": "tiny", "workers": 0}, "workers"),
+])
+def test_bad_notebook_parameters_name_notebook_cell_and_fix(tmp_path, monkeypatch, params, phrase):
+    from dashlib.reproduce import ReproduceError, notebooks_dir, run_notebook
+
+    monkeypatch.setenv("DASH_RUNS", str(tmp_path / "runs"))
+    with pytest.raises(ReproduceError) as err:
+        run_notebook(notebooks_dir() / "00_quickstart.ipynb", tmp_path / "out.ipynb",
+                     {"runs_dir": str(tmp_path / "runs"), **params}, progress=False)
+    assert "00_quickstart.ipynb failed in cell" in str(err.value) and phrase in str(err.value)
+    assert not (tmp_path / "runs").exists() or not any((tmp_path / "runs").rglob("final.pt"))
