@@ -26,12 +26,13 @@ from dashlib.data import DataNotFoundError
 from dashlib.distributed import session
 from dashlib.io import CheckpointError
 from dashlib.registry import Registry, UnknownNameError
+from dashlib.reproduce import ReproduceError
 from dashlib.runs import RunStateError
 from dashlib.train import NonFiniteLossError
 
 KNOWN_ERRORS: tuple[type[BaseException], ...] = (
     ConfigError, DataNotFoundError, CheckpointError, RunStateError, NonFiniteLossError,
-    UnknownNameError, FileNotFoundError,
+    UnknownNameError, FileNotFoundError, ReproduceError,
 )
 
 

@@ -272,8 +272,9 @@ class DistillConfig(Validated):
     """One distillation run: the method and its knobs (see `dashlib.distill`).
 
     `im`, `un`, `an` weight DASH's imitation, unconditional and anchor terms;
-    `tirt` is "transfer" (teacher's lambda_t, frozen), "uniform" (w_t = 1) or
-    "relearn" (lambda_t learned again by the student). `w_train` is the
+    `tirt` is "transfer" (teacher's lambda_t, frozen), "uniform" (w_t = 1),
+    "relearn" (lambda_t learned again by the student) or "auto" (the method's
+    default: transfer for DASH, uniform for every baseline). `w_train` is the
     composite/single-head training scale; `w_range` the multi-w range.
     `null_rows` feeds the null label to output-level students during training.
     """
@@ -289,7 +290,7 @@ class DistillConfig(Validated):
     im: float = 1.0
     un: float = 1.0
     an: float = 0.1
-    tirt: str = "transfer"
+    tirt: str = "auto"
     w_train: float = 4.0
     w_range: tuple[float, float] = (1.0, 5.0)
     feature_weight: float = 1.0
@@ -313,7 +314,7 @@ class DistillConfig(Validated):
             positive(self, name, strict=False)
         positive(self, "grad_clip")
         in_range(self, "ema_decay", 0.0, 0.999999)
-        one_of(self, "tirt", ("transfer", "uniform", "relearn"))
+        one_of(self, "tirt", ("auto", "transfer", "uniform", "relearn"))
         finite(self, "w_train")
         lo, hi = self.w_range
         if not (math.isfinite(lo) and math.isfinite(hi) and lo <= hi):

@@ -8,6 +8,10 @@ import pytest
 import torch
 
 os.environ.setdefault("MPLBACKEND", "Agg")
+# Tiny models gain nothing from a second thread, and OpenMP threads spin-wait
+# when the cores are busy (other tests' subprocesses), which slows them ~10x.
+os.environ.setdefault("OMP_NUM_THREADS", "1")
+torch.set_num_threads(1)
 
 
 @pytest.fixture(autouse=True)

@@ -1,0 +1,57 @@
+"""`dash distill`: train students with any registered method."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+
+from dashlib.cli import add_preset, add_runtime, command, preset_from_args
+
+
+def _args(p: argparse.ArgumentParser) -> None:
+    add_preset(p)
+    p.add_argument("--method", default="dash",
+                   help="a method (scratch, cond-only, composite, multi-w-composite, fitnets, "
+                        "gap-match, pruning, single-head, dash) or 'all' (default: dash)")
+    p.add_argument("--seed", type=int, nargs="+", help="seed(s) (default: the preset's)")
+    p.add_argument("--steps", type=int, help="distillation steps (default: the preset's)")
+    p.add_argument("--workers", type=int, default=1,
+                   help="parallel single-threaded worker processes for several runs (default 1)")
+    p.add_argument("--force", action="store_true", help="retrain even if a finished run exists")
+    p.add_argument("--resume", action="store_true", help="continue an interrupted run exactly")
+    add_runtime(p)
+
+
+def format_table(rows: list[dict]) -> str:
+    """A plain-text table of the calibration metrics of finished runs."""
+    cols = ("method", "seed", "params", "rho", "cos", "gap_mse", "cond_mse", "uncond_mse")
+    lines = ["  ".join(f"{c:>12s}" for c in cols)]
+    for r in rows:
+        cells = []
+        for c in cols:
+            v = r.get(c)
+            text = f"{v:.4f}" if isinstance(v, float) else "-" if v is None else str(v)
+            cells.append(f"{text:>12s}")
+        lines.append("  ".join(cells))
+    return "\n".join(lines)
+
+
+@command("distill", "distil the teacher into a student with one method (or all)", _args)
+def cmd_distill(args: argparse.Namespace) -> int:
+    from dashlib.distill import METHODS, distill, distill_many
+
+    preset = preset_from_args(args)
+    methods = METHODS.names() if args.method == "all" else [args.method]
+    seeds = args.seed or [None]
+    progress = not args.no_progress
+    if len(methods) * len(seeds) == 1 and args.workers <= 1:
+        runs = [distill(preset, methods[0], seeds[0], args.steps, force=args.force,
+                        resume=args.resume, device=args.device, progress=progress)]
+    else:
+        runs = list(distill_many(preset, methods, seeds, args.steps, force=args.force,
+                                 device=args.device, workers=args.workers,
+                                 progress=progress).values())
+    print(format_table([r.read_results() for r in runs]), file=sys.stderr)
+    for run in runs:
+        print(run.results)
+    return 0

@@ -1,0 +1,305 @@
+"""Every distillation method the paper compares, as a registry of objectives.
+
+Each method is an `Objective` whose `terms(batch, x_t)` returns named
+per-sample losses (B,); the total is sum_k coef_k * mean_i(w_{t_i} L_k,i)
+with w_t the method's timestep weighting (uniform for the baselines, the
+teacher's frozen TIRT for DASH). The teacher is frozen and held outside the
+module tree, so checkpoints contain only what is trained.
+
+What decides whether an output-level student *collapses* or *explodes* is how
+its null row starts (`DistillConfig.null_init`: random / zero / mean of the
+class rows) and whether it ever sees the null label in training
+(`DistillConfig.null_rows`, for the methods whose output term is conditional
+only: `cond-only` and `fitnets`). Both are explicit config fields.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+from typing import Any, ClassVar
+
+import torch
+from torch import Tensor, nn
+
+from dashlib.config import ConfigError, DistillConfig, ModelConfig, Preset, SampleConfig
+from dashlib.diffusion import Diffusion
+from dashlib.distill import losses
+from dashlib.distill.pruning import apply_masks, magnitude_prune, prunable
+from dashlib.guidance import branches, cfg_combine, guidance_scale
+from dashlib.registry import Registry
+from dashlib.teacher import drop_labels, mse_per_sample
+from dashlib.tirt import TimestepWeighting
+from dashlib.train import Batch, Objective
+from dashlib.unet import UNet, build_unet, count_params, feature_channels
+
+
+class DistillObjective(Objective):
+    """Base class: a trainable student, a frozen teacher, a timestep weighting."""
+
+    default_tirt: ClassVar[str] = "uniform"
+    uses_teacher: ClassVar[bool] = True
+
+    def __init__(self, student: UNet, teacher: UNet, weighting: TimestepWeighting,
+                 diffusion: Diffusion, config: DistillConfig, sample: SampleConfig) -> None:
+        super().__init__()
+        self.model, self.weighting, self.diffusion = student, weighting, diffusion
+        self.config, self.sample = config, sample
+        self._frozen = [teacher.eval().requires_grad_(False)]  # a list: not a submodule
+
+    @property
+    def teacher(self) -> UNet:
+        return self._frozen[0]
+
+    @classmethod
+    def architecture(cls, preset: Preset, config: DistillConfig) -> ModelConfig:
+        """The student's architecture: the preset's, with the configured null row."""
+        return dataclasses.replace(preset.student, null_init=config.null_init)
+
+    @classmethod
+    def build_student(cls, preset: Preset, config: DistillConfig, teacher: UNet) -> UNet:
+        """A freshly initialised student (seeded by `config.seed`)."""
+        return build_unet(cls.architecture(preset, config), seed=config.seed)
+
+    def coefficients(self) -> dict[str, float]:
+        """Weight of each named term in the total loss."""
+        return {}
+
+    def terms(self, batch: Batch, x_t: Tensor) -> dict[str, Tensor]:
+        raise NotImplementedError
+
+    def loss(self, batch: Batch) -> tuple[Tensor, dict[str, Tensor]]:
+        x_t = self.diffusion.q_sample(batch.x0, batch.t, batch.eps)
+        terms = self.terms(batch, x_t)
+        coef = self.coefficients()
+        total = sum(coef[k] * self.weighting.reduce(batch.t, v) for k, v in terms.items() if coef[k])
+        self.weighting.observe(batch.t, sum(coef[k] * v for k, v in terms.items()))
+        return total, {k: v.detach().mean() for k, v in terms.items()}  # type: ignore[return-value]
+
+    @torch.no_grad()
+    def teacher_branches(self, x_t: Tensor, t: Tensor, y: Tensor) -> tuple[Tensor, Tensor]:
+        """The teacher's two branches in one batched no-grad forward."""
+        return branches(self.teacher, x_t, t, y)
+
+    def labels(self, batch: Batch) -> Tensor:
+        """y, with null at rate `label_dropout` when `null_rows` is on (per sample)."""
+        if not self.config.null_rows:
+            return batch.y
+        return drop_labels(batch.y, self.model.null_label, self.config.label_dropout,
+                           batch.u[:, 0], batch.u_batch[0], "sample")
+
+
+METHODS: Registry[type[DistillObjective]] = Registry("distillation method")
+
+
+# --- baselines -------------------------------------------------------------------
+
+@METHODS.register("scratch")
+class Scratch(DistillObjective):
+    """No teacher: standard CFG training on data with label dropout,
+    L = |eps_S(x_t, t, y') - eps|^2, y' = null with probability `label_dropout`
+    (batch-level, like the teacher)."""
+
+    uses_teacher = False
+
+    def coefficients(self) -> dict[str, float]:
+        return {"data": 1.0}
+
+    def terms(self, batch: Batch, x_t: Tensor) -> dict[str, Tensor]:
+        y = drop_labels(batch.y, self.model.null_label, self.config.label_dropout, batch.u[:, 0],
+                        batch.u_batch[0], "batch")
+        return {"data": mse_per_sample(self.model(x_t, batch.t, y), batch.eps)}
+
+
+@METHODS.register("cond-only")
+class CondOnly(DistillObjective):
+    """Output-level distillation of the conditional branch only:
+    L = |eps_S(x_t, t, y) - eps_T(x_t, t, y)|^2. The null branch is never
+    supervised (unless `null_rows`, which swaps y for null on some rows)."""
+
+    def coefficients(self) -> dict[str, float]:
+        return {"im": 1.0}
+
+    def terms(self, batch: Batch, x_t: Tensor) -> dict[str, Tensor]:
+        y = self.labels(batch)
+        with torch.no_grad():
+            target = self.teacher(x_t, batch.t, y)
+        return {"im": losses.imitation(self.model(x_t, batch.t, y), target)}
+
+
+@METHODS.register("composite")
+class Composite(DistillObjective):
+    """The guided ("composite") output at one training scale w:
+    L = |eps~_S - eps~_T|^2, eps~ = eps(null) + w (eps(y) - eps(null)), w = `w_train`.
+    Only this mix of the branches is constrained; the gap itself is not."""
+
+    def coefficients(self) -> dict[str, float]:
+        return {"composite": 1.0}
+
+    def guidance(self, batch: Batch) -> Tensor | float:
+        return self.config.w_train
+
+    def terms(self, batch: Batch, x_t: Tensor) -> dict[str, Tensor]:
+        cond_t, uncond_t = self.teacher_branches(x_t, batch.t, batch.y)
+        cond_s, uncond_s = branches(self.model, x_t, batch.t, batch.y)
+        w = self.guidance(batch)
+        return {"composite": losses.composite(cond_s, uncond_s, cond_t, uncond_t, w)}
+
+
+@METHODS.register("multi-w-composite")
+class MultiWComposite(Composite):
+    """Composite matching with w drawn per sample, w ~ U(w_range):
+    L = |eps~_S(w_i) - eps~_T(w_i)|^2."""
+
+    def guidance(self, batch: Batch) -> Tensor:
+        lo, hi = self.config.w_range
+        return lo + (hi - lo) * batch.u[:, 1]
+
+
+@METHODS.register("fitnets")
+class FitNets(DistillObjective):
+    """Feature-level distillation (Romero et al. 2015) plus the output term:
+    L = |eps_S(x_t,t,y) - eps_T(x_t,t,y)|^2 + beta sum_l |A_l(h_S,l) - h_T,l|^2,
+    h_l the output of every UNet level and of the middle block (conditional
+    pass), A_l a learned 1x1 conv from student to teacher width, beta =
+    `feature_weight`."""
+
+    def __init__(self, student: UNet, teacher: UNet, *args: Any) -> None:
+        super().__init__(student, teacher, *args)
+        self.adapters = nn.ModuleList(
+            nn.Conv2d(cs, ct, 1) for cs, ct in
+            zip(feature_channels(student.config), feature_channels(teacher.config)))
+
+    def coefficients(self) -> dict[str, float]:
+        return {"im": 1.0, "feat": self.config.feature_weight}
+
+    def terms(self, batch: Batch, x_t: Tensor) -> dict[str, Tensor]:
+        y = self.labels(batch)
+        with torch.no_grad():
+            target, feats_t = self.teacher.forward_with_features(x_t, batch.t, y)
+        out, feats_s = self.model.forward_with_features(x_t, batch.t, y)
+        adapted = [a(f) for a, f in zip(self.adapters, feats_s)]
+        return {"im": losses.imitation(out, target), "feat": losses.features(adapted, feats_t)}
+
+
+@METHODS.register("gap-match")
+class GapMatch(DistillObjective):
+    """Match the teacher's gap directly, plus the conditional term:
+    L = |eps_S(y) - eps_T(y)|^2 + |delta_S - delta_T|^2."""
+
+    def coefficients(self) -> dict[str, float]:
+        return {"im": 1.0, "gap": 1.0}
+
+    def terms(self, batch: Batch, x_t: Tensor) -> dict[str, Tensor]:
+        cond_t, uncond_t = self.teacher_branches(x_t, batch.t, batch.y)
+        cond_s, uncond_s = branches(self.model, x_t, batch.t, batch.y)
+        return {"im": losses.imitation(cond_s, cond_t),
+                "gap": losses.gap(cond_s, uncond_s, cond_t, uncond_t)}
+
+
+@METHODS.register("pruning")
+class Pruning(Scratch):
+    """Global magnitude pruning of the teacher to `prune_fraction` of its
+    parameters (the paper: 8.95M of 35.75M), then fine-tuning within the same
+    budget with the teacher's own data objective (CFG training with label
+    dropout): L = |eps_P(x_t, t, y') - eps|^2, masks re-applied after every step.
+
+    Why this objective: it is the standard prune-then-fine-tune recipe and keeps
+    both branches trained, so the row measures what pruning alone does, without
+    borrowing any distillation term the other rows compare. Unstructured
+    sparsity saves no time on dense kernels: sampling costs the teacher's FLOPs.
+    """
+
+    uses_teacher = True
+
+    def __init__(self, student: UNet, *args: Any) -> None:
+        super().__init__(student, *args)
+        # The pruned weights are exactly zero; the kept ones are not.
+        self.masks = {name: w.detach() != 0 for name, w in prunable(student).items()}
+
+    @classmethod
+    def architecture(cls, preset: Preset, config: DistillConfig) -> ModelConfig:
+        return preset.teacher
+
+    @classmethod
+    def build_student(cls, preset: Preset, config: DistillConfig, teacher: UNet) -> UNet:
+        student = build_unet(teacher.config, seed=config.seed)
+        student.load_state_dict(teacher.state_dict())
+        magnitude_prune(student, config.prune_fraction)
+        return student
+
+    def after_step(self) -> None:
+        apply_masks(self.model, self.masks)
+
+
+@METHODS.register("single-head")
+class SingleHead(DistillObjective):
+    """A student without CFG (no null row) that predicts the teacher's guided
+    output in one pass: L = |eps_S(x_t, t, y) - eps~_T(x_t, t, y; w(t))|^2 with
+    w(t) the preset's sampling guidance (TAG by default). It is wider than the
+    two-branch student, `single_head_fraction` of the teacher's parameters (the
+    paper: 8.99M of 35.75M), since it runs one pass per step instead of two."""
+
+    def coefficients(self) -> dict[str, float]:
+        return {"guided": 1.0}
+
+    @classmethod
+    def architecture(cls, preset: Preset, config: DistillConfig) -> ModelConfig:
+        return single_head_config(preset, config.single_head_fraction)
+
+    def terms(self, batch: Batch, x_t: Tensor) -> dict[str, Tensor]:
+        cond_t, uncond_t = self.teacher_branches(x_t, batch.t, batch.y)
+        w = guidance_scale(self.sample, batch.t, self.diffusion.T)
+        target = cfg_combine(cond_t, uncond_t, w)
+        return {"guided": mse_per_sample(self.model(x_t, batch.t, batch.y), target)}
+
+
+# --- DASH --------------------------------------------------------------------------
+
+@METHODS.register("dash")
+class DASH(DistillObjective):
+    """Dual-branch supervision (PAPER.md, method 1):
+    L_DASH = im L_im + un L_un + an L_an, with
+    L_im = |eps_S(y) - eps_T(y)|^2, L_un = |eps_S(null) - eps_T(null)|^2,
+    L_an = |eps_S(y) - eps|^2, default weights 1, 1, 0.1, each weighted per
+    timestep by the teacher's frozen TIRT (TIRT Transfer). One step: the
+    teacher's two branches in one batched no-grad forward, the student's two
+    branches in one batched forward/backward; no label dropout on the student."""
+
+    default_tirt = "transfer"
+
+    def __init__(self, *args: Any) -> None:
+        super().__init__(*args)
+        if not (self.config.im or self.config.un or self.config.an):
+            raise ConfigError("DistillConfig: im, un and an are all 0, so DASH has no loss; "
+                              "give at least one term a positive weight")
+
+    def coefficients(self) -> dict[str, float]:
+        return {"im": self.config.im, "un": self.config.un, "an": self.config.an}
+
+    def terms(self, batch: Batch, x_t: Tensor) -> dict[str, Tensor]:
+        cond_t, uncond_t = self.teacher_branches(x_t, batch.t, batch.y)
+        cond_s, uncond_s = branches(self.model, x_t, batch.t, batch.y)
+        return {"im": losses.imitation(cond_s, cond_t),
+                "un": losses.unconditional(uncond_s, uncond_t),
+                "an": losses.anchor(cond_s, batch.eps)}
+
+
+def single_head_config(preset: Preset, fraction: float) -> ModelConfig:
+    """The student architecture, widened so its parameter count is closest to
+    `fraction` of the teacher's, without a null row. Widths step by 2; GroupNorm
+    uses gcd(width, the student's groups) groups, and widths that would leave
+    fewer than min(4, student groups) groups are skipped."""
+    groups = preset.student.norm_groups
+    with torch.device("meta"):
+        target = fraction * count_params(UNet(preset.teacher))
+        best: tuple[float, ModelConfig] | None = None
+        for ch in range(2, 4 * preset.teacher.ch + 1, 2):
+            if math.gcd(ch, groups) < min(4, groups):
+                continue
+            cfg = dataclasses.replace(preset.student, ch=ch, cfg=False, norm_groups=math.gcd(ch, groups))
+            gap = abs(count_params(UNet(cfg)) - target)
+            if best is None or gap < best[0]:
+                best = (gap, cfg)
+    assert best is not None
+    return best[1]

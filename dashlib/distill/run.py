@@ -1,0 +1,181 @@
+"""Running a distillation: run folder, trainer, calibration log, results JSON.
+
+`distill(preset, method)` trains (or reuses) one student from the preset's
+frozen teacher (EMA weights); `distill_many` runs several, in parallel worker
+processes. Every method gets the same data, step budget and optimiser.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import time
+from collections.abc import Sequence
+from concurrent.futures import ProcessPoolExecutor
+from multiprocessing import get_context
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from dashlib.artifacts import Artifact, load_artifact, save_artifact
+from dashlib.calibration import Calibrator, matched_inputs
+from dashlib.config import DistillConfig, Preset, to_dict
+from dashlib.data import load_dataset
+from dashlib.device import resolve_device
+from dashlib.diffusion import Diffusion
+from dashlib.distill.methods import METHODS, DistillObjective
+from dashlib.io import atomic_write_json
+from dashlib.runs import Run, config_hash, make_run, prepare
+from dashlib.teacher import teacher_payload, train_teacher
+from dashlib.tirt import TimestepWeighting, drift_report, make_weighting, transfer
+from dashlib.train import LoopConfig, Trainer
+from dashlib.unet import count_params
+
+CALIB_SEED = 1234  # the matched inputs are the same for every method and seed
+
+
+def resolve_config(preset: Preset, method: str | None = None, seed: int | None = None,
+                   steps: int | None = None) -> DistillConfig:
+    """The preset's DistillConfig with the method, seed and steps applied and
+    `tirt="auto"` replaced by the method's default."""
+    cfg = preset.distill
+    changes: dict[str, Any] = {k: v for k, v in
+                               {"method": method, "seed": seed, "steps": steps}.items() if v is not None}
+    cfg = dataclasses.replace(cfg, **changes)
+    cls = METHODS.get(cfg.method)
+    if cfg.tirt == "auto":
+        cfg = dataclasses.replace(cfg, tirt=cls.default_tirt)
+    return cfg
+
+
+def distill_payload(preset: Preset, config: DistillConfig) -> dict[str, Any]:
+    """Everything that determines a distillation run (hashed into its folder name)."""
+    cls = METHODS.get(config.method)
+    return {"kind": "distill", "preset": preset.name, "method": config.method,
+            "teacher": config_hash(teacher_payload(preset)),
+            "student": to_dict(cls.architecture(preset, config)), "distill": to_dict(config),
+            "data": to_dict(preset.data), "diffusion": to_dict(preset.diffusion),
+            "sample": to_dict(preset.sample) if config.method == "single-head" else None}
+
+
+def distill_run(preset: Preset, method: str | None = None, seed: int | None = None,
+                steps: int | None = None) -> Run:
+    """The run folder of a distillation (whether or not it has been trained)."""
+    config = resolve_config(preset, method, seed, steps)
+    return make_run(preset.name, f"distill-{config.method}", distill_payload(preset, config))
+
+
+def make_weighting_for(config: DistillConfig, teacher: Artifact,
+                       diffusion: Diffusion) -> TimestepWeighting:
+    """TIRT Transfer (frozen copy of the teacher's), uniform, or relearned from zero."""
+    if config.tirt == "uniform" or teacher.weighting is None:
+        return make_weighting("uniform", diffusion)
+    if config.tirt == "transfer":
+        return transfer(teacher.weighting, diffusion)
+    return make_weighting(teacher.config["train"]["weighting"], diffusion)
+
+
+def calibration_hook(calibrator: Calibrator, objective: DistillObjective) -> Any:
+    def hook(step: int) -> dict[str, float]:
+        m = calibrator.score(objective.model)
+        return {k: m[k] for k in ("rho", "cos", "gap_mse", "cond_mse", "uncond_mse")}
+
+    return hook
+
+
+def distill(preset: Preset, method: str | None = None, seed: int | None = None,
+            steps: int | None = None, force: bool = False, resume: bool = False,
+            device: str = "auto", progress: bool = True) -> Run:
+    """Train (or reuse) one student; returns its finished run folder."""
+    config = resolve_config(preset, method, seed, steps)
+    payload = distill_payload(preset, config)
+    run = make_run(preset.name, f"distill-{config.method}", payload)
+    teacher_folder = train_teacher(preset, device=device, progress=progress)
+    state = prepare(run, payload, force=force, resume=resume)
+    if state == "reuse":
+        return run
+    dev = resolve_device(device)
+    teacher = load_artifact(teacher_folder, expect=preset.teacher, device=dev)
+    data = load_dataset(preset.data)
+    diffusion = teacher.diffusion
+    cls = METHODS.get(config.method)
+    student = cls.build_student(preset, config, teacher.model)
+    objective = cls(student, teacher.model, make_weighting_for(config, teacher, diffusion),
+                    diffusion, config, preset.sample)
+    calibrator = Calibrator(teacher.model, diffusion,
+                            matched_inputs(data.test, diffusion, config.calib_samples,
+                                           torch.Generator().manual_seed(CALIB_SEED)))
+    loop = LoopConfig.from_config(config)
+    trainer = Trainer(objective, data.train, diffusion, loop, run, payload, dev,
+                      hooks={config.calib_every: calibration_hook(calibrator, objective)},
+                      progress=progress, desc=f"{config.method}[{preset.name}]")
+    start = time.perf_counter()
+    last = trainer.fit(resume=state == "resume")
+    wall = time.perf_counter() - start
+    student_ema = trainer.ema.shadow
+    save_artifact(run, "student", payload, student_ema, objective.weighting,
+                  _weighting_name(config, teacher),
+                  extra={"method": config.method, "teacher_run": str(teacher_folder.path)})
+    write_results(run, preset, config, objective, calibrator.score(student_ema), last, wall,
+                  teacher_params=count_params(teacher.model))
+    return run
+
+
+def _weighting_name(config: DistillConfig, teacher: Artifact) -> str:
+    if config.tirt == "uniform" or teacher.weighting is None:
+        return "uniform"
+    return str(teacher.config["train"]["weighting"])
+
+
+def write_results(run: Run, preset: Preset, config: DistillConfig, objective: DistillObjective,
+                  calibration: dict[str, Any], last: dict[str, Any], wall: float,
+                  teacher_params: int) -> None:
+    nonzero = config.method == "pruning"
+    params = count_params(objective.model, nonzero=nonzero)
+    terms = list(objective.coefficients())
+    atomic_write_json(run.results, {
+        "kind": "student", "method": config.method, "preset": preset.name, "seed": config.seed,
+        "steps": config.steps, "params": params, "params_counted": "nonzero" if nonzero else "all",
+        "teacher_params": teacher_params, "compression_ratio": teacher_params / params,
+        "rho": calibration["rho"], "cos": calibration["cos"], "gap_mse": calibration["gap_mse"],
+        "cond_mse": calibration["cond_mse"], "uncond_mse": calibration["uncond_mse"],
+        "calibration": calibration,
+        "final_losses": {k: last.get(k) for k in ["loss", *terms]},
+        "tirt": config.tirt, "null_init": config.null_init, "null_rows": config.null_rows,
+        "tirt_drift": drift_report(objective.weighting) if config.tirt == "relearn" else None,
+        "wall_time_s": wall, "run": str(run.path)})
+
+
+# --- many runs ---------------------------------------------------------------------
+
+def _worker_init() -> None:
+    torch.set_num_threads(1)
+
+
+def _distill_job(args: tuple[Preset, str, int | None, int | None, bool, str]) -> str:
+    preset, method, seed, steps, force, device = args
+    return str(distill(preset, method, seed, steps, force=force, resume=True, device=device,
+                       progress=False).path)
+
+
+def distill_many(preset: Preset, methods: Sequence[str], seeds: Sequence[int | None] = (None,),
+                 steps: int | None = None, force: bool = False, device: str = "auto",
+                 workers: int = 1, progress: bool = True) -> dict[tuple[str, int | None], Run]:
+    """Distil every (method, seed); with workers > 1, in single-threaded worker
+    processes (on a small CPU, two 1-thread processes beat one 2-thread one).
+    Interrupted runs are resumed. Returns {(method, seed): run}."""
+    for m in methods:
+        METHODS.get(m)  # fail fast on a typo, before any training
+    train_teacher(preset, device=device, progress=progress)
+    jobs = [(preset, m, s, steps, force, device) for m in methods for s in seeds]
+    if workers <= 1:
+        paths = [str(distill(p, m, s, st, force=f, resume=True, device=d, progress=progress).path)
+                 for p, m, s, st, f, d in jobs]
+    else:
+        from tqdm import tqdm
+
+        ctx = get_context("spawn")
+        with ProcessPoolExecutor(workers, mp_context=ctx, initializer=_worker_init) as pool:
+            paths = list(tqdm(pool.map(_distill_job, jobs), total=len(jobs), desc="distill",
+                              disable=not progress))
+    return {(j[1], j[2]): Run(Path(p)) for j, p in zip(jobs, paths)}

@@ -1,0 +1,276 @@
+"""The paper-style figures, from plain data (dicts and lists of rows).
+
+Each function returns a matplotlib Figure; `dashlib.report.save_figure`
+writes it with provenance. Methods keep one colour across every figure.
+"""
+
+from __future__ import annotations
+
+import math
+from collections import defaultdict
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+import matplotlib.pyplot as plt
+import numpy as np
+import seaborn as sns
+from matplotlib.figure import Figure
+from torch import Tensor
+
+ORDER = ["teacher", "scratch", "cond-only", "composite", "multi-w-composite", "fitnets",
+         "gap-match", "pruning", "single-head", "dash"]
+
+
+def style() -> None:
+    sns.set_theme(context="notebook", style="whitegrid", font_scale=0.95)
+
+
+def colour(name: str) -> Any:
+    palette = sns.color_palette("tab10", 10)
+    if name in ORDER:
+        return "black" if name == "teacher" else palette[(ORDER.index(name) - 1) % 10]
+    return palette[hash(name) % 10]
+
+
+def ordered(names: Sequence[str]) -> list[str]:
+    return sorted(names, key=lambda n: (ORDER.index(n) if n in ORDER else len(ORDER), n))
+
+
+def _lw(name: str) -> float:
+    return 2.6 if name in ("dash", "teacher") else 1.5
+
+
+# --- F1 ------------------------------------------------------------------------------
+
+def sample_grids(grids: Mapping[str, Tensor], subtitle: str = "") -> Figure:
+    """One panel per model; each grid (3, H, W) uint8 has a row per class."""
+    style()
+    names = ordered(list(grids))
+    cols = min(5, len(names))
+    rows = math.ceil(len(names) / cols)
+    fig, axes = plt.subplots(rows, cols, figsize=(3.0 * cols, 3.3 * rows), squeeze=False)
+    for ax, name in zip(axes.flat, names):
+        ax.imshow(grids[name].permute(1, 2, 0).numpy(), interpolation="nearest")
+        ax.set_title(name, color=colour(name), fontweight="bold" if name == "dash" else None)
+        ax.set_xticks([])
+        ax.set_yticks([])
+    for ax in list(axes.flat)[len(names):]:
+        ax.axis("off")
+    fig.suptitle("Samples: same seeds and classes for every model (one row per class)"
+                 + (f"\n{subtitle}" if subtitle else ""))
+    fig.tight_layout()
+    return fig
+
+
+# --- F2 ------------------------------------------------------------------------------
+
+def gap_calibration(calibrations: Mapping[str, Mapping[str, Any]]) -> Figure:
+    """rho(t) and cos(t) per method from `Calibrator.score` results."""
+    style()
+    fig, (ax_rho, ax_cos) = plt.subplots(1, 2, figsize=(11, 4.2))
+    for name in ordered(list(calibrations)):
+        cal = calibrations[name]
+        edges = np.asarray(cal["bin_edges"], dtype=float)
+        centres = (edges[:-1] + edges[1:]) / 2
+        for ax, key in ((ax_rho, "rho"), (ax_cos, "cos")):
+            values = np.asarray(cal["per_bin"][key], dtype=float)
+            if np.all(np.isnan(values)):
+                continue
+            ax.plot(centres, values, marker="o", ms=3, lw=_lw(name), color=colour(name), label=name)
+    ax_rho.axhline(1.0, color="black", ls="--", lw=1, label="teacher (rho = 1)")
+    ax_cos.axhline(1.0, color="black", ls="--", lw=1)
+    ax_rho.set(xlabel="timestep t (bin centre)", ylabel="rho = E|δ_S| / E|δ_T|",
+               title="Gap magnitude kept (1 = teacher's)")
+    ax_cos.set(xlabel="timestep t (bin centre)", ylabel="cos(δ_S, δ_T)",
+               title="Gap direction agreement")
+    ax_rho.set_ylim(bottom=0)
+    ax_cos.set_ylim(-0.1, 1.05)
+    ax_rho.legend(fontsize=8, ncol=2)
+    fig.suptitle("Guidance-gap calibration across timesteps (held-out matched inputs)")
+    fig.tight_layout()
+    return fig
+
+
+# --- F3 ------------------------------------------------------------------------------
+
+def mean_std(values: Sequence[float]) -> tuple[float, float]:
+    arr = np.asarray([v for v in values if v is not None and not math.isnan(v)], dtype=float)
+    if arr.size == 0:
+        return math.nan, math.nan
+    return float(arr.mean()), float(arr.std(ddof=1)) if arr.size > 1 else 0.0
+
+
+def _by_method_guidance(rows: Sequence[Mapping[str, Any]], key: str) -> dict[str, dict[str, list]]:
+    out: dict[str, dict[str, list]] = defaultdict(lambda: defaultdict(list))
+    for r in rows:
+        out[r["method"]][str(r["guidance"])].append(r.get(key))
+    return out
+
+
+def guidance_sweep(rows: Sequence[Mapping[str, Any]], quality: str = "fid",
+                   fidelity: str = "accuracy", quality_label: str = "classifier FID") -> Figure:
+    """Quality and guidance fidelity against w per method; TAG drawn at the right.
+
+    `rows` hold method, guidance ("0", "1", ..., "tag"), seed and the metrics.
+    """
+    style()
+    fig, axes = plt.subplots(1, 2, figsize=(11, 4.2))
+    for ax, key, label in ((axes[0], quality, quality_label),
+                           (axes[1], fidelity, "classifier accuracy on samples (guidance fidelity)")):
+        table = _by_method_guidance(rows, key)
+        numeric = sorted({float(g) for m in table.values() for g in m if g != "tag"})
+        tag_x = (max(numeric) + 1.0) if numeric else 0.0
+        for name in ordered(list(table)):
+            xs = sorted(float(g) for g in table[name] if g != "tag")
+            stats = [mean_std(table[name][f"{x:g}"] if f"{x:g}" in table[name]
+                              else table[name][str(x)]) for x in xs]
+            if xs:
+                ax.errorbar(xs, [s[0] for s in stats], yerr=[s[1] for s in stats], marker="o",
+                            ms=4, lw=_lw(name), capsize=2, color=colour(name), label=name)
+            if "tag" in table[name]:
+                m, s = mean_std(table[name]["tag"])
+                ax.errorbar([tag_x], [m], yerr=[s], marker="*", ms=10, color=colour(name),
+                            capsize=2, ls="none")
+        ticks = numeric + ([tag_x] if any("tag" in m for m in table.values()) else [])
+        ax.set_xticks(ticks, [f"{t:g}" for t in numeric] + (["TAG"] if len(ticks) > len(numeric)
+                                                            else []))
+        ax.set(xlabel="guidance scale w (★ = TAG schedule)", ylabel=label)
+    axes[1].set_ylim(0, 1.02)
+    axes[0].legend(fontsize=8, ncol=2)
+    fig.suptitle("Sample quality and guidance fidelity against guidance scale (mean ± std over seeds)")
+    fig.tight_layout()
+    return fig
+
+
+# --- F4 ------------------------------------------------------------------------------
+
+def tirt_curriculum(records: Sequence[Mapping[str, Any]], prior: Sequence[float],
+                    final: Sequence[float], T: int) -> Figure:
+    """The teacher's effective TIRT weights over training (binned), the Min-SNR-5
+    prior, and the drift measurement; `records` are log lines with `tirt_bins`."""
+    style()
+    snaps = [r for r in records if r.get("tirt_bins")]
+    fig, (ax_w, ax_d) = plt.subplots(1, 2, figsize=(11, 4.2))
+    bins = len(snaps[0]["tirt_bins"]) if snaps else len(prior)
+    centres = (np.arange(bins) + 0.5) * T / bins
+    cmap = plt.get_cmap("viridis")
+    for i, r in enumerate(snaps):
+        ax_w.plot(centres, r["tirt_bins"], color=cmap(i / max(len(snaps) - 1, 1)), lw=1,
+                  alpha=0.8, label=f"step {r['step']}" if i in (0, len(snaps) - 1) else None)
+    ax_w.plot(np.linspace(0, T, len(prior)), prior, color="black", ls="--", lw=1.5,
+              label="prior: min(SNR, 5), frozen")
+    ax_w.plot(np.linspace(0, T, len(final)), final, color="crimson", lw=2, label="final (transferred)")
+    ax_w.set(xlabel="timestep t", ylabel="effective weight w_t (mean 1)",
+             title="TIRT weights over training")
+    ax_w.legend(fontsize=8)
+    steps = [r["step"] for r in snaps if r.get("tirt_drift") is not None]
+    if steps:
+        ax_d.plot(steps, [r["tirt_drift"] for r in snaps if r.get("tirt_drift") is not None],
+                  marker="o", ms=3, label="drift = easy-half weight share − prior's")
+        ax_d.plot(steps, [r["tirt_corr"] for r in snaps if r.get("tirt_drift") is not None],
+                  marker="s", ms=3, label="corr(log w/prior, loss) over bins")
+    ax_d.axhline(0, color="black", lw=1)
+    ax_d.set(xlabel="training step", ylabel="value",
+             title="Drift toward easy (low-loss) timesteps")
+    ax_d.legend(fontsize=8)
+    fig.suptitle("TIRT curriculum of the teacher")
+    fig.tight_layout()
+    return fig
+
+
+# --- F5 ------------------------------------------------------------------------------
+
+OUTPUT_TERM = {"scratch": "data", "cond-only": "im", "composite": "composite",
+               "multi-w-composite": "composite", "fitnets": "im", "gap-match": "im",
+               "pruning": "data", "single-head": "guided", "dash": "im"}
+
+
+def distillation_dynamics(logs: Mapping[str, Sequence[Mapping[str, Any]]]) -> Figure:
+    """Output-level loss, rho and cos over training for each method (claim C6)."""
+    style()
+    fig, axes = plt.subplots(1, 3, figsize=(15, 4.2))
+    for name in ordered(list(logs)):
+        recs = logs[name]
+        term = OUTPUT_TERM.get(name, "loss")
+        xs = [r["step"] for r in recs if term in r]
+        axes[0].plot(xs, [r[term] for r in recs if term in r], lw=_lw(name), color=colour(name),
+                     label=f"{name} ({term})")
+        cal = [r for r in recs if r.get("rho") is not None]
+        for ax, key in ((axes[1], "rho"), (axes[2], "cos")):
+            ax.plot([r["step"] for r in cal], [r[key] for r in cal], marker="o", ms=3, lw=_lw(name),
+                    color=colour(name), label=name)
+    axes[0].set(yscale="log", xlabel="step", ylabel="output-level loss (per-pixel MSE)",
+                title="Training loss")
+    axes[1].set(xlabel="step", ylabel="rho", title="Gap magnitude (1 = teacher's)")
+    axes[2].set(xlabel="step", ylabel="cos(δ_S, δ_T)", title="Gap direction")
+    axes[1].axhline(1, color="black", ls="--", lw=1)
+    axes[0].legend(fontsize=7)
+    axes[2].legend(fontsize=7)
+    fig.suptitle("Distillation dynamics: a low loss can hide a broken gap")
+    fig.tight_layout()
+    return fig
+
+
+# --- F6 ------------------------------------------------------------------------------
+
+def ablation_shares(shares: Mapping[str, Sequence[float]]) -> Figure:
+    """Each component's share of the total gain (%), mean ± std over seeds, with
+    the per-seed values as dots."""
+    style()
+    names = list(shares)
+    fig, ax = plt.subplots(figsize=(7, 4.2))
+    means = [mean_std(shares[n])[0] for n in names]
+    stds = [mean_std(shares[n])[1] for n in names]
+    bars = ax.bar(names, means, yerr=stds, capsize=4,
+                  color=[colour("dash") if "un" in n.lower() else "#999999" for n in names])
+    for i, n in enumerate(names):
+        ax.scatter([i] * len(shares[n]), shares[n], color="black", s=12, zorder=3)
+    for bar, m in zip(bars, means):
+        if not math.isnan(m):
+            ax.annotate(f"{m:.0f}%", (bar.get_x() + bar.get_width() / 2, m), ha="center",
+                        va="bottom", fontsize=9, xytext=(0, 3), textcoords="offset points")
+    ax.axhline(60, color="crimson", ls="--", lw=1, label="paper's C4 threshold (60%)")
+    ax.set(ylabel="share of total gain (%)",
+           title="Which DASH component buys the gain (cond-only → DASH)")
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    return fig
+
+
+# --- F7 ------------------------------------------------------------------------------
+
+def steps_and_compression(step_rows: Sequence[Mapping[str, Any]],
+                          width_rows: Sequence[Mapping[str, Any]], quality: str = "fid",
+                          quality_label: str = "classifier FID") -> Figure:
+    """Quality against DDIM steps (per model) and against compression ratio."""
+    style()
+    fig, (ax_s, ax_c) = plt.subplots(1, 2, figsize=(11, 4.2))
+    by_model: dict[str, dict[int, list]] = defaultdict(lambda: defaultdict(list))
+    for r in step_rows:
+        by_model[r["method"]][int(r["ddim_steps"])].append(r[quality])
+    for name in ordered(list(by_model)):
+        xs = sorted(by_model[name])
+        stats = [mean_std(by_model[name][x]) for x in xs]
+        ax_s.errorbar(xs, [s[0] for s in stats], yerr=[s[1] for s in stats], marker="o", lw=_lw(name),
+                      capsize=2, color=colour(name), label=name)
+    ax_s.set(xscale="log", xlabel="DDIM steps", ylabel=quality_label, title="Quality vs sampling steps")
+    ax_s.set_xticks(sorted({int(r["ddim_steps"]) for r in step_rows}) or [10],
+                    [str(s) for s in sorted({int(r["ddim_steps"]) for r in step_rows})] or ["10"])
+    ax_s.legend(fontsize=8)
+    by_ratio: dict[float, list] = defaultdict(list)
+    labels: dict[float, str] = {}
+    for r in width_rows:
+        by_ratio[float(r["compression_ratio"])].append(r[quality])
+        labels[float(r["compression_ratio"])] = str(r.get("label", ""))
+    xs = sorted(by_ratio)
+    stats = [mean_std(by_ratio[x]) for x in xs]
+    ax_c.errorbar(xs, [s[0] for s in stats], yerr=[s[1] for s in stats], marker="o",
+                  color=colour("dash"), lw=2, capsize=2, label="DASH students")
+    for x, s in zip(xs, stats):
+        ax_c.annotate(labels[x], (x, s[0]), fontsize=8, xytext=(4, 4), textcoords="offset points")
+    ax_c.set(xlabel="compression ratio (teacher params / student params)", ylabel=quality_label,
+             title="Quality vs compression (student width sweep)")
+    ax_c.legend(fontsize=8)
+    fig.suptitle("Quality against sampling steps and compression")
+    fig.tight_layout()
+    return fig

@@ -1,0 +1,136 @@
+"""Saving figures and tables with provenance, and the `figures/README.md` index.
+
+Every figure is written as PNG and PDF, every table as Markdown, LaTeX and
+CSV, each atomically, with a JSON sidecar `<name>.json` recording what made
+it (preset, seeds, steps, git commit, date, whether it was a --quick run) and
+which paper claim it tests. `write_index` rebuilds the index from the sidecars.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+import math
+import subprocess
+import time
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from dashlib.io import atomic_write_bytes, atomic_write_json, atomic_write_text
+
+CLAIMS = {
+    "C1": "5.9x compression within 4 FID of the teacher",
+    "C2": "distillation beats training the student from scratch",
+    "C3": "output-level distillation collapses the guidance gap; DASH keeps it",
+    "C4": "unconditional supervision gives over 60% of the total gain",
+    "C5": "TIRT Transfer and the anchor add complementary gains",
+    "C6": "output loss alone does not measure guidance preservation",
+}
+
+
+@dataclass(frozen=True)
+class Provenance:
+    """What produced an artifact; stored beside it."""
+
+    preset: str
+    seeds: tuple[int, ...]
+    steps: Mapping[str, int]
+    quick: bool = False
+    notebook: str = ""
+    extra: Mapping[str, Any] = field(default_factory=dict)
+
+    def record(self, name: str, title: str, claims: Sequence[str], kind: str,
+               files: Sequence[str]) -> dict[str, Any]:
+        return {"name": name, "title": title, "kind": kind, "claims": list(claims),
+                "files": list(files), "preset": self.preset, "seeds": list(self.seeds),
+                "steps": dict(self.steps), "quick": self.quick, "notebook": self.notebook,
+                "git_commit": git_commit(), "date": time.strftime("%Y-%m-%d %H:%M:%S"),
+                **dict(self.extra)}
+
+
+def git_commit() -> str:
+    try:
+        out = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True,
+                             text=True, check=False, timeout=5)
+        return out.stdout.strip() or "unknown"
+    except (OSError, subprocess.SubprocessError):
+        return "unknown"
+
+
+def save_figure(fig: Any, folder: str | Path, name: str, title: str, claims: Sequence[str],
+                provenance: Provenance) -> Path:
+    """Write `<name>.png`, `<name>.pdf` and `<name>.json`; returns the PNG path."""
+    folder = Path(folder)
+    record = provenance.record(name, title, claims, "figure", [f"{name}.png", f"{name}.pdf"])
+    meta = json.dumps(record)
+    for ext, metadata in (("png", {"Description": meta}), ("pdf", {"Subject": meta})):
+        buf = io.BytesIO()
+        fig.savefig(buf, format=ext, dpi=150, bbox_inches="tight", metadata=metadata)
+        atomic_write_bytes(folder / f"{name}.{ext}", buf.getvalue())
+    atomic_write_json(folder / f"{name}.json", record)
+    write_index(folder)
+    return folder / f"{name}.png"
+
+
+def _cell(value: Any, digits: int) -> str:
+    if isinstance(value, float):
+        return "–" if math.isnan(value) else f"{value:.{digits}f}"
+    return "–" if value is None else str(value)
+
+
+def save_table(rows: Sequence[Mapping[str, Any]], columns: Sequence[str], folder: str | Path,
+               name: str, title: str, claims: Sequence[str], provenance: Provenance,
+               digits: int = 3) -> Path:
+    """Write `<name>.md`, `.tex`, `.csv` and `.json`; returns the Markdown path."""
+    folder = Path(folder)
+    cells = [[_cell(r.get(c), digits) for c in columns] for r in rows]
+    md = [f"**{name}: {title}**", "", "| " + " | ".join(columns) + " |",
+          "|" + "|".join("---" for _ in columns) + "|"]
+    md += ["| " + " | ".join(row) + " |" for row in cells]
+    atomic_write_text(folder / f"{name}.md", "\n".join(md) + "\n")
+    esc = [c.replace("_", r"\_").replace("%", r"\%").replace("±", r"$\pm$") for c in columns]
+    tex = [r"\begin{tabular}{" + "l" * len(columns) + "}", r"\toprule", " & ".join(esc) + r" \\",
+           r"\midrule"]
+    tex += [" & ".join(c.replace("_", r"\_").replace("±", r"$\pm$") for c in row) + r" \\"
+            for row in cells]
+    tex += [r"\bottomrule", r"\end{tabular}"]
+    atomic_write_text(folder / f"{name}.tex", "\n".join(tex) + "\n")
+    buf = io.StringIO()
+    writer = csv.writer(buf)
+    writer.writerow(columns)
+    writer.writerows([[r.get(c) for c in columns] for r in rows])
+    atomic_write_text(folder / f"{name}.csv", buf.getvalue())
+    record = provenance.record(name, title, claims, "table",
+                               [f"{name}.md", f"{name}.tex", f"{name}.csv"])
+    atomic_write_json(folder / f"{name}.json", record)
+    write_index(folder)
+    return folder / f"{name}.md"
+
+
+def write_index(folder: str | Path) -> Path:
+    """Rebuild `README.md` in a figures folder from the sidecars found there."""
+    folder = Path(folder)
+    records = []
+    for sidecar in sorted(folder.glob("*.json")):
+        try:
+            rec = json.loads(sidecar.read_text())
+        except json.JSONDecodeError:
+            continue
+        if isinstance(rec, dict) and rec.get("kind") in ("figure", "table"):
+            records.append(rec)
+    lines = ["# Figures and tables", "",
+             "Regenerated by the notebooks (`dash reproduce`); never edited by hand. Each entry "
+             "names the paper claim it tests (PAPER.md) and what produced it.", "",
+             "| id | what | claims | files | preset | seeds | quick | commit | date |",
+             "|---|---|---|---|---|---|---|---|---|"]
+    for r in records:
+        files = ", ".join(f"[{f.split('.')[-1]}]({f})" for f in r["files"])
+        claims = ", ".join(r["claims"])
+        lines.append(f"| {r['name']} | {r['title']} | {claims} | {files} | {r['preset']} | "
+                     f"{', '.join(map(str, r['seeds']))} | {'yes' if r['quick'] else 'no'} | "
+                     f"{r['git_commit']} | {r['date']} |")
+    lines += ["", "Claims:", ""] + [f"- **{k}**: {v}" for k, v in CLAIMS.items()]
+    return atomic_write_text(folder / "README.md", "\n".join(lines) + "\n")

@@ -1,0 +1,170 @@
+import copy
+import dataclasses
+import json
+
+import pytest
+import torch
+
+from dashlib.artifacts import load_artifact
+from dashlib.config import ConfigError, override
+from dashlib.data import load_dataset
+from dashlib.diffusion import Diffusion
+from dashlib.distill import METHODS, distill, distill_run, resolve_config
+from dashlib.distill.methods import single_head_config
+from dashlib.distill.pruning import magnitude_prune
+from dashlib.io import load_checkpoint
+from dashlib.teacher import train_teacher
+from dashlib.tirt import make_weighting
+from dashlib.train import Batch
+from dashlib.unet import UNet, count_params
+
+EXPECTED = {"scratch", "cond-only", "composite", "multi-w-composite", "fitnets", "gap-match",
+            "pruning", "single-head", "dash"}
+
+
+def test_every_paper_method_is_registered():
+    assert set(METHODS.names()) == EXPECTED
+
+
+@pytest.mark.parametrize("method", sorted(EXPECTED))
+def test_every_method_runs_two_steps_on_tiny(tiny, method):
+    run = distill(tiny, method, steps=2, progress=False)
+    results = run.read_results()
+    assert results["method"] == method and results["steps"] == 2
+    for key in ("rho", "cos", "gap_mse", "params", "wall_time_s", "final_losses", "calibration"):
+        assert key in results
+    student = load_artifact(run).model
+    assert student.config.cfg == (method != "single-head")
+
+
+def _batch(tiny, n=8):
+    data = load_dataset(tiny.data).train
+    g = torch.Generator().manual_seed(0)
+    idx = torch.randint(0, len(data), (n,), generator=g)
+    return Batch(data.x[idx], data.y[idx], torch.randint(0, tiny.diffusion.T, (n,), generator=g),
+                 torch.randn(data.x[idx].shape, generator=g), torch.rand(n, 4, generator=g),
+                 torch.rand(4, generator=g))
+
+
+@pytest.mark.parametrize("method, config", [
+    ("cond-only", {}), ("composite", {}), ("multi-w-composite", {}), ("gap-match", {}),
+    ("dash", {"an": 0.0}), ("cond-only", {"null_rows": True, "label_dropout": 0.5}),
+])
+def test_loss_is_zero_when_the_student_is_the_teacher(tiny, tiny_model, method, config):
+    diffusion = Diffusion(tiny.diffusion)
+    cfg = dataclasses.replace(resolve_config(tiny, method), **config)
+    weighting = make_weighting("tirt", diffusion)
+    objective = METHODS.get(method)(copy.deepcopy(tiny_model), tiny_model, weighting, diffusion,
+                                    cfg, tiny.sample)
+    loss, terms = objective.loss(_batch(tiny))
+    assert float(loss.detach()) == pytest.approx(0.0, abs=1e-10)
+    # ... and a perturbed student has a positive loss (the test can fail)
+    with torch.no_grad():
+        for p in objective.model.parameters():
+            p.add_(0.05 * torch.randn_like(p))
+    assert float(objective.loss(_batch(tiny))[0]) > 1e-6
+
+
+def test_dash_anchor_is_the_data_term(tiny, tiny_model):
+    diffusion = Diffusion(tiny.diffusion)
+    cfg = dataclasses.replace(resolve_config(tiny, "dash"), im=0.0, un=0.0, an=1.0)
+    objective = METHODS.get("dash")(copy.deepcopy(tiny_model), tiny_model,
+                                    make_weighting("uniform", diffusion), diffusion, cfg, tiny.sample)
+    batch = _batch(tiny)
+    x_t = diffusion.q_sample(batch.x0, batch.t, batch.eps)
+    with torch.no_grad():
+        expected = (tiny_model(x_t, batch.t, batch.y) - batch.eps).pow(2).mean()
+        loss, _ = objective.loss(batch)
+    torch.testing.assert_close(loss, expected)
+
+
+def test_dash_with_no_terms_is_refused(tiny, tiny_model):
+    diffusion = Diffusion(tiny.diffusion)
+    cfg = dataclasses.replace(resolve_config(tiny, "dash"), im=0.0, un=0.0, an=0.0)
+    with pytest.raises(ConfigError, match="no loss"):
+        METHODS.get("dash")(tiny_model, tiny_model, make_weighting("uniform", diffusion), diffusion,
+                            cfg, tiny.sample)
+
+
+def test_transferred_tirt_stays_frozen_through_distillation(tiny):
+    teacher = load_artifact(train_teacher(tiny, progress=False))
+    assert teacher.weighting.table.abs().max() > 0  # learned, so equality below means something
+    run = distill(tiny, "dash", steps=6, progress=False)
+    assert run.read_results()["tirt"] == "transfer"
+    for path in (run.final, run.checkpoint):
+        table = load_checkpoint(path)["weighting" if path == run.final else "objective"]
+        key = "table" if path == run.final else "weighting.table"
+        assert torch.equal(table[key], teacher.weighting.table)
+
+
+def test_relearned_tirt_moves(tiny):
+    tiny = override(tiny, **{"distill.tirt": "relearn"})
+    run = distill(tiny, "dash", steps=6, progress=False)
+    table = load_checkpoint(run.final)["weighting"]["table"]
+    assert table.abs().max() > 0 and run.read_results()["tirt_drift"] is not None
+
+
+def test_cond_only_never_trains_the_null_row(tiny):
+    run = distill(tiny, "cond-only", steps=8, progress=False)
+    cfg = resolve_config(tiny, "cond-only")
+    from dashlib.unet import build_unet
+
+    init = build_unet(dataclasses.replace(tiny.student, null_init=cfg.null_init), cfg.seed)
+    trained = load_artifact(run).model
+    null = tiny.student.num_classes
+    # only AdamW's decoupled weight decay touches it: (1 - lr * wd)^steps ~ 1
+    torch.testing.assert_close(trained.label_emb.weight[null], init.label_emb.weight[null],
+                               rtol=1e-3, atol=1e-5)
+    assert not torch.allclose(trained.label_emb.weight[0], init.label_emb.weight[0])
+
+
+def test_pruning_keeps_the_paper_share_and_stays_sparse(tiny):
+    run = distill(tiny, "pruning", steps=5, progress=False)
+    results = run.read_results()
+    teacher_params = results["teacher_params"]
+    share = results["params"] / teacher_params
+    assert abs(share - 8.95 / 35.75) < 0.01 and results["params_counted"] == "nonzero"
+    model = load_artifact(run).model
+    assert count_params(model, nonzero=True) == results["params"]
+
+
+def test_magnitude_prune_removes_the_smallest_weights(tiny_model):
+    model = copy.deepcopy(tiny_model)
+    before = {n: p.clone() for n, p in model.named_parameters()}
+    masks = magnitude_prune(model, 0.5)
+    assert abs(count_params(model, nonzero=True) / count_params(model) - 0.5) < 0.01
+    kept = torch.cat([before[n][m].abs() for n, m in masks.items()])
+    dropped = torch.cat([before[n][~m].abs() for n, m in masks.items()])
+    assert kept.min() >= dropped.max()
+
+
+def test_single_head_student_is_sized_like_the_paper(tiny):
+    from dashlib.presets import get_preset
+
+    for name in ("digits", "cifar10"):
+        preset = get_preset(name)
+        cfg = single_head_config(preset, 8.99 / 35.75)
+        share = count_params(UNet(cfg)) / count_params(UNet(preset.teacher))
+        assert not cfg.cfg and abs(share - 8.99 / 35.75) < 0.03
+
+
+def test_run_folder_depends_on_method_seed_and_config(tiny):
+    a, b = distill_run(tiny, "dash"), distill_run(tiny, "dash", seed=1)
+    c = distill_run(override(tiny, **{"distill.null_init": "zero"}), "dash")
+    assert len({a.path, b.path, c.path}) == 3 and "distill-dash-" in a.path.name
+
+
+def test_calibration_is_logged_next_to_the_loss(tiny):
+    tiny = override(tiny, **{"distill.calib_every": 2, "distill.log_every": 1})
+    run = distill(tiny, "composite", steps=4, progress=False)
+    records = [json.loads(line) for line in run.log.read_text().splitlines()]
+    with_calib = [r for r in records if "rho" in r]
+    assert [r["step"] for r in with_calib] == [2, 4]
+    assert all("loss" in r and "cos" in r and "gap_mse" in r for r in with_calib)
+
+
+def test_unknown_method_lists_the_choices(tiny):
+    from dashlib.registry import UnknownNameError
+
+    with pytest.raises(UnknownNameError, match="choose one of:.*dash"):
+        distill(tiny, "kd", progress=False)

@@ -1,0 +1,166 @@
+"""Crash safety with real processes: SIGKILL mid-training, then --resume."""
+
+import json
+import os
+import pickle
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import torch
+
+from dashlib.io import CheckpointError, atomic_torch_save, atomic_write, load_checkpoint
+
+STEPS, CKPT = 40, 5
+
+
+def _dash(args, runs, **kw):
+    env = {**os.environ, "DASH_RUNS": str(runs), "OMP_NUM_THREADS": "1"}
+    return subprocess.Popen([sys.executable, "-m", "dashlib", *args, "--no-progress"], env=env,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, **kw)
+
+
+def _finish(proc):
+    out, err = proc.communicate(timeout=120)
+    assert proc.returncode == 0, err
+    return Path(out.strip().splitlines()[-1])
+
+
+def _kill_when_logged(proc, log_glob, runs, step):
+    """SIGKILL the process once its log shows `step` (or later)."""
+    deadline = time.time() + 90
+    while time.time() < deadline:
+        for log in Path(runs).glob(log_glob):
+            lines = [ln for ln in log.read_text().splitlines() if ln.strip()]
+            try:
+                if lines and json.loads(lines[-1])["step"] >= step:
+                    proc.send_signal(signal.SIGKILL)
+                    proc.wait()
+                    return json.loads(lines[-1])["step"]
+            except json.JSONDecodeError:
+                pass
+        time.sleep(0.01)
+    proc.kill()
+    raise AssertionError("the run never reached the step to kill it at")
+
+
+def _final_state(results_path):
+    ckpt = load_checkpoint(results_path.parent / "final.pt")
+    return {**ckpt["model"], **{f"w.{k}": v for k, v in ckpt["weighting"].items()}}
+
+
+def _assert_same(a, b):
+    assert a.keys() == b.keys()
+    for k in a:
+        assert torch.equal(a[k], b[k]), f"{k} differs after resume"
+
+
+@pytest.mark.parametrize("kind, kill_step", [("teacher", 17), ("distill", 23)])
+def test_sigkill_then_resume_equals_uninterrupted(tmp_path, kind, kill_step):
+    common = ["--preset", "tiny", "--set", "teacher.dropout=0.1"]
+    if kind == "teacher":
+        args = ["train-teacher", *common, "--set", f"train.steps={STEPS}",
+                "--set", f"train.ckpt_every={CKPT}", "--set", "train.log_every=1"]
+        log_glob = "tiny/teacher-*/log.jsonl"
+    else:
+        args = ["distill", *common, "--method", "dash", "--set", f"distill.steps={STEPS}",
+                "--set", f"distill.ckpt_every={CKPT}", "--set", "distill.log_every=1",
+                "--set", "distill.calib_every=10"]
+        log_glob = "tiny/distill-dash-*/log.jsonl"
+        for runs in ("straight", "killed"):  # the teacher first, so the kill lands in distillation
+            _finish(_dash(["train-teacher", *common], tmp_path / runs))
+
+    straight = _final_state(_finish(_dash(args, tmp_path / "straight")))
+
+    proc = _dash(args, tmp_path / "killed")
+    killed_at = _kill_when_logged(proc, log_glob, tmp_path / "killed", kill_step)
+    run_dir = next((tmp_path / "killed").glob(log_glob)).parent
+    saved = load_checkpoint(run_dir / "checkpoint.pt")["step"]
+    assert killed_at - saved <= CKPT, "more than one checkpoint interval of work was lost"
+    assert not (run_dir / "final.pt").exists()
+
+    refused = _dash(args, tmp_path / "killed")
+    _, err = refused.communicate(timeout=60)
+    assert refused.returncode == 2 and "--resume" in err
+
+    resumed = _final_state(_finish(_dash([*args, "--resume"], tmp_path / "killed")))
+    _assert_same(straight, resumed)
+    steps = [json.loads(ln)["step"] for ln in (run_dir / "log.jsonl").read_text().splitlines()]
+    assert steps == list(range(1, STEPS + 1)), "the log must hold every step exactly once"
+
+
+WRITER = r"""
+import sys, torch
+from dashlib.io import atomic_torch_save
+path = sys.argv[1]
+big = {"w": torch.randn(2_000_000), "step": 0}
+i = 0
+while True:
+    i += 1
+    big["step"] = i
+    atomic_torch_save(big, path)
+    if i == 1:
+        print("saved", flush=True)
+"""
+
+
+def test_sigkill_while_saving_never_leaves_a_broken_checkpoint(tmp_path):
+    target = tmp_path / "ckpt.pt"
+    script = tmp_path / "writer.py"
+    script.write_text(WRITER)
+    seen = []
+    for delay in (0.0, 0.013, 0.029, 0.047, 0.071, 0.101):
+        proc = subprocess.Popen([sys.executable, str(script), str(target)], stdout=subprocess.PIPE,
+                                text=True, env={**os.environ, "OMP_NUM_THREADS": "1"})
+        assert proc.stdout.readline().strip() == "saved"
+        time.sleep(delay)  # the writer is now in the middle of some later save
+        proc.send_signal(signal.SIGKILL)
+        proc.wait()
+        seen.append(load_checkpoint(target)["step"])  # must always load
+    assert max(seen) > 1, "the kills should land after several saves"
+    leftovers = [p for p in tmp_path.iterdir() if p.name.startswith(".ckpt.pt.")]
+    # a kill mid-write may leave a temp file, never a half-written target
+    assert all(p.suffix == ".tmp" for p in leftovers)
+
+
+def test_failed_write_keeps_the_previous_version(tmp_path):
+    target = tmp_path / "results.json"
+    target.write_text('{"v": 1}')
+
+    def half_then_crash(f):
+        f.write(b'{"v": 2, "trunc')
+        raise OSError("disk full")
+
+    with pytest.raises(OSError):
+        atomic_write(target, half_then_crash)
+    assert json.loads(target.read_text()) == {"v": 1}
+    assert list(tmp_path.iterdir()) == [target]
+
+
+class _Exploit:
+    def __init__(self, marker):
+        self.marker = marker
+
+    def __reduce__(self):
+        return (os.system, (f"touch {self.marker}",))
+
+
+def test_a_crafted_pickle_is_refused_and_never_runs(tmp_path):
+    marker = tmp_path / "pwned"
+    path = tmp_path / "final.pt"
+    with open(path, "wb") as f:
+        pickle.dump({"model": _Exploit(marker)}, f)
+    with pytest.raises(CheckpointError, match="refusing to load.*arbitrary code"):
+        load_checkpoint(path)
+    assert not marker.exists()
+
+
+def test_truncated_checkpoint_gives_a_clear_error(tmp_path):
+    path = tmp_path / "checkpoint.pt"
+    atomic_torch_save({"w": torch.randn(1000)}, path)
+    path.write_bytes(path.read_bytes()[:500])
+    with pytest.raises(CheckpointError, match="truncated or corrupt"):
+        load_checkpoint(path)
