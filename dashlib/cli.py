@@ -84,7 +84,7 @@ def add_runtime(p: argparse.ArgumentParser) -> None:
     p.add_argument("--compile", action="store_true", help="torch.compile the UNets (slow start)")
     p.add_argument("--channels-last", default="auto", choices=("auto", "on", "off"),
                    help="NHWC memory layout (default auto: on CUDA only)")
-    p.add_argument("--workers", type=int, default=0,
+    p.add_argument("--loader-workers", type=int, default=0,
                    help="DataLoader workers gathering and pinning training batches (default 0)")
     p.add_argument("--sample-amp", default="none", choices=("none", "auto", "bf16", "fp16"),
                    help="autocast while sampling on CUDA (default none: fp32)")
@@ -94,8 +94,8 @@ def runtime_from_args(args: argparse.Namespace) -> Any:
     """The speed options of `add_runtime` as a `dashlib.runtime.Runtime`."""
     from dashlib.runtime import Runtime
 
-    return Runtime(compile=args.compile, channels_last=args.channels_last, workers=args.workers,
-                   sample_amp=args.sample_amp)
+    return Runtime(compile=args.compile, channels_last=args.channels_last,
+                   loader_workers=args.loader_workers, sample_amp=args.sample_amp)
 
 
 def add_training(p: argparse.ArgumentParser) -> None:

@@ -8,7 +8,7 @@ none of these options changes what is trained, only how fast:
   force it.
 * ``compile``: `torch.compile` every UNet (in place, so state_dict keys and
   checkpoints are unchanged). Off by default: compiling takes minutes.
-* ``workers``: DataLoader worker processes that gather the (already drawn)
+* ``loader_workers``: DataLoader worker processes that gather the (already drawn)
   batch rows and, on CUDA, pin them for asynchronous copies (0 = in the
   training loop itself; see `dashlib.batches`).
 * ``sample_amp``: autocast for sampling on CUDA ("none" by default, so
@@ -32,12 +32,12 @@ from dashlib.unet import UNet
 class Runtime(Validated):
     compile: bool = False
     channels_last: str = "auto"
-    workers: int = 0
+    loader_workers: int = 0
     sample_amp: str = "none"
 
     def validate(self) -> None:
         one_of(self, "channels_last", ("auto", "on", "off"))
-        positive(self, "workers", strict=False)
+        positive(self, "loader_workers", strict=False)
         one_of(self, "sample_amp", ("none", "auto", "bf16", "fp16"))
 
 
@@ -47,23 +47,32 @@ def uses_channels_last(runtime: Runtime, device: torch.device) -> bool:
     return runtime.channels_last == "on"
 
 
+def _with_frozen(module: nn.Module) -> list[nn.Module]:
+    """The module and a distillation objective's frozen teacher, kept outside its tree."""
+    teacher = getattr(module, "teacher", None)
+    return [module, teacher] if isinstance(teacher, nn.Module) else [module]
+
+
 def to_channels_last(module: nn.Module, runtime: Runtime, device: torch.device) -> nn.Module:
-    """Convert 4-D weights in place when channels-last applies; returns the module."""
+    """Convert 4-D weights in place (and a frozen teacher's) when channels-last applies."""
     if uses_channels_last(runtime, device):
-        module.to(memory_format=torch.channels_last)
+        for m in _with_frozen(module):
+            m.to(memory_format=torch.channels_last)
     return module
 
 
 def compile_unets(module: nn.Module, runtime: Runtime) -> None:
-    """torch.compile every UNet inside `module`, in place (state_dict keys unchanged).
+    """torch.compile every UNet inside `module` (and a frozen teacher), in place, so
+    state_dict keys and checkpoints are unchanged.
 
     Call it after any deepcopy of the module (the EMA): a copy made after
     compiling would call the original's compiled forward.
     """
     if runtime.compile:
-        for m in module.modules():
-            if isinstance(m, UNet):
-                m.compile()
+        for top in _with_frozen(module):
+            for m in top.modules():
+                if isinstance(m, UNet):
+                    m.compile()
 
 
 class InferenceModel(nn.Module):

@@ -137,7 +137,7 @@ class Trainer:
 
     Under torchrun (dashlib.distributed) the objective is wrapped in DDP, each
     rank trains on its rows of the global batch, and rank 0 writes the log and
-    checkpoints; `runtime` holds speed options (channels-last, compile, workers).
+    checkpoints; `runtime` holds speed options (channels-last, compile, loader workers).
     """
 
     def __init__(self, objective: Objective, data: Split, diffusion: Diffusion, loop: LoopConfig,
@@ -163,7 +163,7 @@ class Trainer:
         self.data_gen = torch.Generator().manual_seed(loop.seed)
         self.noise_gen = torch.Generator().manual_seed(loop.seed + 1)
         self.stream = BatchStream(data, diffusion, loop.batch_size, self.data_gen, self.noise_gen,
-                                  self.runtime.workers, pin_memory=device.type == "cuda")
+                                  self.runtime.loader_workers, pin_memory=device.type == "cuda")
         self.step = 0
         self.last_ckpt_step = 0
 

@@ -31,7 +31,7 @@ def test_workers_give_the_same_batches_and_generator_states(tiny):
 
 
 def _final(preset, workers, monkeypatch, stop_at=None):
-    runtime = Runtime(workers=workers)
+    runtime = Runtime(loader_workers=workers)
     if stop_at is not None:
         original = Trainer.train_step
 
@@ -62,8 +62,8 @@ def test_training_with_workers_equals_without_and_resumes_exactly(tiny, monkeypa
 def test_runtime_options_are_validated_and_default_to_the_plain_model(tiny_model):
     with pytest.raises(ConfigError, match="channels_last"):
         Runtime(channels_last="yes")
-    with pytest.raises(ConfigError, match="workers"):
-        Runtime(workers=-1)
+    with pytest.raises(ConfigError, match="loader_workers"):
+        Runtime(loader_workers=-1)
     assert inference_model(tiny_model, Runtime(), torch.device("cpu")) is tiny_model
 
 

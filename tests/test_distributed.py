@@ -18,6 +18,7 @@ import torch
 
 from dashlib.cli import main
 from dashlib.config import ConfigError
+from dashlib.distill import distill
 from dashlib.distributed import rank_rows, shard, shard_sizes
 from dashlib.generate import sample_to_files
 from dashlib.io import load_checkpoint
@@ -93,6 +94,21 @@ def test_two_processes_train_like_one_with_the_same_global_batch(ddp):
         assert r0["grad_norm"] == pytest.approx(r1["grad_norm"], rel=1e-5)
     assert json.loads((multi / "results.json").read_text())["processes"] == 2
     assert "rank_rng" in a and len(a["rank_rng"]) == 2
+
+
+@pytest.mark.parametrize("method", ["dash", "fitnets"])
+def test_two_processes_distill_like_one(ddp, method):
+    preset = get_preset("tiny", **{"train.steps": 5})
+    single = distill(preset, method, steps=3, progress=False, device="cpu")
+    (multi,) = (ddp / "runs" / "tiny").glob(f"distill-{method}-*")
+    assert multi.name == single.path.name
+    a, b = load_checkpoint(multi / "checkpoint.pt"), load_checkpoint(single.checkpoint)
+    assert a["step"] == b["step"] == 3
+    assert any(k.startswith("adapters.") for k in a["objective"]) == (method == "fitnets")
+    _close(a["objective"], b["objective"], "weights")
+    _close(a["ema"]["shadow"], b["ema"]["shadow"], "ema")
+    r0, r1 = (json.loads((p / "results.json").read_text()) for p in (multi, single.path))
+    assert r0["rho"] == pytest.approx(r1["rho"], rel=1e-4)
 
 
 def test_two_processes_return_every_sample_exactly_once(ddp, tmp_path):
