@@ -31,6 +31,26 @@ def timeit(fn: Callable[[], Any], repeat: int = 5, warmup: int = 2) -> float:
     return statistics.median(times)
 
 
+def timeit_many(fns: dict[str, Callable[[], Any]], repeat: int = 5,
+                warmup: int = 2) -> dict[str, float]:
+    """Median wall time of each function, timed in interleaved rounds (the order rotates
+    every round), so load that drifts during the run biases none of them: use it for
+    ratios between functions."""
+    for fn in fns.values():
+        for _ in range(warmup):
+            fn()
+    names = list(fns)
+    times: dict[str, list[float]] = {n: [] for n in names}
+    for i in range(repeat):
+        for name in names[i % len(names):] + names[:i % len(names)]:
+            sync()
+            t0 = time.perf_counter()
+            fns[name]()
+            sync()
+            times[name].append(time.perf_counter() - t0)
+    return {n: statistics.median(t) for n, t in times.items()}
+
+
 def sync() -> None:
     if torch.cuda.is_available():
         torch.cuda.synchronize()

@@ -9,7 +9,8 @@ optimizer, clipping, EMA, drawing the batch) should cost little. Reported:
   ratio_objective = (DASH loss + backward) / (teacher pass + student pass)
   ratio_step      = (Trainer.train_step: batch, loss, backward, clip, AdamW, EMA) / same
 
-Target: ratio_step <= 1.1. Uses the DASH objective of `dashlib.distill`
+Target: ratio_step <= 1.1. The four are timed in interleaved rounds (medians).
+Uses the DASH objective of `dashlib.distill`
 with random weights (timing does not depend on them) and random data of the
 preset's shape (no dataset needed). On CUDA the passes run under the same
 autocast as training, and the Trainer has put both models in channels-last.
@@ -23,7 +24,7 @@ import tempfile
 from pathlib import Path
 
 import torch
-from common import timeit, write
+from common import timeit_many, write
 
 from dashlib.data import Split
 from dashlib.device import amp_dtype, autocast, resolve_device
@@ -78,10 +79,10 @@ def measure(preset_name: str, batch: int, device: torch.device, repeat: int) -> 
                 loss, _ = objective.loss(batch_)
             loss.backward()
 
-        t_teacher = timeit(teacher_pass, repeat=repeat)
-        t_student = timeit(student_pass, repeat=repeat)
-        t_objective = timeit(objective_step, repeat=repeat)
-        t_step = timeit(trainer.train_step, repeat=repeat)
+        t = timeit_many({"teacher": teacher_pass, "student": student_pass,
+                         "objective": objective_step, "step": trainer.train_step}, repeat=repeat)
+        t_teacher, t_student, t_objective, t_step = (t[k] for k in ("teacher", "student",
+                                                                    "objective", "step"))
     passes = t_teacher + t_student
     return {"teacher_pass_s": t_teacher, "student_pass_s": t_student, "passes_s": passes,
             "objective_s": t_objective, "step_s": t_step, "ratio_objective": t_objective / passes,

@@ -4,7 +4,8 @@ One full DDIM run (`--steps`, default 50) with classifier-free guidance (TAG)
 at batch 64 for the teacher and the student of each preset, the paper's
 Table 4 setting (PAPER.md: T4, 14.2 s vs 3.9 s, 1247.8G vs 216.3G FLOPs per
 sample). FLOPs are counted by torch.utils.flop_counter on the meta device
-(2 per multiply-add; a CFG step is one forward of 2B rows).
+(2 per multiply-add; a CFG step is one forward of 2B rows). The two models are
+timed in interleaved rounds (medians).
 
   speedup = teacher latency / student latency
   flops_ratio = teacher FLOPs / student FLOPs
@@ -18,9 +19,10 @@ With `--sample-amp` the models run under autocast on CUDA (default: fp32, as
 from __future__ import annotations
 
 import argparse
+from collections.abc import Callable
 
 import torch
-from common import timeit, unet_flops, write
+from common import timeit_many, unet_flops, write
 
 from dashlib.config import SampleConfig
 from dashlib.device import resolve_device
@@ -31,13 +33,13 @@ from dashlib.sampling import DDIMSampler, balanced_labels
 from dashlib.unet import build_unet, count_params
 
 
-def latency(cfg, diffusion: Diffusion, sample: SampleConfig, batch: int, device: torch.device,
-            runtime: Runtime, repeat: int) -> float:
+def sampling_run(cfg, diffusion: Diffusion, sample: SampleConfig, batch: int, device: torch.device,
+                 runtime: Runtime) -> Callable[[], object]:
     model = inference_model(build_unet(cfg, seed=0).to(device).eval(), runtime, device)
     sampler = DDIMSampler(diffusion, sample)
     y = balanced_labels(batch, cfg.num_classes)
     g = torch.Generator().manual_seed(0)
-    return timeit(lambda: sampler.sample(model, y, g), repeat=repeat, warmup=1)
+    return lambda: sampler.sample(model, y, g)
 
 
 def compare(name: str, batch: int, steps: int, device: torch.device, runtime: Runtime,
@@ -46,11 +48,14 @@ def compare(name: str, batch: int, steps: int, device: torch.device, runtime: Ru
     diffusion = Diffusion(preset.diffusion)
     sample = SampleConfig(steps=steps, guidance="tag", batch_size=batch)
     out: dict[str, float] = {}
+    runs = {}
     for role in ("teacher", "student"):
         cfg = getattr(preset, role)
         out[f"{role}_params"] = count_params(build_unet(cfg, seed=0))
         out[f"{role}_flops_per_sample"] = steps * unet_flops(cfg, 2)  # 2 rows: both branches
-        out[f"{role}_latency_s"] = latency(cfg, diffusion, sample, batch, device, runtime, repeat)
+        runs[role] = sampling_run(cfg, diffusion, sample, batch, device, runtime)
+    for role, seconds in timeit_many(runs, repeat=repeat, warmup=1).items():
+        out[f"{role}_latency_s"] = seconds
     out["speedup"] = out["teacher_latency_s"] / out["student_latency_s"]
     out["flops_ratio"] = out["teacher_flops_per_sample"] / out["student_flops_per_sample"]
     out["speedup_over_flops"] = out["speedup"] / out["flops_ratio"]
