@@ -3,9 +3,11 @@
 One full DDIM run (`--steps`, default 50) with classifier-free guidance (TAG)
 at batch 64 for the teacher and the student of each preset, the paper's
 Table 4 setting (PAPER.md: T4, 14.2 s vs 3.9 s, 1247.8G vs 216.3G FLOPs per
-sample). FLOPs are counted by torch.utils.flop_counter on the meta device
-(2 per multiply-add; a CFG step is one forward of 2B rows). The two models are
-timed in interleaved rounds (medians).
+sample). FLOPs and the ratios come from `dashlib.efficiency` (the sampler run
+on the meta device under torch.utils.flop_counter, 2 per multiply-add; a CFG
+step is one forward of 2B rows). Unlike `dash efficiency`, the two models are
+timed in interleaved rounds (medians), so load that drifts during a benchmark
+on a shared machine biases neither.
 
   speedup = teacher latency / student latency
   flops_ratio = teacher FLOPs / student FLOPs
@@ -22,11 +24,13 @@ import argparse
 from collections.abc import Callable
 
 import torch
-from common import timeit_many, unet_flops, write
+from common import timeit_many, write
 
 from dashlib.config import SampleConfig
 from dashlib.device import resolve_device
 from dashlib.diffusion import Diffusion
+from dashlib.efficiency import compare as ratios
+from dashlib.efficiency import sampling_flops
 from dashlib.presets import get_preset
 from dashlib.runtime import Runtime, inference_model
 from dashlib.sampling import DDIMSampler, balanced_labels
@@ -47,18 +51,21 @@ def compare(name: str, batch: int, steps: int, device: torch.device, runtime: Ru
     preset = get_preset(name)
     diffusion = Diffusion(preset.diffusion)
     sample = SampleConfig(steps=steps, guidance="tag", batch_size=batch)
-    out: dict[str, float] = {}
+    cost: dict[str, dict[str, float]] = {}
     runs = {}
     for role in ("teacher", "student"):
         cfg = getattr(preset, role)
-        out[f"{role}_params"] = count_params(build_unet(cfg, seed=0))
-        out[f"{role}_flops_per_sample"] = steps * unet_flops(cfg, 2)  # 2 rows: both branches
+        model = build_unet(cfg, seed=0)
+        cost[role] = {"params": count_params(model),
+                      "flops": sampling_flops(model, diffusion, sample, batch)}
         runs[role] = sampling_run(cfg, diffusion, sample, batch, device, runtime)
     for role, seconds in timeit_many(runs, repeat=repeat, warmup=1).items():
-        out[f"{role}_latency_s"] = seconds
-    out["speedup"] = out["teacher_latency_s"] / out["student_latency_s"]
-    out["flops_ratio"] = out["teacher_flops_per_sample"] / out["student_flops_per_sample"]
-    out["speedup_over_flops"] = out["speedup"] / out["flops_ratio"]
+        cost[role]["latency_s"] = seconds
+    out = {f"{role}_{k}": v for role, c in cost.items() for k, v in c.items()}
+    out.update({f"{role}_flops_per_sample": c["flops"] / batch for role, c in cost.items()})
+    r = ratios(cost["teacher"], cost["student"])
+    out.update(speedup=r["speedup"], flops_ratio=r["flops_ratio"],
+               speedup_over_flops=r["speedup_over_flops_ratio"])
     return out
 
 

@@ -4,12 +4,12 @@ Subcommands live in `dashlib.commands.*` and register themselves with
 `@command`; this module holds the shared options and the entry point. Every
 command prints progress to stderr and, as its last line on stdout, the
 path of what it wrote. Known failures (bad config, missing data, unsafe or
-mismatched checkpoint, unfinished run, non-finite loss) print one
-`dash: error: ...` line and exit with status 2.
+mismatched checkpoint, unfinished run, non-finite loss, missing Inception
+weights) print one `dash: error: ...` line and exit with status 2.
 
 Commands registered with `distributed=True` also run under
-`torchrun --nproc_per_node N -m dashlib COMMAND ...` (docs/scaling.md); the
-others refuse to.
+`torchrun --nproc_per_node N -m dashlib -- COMMAND ...` (docs/scaling.md);
+the others refuse to.
 """
 
 from __future__ import annotations
@@ -24,6 +24,7 @@ from typing import Any
 from dashlib.config import ConfigError
 from dashlib.data import DataNotFoundError
 from dashlib.distributed import session
+from dashlib.inception import InceptionWeightsError
 from dashlib.io import CheckpointError
 from dashlib.registry import Registry, UnknownNameError
 from dashlib.reproduce import ReproduceError
@@ -32,7 +33,7 @@ from dashlib.train import NonFiniteLossError
 
 KNOWN_ERRORS: tuple[type[BaseException], ...] = (
     ConfigError, DataNotFoundError, CheckpointError, RunStateError, NonFiniteLossError,
-    UnknownNameError, FileNotFoundError, ReproduceError,
+    UnknownNameError, InceptionWeightsError, FileNotFoundError, ReproduceError,
 )
 
 

@@ -326,33 +326,68 @@ class DistillConfig(Validated):
         one_of(self, "amp", ("auto", "none", "bf16", "fp16"))
 
 
+def _guidance_spec_ok(spec: str) -> bool:
+    if spec == "tag":
+        return True
+    try:
+        return math.isfinite(float(spec))
+    except ValueError:
+        return False
+
+
 @dataclass(frozen=True)
 class EvalConfig(Validated):
-    """Sample-quality evaluation: how many samples, which seeds and scales."""
+    """Sample-quality evaluation (see `dashlib.evaluate` and docs/evaluation.md).
+
+    One evaluation cell is (run, guidance, DDIM steps, seed): `n_samples`
+    samples balanced over the classes. `guidance` entries are "tag" or a
+    constant w written as a string ("0", "1", "3"); `sweep_guidance` and
+    `sweep_steps` are the grids of the guidance and step sweeps.
+
+    `feature_extractor` is the primary FID/IS/KID/PRC feature space:
+    "inception" (torch-fidelity's Inception-v3, the paper's) or "classifier"
+    (dashlib's small CNN trained on the dataset, offline). The classifier is
+    always trained, because it also judges guidance fidelity (its accuracy on
+    the samples of each requested class). `classifier_*` set its training:
+    `classifier_width` is the first conv width (features are 4x that).
+
+    `inception_weights` is a local weights file; without one the file is
+    looked up in torch-fidelity's cache and, only if `download_weights`,
+    downloaded. `keep_samples` caches each cell's uint8 samples next to its
+    metrics (cheap at 8x8, 150 MB per 50K-sample CIFAR cell).
+    """
 
     n_samples: int = 500
     seeds: tuple[int, ...] = (42, 123, 456)
     guidance: tuple[str, ...] = ("0", "1", "3", "tag")
     ddim_steps: int = 50
+    sweep_guidance: tuple[str, ...] = ("0", "1", "2", "3", "4", "tag")
+    sweep_steps: tuple[int, ...] = (10, 20, 50, 100)
     feature_extractor: str = "classifier"
     classifier_steps: int = 1500
+    classifier_width: int = 32
+    classifier_batch_size: int = 128
+    classifier_lr: float = 2e-3
+    classifier_seed: int = 0
     inception_weights: str | None = None
+    download_weights: bool = False
+    keep_samples: bool = True
 
     def validate(self) -> None:
-        positive(self, "n_samples")
-        positive(self, "ddim_steps")
-        positive(self, "classifier_steps")
+        for name in ("n_samples", "ddim_steps", "classifier_steps", "classifier_width",
+                     "classifier_batch_size", "classifier_lr"):
+            positive(self, name)
         if not self.seeds:
             fail(self, "seeds", self.seeds, "must name at least one seed")
-        for g in self.guidance:
-            if g != "tag":
-                try:
-                    ok = math.isfinite(float(g))
-                except ValueError:
-                    ok = False
-                if not ok:
-                    fail(self, "guidance", self.guidance,
-                         "each entry must be 'tag' or a finite number such as '3'")
+        if len(set(self.seeds)) != len(self.seeds):
+            fail(self, "seeds", self.seeds, "must not repeat a seed")
+        for name in ("guidance", "sweep_guidance"):
+            specs = getattr(self, name)
+            if not specs or not all(_guidance_spec_ok(g) for g in specs):
+                fail(self, name, specs, "must be a non-empty tuple whose entries are 'tag' or a "
+                                        "finite number such as '3'")
+        if not self.sweep_steps or any(s <= 0 for s in self.sweep_steps):
+            fail(self, "sweep_steps", self.sweep_steps, "must be a non-empty tuple of positive ints")
         one_of(self, "feature_extractor", ("classifier", "inception"))
 
 
@@ -382,6 +417,26 @@ class Preset(Validated):
                      f"must equal teacher.num_classes ({self.teacher.num_classes})")
             if m.in_channels != self.teacher.in_channels:
                 fail(self, f"{model}.in_channels", m.in_channels, "must equal the teacher's")
+        T = self.diffusion.T
+        for name, steps in (("sample.steps", self.sample.steps),
+                            ("eval.ddim_steps", self.eval.ddim_steps),
+                            ("eval.sweep_steps", max(self.eval.sweep_steps))):
+            if steps > T:
+                fail(self, name, steps, f"DDIM cannot take more steps than the {T} diffusion "
+                                        f"timesteps (diffusion.T); choose at most {T}")
+        self._check_student_smaller()
+
+    def _check_student_smaller(self) -> None:
+        import torch
+
+        from dashlib.unet import UNet, count_params
+
+        with torch.device("meta"):  # counts parameters without allocating them
+            t, s = count_params(UNet(self.teacher)), count_params(UNet(self.student))
+        if s >= t:
+            fail(self, "student", f"{s:,} parameters",
+                 f"the student must be smaller than the teacher ({t:,} parameters); "
+                 f"lower student.ch or student.num_res_blocks")
 
 
 def to_dict(cfg: object) -> dict[str, Any]:

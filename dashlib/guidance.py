@@ -58,8 +58,14 @@ def branches(model: nn.Module, x_t: Tensor, t: Tensor, y: Tensor) -> tuple[Tenso
 
 
 def guided_eps(model: nn.Module, x_t: Tensor, t: Tensor, y: Tensor, w: Tensor | float) -> Tensor:
-    """The guided prediction; a model without a null row (cfg=False) ignores w."""
+    """The guided prediction; a model without a null row (cfg=False) ignores w.
+
+    At a constant w of exactly 1 (or 0) the mix is the conditional (or
+    unconditional) branch alone, so only that branch is evaluated: half the cost.
+    """
     if not model.config.cfg:
         return model(x_t, t, y)
+    if isinstance(w, float) and w in (0.0, 1.0):
+        return model(x_t, t, y if w == 1.0 else torch.full_like(y, model.null_label))
     eps_cond, eps_uncond = branches(model, x_t, t, y)
     return cfg_combine(eps_cond, eps_uncond, w)

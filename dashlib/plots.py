@@ -25,11 +25,18 @@ def style() -> None:
     sns.set_theme(context="notebook", style="whitegrid", font_scale=0.95)
 
 
+COLOURS = {"teacher": "#000000", "scratch": "#7f7f7f", "cond-only": "#1f77b4",
+           "composite": "#2ca02c", "multi-w-composite": "#98df8a", "fitnets": "#9467bd",
+           "gap-match": "#ff7f0e", "pruning": "#8c564b", "single-head": "#e377c2",
+           "dash": "#d62728"}
+
+
 def colour(name: str) -> Any:
+    """A fixed colour per method (DASH red, the teacher black) across every figure."""
+    if name in COLOURS:
+        return COLOURS[name]
     palette = sns.color_palette("tab10", 10)
-    if name in ORDER:
-        return "black" if name == "teacher" else palette[(ORDER.index(name) - 1) % 10]
-    return palette[hash(name) % 10]
+    return palette[sum(map(ord, name)) % 10]
 
 
 def ordered(names: Sequence[str]) -> list[str]:

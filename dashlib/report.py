@@ -110,6 +110,14 @@ def save_table(rows: Sequence[Mapping[str, Any]], columns: Sequence[str], folder
     return folder / f"{name}.md"
 
 
+def show(path: str | Path) -> None:
+    """Display a saved figure (PNG) or table (Markdown) in a notebook."""
+    from IPython.display import Image, Markdown, display
+
+    path = Path(path)
+    display(Image(filename=str(path)) if path.suffix == ".png" else Markdown(path.read_text()))
+
+
 def write_index(folder: str | Path) -> Path:
     """Rebuild `README.md` in a figures folder from the sidecars found there."""
     folder = Path(folder)

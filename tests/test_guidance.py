@@ -21,6 +21,10 @@ def test_w1_is_conditional_and_w0_is_unconditional(tiny_model):
         assert not torch.allclose(cond, uncond, atol=1e-4), "branches must differ for this test"
         torch.testing.assert_close(guided_eps(tiny_model, x, t, y, 1.0), cond, atol=1e-5, rtol=1e-5)
         torch.testing.assert_close(guided_eps(tiny_model, x, t, y, 0.0), uncond, atol=1e-5, rtol=1e-5)
+        # the same holds through the two-branch mix (per-sample w skips the shortcut)
+        c, u = branches(tiny_model, x, t, y)
+        torch.testing.assert_close(cfg_combine(c, u, torch.ones(len(y))), cond, atol=1e-5, rtol=1e-5)
+        torch.testing.assert_close(cfg_combine(c, u, torch.zeros(len(y))), uncond, atol=1e-5, rtol=1e-5)
 
 
 def test_guidance_extrapolates_along_the_gap(tiny_model):

@@ -1,3 +1,3 @@
 """Subcommands of `dash`; importing this package registers them all."""
 
-from dashlib.commands import core, distill, reproduce  # noqa: F401
+from dashlib.commands import core, distill, evaluate, reproduce  # noqa: F401

@@ -12,7 +12,6 @@ import time
 from collections.abc import Sequence
 from concurrent.futures import ProcessPoolExecutor
 from multiprocessing import get_context
-from pathlib import Path
 from typing import Any
 
 import torch
@@ -163,27 +162,36 @@ def _distill_job(args: tuple[Preset, str, int | None, int | None, bool, str]) ->
                        progress=False).path)
 
 
-def distill_many(preset: Preset, methods: Sequence[str], seeds: Sequence[int | None] = (None,),
-                 steps: int | None = None, force: bool = False, device: str = "auto",
-                 workers: int = 1, progress: bool = True) -> dict[tuple[str, int | None], Run]:
-    """Distil every (method, seed); with workers > 1, in single-threaded worker
-    processes (on a small CPU, two 1-thread processes beat one 2-thread one).
-    Interrupted runs are resumed. Returns {(method, seed): run}."""
-    for m in methods:
+def run_jobs(jobs: Sequence[tuple[Preset, str, int | None, int | None]], force: bool = False,
+             device: str = "auto", workers: int = 1, progress: bool = True) -> list[Run]:
+    """Distil each (preset, method, seed, steps), in order; with workers > 1 in
+    single-threaded worker processes (on a small CPU, two 1-thread processes
+    beat one 2-thread one). Interrupted runs are resumed; finished ones reused."""
+    for _, m, _, _ in jobs:
         METHODS.get(m)  # fail fast on a typo, before any training
     if workers > 1 and rank_world()[1] > 1:
         raise ConfigError("--workers > 1 starts its own processes; under torchrun the runs "
                           "already share the processes, so use --workers 1")
-    train_teacher(preset, device=device, progress=progress)
-    jobs = [(preset, m, s, steps, force, device) for m in methods for s in seeds]
-    if workers <= 1:
-        paths = [str(distill(p, m, s, st, force=f, resume=True, device=d, progress=progress).path)
-                 for p, m, s, st, f, d in jobs]
-    else:
+    for p in {j[0].name: j[0] for j in jobs}.values():
+        train_teacher(p, device=device, progress=progress)
+    todo = [(p, m, s, st, force, device) for p, m, s, st in jobs]
+    pending = [j for j in todo if force or not distill_run(*j[:4]).finished]
+    if workers > 1 and len(pending) > 1:
         from tqdm import tqdm
 
         ctx = get_context("spawn")
         with ProcessPoolExecutor(workers, mp_context=ctx, initializer=_worker_init) as pool:
-            paths = list(tqdm(pool.map(_distill_job, jobs), total=len(jobs), desc="distill",
-                              disable=not progress))
-    return {(j[1], j[2]): Run(Path(p)) for j, p in zip(jobs, paths)}
+            list(tqdm(pool.map(_distill_job, pending), total=len(pending), desc="distill",
+                      disable=not progress))
+        todo = [(p, m, s, st, False, d) for p, m, s, st, _, d in todo]
+    return [distill(p, m, s, st, force=f, resume=True, device=d, progress=progress)
+            for p, m, s, st, f, d in todo]
+
+
+def distill_many(preset: Preset, methods: Sequence[str], seeds: Sequence[int | None] = (None,),
+                 steps: int | None = None, force: bool = False, device: str = "auto",
+                 workers: int = 1, progress: bool = True) -> dict[tuple[str, int | None], Run]:
+    """Distil every (method, seed) of one preset; returns {(method, seed): run}."""
+    keys = [(m, s) for m in methods for s in seeds]
+    runs = run_jobs([(preset, m, s, steps) for m, s in keys], force, device, workers, progress)
+    return dict(zip(keys, runs))

@@ -1,0 +1,173 @@
+"""A small CNN classifier per dataset: the offline feature space and the guidance judge.
+
+It has two jobs in evaluation (docs/evaluation.md):
+
+* its penultimate activations are a feature space for FID/KID/precision-recall
+  and its logits give an Inception-Score analogue ("classifier FID", which
+  needs no download, on every dataset);
+* its accuracy on samples generated for class c measures *guidance fidelity*:
+  does the model draw the class it was asked for?
+
+It is trained by dashlib on the dataset's train split and cached as a run
+folder `runs/<dataset>/classifier-<hash>/` (`final.pt`, `results.json` with its
+accuracy on the held-out test split). Training draws batches and the random
+shift augmentation from one seeded `torch.Generator`; dropout draws from a
+forked global RNG, so a run is a function of its payload.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from pathlib import Path
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+from tqdm import tqdm
+
+from dashlib.config import DataConfig, EvalConfig, to_dict
+from dashlib.data import Split, load_dataset
+from dashlib.device import resolve_device
+from dashlib.io import CheckpointError, atomic_torch_save, atomic_write_json, load_checkpoint
+from dashlib.runs import Run, make_run, prepare
+
+#: Random translation of training images by up to this many pixels (zero padding = black in [-1, 1]).
+SHIFT = 1
+
+
+class Classifier(nn.Module):
+    """(B, C, H, W) images in [-1, 1] -> (features (B, 4w), logits (B, K)).
+
+    Stages of two 3x3 conv-BatchNorm-ReLU blocks at widths w, 2w, 4w, ...,
+    with 2x2 max-pooling between stages until the map is 4x4 (8x8 input: 2
+    stages; 32x32: 4), then global average pooling, a ReLU layer of width 4w
+    (the features) and a linear layer to the K logits.
+    """
+
+    def __init__(self, in_channels: int, image_size: int, num_classes: int, width: int = 32) -> None:
+        super().__init__()
+        self.in_channels, self.image_size, self.num_classes = in_channels, image_size, num_classes
+        self.feature_dim = 4 * width
+        layers: list[nn.Module] = []
+        c_in, c, size = in_channels, width, image_size
+        while True:
+            for _ in range(2):
+                layers += [nn.Conv2d(c_in, c, 3, padding=1, bias=False), nn.BatchNorm2d(c), nn.ReLU()]
+                c_in = c
+            if size <= 4 or size % 2:
+                break
+            layers.append(nn.MaxPool2d(2))
+            size, c = size // 2, 2 * c
+        self.body = nn.Sequential(*layers, nn.AdaptiveAvgPool2d(1), nn.Flatten())
+        self.head = nn.Sequential(nn.Linear(c_in, self.feature_dim), nn.ReLU())
+        self.dropout = nn.Dropout(0.2)
+        self.out = nn.Linear(self.feature_dim, num_classes)
+
+    def forward(self, x: Tensor) -> tuple[Tensor, Tensor]:
+        features = self.head(self.body(x))
+        return features, self.out(self.dropout(features))
+
+    def spec(self) -> dict[str, int]:
+        """The constructor arguments, stored beside the weights."""
+        return {"in_channels": self.in_channels, "image_size": self.image_size,
+                "num_classes": self.num_classes, "width": self.feature_dim // 4}
+
+
+def random_shift(x: Tensor, generator: torch.Generator, max_shift: int = SHIFT) -> Tensor:
+    """Translate each image (B, C, H, W) by a random integer offset in [-s, s]^2."""
+    if max_shift == 0:
+        return x
+    b, _, h, w = x.shape
+    padded = F.pad(x, (max_shift,) * 4, value=-1.0)
+    dy, dx = torch.randint(0, 2 * max_shift + 1, (2, b), generator=generator).tolist()
+    return torch.stack([padded[i, :, dy[i]:dy[i] + h, dx[i]:dx[i] + w] for i in range(b)])
+
+
+@torch.no_grad()
+def predict(model: Classifier, x: Tensor, batch_size: int = 512) -> Tensor:
+    """Predicted classes (N,) for images (N, C, H, W) in [-1, 1]."""
+    device = next(model.parameters()).device
+    model.eval()
+    out = [model(x[s:s + batch_size].to(device))[1].argmax(1).cpu() for s in range(0, len(x), batch_size)]
+    return torch.cat(out) if out else torch.empty(0, dtype=torch.long)
+
+
+def accuracy(model: Classifier, split: Split) -> float:
+    """Fraction of `split` classified correctly."""
+    return float((predict(model, split.x) == split.y).float().mean())
+
+
+def classifier_payload(data: DataConfig, config: EvalConfig) -> dict[str, Any]:
+    """Everything that determines a classifier; where the data lives does not."""
+    data_fields = {k: v for k, v in to_dict(data).items() if k not in ("data_root", "download")}
+    return {"kind": "classifier", "data": data_fields, "steps": config.classifier_steps,
+            "width": config.classifier_width, "batch_size": config.classifier_batch_size,
+            "lr": config.classifier_lr, "seed": config.classifier_seed, "shift": SHIFT}
+
+
+def classifier_run(data: DataConfig, config: EvalConfig) -> Run:
+    return make_run(data.name, "classifier", classifier_payload(data, config))
+
+
+def fit(model: Classifier, train: Split, config: EvalConfig, device: torch.device,
+        progress: bool = True) -> float:
+    """AdamW with cosine decay and label smoothing 0.1; returns the last batch loss."""
+    model.to(device).train()
+    opt = torch.optim.AdamW(model.parameters(), lr=config.classifier_lr, weight_decay=1e-4)
+    steps = config.classifier_steps
+    g = torch.Generator().manual_seed(config.classifier_seed)
+    loss = torch.zeros(())
+    bar = tqdm(range(steps), desc="classifier", disable=not progress, mininterval=1.0, leave=False)
+    for step in bar:
+        for group in opt.param_groups:
+            group["lr"] = config.classifier_lr * 0.5 * (1 + math.cos(math.pi * step / steps))
+        idx = torch.randint(0, len(train), (config.classifier_batch_size,), generator=g)
+        x = random_shift(train.x[idx], g).to(device)
+        loss = F.cross_entropy(model(x)[1], train.y[idx].to(device), label_smoothing=0.1)
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        opt.step()
+    model.eval()
+    return float(loss.detach())
+
+
+def train_classifier(data: DataConfig, config: EvalConfig, force: bool = False,
+                     device: str = "auto", progress: bool = True) -> Run:
+    """Train (or reuse) the dataset's classifier; its results.json has `test_accuracy`."""
+    payload = classifier_payload(data, config)
+    run = classifier_run(data, config)
+    if prepare(run, payload, force=force, resume=False) == "reuse":
+        return run
+    dev = resolve_device(device)
+    dataset = load_dataset(data)
+    start = time.perf_counter()
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(config.classifier_seed)
+        model = Classifier(dataset.channels, dataset.image_size, dataset.num_classes,
+                           config.classifier_width)
+        last_loss = fit(model, dataset.train, config, dev, progress)
+    wall = time.perf_counter() - start
+    atomic_torch_save({"kind": "classifier", "config": payload, "spec": model.spec(),
+                       "model": model.cpu().state_dict()}, run.final)
+    atomic_write_json(run.results, {
+        "kind": "classifier", "dataset": data.name, "image_size": data.image_size,
+        "test_accuracy": accuracy(model, dataset.test), "train_accuracy": accuracy(model, dataset.train),
+        "n_test": len(dataset.test), "steps": config.classifier_steps, "final_loss": last_loss,
+        "params": sum(p.numel() for p in model.parameters()), "feature_dim": model.feature_dim,
+        "wall_time_s": wall, "device": str(dev), "run": str(run.path)})
+    return run
+
+
+def load_classifier(source: Run | str | Path, device: str | torch.device = "cpu") -> Classifier:
+    """A trained classifier from a run (folder) or its final.pt (weights_only load)."""
+    path = source.final if isinstance(source, Run) else Path(source)
+    file = path / "final.pt" if path.is_dir() else path
+    ckpt = load_checkpoint(file)
+    if ckpt.get("kind") != "classifier" or "spec" not in ckpt:
+        raise CheckpointError(f"{file} is not a dash classifier (train one with `dash train-classifier`)")
+    model = Classifier(**ckpt["spec"])
+    model.load_state_dict(ckpt["model"])
+    return model.to(device).eval()
+

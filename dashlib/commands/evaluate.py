@@ -1,0 +1,158 @@
+"""Evaluation commands: evaluate, train-classifier, efficiency."""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import math
+import sys
+from pathlib import Path
+from typing import Any
+
+from dashlib.cli import add_preset, add_runtime, command, parse_set, preset_from_args
+
+
+def _guidance(value: str) -> str:
+    """--w entries: a number or "tag" (kept as text, as EvalConfig.guidance holds them)."""
+    if value.lower() == "tag":
+        return "tag"
+    try:
+        number = float(value)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{value!r} is neither a number nor 'tag'") from None
+    if not math.isfinite(number):
+        raise argparse.ArgumentTypeError(f"{value!r} is not a finite number")
+    return f"{number:g}"
+
+
+def _evaluate_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--run", required=True, help="run folder of the model to evaluate (teacher or student)")
+    p.add_argument("--n", type=int, help="samples per cell, balanced over classes (default: the preset's)")
+    p.add_argument("--seeds", type=int, nargs="+", help="sampling seeds (default: the preset's, 42 123 456)")
+    p.add_argument("--w", type=_guidance, nargs="+", metavar="W|tag",
+                   help="guidance settings: constant scales and/or 'tag' (default: the preset's)")
+    p.add_argument("--steps", type=int, nargs="+", help="DDIM steps (default: the preset's eval.ddim_steps)")
+    p.add_argument("--extractor", choices=("classifier", "inception"),
+                   help="primary feature space (default: the preset's; the classifier is always scored)")
+    p.add_argument("--inception-weights", help="local Inception-v3 weights file (torch-fidelity's .pth)")
+    p.add_argument("--download-weights", action="store_true",
+                   help="allow downloading the Inception-v3 weights when they are not found locally")
+    p.add_argument("--data-root", help="where the dataset lives now (CIFAR)")
+    p.add_argument("--workers", type=int, help="worker processes (default: one per CPU core; 1 on CUDA)")
+    p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
+                   help="override a preset field, e.g. --set eval.classifier_steps=300 (repeatable)")
+    add_runtime(p)
+
+
+def _fmt(mean: float, std: float) -> str:
+    return f"{mean:.3f}" if math.isnan(std) else f"{mean:.3f} +- {std:.3f}"
+
+
+def _print_summary(summary: list[dict[str, Any]]) -> None:
+    for entry in summary:
+        cols = [f"{k[:-5]} {_fmt(entry[k], entry[k[:-5] + '_std'])}" for k in entry
+                if k.endswith("_fid_mean") or k in ("isc_mean_mean", "accuracy_mean")]
+        print(f"{entry['name']} {entry['guidance']:>4} steps {entry['ddim_steps']:>3}: " + ", ".join(cols),
+              file=sys.stderr)
+
+
+@command("evaluate", "sample a run and score it: FID/IS/KID/PRC (torch-fidelity) and guidance fidelity",
+         _evaluate_args)
+def cmd_evaluate(args: argparse.Namespace) -> int:
+    from dashlib.evaluate import evaluate_runs, results_path, run_preset
+    from dashlib.presets import get_preset
+
+    preset = get_preset(run_preset(args.run), **parse_set(args.overrides))
+    changes = {"n_samples": args.n, "seeds": tuple(args.seeds) if args.seeds else None,
+               "guidance": tuple(args.w) if args.w else None, "feature_extractor": args.extractor,
+               "inception_weights": args.inception_weights,
+               "download_weights": args.download_weights or None}
+    config = dataclasses.replace(preset.eval, **{k: v for k, v in changes.items() if v is not None})
+    steps = tuple(args.steps) if args.steps else (config.ddim_steps,)
+    report = evaluate_runs([args.run], config, steps=steps, workers=args.workers, device=args.device,
+                           progress=not args.no_progress, sample=preset.sample, data_root=args.data_root)
+    path = report.write(results_path(args.run, config, steps, preset.sample))
+    for clf in report.meta["classifiers"].values():
+        print(f"classifier {clf['run']}: test accuracy {clf['test_accuracy']:.4f}", file=sys.stderr)
+    _print_summary(report.summary)
+    print(path)
+    return 0
+
+
+def _classifier_args(p: argparse.ArgumentParser) -> None:
+    add_preset(p)
+    p.add_argument("--steps", type=int, help="training steps (default: the preset's eval.classifier_steps)")
+    p.add_argument("--force", action="store_true", help="retrain even if a finished classifier exists")
+    add_runtime(p)
+
+
+@command("train-classifier", "train (or reuse) the dataset classifier used for classifier FID and "
+         "guidance fidelity", _classifier_args)
+def cmd_train_classifier(args: argparse.Namespace) -> int:
+    from dashlib.classifier import train_classifier
+
+    preset = preset_from_args(args, **{"eval.classifier_steps": args.steps})
+    run = train_classifier(preset.data, preset.eval, force=args.force, device=args.device,
+                           progress=not args.no_progress)
+    results = run.read_results()
+    print(f"classifier on {results['dataset']}: test accuracy {results['test_accuracy']:.4f} "
+          f"({results['n_test']} images), {results['wall_time_s']:.0f} s", file=sys.stderr)
+    print(run.results)
+    return 0
+
+
+def _efficiency_args(p: argparse.ArgumentParser) -> None:
+    add_preset(p)
+    p.add_argument("--teacher-run", help="teacher run folder (default: the preset's teacher architecture)")
+    p.add_argument("--student-run", help="student run folder (default: the preset's student architecture)")
+    p.add_argument("--steps", type=int, default=50, help="DDIM steps of the sampling run (default 50)")
+    p.add_argument("--batch", type=int, default=64, help="batch size (default 64)")
+    p.add_argument("--repeats", type=int, default=3,
+                   help="timed runs after a warm-up; 0 counts params and FLOPs only (default 3)")
+    p.add_argument("--out", help="output JSON (default: runs/<preset>/efficiency-<hash>/results.json)")
+    add_runtime(p)
+
+
+@command("efficiency", "teacher vs student: params, FLOPs, latency and peak memory of 50-step CFG "
+         "sampling (Table 4)", _efficiency_args)
+def cmd_efficiency(args: argparse.Namespace) -> int:
+    from dashlib.artifacts import load_artifact
+    from dashlib.config import ConfigError, to_dict
+    from dashlib.device import resolve_device
+    from dashlib.efficiency import efficiency
+    from dashlib.io import atomic_write_json
+    from dashlib.runs import make_run
+    from dashlib.unet import build_unet
+
+    preset = preset_from_args(args)
+    for name in ("steps", "batch"):
+        if getattr(args, name) <= 0:
+            raise ConfigError(f"--{name} = {getattr(args, name)} is invalid: must be > 0")
+    if args.repeats < 0:
+        raise ConfigError(f"--repeats = {args.repeats} is invalid: must be >= 0")
+    device = resolve_device(args.device)
+    teacher = load_artifact(args.teacher_run).model if args.teacher_run else build_unet(preset.teacher, 0)
+    student = load_artifact(args.student_run).model if args.student_run else build_unet(preset.student, 0)
+    result = efficiency(preset, teacher, student, device, steps=args.steps, batch=args.batch,
+                        repeats=args.repeats)
+    result["teacher"]["source"] = args.teacher_run or "preset architecture (untrained weights)"
+    result["student"]["source"] = args.student_run or "preset architecture (untrained weights)"
+    payload = {"preset": preset.name, "teacher": to_dict(teacher.config), "student": to_dict(student.config),
+               "teacher_run": args.teacher_run, "student_run": args.student_run, "steps": args.steps,
+               "batch": args.batch, "device": str(device)}
+    if args.out:
+        out = Path(args.out)
+    else:
+        run = make_run(preset.name, "efficiency", payload)
+        atomic_write_json(run.config, payload)
+        out = run.results
+    atomic_write_json(out, result)
+    t, s = result["teacher"], result["student"]
+    line = (f"FLOPs {t['flops_per_sample'] / 1e9:.1f}G vs {s['flops_per_sample'] / 1e9:.1f}G per sample "
+            f"({result['flops_ratio']:.2f}x)")
+    if "speedup" in result:
+        line += (f"; latency {t['latency_s']:.2f} s vs {s['latency_s']:.2f} s ({result['speedup']:.2f}x, "
+                 f"{result['speedup_over_flops_ratio']:.2f} of the FLOPs ratio)")
+    print(line, file=sys.stderr)
+    print(out)
+    return 0

@@ -1,0 +1,516 @@
+"""Sample quality of trained runs: samples, torch-fidelity metrics, guidance fidelity, sweeps.
+
+One *cell* is `n` class-balanced samples (labels 0, 1, ..., K-1, 0, ...) of one
+run at one guidance setting (constant w or TAG), DDIM step count and seed,
+drawn with the run's preset sampler (DDIM, eta = 0, PAPER.md method 4). Per cell:
+
+* FID, IS, KID, precision/recall through torch-fidelity (`dashlib.fidelity`)
+  in the dataset classifier's feature space, and in Inception-v3's too when
+  `EvalConfig.feature_extractor == "inception"`; keys are prefixed
+  `classifier_` / `inception_`;
+* guidance fidelity: the classifier's accuracy on the samples drawn for each
+  requested class (`accuracy`, `accuracy_per_class`).
+
+Cells are cached in the run folder (`eval/cells/<key>.json`, and with
+`keep_samples` the uint8 samples in `eval/samples/<key>.pt`), keyed by a hash
+of everything that determines them (final.pt's content, sampler settings, N,
+seed, feature spaces), so reruns and overlapping sweeps reuse them. A model
+without a null branch (single-head, cfg=False) ignores the guidance scale, so
+its cells at different w share one sample set (`guidance_applied` is false).
+
+`evaluate_runs` spreads the distinct cells over single-threaded worker
+processes on CPU (on these small models two 1-thread processes beat one
+2-thread process) and returns an `EvalReport`: tidy rows, one per run x
+guidance x steps x seed, and a summary with the mean and sample standard
+deviation (ddof = 1; null for one seed) over seeds.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+import os
+import statistics
+import time
+from collections import OrderedDict
+from collections.abc import Iterable, Sequence
+from concurrent.futures import ProcessPoolExecutor, as_completed
+from dataclasses import dataclass
+from multiprocessing import get_context
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import Tensor
+from tqdm import tqdm
+
+from dashlib.artifacts import Artifact, load_artifact
+from dashlib.classifier import Classifier, load_classifier, predict, train_classifier
+from dashlib.config import ConfigError, DataConfig, EvalConfig, SampleConfig, from_dict, to_dict
+from dashlib.data import load_dataset, to_uint8
+from dashlib.device import resolve_device
+from dashlib.fidelity import (
+    METRIC_KEYS,
+    PRC_NEIGHBORHOOD,
+    Extractor,
+    Reference,
+    fidelity_cache_root,
+    fidelity_metrics,
+    file_digest,
+    from_uint8,
+    make_extractor,
+    reference_set,
+)
+from dashlib.generate import generate
+from dashlib.inception import inception_weights_path
+from dashlib.io import atomic_torch_save, atomic_write_json, load_checkpoint, read_json
+from dashlib.runs import Run, RunStateError, config_hash
+from dashlib.sampling import balanced_labels
+from dashlib.unet import count_params
+
+#: Bumped when the way a cell is computed changes, so cached cells are recomputed.
+EVAL_VERSION = 1
+MAX_LOADED_MODELS = 2
+MIN_SAMPLES = PRC_NEIGHBORHOOD + 2
+
+
+# --- what is evaluated ------------------------------------------------------------
+
+@dataclass(frozen=True)
+class RunSpec:
+    """What evaluation needs to know about one finished run (resolved once, in the parent)."""
+
+    path: str
+    name: str
+    kind: str
+    method: str
+    preset: str
+    data: dict[str, Any]
+    sample: dict[str, Any]
+    digest: str
+    cfg: bool
+    num_classes: int
+    params: int
+    params_nonzero: int
+
+
+@dataclass(frozen=True)
+class Cell:
+    """n samples of one run at one guidance setting ("tag" or a w as text), step count and seed."""
+
+    run: RunSpec
+    guidance: str
+    steps: int
+    seed: int
+    n: int
+
+    def sample_config(self) -> SampleConfig:
+        base = from_dict(SampleConfig, self.run.sample)
+        return dataclasses.replace(base, steps=self.steps).with_guidance(
+            "tag" if self.guidance == "tag" else float(self.guidance))
+
+    def samples_key(self) -> str:
+        sample = to_dict(self.sample_config())
+        if not self.run.cfg:  # no null branch: the scale never enters the sampler
+            sample.update(guidance="ignored", w=None)
+        return config_hash({"final": self.run.digest, "sample": sample, "n": self.n, "seed": self.seed,
+                            "labels": "balanced"})
+
+    def key(self, extractors: Sequence[Extractor], reference: str) -> str:
+        return config_hash({"samples": self.samples_key(), "extractors": [e.cache_id for e in extractors],
+                            "reference": reference, "version": EVAL_VERSION})
+
+
+@dataclass(frozen=True)
+class Task:
+    """A cell plus everything a worker process needs to evaluate it (picklable)."""
+
+    cell: Cell
+    extractors: tuple[Extractor, ...]
+    classifier: str
+    reference: str
+    cache_root: str
+    device: str
+    keep_samples: bool
+
+    @property
+    def key(self) -> str:
+        return self.cell.key(self.extractors, self.reference)
+
+    @property
+    def cell_file(self) -> Path:
+        return Path(self.cell.run.path) / "eval" / "cells" / f"{self.key}.json"
+
+    @property
+    def samples_file(self) -> Path:
+        return Path(self.cell.run.path) / "eval" / "samples" / f"{self.cell.samples_key()}.pt"
+
+
+def run_preset(run: Run | str | Path) -> str:
+    """The preset a run was made with: from config.json, final.pt's config or results.json."""
+    run = run if isinstance(run, Run) else Run(Path(run))
+    for source in (run.config, run.results):
+        if source.is_file():
+            name = read_json(source).get("preset")
+            if name:
+                return str(name)
+    if run.final.is_file():
+        name = load_checkpoint(run.final).get("config", {}).get("preset")
+        if name:
+            return str(name)
+    raise RunStateError(f"{run.path}: cannot tell which preset the run belongs to (no 'preset' in its "
+                        f"config.json, results.json or final.pt); is it a dash run folder?")
+
+
+def run_spec(run: Run | str | Path, sample: SampleConfig | None = None,
+             data_root: str | None = None) -> RunSpec:
+    """Resolve a finished run: its preset, data, sampler settings, size and weights digest."""
+    from dashlib.presets import get_preset
+
+    run = run if isinstance(run, Run) else Run(Path(run))
+    if not run.final.is_file():
+        raise RunStateError(f"{run.path} has no final.pt: only finished runs can be evaluated")
+    preset_name = run_preset(run)
+    preset = get_preset(preset_name)
+    artifact = load_artifact(run)
+    results = read_json(run.results) if run.results.is_file() else {}
+    kind = str(load_checkpoint(run.final).get("kind", "model"))
+    data = from_dict(DataConfig, artifact.config["data"]) if "data" in artifact.config else preset.data
+    own_sample = artifact.config.get("sample")
+    sample = sample or (from_dict(SampleConfig, own_sample) if own_sample else preset.sample)
+    if data_root is not None:
+        data = dataclasses.replace(data, data_root=data_root)
+    model = artifact.model
+    return RunSpec(
+        path=str(run.path), name=run.path.name, kind=kind,
+        method=str(artifact.extra.get("method") or results.get("method") or kind),
+        preset=preset_name, data=to_dict(data), sample=to_dict(sample),
+        digest=file_digest(run.final), cfg=bool(model.config.cfg), num_classes=model.config.num_classes,
+        params=count_params(model), params_nonzero=count_params(model, nonzero=True))
+
+
+def cells(specs: Iterable[RunSpec], guidance: Sequence[str], steps: Sequence[int],
+          seeds: Sequence[int], n: int) -> list[Cell]:
+    """Every (run, guidance, steps, seed) combination, in that nesting order."""
+    return [Cell(spec, g, s, seed, n) for spec in specs for g in guidance for s in steps for seed in seeds]
+
+
+# --- evaluating one cell ---------------------------------------------------------------
+
+def sample_images(artifact: Artifact, config: SampleConfig, n: int, seed: int,
+                  device: torch.device | str = "cpu") -> tuple[Tensor, Tensor]:
+    """(uint8 samples (n, C, H, W), labels (n,)): n samples balanced over the classes, seeded."""
+    labels = balanced_labels(n, artifact.model.config.num_classes)
+    return to_uint8(generate(artifact, config, labels, seed, device)), labels
+
+
+def guidance_fidelity(classifier: Classifier, images: Tensor, labels: Tensor,
+                      num_classes: int) -> dict[str, Any]:
+    """The classifier's accuracy on samples (uint8 (N, C, H, W)) drawn for `labels` (N,).
+
+    `accuracy_per_class[k]` is over the samples requested as class k (NaN if none).
+    """
+    correct = (predict(classifier, from_uint8(images)) == labels).float()
+    per_class = [float(correct[labels == k].mean()) if bool((labels == k).any()) else math.nan
+                 for k in range(num_classes)]
+    return {"accuracy": float(correct.mean()), "accuracy_per_class": per_class}
+
+
+class CellEvaluator:
+    """Evaluates tasks, keeping a few loaded models, classifiers and reference sets."""
+
+    def __init__(self) -> None:
+        self.artifacts: OrderedDict[str, Artifact] = OrderedDict()
+        self.classifiers: dict[str, Classifier] = {}
+        self.references: dict[str, Reference] = {}
+
+    def artifact(self, path: str, device: torch.device) -> Artifact:
+        if path not in self.artifacts:
+            self.artifacts[path] = load_artifact(path, device=device)
+            while len(self.artifacts) > MAX_LOADED_MODELS:
+                self.artifacts.popitem(last=False)
+        self.artifacts.move_to_end(path)
+        return self.artifacts[path]
+
+    def classifier(self, path: str, device: torch.device) -> Classifier:
+        if path not in self.classifiers:
+            self.classifiers[path] = load_classifier(path, device)
+        return self.classifiers[path]
+
+    def reference(self, data: dict[str, Any]) -> Reference:
+        name = config_hash(data)
+        if name not in self.references:
+            self.references[name] = reference_set(from_dict(DataConfig, data))
+        return self.references[name]
+
+    def samples(self, task: Task, device: torch.device) -> tuple[Tensor, Tensor, float]:
+        """(uint8 samples, labels, seconds spent sampling; 0 when read from the cache)."""
+        if task.keep_samples and task.samples_file.is_file():
+            saved = load_checkpoint(task.samples_file)
+            return saved["images"], saved["labels"], 0.0
+        start = time.perf_counter()
+        artifact = self.artifact(task.cell.run.path, device)
+        images, labels = sample_images(artifact, task.cell.sample_config(), task.cell.n, task.cell.seed,
+                                       device)
+        elapsed = time.perf_counter() - start
+        if task.keep_samples:
+            atomic_torch_save({"images": images, "labels": labels}, task.samples_file)
+        return images, labels, elapsed
+
+    def measure(self, task: Task) -> dict[str, Any]:
+        """Metrics of one task's cell: from its cache file, or computed and cached."""
+        if task.cell_file.is_file():
+            cached = dict(read_json(task.cell_file))
+            if cached.get("key") == task.key:
+                return {**cached, "cached": True}
+        device = resolve_device(task.device)
+        images, labels, sample_time = self.samples(task, device)
+        start = time.perf_counter()
+        reference = self.reference(task.cell.run.data)
+        metrics: dict[str, Any] = {}
+        for extractor in task.extractors:
+            scores = fidelity_metrics(images, reference, extractor, device, task.cache_root)
+            metrics.update({f"{extractor.kind}_{k}": v for k, v in scores.items()})
+        metrics.update(guidance_fidelity(self.classifier(task.classifier, device), images, labels,
+                                         task.cell.run.num_classes))
+        result = {"key": task.key, "samples_key": task.cell.samples_key(), **metrics,
+                  "sample_time_s": sample_time, "metric_time_s": time.perf_counter() - start}
+        atomic_write_json(task.cell_file, result)
+        return {**result, "cached": False}
+
+
+_WORKER: CellEvaluator | None = None
+_LIMITS: object = None  # keeps the worker's thread-pool limits alive
+
+
+def _init_worker(threads: int) -> None:
+    """Single-threaded torch and BLAS (numpy's, used by the metrics): workers never oversubscribe."""
+    from threadpoolctl import threadpool_limits
+
+    global _WORKER, _LIMITS
+    torch.set_num_threads(threads)
+    _LIMITS = threadpool_limits(threads)
+    _WORKER = CellEvaluator()
+
+
+def _measure_in_worker(task: Task) -> dict[str, Any]:
+    assert _WORKER is not None, "worker not initialised"
+    return _WORKER.measure(task)
+
+
+# --- many runs ------------------------------------------------------------------------------
+
+@dataclass
+class EvalReport:
+    """Tidy results: `rows` (one per run x guidance x steps x seed), `summary` (over seeds), `meta`."""
+
+    rows: list[dict[str, Any]]
+    summary: list[dict[str, Any]]
+    meta: dict[str, Any]
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"meta": self.meta, "summary": self.summary, "rows": self.rows}
+
+    def write(self, path: str | Path) -> Path:
+        return atomic_write_json(path, self.to_dict())
+
+
+def row(cell: Cell, measured: dict[str, Any], primary: str) -> dict[str, Any]:
+    """The tidy row of one cell: identity columns, its measurements, and the primary
+    feature space's metrics again without prefix (`fid` = `<primary>_fid`, ...)."""
+    spec = cell.run
+    ident = {"run": spec.path, "name": spec.name, "kind": spec.kind, "method": spec.method,
+             "preset": spec.preset, "guidance": cell.guidance,
+             "w": None if cell.guidance == "tag" else float(cell.guidance), "guidance_applied": spec.cfg,
+             "ddim_steps": cell.steps, "seed": cell.seed, "n": cell.n, "params": spec.params,
+             "params_nonzero": spec.params_nonzero}
+    values = {k: v for k, v in measured.items() if k not in ("key", "samples_key")}
+    return {**ident, **{k: values[f"{primary}_{k}"] for k in METRIC_KEYS}, **values}
+
+
+def metric_columns(extractors: Sequence[Extractor]) -> list[str]:
+    return list(METRIC_KEYS) + [f"{e.kind}_{k}" for e in extractors for k in METRIC_KEYS] + ["accuracy"]
+
+
+def _std(values: list[float]) -> float:
+    return statistics.stdev(values) if len(values) > 1 else math.nan
+
+
+def summarize(rows: Sequence[dict[str, Any]], columns: Sequence[str]) -> list[dict[str, Any]]:
+    """Mean and sample std (ddof = 1) over seeds of every column, per (run, guidance, ddim_steps)."""
+    groups: dict[tuple[str, str, int], list[dict[str, Any]]] = {}
+    for r in rows:
+        groups.setdefault((r["run"], r["guidance"], r["ddim_steps"]), []).append(r)
+    out = []
+    for group in groups.values():
+        first = group[0]
+        entry = {k: first[k] for k in ("run", "name", "kind", "method", "preset", "guidance", "w",
+                                       "guidance_applied", "ddim_steps", "n", "params", "params_nonzero")}
+        entry["seeds"] = [r["seed"] for r in group]
+        for col in columns:
+            values = [float(r[col]) for r in group]
+            entry[f"{col}_mean"] = statistics.fmean(values)
+            entry[f"{col}_std"] = _std(values)
+        per_class = torch.tensor([r["accuracy_per_class"] for r in group], dtype=torch.float64)
+        entry["accuracy_per_class_mean"] = per_class.mean(0).tolist()
+        out.append(entry)
+    return out
+
+
+def default_workers(device: torch.device, tasks: int) -> int:
+    """One process on CUDA; on CPU one single-threaded process per core (at most one per task)."""
+    if device.type == "cuda":
+        return 1
+    return max(1, min(os.cpu_count() or 1, tasks))
+
+
+@dataclass(frozen=True)
+class Space:
+    """Per dataset: its classifier run, the feature spaces, the reference set's cache name."""
+
+    classifier: Run
+    extractors: tuple[Extractor, ...]
+    reference: str
+    real: dict[str, dict[str, float]]
+
+    def describe(self) -> dict[str, Any]:
+        results = self.classifier.read_results()
+        return {"run": str(self.classifier.path), "dataset": results.get("dataset"),
+                "test_accuracy": results.get("test_accuracy"), "test_split_metrics": self.real}
+
+
+def prepare_spaces(specs: Sequence[RunSpec], config: EvalConfig, device: torch.device,
+                   progress: bool) -> dict[str, Space]:
+    """data-config hash -> Space, for every dataset the runs use.
+
+    Trains (or reuses) the classifier and fills the reference cache here, in
+    the parent, so worker processes never race to write them. Doing so it
+    scores the real test split against the train split: the floor a perfect
+    model would reach at N = len(test) (`Space.real`, in the results' meta).
+    """
+    out = {}
+    for key, data_dict in {config_hash(s.data): s.data for s in specs}.items():
+        data = from_dict(DataConfig, data_dict)
+        clf = train_classifier(data, config, device=str(device), progress=progress)
+        kinds = ["classifier"] + (["inception"] if config.feature_extractor == "inception" else [])
+        extractors = tuple(make_extractor(k, clf, config.inception_weights, config.download_weights)
+                           for k in kinds)
+        reference, test = reference_set(data), to_uint8(load_dataset(data).test.x)
+        real = {e.kind: fidelity_metrics(test, reference, e, device, fidelity_cache_root())
+                for e in extractors}
+        out[key] = Space(clf, extractors, reference.name, real)
+    return out
+
+
+def check_request(specs: Sequence[RunSpec], config: EvalConfig) -> None:
+    """Refuse, before any work, what cannot be evaluated."""
+    if not specs:
+        raise ConfigError("evaluate_runs needs at least one run")
+    if config.feature_extractor == "inception":
+        inception_weights_path(config.inception_weights, config.download_weights)
+    least = max(MIN_SAMPLES, *(s.num_classes for s in specs))
+    if config.n_samples < least:
+        raise ConfigError(f"EvalConfig.n_samples = {config.n_samples} is too small: samples are balanced "
+                          f"over the classes and the metrics need {MIN_SAMPLES}; ask for at least {least}")
+
+
+def evaluate_runs(runs: Sequence[Run | str | Path], config: EvalConfig,
+                  steps: Sequence[int] | None = None, workers: int | None = None, device: str = "auto",
+                  progress: bool = True, sample: SampleConfig | None = None,
+                  data_root: str | None = None, out: str | Path | None = None) -> EvalReport:
+    """Evaluate every run at `config.guidance` x `steps` (default: `config.ddim_steps`) x `config.seeds`.
+
+    `workers=None` picks `default_workers`. Each run samples with the sampler
+    settings stored in its config (single-head students), else its preset's;
+    `sample` replaces both (steps and guidance are still set per cell).
+    `data_root` says where the datasets live now. Rows carry every feature
+    space's metrics prefixed (`classifier_fid`, `inception_fid`) and the
+    primary one's (`config.feature_extractor`) unprefixed (`fid`). Writes the
+    report to `out` if given.
+    """
+    start = time.perf_counter()
+    dev = resolve_device(device)
+    specs = [run_spec(r, sample, data_root) for r in runs]
+    check_request(specs, config)
+    steps = tuple(steps) if steps is not None else (config.ddim_steps,)
+    spaces = prepare_spaces(specs, config, dev, progress)
+    tasks = []
+    for cell in cells(specs, config.guidance, steps, config.seeds, config.n_samples):
+        space = spaces[config_hash(cell.run.data)]
+        tasks.append(Task(cell, space.extractors, str(space.classifier.final), space.reference,
+                          str(fidelity_cache_root()), str(dev), config.keep_samples))
+    unique = {t.key: t for t in tasks}
+    n_workers = workers if workers is not None else default_workers(dev, len(unique))
+    measured = measure_all(list(unique.values()), n_workers, progress)
+    rows = [row(t.cell, measured[t.key], config.feature_extractor) for t in tasks]
+    meta = {"config": to_dict(config), "ddim_steps": list(steps), "primary": config.feature_extractor,
+            "device": str(dev), "workers": n_workers, "torch_threads": torch.get_num_threads(),
+            "classifiers": {sp.classifier.path.name: sp.describe() for sp in spaces.values()},
+            "extractors": [dataclasses.asdict(e) for sp in spaces.values() for e in sp.extractors],
+            "cells": len(tasks), "distinct_cells": len(unique),
+            "computed": sum(not m.get("cached") for m in measured.values()),
+            "wall_time_s": time.perf_counter() - start, "version": EVAL_VERSION}
+    report = EvalReport(rows, summarize(rows, metric_columns(tasks[0].extractors)), meta)
+    if out is not None:
+        report.write(out)
+    return report
+
+
+def cost(task: Task) -> float:
+    """Relative sampling cost: parameters x rows per sample x steps x samples."""
+    run = task.cell.run
+    return run.params * (2 if run.cfg else 1) * task.cell.steps * task.cell.n
+
+
+def measure_all(tasks: Sequence[Task], workers: int, progress: bool) -> dict[str, dict[str, Any]]:
+    """key -> measurements; cached cells are read in this process, the rest spread over workers.
+
+    The costliest cells start first so that two workers finish together.
+    """
+    evaluator = CellEvaluator()
+    results: dict[str, dict[str, Any]] = {}
+    todo = []
+    for task in tasks:
+        if task.cell_file.is_file() and read_json(task.cell_file).get("key") == task.key:
+            results[task.key] = evaluator.measure(task)
+        else:
+            todo.append(task)
+    todo.sort(key=cost, reverse=True)
+    bar = tqdm(total=len(tasks), initial=len(results), desc="evaluate", disable=not progress,
+               dynamic_ncols=True)
+    with bar:
+        if workers <= 1 or len(todo) <= 1:
+            for task in todo:
+                results[task.key] = evaluator.measure(task)
+                bar.update(1)
+        else:
+            with ProcessPoolExecutor(min(workers, len(todo)), mp_context=get_context("spawn"),
+                                     initializer=_init_worker, initargs=(1,)) as pool:
+                futures = {pool.submit(_measure_in_worker, t): t.key for t in todo}
+                for future in as_completed(futures):
+                    results[futures[future]] = future.result()
+                    bar.update(1)
+    return results
+
+
+# --- single runs and sweeps ---------------------------------------------------------
+
+def results_path(run: Run | str | Path, config: EvalConfig, steps: Sequence[int],
+                 sample: SampleConfig | None = None) -> Path:
+    """`<run>/eval/results-<hash of the settings>.json`."""
+    path = run.path if isinstance(run, Run) else Path(run)
+    settings = {"config": to_dict(config), "steps": list(steps),
+                "sample": to_dict(sample) if sample is not None else None}
+    return path / "eval" / f"results-{config_hash(settings)}.json"
+
+
+def sweep_guidance(runs: Sequence[Run | str | Path], config: EvalConfig, **kwargs: Any) -> EvalReport:
+    """Every run at `config.sweep_guidance` (w = 0, 1, 2, 3, 4 and TAG by default)."""
+    return evaluate_runs(runs, dataclasses.replace(config, guidance=config.sweep_guidance), **kwargs)
+
+
+def sweep_steps(runs: Sequence[Run | str | Path], config: EvalConfig, guidance: str = "tag",
+                **kwargs: Any) -> EvalReport:
+    """Every run at `config.sweep_steps` DDIM steps (10, 20, 50, 100 by default), one guidance setting."""
+    return evaluate_runs(runs, dataclasses.replace(config, guidance=(guidance,)),
+                         steps=config.sweep_steps, **kwargs)

@@ -1,0 +1,62 @@
+"""Obtain the explorer's models: the preset's teacher and distilled students."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+from dashlib.artifacts import Artifact, load_artifact
+from dashlib.config import Preset
+from dashlib.data import load_dataset
+from dashlib.explorer.widget import BranchExplorer
+from dashlib.presets import get_preset
+from dashlib.runs import runs_root
+from dashlib.teacher import train_teacher
+
+
+def default_runs_dir(path: str | Path | None) -> Path:
+    """Use `path` as the runs root unless $DASH_RUNS is already set; returns the root in use.
+
+    Notebooks run in notebooks/, so they pass "../runs" to share the project's runs.
+    """
+    if path is not None:
+        os.environ.setdefault("DASH_RUNS", str(path))
+    return runs_root()
+
+
+def load_models(preset: Preset, methods: Sequence[str] = (),
+                student_runs: Mapping[str, str | Path] | None = None, device: str = "cpu",
+                progress: bool = False) -> tuple[Artifact, dict[str, Artifact]]:
+    """(teacher, {name: student}): train or reuse the teacher and each method's student.
+
+    `methods` go through `dashlib.distill.distill` (train or reuse);
+    `student_runs` maps a display name to an existing run folder with final.pt.
+    """
+    teacher = load_artifact(train_teacher(preset, device=device, progress=progress), device=device)
+    students: dict[str, Artifact] = {}
+    if methods:
+        from dashlib.distill import distill
+
+        for method in methods:
+            run = distill(preset, method, device=device, progress=progress)
+            students[method] = load_artifact(run, device=device)
+    for name, folder in (student_runs or {}).items():
+        students[name] = load_artifact(folder, device=device)
+    return teacher, students
+
+
+def open_explorer(preset: str | Preset, methods: Sequence[str] = (),
+                  student_runs: Mapping[str, str | Path] | None = None, device: str = "cpu",
+                  progress: bool = False, t_fraction: float = 0.5,
+                  **options: Any) -> BranchExplorer:
+    """A `BranchExplorer` for a preset's teacher and students, first shown at timestep
+    round(t_fraction (T - 1)); `options` go to the explorer."""
+    if not 0.0 <= t_fraction <= 1.0:
+        raise ValueError(f"t_fraction = {t_fraction} must lie in [0, 1]")
+    p = get_preset(preset) if isinstance(preset, str) else preset
+    teacher, students = load_models(p, methods, student_runs, device, progress)
+    t = round(t_fraction * (p.diffusion.T - 1))
+    return BranchExplorer(teacher, students, load_dataset(p.data), p.sample,
+                          title=f"[{p.name}]", t=t, **options)

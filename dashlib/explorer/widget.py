@@ -1,0 +1,212 @@
+"""`BranchExplorer`: an ipywidgets view of how teacher and student branches behave.
+
+Controls: which students (beside the teacher), class, timestep t, guidance
+(constant w or TAG), seed, and a "Run DDIM" button. Each change redraws one
+PNG of panels (see `dashlib.explorer.render`) plus a statistics table. Forward
+passes are cached per (model, class, t, seed), so changing only the guidance
+costs no forward pass, and events are debounced.
+"""
+
+from __future__ import annotations
+
+import html
+import math
+import time
+import traceback
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Any
+
+import ipywidgets as widgets
+import torch
+
+from dashlib.artifacts import Artifact
+from dashlib.config import SampleConfig
+from dashlib.data import Dataset
+from dashlib.explorer.debounce import Debouncer
+from dashlib.explorer.probe import BranchCache, ModelView, ProbeKey, make_probe, model_view
+from dashlib.explorer.render import png_bytes, render_panels
+from dashlib.explorer.trajectory import SampleCache, guidance_label
+from dashlib.guidance import guidance_scale
+
+TEACHER = "teacher"
+
+
+@dataclass(frozen=True)
+class ExplorerState:
+    """The current selection."""
+
+    students: tuple[str, ...]
+    y: int
+    t: int
+    seed: int
+    guidance: str  # "constant" or "tag"
+    w: float
+
+
+def build_controls(students: list[str], class_names: tuple[str, ...], T: int,
+                   initial: ExplorerState) -> dict[str, widgets.Widget]:
+    """The input widgets; sliders only report on release (continuous_update=False)."""
+    style = {"description_width": "80px"}
+    return {
+        "students": widgets.SelectMultiple(options=students, value=initial.students,
+                                           description="students", rows=min(len(students), 4) or 1,
+                                           style=style),
+        "y": widgets.Dropdown(options=[(n, i) for i, n in enumerate(class_names)], value=initial.y,
+                              description="class", style=style),
+        "t": widgets.IntSlider(value=initial.t, min=0, max=T - 1, step=1, description="timestep t",
+                               continuous_update=False, style=style,
+                               layout=widgets.Layout(width="420px")),
+        "guidance": widgets.ToggleButtons(options=[("constant w", "constant"), ("TAG", "tag")],
+                                          value=initial.guidance, description="guidance",
+                                          style=style),
+        "w": widgets.FloatSlider(value=initial.w, min=0.0, max=8.0, step=0.25, description="w",
+                                 continuous_update=False, style=style),
+        "seed": widgets.BoundedIntText(value=initial.seed, min=0, max=2**31 - 1, description="seed",
+                                       style=style, layout=widgets.Layout(width="180px")),
+    }
+
+
+class BranchExplorer:
+    """Teacher vs students at matched inputs; display it as the last expression of a cell.
+
+    teacher: the CFG teacher (both branches); students: name -> artifact (a
+    single-head student shows "no unconditional branch"); data: the dataset
+    whose held-out split gives x_0; sample: the DDIM/guidance config (its TAG
+    parameters and step count are used); n_stats: rows per probe for rho/cos.
+    """
+
+    def __init__(self, teacher: Artifact, students: Mapping[str, Artifact], data: Dataset,
+                 sample: SampleConfig, *, n_stats: int = 16, debounce_s: float = 0.15,
+                 t: int | None = None, y: int = 0, seed: int = 0, guidance: str = "tag",
+                 w: float | None = None, title: str = "") -> None:
+        if not teacher.model.config.cfg:
+            raise ValueError("the teacher must have an unconditional branch (cfg=True)")
+        if TEACHER in students:
+            raise ValueError(f"{TEACHER!r} is reserved for the teacher; rename that student")
+        self.models: dict[str, Artifact] = {TEACHER: teacher, **students}
+        self.diffusion, self.split, self.sample = teacher.diffusion, data.test, sample
+        self.n_stats, self.title = n_stats, title
+        self.cache, self.samples = BranchCache(), SampleCache()
+        self.timings: list[float] = []
+        T = self.diffusion.T
+        initial = ExplorerState(tuple(students), y, T // 2 if t is None else t, seed, guidance,
+                                sample.w if w is None else w)
+        self.controls = build_controls(list(students), data.class_names, T, initial)
+        self.run_button = widgets.Button(description="Run DDIM", icon="play",
+                                         tooltip=f"{sample.steps}-step DDIM for every shown model")
+        self.image = widgets.Image(format="png")
+        self.stats, self.status = widgets.HTML(), widgets.HTML()
+        self.widget = self._layout()
+        self._debounce = Debouncer(self.redraw, debounce_s)
+        for control in self.controls.values():
+            control.observe(self._debounce.trigger, names="value")
+        self.run_button.on_click(lambda _: self.run_ddim())
+        self.redraw()
+
+    def _layout(self) -> widgets.VBox:
+        c = self.controls
+        left = widgets.VBox([c["y"], c["t"], c["guidance"], c["w"]])
+        right = widgets.VBox([c["students"], c["seed"], self.run_button])
+        return widgets.VBox([widgets.HBox([left, right]), self.image, self.stats, self.status])
+
+    def _repr_mimebundle_(self, **kwargs: Any) -> Any:
+        return self.widget._repr_mimebundle_(**kwargs)
+
+    def state(self) -> ExplorerState:
+        c = self.controls
+        return ExplorerState(tuple(c["students"].value), int(c["y"].value), int(c["t"].value),
+                             int(c["seed"].value), str(c["guidance"].value), float(c["w"].value))
+
+    def set(self, **values: Any) -> None:
+        """Set controls by name (students, y, t, guidance, w, seed), as a user would.
+
+        Inside a kernel the redraw is debounced (it follows `debounce_s` after the
+        cell returns); call `redraw()` to draw at once.
+        """
+        for name, value in values.items():
+            self.controls[name].value = value
+
+    def sample_config(self, state: ExplorerState) -> SampleConfig:
+        return self.sample.with_guidance("tag" if state.guidance == "tag" else state.w)
+
+    def w_at(self, state: ExplorerState) -> float:
+        """The guidance scale used at the selected timestep (constant w or TAG's w(t))."""
+        t = torch.tensor([state.t])
+        return float(guidance_scale(self.sample_config(state), t, self.diffusion.T)[0])
+
+    def rows(self, state: ExplorerState) -> list[str]:
+        return [TEACHER, *state.students]
+
+    def views(self, state: ExplorerState) -> list[ModelView]:
+        """Teacher first, then each selected student, at the current probe."""
+        probe = make_probe(self.split, self.diffusion, ProbeKey(state.y, state.t, state.seed),
+                           self.n_stats)
+        teacher = self.cache.get(TEACHER, self.models[TEACHER].model, probe)
+        w = self.w_at(state)
+        return [model_view(name, self.cache.get(name, self.models[name].model, probe), teacher,
+                           probe, self.diffusion, w) for name in self.rows(state)]
+
+    def redraw(self) -> float:
+        """Recompute (cached) and redraw everything; returns the seconds it took."""
+        start = time.perf_counter()
+        try:
+            state = self.state()
+            views = self.views(state)
+            config = self.sample_config(state)
+            samples = [self.samples.lookup(n, config, state.y, state.seed) for n in self.rows(state)]
+            ab = float(self.diffusion.alpha_bar[state.t])
+            title = (f"{self.title}  class {state.y}, t = {state.t} (alpha_bar {ab:.3f}), "
+                     f"seed {state.seed}, guidance {guidance_label(config)}").strip()
+            self.image.value = png_bytes(render_panels(views, samples, title))
+            self.stats.value = stats_table(views, self.n_stats)
+        except Exception:  # shown in the widget: a callback has nowhere else to report
+            self.status.value = f"<pre style='color:#b00'>{html.escape(traceback.format_exc())}</pre>"
+            raise
+        elapsed = time.perf_counter() - start
+        self.timings.append(elapsed)
+        self.status.value = (f"redraw {elapsed * 1000:.0f} ms; forward-pass cache: "
+                             f"{self.cache.hits} hits, {self.cache.misses} misses")
+        return elapsed
+
+    def timing_summary(self) -> str:
+        """Median and worst redraw time so far (each is one control change)."""
+        if not self.timings:
+            return "no redraws yet"
+        ms = sorted(1000 * t for t in self.timings)
+        return (f"{len(ms)} redraws: median {ms[len(ms) // 2]:.0f} ms, max {ms[-1]:.0f} ms "
+                f"(cache: {self.cache.hits} hits, {self.cache.misses} misses)")
+
+    def run_ddim(self) -> None:
+        """Sample every shown model from the same seeded x_T, then redraw."""
+        state = self.state()
+        config = self.sample_config(state)
+        self.run_button.disabled = True
+        self.status.value = f"running {config.steps}-step DDIM ({guidance_label(config)}) ..."
+        try:
+            for name in self.rows(state):
+                art = self.models[name]
+                self.samples.run(name, art.model, art.diffusion, config, state.y, state.seed)
+        finally:
+            self.run_button.disabled = False
+        self.redraw()
+
+
+def stats_table(views: list[ModelView], n: int) -> str:
+    """An HTML table of each model's gap statistics at the current timestep."""
+    cols = [("w(t)", None), ("E|delta|", "student_gap_abs"), ("rho", "rho"), ("cos", "cos"),
+            ("gap MSE", "gap_mse"), ("cond MSE", "cond_mse"), ("uncond MSE", "uncond_mse")]
+    head = "".join(f"<th style='padding:2px 8px'>{html.escape(c)}</th>" for c, _ in cols)
+    body = []
+    for v in views:
+        cells = [f"{v.w:.2f}"] + [_cell(v.stats[k]) for _, k in cols[1:]]
+        note = " (no unconditional branch)" if v.eps_uncond is None else ""
+        tds = "".join(f"<td style='padding:2px 8px;text-align:right'>{c}</td>" for c in cells)
+        body.append(f"<tr><td>{html.escape(v.name)}{note}</td>{tds}</tr>")
+    return (f"<table><tr><th>model</th>{head}</tr>{''.join(body)}</table>"
+            f"<small>statistics over {n} held-out images of this class at this timestep; "
+            f"rho = E|delta_S| / E|delta_T|, cos = mean cos(delta_S, delta_T) vs the teacher</small>")
+
+
+def _cell(value: float) -> str:
+    return "-" if math.isnan(value) else f"{value:.3f}"

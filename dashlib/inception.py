@@ -1,0 +1,82 @@
+"""Where the Inception-v3 weights for FID/IS come from, offline first.
+
+torch-fidelity downloads its Inception-v3 (ported from TensorFlow's 2015
+graph) through torch.hub on first use. dash never downloads silently: the
+weights are a file the user names (`--inception-weights`), else the file in
+torch.hub's cache (where an earlier torch-fidelity download put it), else,
+only with `--download-weights`, a download. Otherwise one error says where it
+looked and how to get the file. This module imports torch-fidelity lazily, so
+the CLI can name its error without paying for that import.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from urllib.error import URLError
+from urllib.parse import urlparse
+
+import torch
+from torch import Tensor
+
+from dashlib.io import CheckpointError, load_checkpoint
+
+
+class InceptionWeightsError(FileNotFoundError):
+    """The Inception-v3 weights file is missing or not the right file; the message says how to get it."""
+
+
+def inception_url() -> str:
+    """The URL torch-fidelity downloads the weights from."""
+    from torch_fidelity.feature_extractor_inceptionv3 import URL_INCEPTION_V3
+
+    return str(URL_INCEPTION_V3)
+
+
+def inception_cache_file() -> Path:
+    """Where torch-fidelity's download (torch.hub) keeps the weights: <hub>/checkpoints/<file>."""
+    return Path(torch.hub.get_dir()) / "checkpoints" / Path(urlparse(inception_url()).path).name
+
+
+def how_to_get(looked: str) -> str:
+    return (f"Inception-v3 weights for FID/IS were not found ({looked}). Offline, fetch "
+            f"{inception_url()} on a machine with internet, copy it here and pass "
+            f"--inception-weights FILE (EvalConfig.inception_weights), or put it at "
+            f"{inception_cache_file()}; with internet, --download-weights lets dash fetch it. "
+            f"Without it, --extractor classifier gives the offline classifier FID.")
+
+
+def _download(file: Path) -> None:
+    try:
+        file.parent.mkdir(parents=True, exist_ok=True)
+        torch.hub.download_url_to_file(inception_url(), str(file), progress=False)
+    except (URLError, OSError) as err:
+        raise InceptionWeightsError(how_to_get(
+            f"downloading to {file} failed: {type(err).__name__}: {err}")) from None
+
+
+def inception_weights_path(path: str | None, download: bool = False) -> Path:
+    """The local Inception-v3 weights: `path`, else torch.hub's cache, else (if allowed) a download.
+
+    The file is checked with a weights_only load (torch-fidelity itself loads
+    it without that guard) and must hold the 1008-way `fc` of the ported net.
+    """
+    if path is not None:
+        file = Path(path).expanduser()
+        if not file.is_file():
+            raise InceptionWeightsError(how_to_get(f"--inception-weights {file} does not exist"))
+    else:
+        file = inception_cache_file()
+        if not file.is_file() and download:
+            _download(file)
+        if not file.is_file():
+            raise InceptionWeightsError(how_to_get(
+                f"no --inception-weights given, and torch-fidelity's cache has no {file}"))
+    try:
+        state = load_checkpoint(file)
+    except CheckpointError as err:
+        raise InceptionWeightsError(f"{file} is not usable Inception-v3 weights: {err}") from None
+    fc = state.get("fc.weight")
+    if not isinstance(fc, Tensor) or tuple(fc.shape) != (1008, 2048):
+        raise InceptionWeightsError(how_to_get(
+            f"{file} is not torch-fidelity's Inception-v3 file (no 1008x2048 fc.weight)"))
+    return file

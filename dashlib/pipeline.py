@@ -1,0 +1,190 @@
+"""Budgets and stages of the reproduction, called by the notebooks.
+
+A `Budget` holds every knob of one reproduction (steps, seeds, sample counts,
+sweeps, workers) for a preset, full or `quick`; the stages train or reuse the
+runs the notebooks need. Run folders are content-addressed, so a later
+notebook calling the same stage reuses what an earlier one trained.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from dashlib.artifacts import Artifact, load_artifact
+from dashlib.config import Preset, override
+from dashlib.distill import METHODS, distill_many
+from dashlib.presets import get_preset
+from dashlib.report import Provenance
+from dashlib.runs import Run
+from dashlib.teacher import train_teacher
+
+
+@dataclass(frozen=True)
+class Budget:
+    """Everything a reproduction spends, for one preset.
+
+    Steps, seeds, sample counts and sweep grids live in `preset` (its
+    `train`, `distill` and `eval` configs, with the quick overrides applied);
+    `widths` are the student widths of the F7 compression sweep; `workers`
+    the parallel single-threaded CPU processes for independent runs.
+    """
+
+    preset: Preset
+    quick: bool
+    methods: tuple[str, ...]
+    widths: tuple[int, ...]
+    workers: int
+    device: str
+
+    @property
+    def seeds(self) -> tuple[int, ...]:
+        return self.preset.eval.seeds
+
+    @property
+    def table_guidance(self) -> str:
+        """The guidance of T1, F1 and F6: the preset's sampler (TAG by default)."""
+        s = self.preset.sample
+        return "tag" if s.guidance == "tag" else f"{s.w:g}"
+
+    def provenance(self, notebook: str) -> Provenance:
+        p = self.preset
+        return Provenance(p.name, p.eval.seeds,
+                          {"teacher": p.train.steps, "distill": p.distill.steps,
+                           "ddim": p.eval.ddim_steps},
+                          quick=self.quick, notebook=notebook,
+                          extra={"eval_samples": p.eval.n_samples})
+
+
+# Per preset: (full, quick) changes; dotted keys override the preset's configs.
+_BUDGETS: dict[str, tuple[dict[str, Any], dict[str, Any]]] = {
+    "tiny": ({"widths": (2, 4)}, {"widths": (2, 4), "eval.seeds": (42,)}),
+    "digits": ({"widths": (8, 12, 24)},
+               {"widths": (8, 24), "eval.seeds": (42,), "eval.sweep_steps": (10, 50),
+                "eval.sweep_guidance": ("0", "1", "3", "tag"),
+                "train.steps": 1200, "distill.steps": 300}),
+    "digits16": ({"widths": (8, 24)},
+                 {"widths": (8,), "eval.seeds": (42,), "eval.sweep_steps": (10, 50),
+                  "train.steps": 1200, "distill.steps": 300}),
+}
+_DEFAULT_BUDGET: tuple[dict[str, Any], dict[str, Any]] = (
+    {"widths": (32, 96)}, {"widths": (32,), "eval.seeds": (42,), "eval.sweep_steps": (10, 50)})
+
+
+def budget(preset: str | Preset, quick: bool = False, workers: int = 2, device: str = "auto",
+           runs_dir: str | None = None, **changes: Any) -> Budget:
+    """The budget of a reproduction; `runs_dir` (if given) becomes $DASH_RUNS.
+
+    `changes` override the budget: `methods`, `widths`, or dotted preset keys
+    such as `**{"distill.steps": 500}`.
+    """
+    if runs_dir is not None:
+        os.environ["DASH_RUNS"] = str(Path(runs_dir).resolve())
+    p = preset if isinstance(preset, Preset) else get_preset(preset)
+    full, fast = _BUDGETS.get(p.name, _DEFAULT_BUDGET)
+    knobs = {**(fast if quick else full), **changes}
+    dotted = {k: knobs.pop(k) for k in list(knobs) if "." in k}
+    return Budget(preset=override(p, **dotted) if dotted else p, quick=quick,
+                  methods=tuple(knobs.pop("methods", METHODS.names())),
+                  widths=tuple(knobs.pop("widths")), workers=workers, device=device, **knobs)
+
+
+def teacher(b: Budget, progress: bool = True) -> Artifact:
+    """Train (or reuse) the teacher and load it."""
+    return load_artifact(train_teacher(b.preset, device=b.device, progress=progress),
+                         expect=b.preset.teacher)
+
+
+def students(b: Budget, progress: bool = True) -> dict[str, Run]:
+    """Every method's student (training what is missing, `workers` at a time)."""
+    runs = distill_many(b.preset, b.methods, steps=None, device=b.device, workers=b.workers,
+                        progress=progress)
+    return {method: run for (method, _), run in runs.items()}
+
+
+def width_preset(b: Budget, ch: int) -> Preset:
+    """The preset with a student of width `ch` (same family: 1 res block, the
+    teacher's multipliers; GroupNorm groups reduced to divide the width)."""
+    import math
+
+    groups = math.gcd(ch, b.preset.student.norm_groups)
+    student = dataclasses.replace(b.preset.student, ch=ch, norm_groups=groups)
+    return dataclasses.replace(b.preset, student=student)
+
+
+def describe(b: Budget) -> dict[str, Any]:
+    """The preset's sizes and this budget's knobs, for a notebook's first look."""
+    from dashlib.unet import UNet, count_params
+
+    t, s = count_params(UNet(b.preset.teacher)), count_params(UNet(b.preset.student))
+    return {"preset": b.preset.name, "dataset": b.preset.data.name,
+            "image_size": b.preset.data.image_size, "num_classes": b.preset.teacher.num_classes,
+            "teacher_params": t, "student_params": s, "compression_ratio": round(t / s, 2),
+            "teacher_steps": b.preset.train.steps, "distill_steps": b.preset.distill.steps,
+            "methods": list(b.methods), "eval_seeds": list(b.seeds),
+            "eval_samples": b.preset.eval.n_samples, "eval_ddim_steps": b.preset.eval.ddim_steps,
+            "quick": b.quick, "workers": b.workers}
+
+
+def data_grid(b: Budget, per_class: int = 8) -> Any:
+    """A PIL image of real training images, one row per class."""
+    import torch
+    from PIL import Image
+
+    from dashlib.data import load_dataset
+    from dashlib.images import grid_image
+
+    data = load_dataset(b.preset.data).train
+    k = b.preset.teacher.num_classes
+    idx = torch.cat([(data.y == c).nonzero().flatten()[:per_class] for c in range(k)])
+    grid = grid_image(data.x[idx], data.y[idx], k, scale=4)
+    return Image.fromarray(grid.permute(1, 2, 0).numpy())
+
+
+def load_models(b: Budget, runs: dict[str, Run]) -> dict[str, Artifact]:
+    """{"teacher": ..., method: student, ...} loaded on the CPU."""
+    return {"teacher": teacher(b, progress=False),
+            **{m: load_artifact(r) for m, r in runs.items()}}
+
+
+def evaluate(b: Budget, runs: dict[str, Run], guidance: tuple[str, ...] | None = None,
+             steps: tuple[int, ...] | None = None, progress: bool = True) -> Any:
+    """Evaluate named runs (teacher and/or students) at `guidance` x `steps` x the
+    budget's seeds; returns the `EvalReport` (cells are cached in the run folders)."""
+    from dashlib.evaluate import evaluate_runs
+
+    config = b.preset.eval if guidance is None else dataclasses.replace(b.preset.eval,
+                                                                        guidance=tuple(guidance))
+    report = evaluate_runs(list(runs.values()), config, steps=steps, workers=b.workers,
+                           device=b.device, progress=progress)
+    names = {str(r.path): name for name, r in runs.items()}
+    for row in report.rows + report.summary:
+        row["method"] = names.get(row["run"], row["method"])
+    return report
+
+
+def ablation_runs(b: Budget, progress: bool = True) -> dict[str, Run]:
+    """Every ablation variant's run (PATH and leave-one-out), training what is missing."""
+    from dashlib.ablation import VARIANTS
+
+    jobs = [(name, v.preset(b.preset), v.method) for name, v in VARIANTS.items()]
+    return _distill_jobs(b, jobs, progress)
+
+
+def width_runs(b: Budget, progress: bool = True) -> dict[str, Run]:
+    """DASH students of the budget's widths (plus the preset's own), for F7."""
+    widths = sorted({*b.widths, b.preset.student.ch})
+    jobs = [(f"ch{w}", width_preset(b, w), "dash") for w in widths]
+    return _distill_jobs(b, jobs, progress)
+
+
+def _distill_jobs(b: Budget, jobs: list[tuple[str, Preset, str]], progress: bool) -> dict[str, Run]:
+    """Distil (name, preset, method) jobs, `workers` at a time; {name: run}."""
+    from dashlib.distill.run import run_jobs
+
+    runs = run_jobs([(p, m, None, None) for _, p, m in jobs], device=b.device, workers=b.workers,
+                    progress=progress)
+    return {name: run for (name, _, _), run in zip(jobs, runs)}

@@ -1,0 +1,151 @@
+"""Workshop figures: vector fields of the two branches and the gap, and sample clouds.
+
+Fields are drawn as -eps (the direction denoising moves a point, toward the
+data) on a grid, one row per model, with ONE arrow scale per column shared by
+every row, so a student whose gap is too small or too large is visible at a
+glance. Sample clouds: one row per model, one column per guidance scale.
+"""
+
+from __future__ import annotations
+
+import io
+from collections.abc import Sequence
+from pathlib import Path
+
+import matplotlib.pyplot as plt
+import torch
+from matplotlib.figure import Figure
+from torch import Tensor
+
+from dashlib.io import atomic_write_bytes
+from dashlib.workshop.analysis import (
+    class_accuracy,
+    field_on_grid,
+    gap_at,
+    gap_profile,
+    on_mode,
+    sample_toy,
+)
+from dashlib.workshop.toy import ToyConfig, mode_centers, sample_data
+from dashlib.workshop.train import Workshop
+
+COLORS = plt.get_cmap("tab10").colors
+
+
+def grid_points(extent: float, n: int) -> Tensor:
+    """(n * n, 2) points on a square grid over [-extent, extent]^2."""
+    axis = torch.linspace(-extent, extent, n)
+    gx, gy = torch.meshgrid(axis, axis, indexing="xy")
+    return torch.stack([gx.flatten(), gy.flatten()], dim=1)
+
+
+def draw_modes(ax: plt.Axes, config: ToyConfig, highlight: int | None = None) -> None:
+    """Each class's mode centres as rings (the highlighted class filled)."""
+    centers = mode_centers(config)
+    for k in range(config.num_classes):
+        c = centers[k]
+        ax.scatter(c[:, 0], c[:, 1], s=140, facecolors=COLORS[k] if k == highlight else "none",
+                   edgecolors=COLORS[k], linewidths=2, alpha=0.5, zorder=1)
+
+
+def style(ax: plt.Axes, extent: float) -> None:
+    ax.set_xlim(-extent, extent)
+    ax.set_ylim(-extent, extent)
+    ax.set_aspect("equal")
+    ax.set_xticks([])
+    ax.set_yticks([])
+
+
+def plot_fields(shop: Workshop, t: int, y: int, extent: float = 1.05, n: int = 15) -> Figure:
+    """Rows: models; columns: -eps_cond, -eps_uncond, -delta at timestep t for class y."""
+    points = grid_points(extent, n)
+    fields = {name: field_on_grid(m, points, t, y) for name, m in shop.models.items()}
+    cols = ["-eps_cond", "-eps_uncond", "-delta = guidance push"]
+    fig, axes = plt.subplots(len(fields), 3, figsize=(10, 3.3 * len(fields)), squeeze=False)
+    cell = 2 * extent / (n - 1)
+    teacher_cond, teacher_uncond = fields["teacher"]
+    teacher = [teacher_cond, teacher_uncond, teacher_cond - teacher_uncond]
+    scales = [float(v.norm(dim=1).max()) / cell or 1.0 for v in teacher]
+    for i, (name, (cond, uncond)) in enumerate(fields.items()):
+        stats = gap_at(shop.models[name], shop.teacher, shop.diffusion, shop.config, t)
+        for j, vec in enumerate([cond, uncond, cond - uncond]):
+            ax = axes[i, j]
+            draw_modes(ax, shop.config, highlight=y)
+            ax.quiver(points[:, 0], points[:, 1], -vec[:, 0], -vec[:, 1], angles="xy",
+                      scale_units="xy", scale=scales[j], width=0.006, color="k", zorder=2)
+            style(ax, extent)
+            if i == 0:
+                ax.set_title(cols[j])
+        label = name if name == "teacher" else f"{name}\nrho {stats['rho']:.2f}, cos {stats['cos']:.2f}"
+        axes[i, 0].set_ylabel(label)
+    fig.suptitle(f"branches at t = {t} of {shop.config.T} for class {y} (filled rings); "
+                 f"one arrow scale per column")
+    fig.tight_layout()
+    return fig
+
+
+def plot_samples(shop: Workshop, guidance: Sequence[str | float] = (0, 1, 3, "tag"),
+                 n_per_class: int | None = None, seed: int = 0) -> Figure:
+    """Rows: models; columns: guidance (constant w or "tag"); colour = requested class.
+
+    `n_per_class` defaults to `config.samples_per_class`. Each title gives the
+    fraction of samples nearest a mode of their own class ("class") and the
+    fraction within 3 standard deviations of one ("on a mode").
+    """
+    k = shop.config.num_classes
+    y = torch.arange((n_per_class or shop.config.samples_per_class) * k) % k
+    extent = 1.05
+    fig, axes = plt.subplots(len(shop.models), len(guidance),
+                             figsize=(2.8 * len(guidance), 2.9 * len(shop.models)), squeeze=False)
+    for i, (name, model) in enumerate(shop.models.items()):
+        for j, w in enumerate(guidance):
+            x = sample_toy(model, shop.diffusion, shop.config, y, w, torch.Generator().manual_seed(seed))
+            ax = axes[i, j]
+            draw_modes(ax, shop.config)
+            ax.scatter(x[:, 0], x[:, 1], s=3, c=[COLORS[c] for c in y.tolist()], zorder=2)
+            style(ax, extent)
+            label = "TAG" if w == "tag" else f"w = {w}"
+            acc, hit = class_accuracy(x, y, shop.config), on_mode(x, y, shop.config)
+            ax.set_title(f"{label}: class {acc:.0%}, on a mode {hit:.0%}", fontsize=9)
+        axes[i, 0].set_ylabel(name)
+    fig.suptitle("DDIM samples, coloured by the class asked for")
+    fig.tight_layout()
+    return fig
+
+
+def plot_data(config: ToyConfig, n: int = 1500, seed: int = 0) -> Figure:
+    """The training data, coloured by class."""
+    x, y = sample_data(config, n, torch.Generator().manual_seed(seed))
+    fig, ax = plt.subplots(figsize=(3.6, 3.6))
+    ax.scatter(x[:, 0], x[:, 1], s=3, c=[COLORS[c] for c in y.tolist()])
+    style(ax, 1.05)
+    ax.set_title(f"{config.num_classes} classes x {config.modes_per_class} modes")
+    fig.tight_layout()
+    return fig
+
+
+def plot_gap_profiles(shop: Workshop, timesteps: Sequence[int]) -> Figure:
+    """rho and cos against the teacher over timesteps, one line per student."""
+    fig, axes = plt.subplots(1, 2, figsize=(9, 3.2))
+    for name, model in shop.models.items():
+        if name == "teacher":
+            continue
+        prof = gap_profile(model, shop.teacher, shop.diffusion, shop.config, list(timesteps))
+        axes[0].plot(timesteps, prof["rho"], marker="o", label=name)
+        axes[1].plot(timesteps, prof["cos"], marker="o", label=name)
+    axes[0].axhline(1.0, color="gray", lw=0.8)
+    axes[0].set_yscale("log")
+    axes[0].set_title("rho = E|delta_S| / E|delta_T| (1 = kept)")
+    axes[1].set_title("cos(delta_S, delta_T)")
+    for ax in axes:
+        ax.set_xlabel("timestep t")
+        ax.legend(fontsize=8)
+    fig.tight_layout()
+    return fig
+
+
+def save_figure(fig: Figure, folder: str | Path, name: str) -> Path:
+    """Write `fig` as folder/name (PNG), atomically."""
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png", dpi=110)
+    return atomic_write_bytes(Path(folder) / name, buf.getvalue())

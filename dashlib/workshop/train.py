@@ -1,0 +1,179 @@
+"""Training the toy teacher and students in seconds (uniform timestep weights, no TIRT).
+
+Teacher (CFG training, label dropout p per sample):
+
+    L = E |eps_theta(x_t, t, y') - eps|^2,   y' = null with probability p, else y
+
+Student, for (x_0, y), eps, t, x_t (PAPER.md, method 1):
+
+    L = im |eps_S(x_t,t,y) - eps_T(x_t,t,y)|^2          imitation        L_im
+      + un |eps_S(x_t,t,null) - eps_T(x_t,t,null)|^2    unconditional    L_un
+      + an |eps_S(x_t,t,y) - eps|^2                     anchor           L_an
+
+DASH is (1, 1, 0.1); an output-level student gets only the imitation term
+(1, 0, 0), so its unconditional branch is never supervised.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from collections.abc import Callable, Iterable, Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+
+import torch
+from torch import Tensor, nn
+
+from dashlib.diffusion import Diffusion
+from dashlib.guidance import branches
+from dashlib.registry import Registry
+from dashlib.teacher import mse_per_sample
+from dashlib.workshop.mlp import ToyMLP, ToyModelConfig, build_toy_mlp
+from dashlib.workshop.toy import ToyConfig, sample_data
+
+
+@dataclass(frozen=True)
+class StudentLoss:
+    """Weights of the imitation, unconditional and anchor terms."""
+
+    im: float
+    un: float
+    an: float
+
+
+STUDENT_LOSSES: Registry[StudentLoss] = Registry("toy student loss")
+STUDENT_LOSSES.add("output-level", StudentLoss(im=1.0, un=0.0, an=0.0))
+STUDENT_LOSSES.add("dash", StudentLoss(im=1.0, un=1.0, an=0.1))
+STUDENT_LOSSES.add("dash-no-uncond", StudentLoss(im=1.0, un=0.0, an=0.1))
+
+
+@dataclass(frozen=True)
+class ToyBatch:
+    """x0, eps (B, 2); y, t (B,) int64; u (B,) uniforms for label dropout; all drawn up front."""
+
+    x0: Tensor
+    y: Tensor
+    t: Tensor
+    eps: Tensor
+    u: Tensor
+
+
+def draw_batch(config: ToyConfig, diffusion: Diffusion, generator: torch.Generator) -> ToyBatch:
+    x0, y = sample_data(config, config.batch_size, generator)
+    t = diffusion.sample_t(config.batch_size, generator)
+    eps = torch.randn(x0.shape, generator=generator)
+    return ToyBatch(x0, y, t, eps, torch.rand(config.batch_size, generator=generator))
+
+
+def teacher_loss(model: ToyMLP, diffusion: Diffusion, batch: ToyBatch, p_drop: float) -> Tensor:
+    """CFG training: the mean of |eps_theta(x_t, t, y') - eps|^2 with per-sample dropout."""
+    y = torch.where(batch.u < p_drop, torch.full_like(batch.y, model.null_label), batch.y)
+    x_t = diffusion.q_sample(batch.x0, batch.t, batch.eps)
+    return mse_per_sample(model(x_t, batch.t, y), batch.eps).mean()
+
+
+def student_terms(student: ToyMLP, teacher: ToyMLP, diffusion: Diffusion,
+                  batch: ToyBatch) -> dict[str, Tensor]:
+    """L_im, L_un, L_an (scalars); both student branches come from one batched forward."""
+    x_t = diffusion.q_sample(batch.x0, batch.t, batch.eps)
+    with torch.no_grad():
+        cond_t, uncond_t = branches(teacher, x_t, batch.t, batch.y)
+    cond_s, uncond_s = branches(student, x_t, batch.t, batch.y)
+    return {"im": mse_per_sample(cond_s, cond_t).mean(),
+            "un": mse_per_sample(uncond_s, uncond_t).mean(),
+            "an": mse_per_sample(cond_s, batch.eps).mean()}
+
+
+def student_loss(student: ToyMLP, teacher: ToyMLP, diffusion: Diffusion, batch: ToyBatch,
+                 weights: StudentLoss) -> Tensor:
+    terms = student_terms(student, teacher, diffusion, batch)
+    return weights.im * terms["im"] + weights.un * terms["un"] + weights.an * terms["an"]
+
+
+@contextmanager
+def one_thread() -> Iterator[None]:
+    """Tiny MLPs train fastest on one CPU thread (no threading overhead per small op)."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(before)
+
+
+def fit(params: Iterable[nn.Parameter], loss_fn: Callable[[ToyBatch], Tensor], config: ToyConfig,
+        diffusion: Diffusion, steps: int, generator: torch.Generator) -> list[float]:
+    """Adam with a cosine decay to lr/10; returns the loss of every step."""
+    opt = torch.optim.Adam(list(params), lr=config.lr)
+    losses = []
+    with one_thread():
+        _steps(opt, loss_fn, config, diffusion, steps, generator, losses)
+    return losses
+
+
+def _steps(opt: torch.optim.Optimizer, loss_fn: Callable[[ToyBatch], Tensor], config: ToyConfig,
+           diffusion: Diffusion, steps: int, generator: torch.Generator, losses: list[float]) -> None:
+    for step in range(steps):
+        for group in opt.param_groups:
+            group["lr"] = config.lr * (0.1 + 0.45 * (1 + math.cos(math.pi * step / steps)))
+        loss = loss_fn(draw_batch(config, diffusion, generator))
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        opt.step()
+        losses.append(float(loss.detach()))
+
+
+def train_toy_teacher(config: ToyConfig, diffusion: Diffusion) -> tuple[ToyMLP, list[float]]:
+    model = build_toy_mlp(ToyModelConfig(config.teacher_hidden, config.depth, config.num_classes),
+                          seed=config.seed)
+    g = torch.Generator().manual_seed(config.seed)
+    losses = fit(model.parameters(), lambda b: teacher_loss(model, diffusion, b, config.label_dropout),
+                 config, diffusion, config.teacher_steps, g)
+    return model.eval(), losses
+
+
+def train_toy_student(config: ToyConfig, diffusion: Diffusion, teacher: ToyMLP,
+                      loss: str | StudentLoss) -> tuple[ToyMLP, list[float]]:
+    """A student of width `student_hidden` trained on the named (or given) loss weights."""
+    weights = STUDENT_LOSSES.get(loss) if isinstance(loss, str) else loss
+    model = build_toy_mlp(ToyModelConfig(config.student_hidden, config.depth, config.num_classes),
+                          seed=config.seed + 1)
+    g = torch.Generator().manual_seed(config.seed + 1)
+    losses = fit(model.parameters(), lambda b: student_loss(model, teacher, diffusion, b, weights),
+                 config, diffusion, config.student_steps, g)
+    return model.eval(), losses
+
+
+@dataclass
+class Workshop:
+    """The trained toy models: `models` is {"teacher": ..., student name: ...}."""
+
+    config: ToyConfig
+    diffusion: Diffusion
+    models: dict[str, ToyMLP]
+    losses: dict[str, list[float]] = field(default_factory=dict)
+    seconds: dict[str, float] = field(default_factory=dict)
+
+    @property
+    def teacher(self) -> ToyMLP:
+        return self.models["teacher"]
+
+    def add_student(self, name: str, loss: str | StudentLoss) -> ToyMLP:
+        start = time.perf_counter()
+        model, losses = train_toy_student(self.config, self.diffusion, self.teacher, loss)
+        self.models[name], self.losses[name] = model, losses
+        self.seconds[name] = time.perf_counter() - start
+        return model
+
+
+def build_workshop(config: ToyConfig, students: Iterable[str] = ("output-level", "dash")) -> Workshop:
+    """Train the teacher, then one student per named loss."""
+    diffusion = Diffusion(config.diffusion)
+    start = time.perf_counter()
+    teacher, losses = train_toy_teacher(config, diffusion)
+    shop = Workshop(config, diffusion, {"teacher": teacher}, {"teacher": losses},
+                    {"teacher": time.perf_counter() - start})
+    for name in students:
+        shop.add_student(name, name)
+    return shop

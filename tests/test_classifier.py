@@ -1,0 +1,70 @@
+import os
+import time
+
+import pytest
+import torch
+
+from dashlib.classifier import Classifier, load_classifier, random_shift, train_classifier
+from dashlib.data import load_dataset, to_uint8
+from dashlib.evaluate import guidance_fidelity
+from dashlib.presets import get_preset
+
+
+@pytest.fixture(scope="module")
+def digits_classifier(tmp_path_factory):
+    """The digits preset's classifier, trained once for this module (its own runs/ folder)."""
+    old = os.environ.get("DASH_RUNS")
+    os.environ["DASH_RUNS"] = str(tmp_path_factory.mktemp("runs"))
+    try:
+        preset = get_preset("digits")
+        start = time.perf_counter()
+        run = train_classifier(preset.data, preset.eval, device="cpu", progress=False)
+        return run, time.perf_counter() - start, preset
+    finally:
+        if old is None:
+            del os.environ["DASH_RUNS"]
+        else:
+            os.environ["DASH_RUNS"] = old
+
+
+def test_digits_classifier_reaches_95_percent_quickly(digits_classifier):
+    run, seconds, _ = digits_classifier
+    results = run.read_results()
+    assert results["test_accuracy"] >= 0.95, results
+    assert results["n_test"] == 359 and results["dataset"] == "digits"
+    assert seconds < 45, f"training took {seconds:.0f} s"
+
+
+def test_trained_classifier_is_reused_not_retrained(digits_classifier, monkeypatch):
+    run, _, preset = digits_classifier
+    monkeypatch.setenv("DASH_RUNS", str(run.path.parent.parent))
+    before = run.final.stat().st_mtime_ns
+    assert train_classifier(preset.data, preset.eval, device="cpu", progress=False) == run
+    assert run.final.stat().st_mtime_ns == before
+
+
+def test_guidance_fidelity_of_a_perfect_sampler_is_about_one(digits_classifier):
+    run, _, preset = digits_classifier
+    test = load_dataset(preset.data).test
+    model = load_classifier(run)
+    perfect = guidance_fidelity(model, to_uint8(test.x), test.y, 10)
+    assert perfect["accuracy"] >= 0.95
+    assert min(perfect["accuracy_per_class"]) >= 0.85
+    wrong = guidance_fidelity(model, to_uint8(test.x), (test.y + 1) % 10, 10)  # asks for another class
+    assert wrong["accuracy"] <= 0.05
+
+
+def test_classifier_shapes_follow_the_image_size():
+    for size, channels in ((8, 1), (16, 1), (32, 3)):
+        model = Classifier(channels, size, 7, width=4).eval()
+        features, logits = model(torch.zeros(2, channels, size, size))
+        assert features.shape == (2, 16) and logits.shape == (2, 7)
+
+
+def test_random_shift_moves_pixels_but_keeps_shape():
+    x = torch.arange(2 * 8 * 8, dtype=torch.float32).reshape(2, 1, 8, 8)
+    g = torch.Generator().manual_seed(0)
+    shifted = [random_shift(x, g) for _ in range(8)]
+    assert all(s.shape == x.shape for s in shifted)
+    assert any(not torch.equal(s, x) for s in shifted)
+    assert torch.equal(random_shift(x, g, max_shift=0), x)

@@ -1,0 +1,143 @@
+import dataclasses
+import json
+import math
+from pathlib import Path
+
+import pytest
+import torch
+from eval_fakes import fake_run
+
+from dashlib.artifacts import load_artifact
+from dashlib.cli import main
+from dashlib.config import ConfigError
+from dashlib.evaluate import evaluate_runs, sample_images, sweep_guidance, sweep_steps
+
+
+@pytest.fixture
+def small_eval(tiny):
+    return dataclasses.replace(tiny.eval, n_samples=16, seeds=(1, 2))
+
+
+def _metrics(row):
+    return {k: v for k, v in row.items() if k.startswith("classifier_") or k in ("fid", "accuracy")}
+
+
+def test_rows_summary_and_single_head_reuse(tiny, small_eval):
+    teacher = fake_run(tiny)
+    single = fake_run(tiny, "student", "single-head", model=dataclasses.replace(tiny.student, cfg=False))
+    report = evaluate_runs([teacher, single], small_eval, workers=1, device="cpu", progress=False)
+    assert len(report.rows) == 2 * 3 * 2 and len(report.summary) == 2 * 3
+    for row in report.rows:
+        assert set(_metrics(row)) >= {"classifier_fid", "classifier_isc_mean", "classifier_kid_mean",
+                                      "classifier_precision", "classifier_recall", "accuracy"}
+        assert all(math.isfinite(v) for v in _metrics(row).values()), row
+        assert 0 <= row["accuracy"] <= 1 and len(row["accuracy_per_class"]) == 4
+        assert row["fid"] == row["classifier_fid"]  # the preset's primary feature space
+    for entry in report.summary:
+        assert entry["seeds"] == [1, 2] and math.isfinite(entry["classifier_fid_std"])
+    by = {(r["name"], r["guidance"], r["seed"]): r for r in report.rows}
+    t, s = teacher.path.name, single.path.name
+    # the single-head student has no null branch: w is ignored, one sample set serves every w
+    assert _metrics(by[s, "0", 1]) == _metrics(by[s, "tag", 1])
+    assert not by[s, "0", 1]["guidance_applied"]
+    assert report.meta["distinct_cells"] == 3 * 2 + 2
+    # the teacher's branches differ, so w = 0 and w = 1 give different samples
+    assert by[t, "0", 1]["classifier_fid"] != by[t, "1", 1]["classifier_fid"]
+    assert by[t, "0", 1]["classifier_fid"] != by[t, "0", 2]["classifier_fid"]  # seeds matter
+    clf = report.meta["classifiers"]
+    assert len(clf) == 1 and 0 <= next(iter(clf.values()))["test_accuracy"] <= 1
+    real = next(iter(clf.values()))["test_split_metrics"]["classifier"]
+    assert 0 <= real["fid"] < min(r["fid"] for r in report.rows)  # held-out data beats untrained models
+
+
+def test_cached_cells_are_reused(tiny, small_eval):
+    teacher = fake_run(tiny)
+    config = dataclasses.replace(small_eval, guidance=("tag",))
+    first = evaluate_runs([teacher], config, workers=1, device="cpu", progress=False)
+    again = evaluate_runs([teacher], config, workers=1, device="cpu", progress=False)
+    assert first.meta["computed"] == 2 and again.meta["computed"] == 0
+    assert [_metrics(r) for r in first.rows] == [_metrics(r) for r in again.rows]
+    assert all(r["cached"] for r in again.rows)
+
+
+def test_two_worker_processes_agree_with_one(tiny, small_eval):
+    teacher = fake_run(tiny)
+    student = fake_run(tiny, "student", "dash")
+    config = dataclasses.replace(small_eval, guidance=("3",), keep_samples=False)
+    parallel = evaluate_runs([teacher, student], config, workers=2, device="cpu", progress=False)
+    for run in (teacher, student):
+        for f in (run.path / "eval" / "cells").iterdir():
+            f.unlink()
+    serial = evaluate_runs([teacher, student], config, workers=1, device="cpu", progress=False)
+    assert parallel.meta["workers"] == 2 and serial.meta["computed"] == 4
+    for a, b in zip(parallel.rows, serial.rows):
+        assert (a["name"], a["seed"]) == (b["name"], b["seed"])
+        assert a["classifier_fid"] == pytest.approx(b["classifier_fid"], rel=1e-2, abs=1e-3)
+
+
+def test_samples_are_balanced_and_seeded(tiny):
+    artifact = load_artifact(fake_run(tiny))
+    config = tiny.sample.with_guidance(2.0)
+    a, labels = sample_images(artifact, config, 12, seed=5)
+    b, _ = sample_images(artifact, config, 12, seed=5)
+    c, _ = sample_images(artifact, config, 12, seed=6)
+    assert a.dtype == torch.uint8 and a.shape == (12, 1, 8, 8)
+    assert labels.bincount().tolist() == [3, 3, 3, 3]
+    assert torch.equal(a, b) and not torch.equal(a, c)
+
+
+def test_sweeps_cover_their_grids(tiny):
+    teacher = fake_run(tiny)
+    config = dataclasses.replace(tiny.eval, n_samples=8, seeds=(0,))
+    steps = sweep_steps([teacher], config, workers=1, device="cpu", progress=False)
+    assert sorted(r["ddim_steps"] for r in steps.rows) == sorted(config.sweep_steps)
+    assert {r["guidance"] for r in steps.rows} == {"tag"}
+    scales = sweep_guidance([teacher], config, workers=1, device="cpu", progress=False)
+    assert [r["guidance"] for r in scales.rows] == list(config.sweep_guidance)
+
+
+def test_unfinished_run_and_too_few_samples_are_clear(tiny, tmp_path):
+    with pytest.raises(Exception, match="no final.pt"):
+        evaluate_runs([tmp_path / "nothing"], tiny.eval, progress=False)
+    with pytest.raises(ConfigError, match="at least"):
+        evaluate_runs([fake_run(tiny)], dataclasses.replace(tiny.eval, n_samples=3), progress=False)
+
+
+def test_dash_evaluate_writes_json_and_prints_its_path_last(tiny, capsys):
+    run = fake_run(tiny)
+    code = main(["evaluate", "--run", str(run.path), "--n", "12", "--seeds", "7", "--w", "0", "2.5", "tag",
+                 "--steps", "3", "--workers", "1", "--device", "cpu", "--no-progress"])
+    assert code == 0
+    out = capsys.readouterr().out.strip().splitlines()
+    path = Path(out[-1])
+    assert path.is_file() and path.parent.parent == run.path
+    data = json.loads(path.read_text())
+    assert [r["guidance"] for r in data["rows"]] == ["0", "2.5", "tag"]
+    assert {r["ddim_steps"] for r in data["rows"]} == {3} and {r["n"] for r in data["rows"]} == {12}
+    assert data["meta"]["classifiers"]
+
+
+def test_dash_evaluate_without_inception_weights_is_one_error_line(tiny, capsys, tmp_path, monkeypatch):
+    monkeypatch.setenv("TORCH_HOME", str(tmp_path / "torch-home"))
+    run = fake_run(tiny)
+    assert main(["evaluate", "--run", str(run.path), "--extractor", "inception", "--no-progress"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("dash: error: Inception-v3 weights") and "\n" not in err
+    assert "--inception-weights" in err and not (run.path / "eval").exists()
+
+
+def test_dash_evaluate_rejects_a_bad_scale(tiny, capsys):
+    run = fake_run(tiny)
+    with pytest.raises(SystemExit) as exit_:
+        main(["evaluate", "--run", str(run.path), "--w", "strong"])
+    assert exit_.value.code == 2 and "neither a number nor 'tag'" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("change, field", [
+    ({"seeds": (1, 1)}, "seeds"), ({"seeds": ()}, "seeds"), ({"guidance": ("x",)}, "guidance"),
+    ({"sweep_guidance": ()}, "sweep_guidance"), ({"sweep_steps": (10, 0)}, "sweep_steps"),
+    ({"classifier_lr": -1.0}, "classifier_lr"), ({"feature_extractor": "vgg"}, "feature_extractor"),
+])
+def test_eval_config_names_the_bad_field(tiny, change, field):
+    with pytest.raises(ConfigError, match=rf"EvalConfig\.{field} = "):
+        dataclasses.replace(tiny.eval, **change)

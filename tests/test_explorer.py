@@ -1,0 +1,206 @@
+import asyncio
+import dataclasses
+import io
+import math
+
+import pytest
+import torch
+from PIL import Image
+
+from dashlib.artifacts import Artifact
+from dashlib.data import load_dataset
+from dashlib.diffusion import Diffusion
+from dashlib.explorer import BranchCache, BranchExplorer, Debouncer, ProbeKey, make_probe
+from dashlib.explorer.probe import Branches, branch_stats, model_view
+from dashlib.explorer.render import COLUMNS, Layout
+from dashlib.runs import Run
+from dashlib.unet import build_unet
+
+
+def _randomised(config, seed):
+    model = build_unet(config, seed).eval()
+    g = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for p in model.parameters():
+            if p.abs().sum() == 0:  # zero-initialised output convs would make every eps 0
+                p.copy_(0.1 * torch.randn(p.shape, generator=g))
+    return model
+
+
+def _artifact(model, tiny, tmp_path):
+    return Artifact(model, None, Diffusion(tiny.diffusion), {}, Run(tmp_path), {})
+
+
+@pytest.fixture
+def setup(tiny, tmp_path):
+    data = load_dataset(tiny.data)
+    teacher = _artifact(_randomised(tiny.teacher, 1), tiny, tmp_path)
+    students = {
+        "copy": _artifact(_randomised(tiny.teacher, 1), tiny, tmp_path),
+        "other": _artifact(_randomised(tiny.student, 2), tiny, tmp_path),
+        "single-head": _artifact(_randomised(dataclasses.replace(tiny.student, cfg=False), 3),
+                                 tiny, tmp_path),
+    }
+    return teacher, students, data
+
+
+def test_probe_renoises_the_same_images_as_t_moves(tiny):
+    data, diffusion = load_dataset(tiny.data), Diffusion(tiny.diffusion)
+    a = make_probe(data.test, diffusion, ProbeKey(y=2, t=10, seed=5), n=6)
+    b = make_probe(data.test, diffusion, ProbeKey(y=2, t=80, seed=5), n=6)
+    assert torch.equal(a.x0, b.x0) and torch.equal(a.eps, b.eps)
+    assert not torch.allclose(a.x_t, b.x_t)
+    torch.testing.assert_close(b.x_t, diffusion.q_sample(b.x0, b.t, b.eps))
+    in_class = data.test.x[data.test.y == 2]
+    assert all((in_class == x).flatten(1).all(1).any() for x in a.x0)
+    assert b.t.eq(80).all() and b.y.eq(2).all()
+    c = make_probe(data.test, diffusion, ProbeKey(y=2, t=10, seed=6), n=6)
+    assert not torch.equal(a.eps, c.eps)
+    with pytest.raises(ValueError, match="outside"):
+        make_probe(data.test, diffusion, ProbeKey(y=2, t=diffusion.T, seed=0), n=2)
+
+
+def test_cache_hits_per_model_class_t_seed_and_evicts_oldest(tiny, setup):
+    teacher, _, data = setup
+    diffusion = teacher.diffusion
+    cache = BranchCache(max_entries=2)
+    p1 = make_probe(data.test, diffusion, ProbeKey(0, 10, 0), 4)
+    p2 = make_probe(data.test, diffusion, ProbeKey(0, 11, 0), 4)
+    p3 = make_probe(data.test, diffusion, ProbeKey(1, 10, 0), 4)
+    first = cache.get("teacher", teacher.model, p1)
+    assert cache.get("teacher", teacher.model, p1) is first
+    assert (cache.hits, cache.misses) == (1, 1)
+    cache.get("teacher", teacher.model, p2)
+    cache.get("teacher", teacher.model, p3)  # evicts p1
+    assert len(cache) == 2 and cache.misses == 3
+    assert cache.get("teacher", teacher.model, p1) is not first
+    assert cache.misses == 4
+
+
+def test_guided_prediction_and_single_head():
+    cond, uncond = torch.randn(3, 1, 4, 4), torch.randn(3, 1, 4, 4)
+    b = Branches(cond, uncond)
+    torch.testing.assert_close(b.guided(1.0), cond)
+    torch.testing.assert_close(b.guided(0.0), uncond)
+    torch.testing.assert_close(b.guided(3.0), uncond + 3 * (cond - uncond))
+    single = Branches(cond, None)
+    assert single.delta is None and torch.equal(single.guided(5.0), cond)
+
+
+def test_stats_of_teacher_against_itself_and_of_single_head():
+    cond, uncond = torch.randn(8, 1, 4, 4), torch.randn(8, 1, 4, 4)
+    t = Branches(cond, uncond)
+    s = branch_stats(t, t)
+    assert s["rho"] == pytest.approx(1.0) and s["cos"] == pytest.approx(1.0)
+    assert s["gap_mse"] == 0
+    half = branch_stats(Branches(uncond + 0.5 * (cond - uncond), uncond), t)
+    assert half["rho"] == pytest.approx(0.5) and half["cos"] == pytest.approx(1.0)
+    single = branch_stats(Branches(cond, None), t)
+    assert math.isnan(single["rho"]) and math.isnan(single["cos"]) and single["cond_mse"] == 0
+
+
+def test_true_noise_recovers_x0(tiny, setup):
+    _, _, data = setup
+    diffusion = Diffusion(tiny.diffusion)
+    probe = make_probe(data.test, diffusion, ProbeKey(1, 40, 3), 4)
+    oracle = Branches(probe.eps, probe.eps)
+    view = model_view("oracle", oracle, oracle, probe, diffusion, w=4.0)
+    torch.testing.assert_close(view.x0_guided, probe.x0[0].clamp(-1, 1), atol=1e-4, rtol=1e-4)
+    assert view.delta.abs().max() == 0
+
+
+def _tile_pixel(png, row, col, layout=None):
+    layout = layout or Layout()
+    img = Image.open(io.BytesIO(png)).convert("RGB")
+    step = layout.tile + layout.pad
+    return img.getpixel((layout.label_width + col * step + 2, layout.header + row * step + 2))
+
+
+def _tile(png, row, col, layout=None):
+    layout = layout or Layout()
+    img = Image.open(io.BytesIO(png)).convert("RGB")
+    step = layout.tile + layout.pad
+    left, top = layout.label_width + col * step, layout.header + row * step
+    return img.crop((left, top, left + layout.tile, top + layout.tile)).tobytes()
+
+
+def test_explorer_redraws_on_every_control_and_caches(setup):
+    teacher, students, data = setup
+    ex = BranchExplorer(teacher, students, data, teacher_sample(), n_stats=8, debounce_s=0.0)
+    assert ex.state().students == ("copy", "other", "single-head")
+    first = ex.image.value
+    assert Image.open(io.BytesIO(first)).size[0] > 100
+    ex.set(t=5)
+    assert ex.image.value != first
+    misses = ex.cache.misses
+    ex.set(guidance="constant")
+    ex.set(w=1.5)
+    assert ex.cache.misses == misses, "changing guidance must not run the network again"
+    ex.set(t=60)
+    ex.set(t=5)
+    assert ex.cache.misses == misses + 4  # t=60: one pass per model; t=5 again: all hits
+    assert len(ex.timings) == 6
+
+
+def test_explorer_marks_missing_branch_and_copy_has_rho_one(setup):
+    teacher, students, data = setup
+    ex = BranchExplorer(teacher, students, data, teacher_sample(), n_stats=8, debounce_s=0.0)
+    views = ex.views(ex.state())
+    assert [v.name for v in views] == ["teacher", "copy", "other", "single-head"]
+    assert views[1].stats["rho"] == pytest.approx(1.0) and views[1].stats["cos"] == pytest.approx(1.0)
+    assert views[3].eps_uncond is None and views[3].delta is None
+    assert "single-head (no unconditional branch)" in ex.stats.value
+    grey = (225, 225, 225)
+    uncond_col, gap_col = COLUMNS.index("eps_uncond"), COLUMNS.index("gap delta")
+    assert _tile_pixel(ex.image.value, 3, uncond_col) == grey
+    assert _tile_pixel(ex.image.value, 3, gap_col) == grey
+    assert _tile_pixel(ex.image.value, 0, uncond_col) != grey
+    ex.set(students=("single-head",))
+    assert len(ex.views(ex.state())) == 2
+
+
+def test_run_ddim_fills_the_sample_column_with_each_models_sample(setup):
+    teacher, students, data = setup
+    ex = BranchExplorer(teacher, students, data, teacher_sample(), n_stats=4, debounce_s=0.0)
+    col = COLUMNS.index("DDIM sample")
+    pending = _tile(ex.image.value, 0, col)
+    ex.run_ddim()
+    state, config = ex.state(), ex.sample_config(ex.state())
+    got = {n: ex.samples.lookup(n, config, state.y, state.seed) for n in ex.rows(state)}
+    assert all(s is not None and s.shape == (1, 8, 8) for s in got.values())
+    torch.testing.assert_close(got["teacher"], got["copy"])  # same model, same x_T
+    assert not torch.allclose(got["teacher"], got["other"])
+    assert _tile(ex.image.value, 0, col) != pending
+    ex.set(seed=1)  # a new seed has no sample yet
+    assert ex.samples.lookup("teacher", config, state.y, 1) is None
+
+
+def test_explorer_refuses_a_teacher_without_null_branch(tiny, setup, tmp_path):
+    _, students, data = setup
+    with pytest.raises(ValueError, match="unconditional"):
+        BranchExplorer(students["single-head"], {}, data, teacher_sample())
+
+
+def test_debouncer_calls_once_per_burst_in_a_loop_and_at_once_without():
+    calls = []
+    direct = Debouncer(lambda: calls.append("direct"), delay_s=0.05)
+    direct.trigger()
+    assert calls == ["direct"]
+
+    async def burst():
+        d = Debouncer(lambda: calls.append("loop"), delay_s=0.05)
+        for _ in range(5):
+            d.trigger()
+            await asyncio.sleep(0.005)
+        assert calls.count("loop") == 0
+        await asyncio.sleep(0.15)
+        return d.calls
+
+    assert asyncio.run(burst()) == 1
+    assert calls.count("loop") == 1
+
+
+def teacher_sample():
+    from dashlib.presets import get_preset
+
+    return get_preset("tiny").sample

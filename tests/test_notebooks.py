@@ -1,0 +1,127 @@
+"""Every notebook runs headless through papermill on the `tiny` preset.
+
+They run in order in one runs folder (later notebooks reuse what earlier ones
+trained, as in `dash reproduce`), then the expected figures and tables must
+exist and every number in their sidecars and tables must be finite.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import math
+import os
+from pathlib import Path
+
+import nbformat
+import pytest
+
+from dashlib.reproduce import NOTEBOOKS, ReproduceError, notebooks_dir, reproduce
+
+FIGURES = ["F1_samples", "F2_gap_calibration", "F3_guidance_sweep", "F4_tirt_curriculum",
+           "F5_dynamics", "F6_ablation", "F7_steps_compression"]
+TABLES = ["T1_main_results", "T2_ablation", "T3_calibration", "T4_efficiency"]
+
+
+@pytest.fixture(scope="module")
+def executed(tmp_path_factory):
+    root = tmp_path_factory.mktemp("reproduce")
+    runs, figures = root / "runs", root / "figures"
+    old = {k: os.environ.get(k) for k in ("DASH_RUNS", "MPLBACKEND")}
+    os.environ.update(DASH_RUNS=str(runs), MPLBACKEND="Agg")
+    try:
+        paths = reproduce("tiny", figures=figures, device="cpu", progress=False)
+    finally:
+        for k, v in old.items():
+            if v is None:
+                os.environ.pop(k, None)
+            else:
+                os.environ[k] = v
+    return paths, figures / "tiny"
+
+
+def test_every_notebook_ran(executed):
+    paths, _ = executed
+    assert [p.stem for p in paths] == list(NOTEBOOKS)
+    for path in paths:
+        nb = nbformat.read(path, as_version=4)
+        code = [c for c in nb.cells if c.cell_type == "code"]
+        assert all(c.get("execution_count") for c in code), f"{path.name} has unexecuted cells"
+        errors = [o for c in code for o in c.get("outputs", []) if o.get("output_type") == "error"]
+        assert not errors, f"{path.name}: {errors[:1]}"
+
+
+def test_every_figure_and_table_exists_with_provenance(executed):
+    _, figures = executed
+    for name in FIGURES:
+        for ext in ("png", "pdf"):
+            assert (figures / f"{name}.{ext}").stat().st_size > 1000, name
+    for name in TABLES:
+        for ext in ("md", "tex", "csv"):
+            assert (figures / f"{name}.{ext}").stat().st_size > 50, name
+    for name in FIGURES + TABLES:
+        record = json.loads((figures / f"{name}.json").read_text())
+        assert record["preset"] == "tiny" and record["git_commit"] and record["date"]
+        assert record["claims"], name
+    index = (figures / "README.md").read_text()
+    assert all(name in index for name in FIGURES + TABLES)
+
+
+def _numbers(text: str) -> list[float]:
+    out = []
+    for token in text.replace("±", " ").replace(",", "").split():
+        try:
+            out.append(float(token.rstrip("x%")))
+        except ValueError:
+            pass
+    return out
+
+
+def test_table_values_are_finite(executed):
+    _, figures = executed
+    for name in TABLES:
+        with open(figures / f"{name}.csv") as f:
+            rows = list(csv.DictReader(f))
+        assert rows, name
+        for row in rows:
+            for value in row.values():
+                assert all(math.isfinite(v) for v in _numbers(value or "")), (name, row)
+
+
+def test_notebooks_are_committed_clean_and_thin():
+    for name in NOTEBOOKS:
+        nb = nbformat.read(notebooks_dir() / f"{name}.ipynb", as_version=4)
+        assert nb.cells[0].cell_type == "markdown"
+        params = [c for c in nb.cells if "parameters" in c.metadata.get("tags", [])]
+        assert len(params) == 1 and nb.cells.index(params[0]) == 1, name
+        for c in nb.cells:
+            if c.cell_type == "code":
+                assert not c.get("outputs") and not c.get("execution_count"), name
+        # literals only: every line of the parameters cell is `name = <literal>`
+        for line in params[0].source.splitlines():
+            code = line.split("#")[0].strip()
+            if code:
+                name_, _, value = code.partition("=")
+                assert name_.strip().isidentifier()
+                import ast
+
+                ast.literal_eval(value.strip())
+
+
+def test_a_failing_notebook_names_itself_and_the_cell(tmp_path, monkeypatch):
+    nb = nbformat.v4.new_notebook()
+    nb.cells = [nbformat.v4.new_markdown_cell("# broken"),
+                nbformat.v4.new_code_cell("preset = 'tiny'", metadata={"tags": ["parameters"]}),
+                nbformat.v4.new_code_cell("1 / 0")]
+    nb.metadata["kernelspec"] = {"name": "python3", "display_name": "Python 3", "language": "python"}
+    (tmp_path / "00_quickstart.ipynb").write_text(nbformat.writes(nb))
+    monkeypatch.setattr("dashlib.reproduce.notebooks_dir", lambda: tmp_path)
+    monkeypatch.setenv("DASH_RUNS", str(tmp_path / "runs"))
+    with pytest.raises(ReproduceError, match=r"00_quickstart.ipynb failed in cell .*ZeroDivisionError"):
+        reproduce("tiny", only=["00_quickstart"], figures=tmp_path / "figs", progress=False)
+
+
+def test_unknown_notebook_is_refused():
+    with pytest.raises(ReproduceError, match="unknown notebook"):
+        reproduce("tiny", only=["99_nope"])
+    assert Path(notebooks_dir()).is_dir()

@@ -1,0 +1,180 @@
+import ast
+import dataclasses
+import json
+import math
+from pathlib import Path
+
+import matplotlib
+import pytest
+import torch
+
+from dashlib.config import ConfigError
+from dashlib.diffusion import Diffusion
+from dashlib.guidance import branches
+from dashlib.workshop import (
+    STUDENT_LOSSES,
+    TOY_BUDGETS,
+    ToyConfig,
+    ToyModelConfig,
+    build_toy_mlp,
+    build_workshop,
+    class_accuracy,
+    gap_at,
+    loss_terms,
+    mode_centers,
+    on_mode,
+    plot_fields,
+    plot_samples,
+    sample_data,
+    sample_toy,
+    save_figure,
+    toy_config_for,
+)
+from dashlib.workshop.train import draw_batch, student_loss
+
+ROOT = Path(__file__).resolve().parents[1]
+TINY = TOY_BUDGETS.get("tiny")
+
+
+@pytest.fixture(scope="module")
+def shop():
+    return build_workshop(TINY)
+
+
+def test_modes_interleave_on_a_circle_inside_the_unit_square():
+    cfg = ToyConfig(num_classes=3, modes_per_class=2)
+    c = mode_centers(cfg)
+    assert c.shape == (3, 2, 2)
+    torch.testing.assert_close(c.norm(dim=-1), torch.full((3, 2), cfg.radius))
+    angles = torch.atan2(c[..., 1], c[..., 0]).flatten()
+    classes = torch.arange(3).repeat_interleave(2)
+    ring = classes[angles.argsort()]
+    assert all(ring[i] != ring[(i + 1) % 6] for i in range(6)), "neighbouring modes must differ in class"
+    x, _ = sample_data(cfg, 4000, torch.Generator().manual_seed(0))
+    assert x.abs().max() <= 1.0, "the toy data must live in [-1, 1]^2 like the images"
+
+
+def test_data_are_seeded_and_near_their_own_class_modes():
+    x, y = sample_data(TINY, 500, torch.Generator().manual_seed(1))
+    x2, y2 = sample_data(TINY, 500, torch.Generator().manual_seed(1))
+    assert torch.equal(x, x2) and torch.equal(y, y2)
+    assert set(y.tolist()) == set(range(TINY.num_classes))
+    assert class_accuracy(x, y, TINY) == 1.0
+    assert on_mode(x, y, TINY, k_std=5.0) == 1.0
+    wrong = (y + 1) % TINY.num_classes
+    assert class_accuracy(x, wrong, TINY) == 0.0 and on_mode(x, wrong, TINY) == 0.0
+
+
+def test_config_validation_and_budget_choice():
+    with pytest.raises(ConfigError, match="ToyConfig.T"):
+        ToyConfig(T=1)
+    with pytest.raises(ConfigError, match="mode_std"):
+        ToyConfig(mode_std=0.0)
+    assert toy_config_for("tiny") == TINY
+    assert toy_config_for("digits") == TOY_BUDGETS.get("laptop")
+    assert toy_config_for("tiny", seed=3).seed == 3
+
+
+def test_mlp_has_two_branches_and_seeded_init():
+    cfg = ToyModelConfig(hidden=16, depth=2, num_classes=3)
+    a, b = build_toy_mlp(cfg, 0), build_toy_mlp(cfg, 0)
+    for p, q in zip(a.parameters(), b.parameters()):
+        assert torch.equal(p, q)
+    x, t, y = torch.randn(5, 2), torch.randint(0, 50, (5,)), torch.tensor([0, 1, 2, 0, 1])
+    cond, uncond = branches(a, x, t, y)
+    assert cond.shape == uncond.shape == (5, 2) and a.null_label == 3
+    assert not torch.allclose(cond, uncond)
+    single = build_toy_mlp(dataclasses.replace(cfg, cfg=False), 0)
+    with pytest.raises(ValueError, match="no null label"):
+        single.null_label  # noqa: B018
+
+
+def _null_row_grad(weights):
+    diffusion = Diffusion(TINY.diffusion)
+    cfg = ToyModelConfig(hidden=16, depth=2, num_classes=TINY.num_classes)
+    teacher, student = build_toy_mlp(cfg, 0), build_toy_mlp(cfg, 1)
+    batch = draw_batch(TINY, diffusion, torch.Generator().manual_seed(0))
+    student_loss(student, teacher, diffusion, batch, weights).backward()
+    return student.label_emb.weight.grad[student.null_label].abs().sum()
+
+
+def test_output_level_never_touches_the_null_branch_and_dash_does():
+    assert _null_row_grad(STUDENT_LOSSES.get("output-level")) == 0
+    assert _null_row_grad(STUDENT_LOSSES.get("dash-no-uncond")) == 0
+    assert _null_row_grad(STUDENT_LOSSES.get("dash")) > 0
+    dash = STUDENT_LOSSES.get("dash")
+    assert (dash.im, dash.un, dash.an) == (1.0, 1.0, 0.1)
+
+
+def test_a_student_identical_to_the_teacher_has_no_imitation_loss():
+    diffusion = Diffusion(TINY.diffusion)
+    cfg = ToyModelConfig(hidden=16, depth=2, num_classes=TINY.num_classes)
+    teacher = build_toy_mlp(cfg, 0)
+    batch = draw_batch(TINY, diffusion, torch.Generator().manual_seed(0))
+    loss = student_loss(build_toy_mlp(cfg, 0), teacher, diffusion, batch, STUDENT_LOSSES.get("output-level"))
+    assert float(loss.detach()) == 0.0
+    stats = gap_at(teacher, teacher, diffusion, TINY, t=10, n=64)
+    assert stats["rho"] == pytest.approx(1.0) and stats["cos"] == pytest.approx(1.0)
+
+
+def test_training_learns_and_dash_supervises_the_unconditional_branch(shop):
+    for name, losses in shop.losses.items():
+        assert losses[-1] < losses[0] and all(math.isfinite(v) for v in losses), name
+    terms = loss_terms(shop)
+    assert terms["dash"]["L_un"] < terms["output-level"]["L_un"]
+    assert set(shop.models) == {"teacher", "output-level", "dash"}
+
+
+def test_sampling_is_seeded_clipped_and_guidance_changes_it(shop):
+    y = torch.arange(12) % TINY.num_classes
+    a = sample_toy(shop.teacher, shop.diffusion, TINY, y, 3.0, torch.Generator().manual_seed(0))
+    b = sample_toy(shop.teacher, shop.diffusion, TINY, y, 3.0, torch.Generator().manual_seed(0))
+    c = sample_toy(shop.teacher, shop.diffusion, TINY, y, 0.0, torch.Generator().manual_seed(0))
+    tag = sample_toy(shop.teacher, shop.diffusion, TINY, y, "tag", torch.Generator().manual_seed(0))
+    assert a.shape == (12, 2) and torch.equal(a, b)
+    assert not torch.allclose(a, c) and not torch.allclose(a, tag)
+    assert a.abs().max() <= 1.0 + 1e-6
+
+
+def test_figures_have_a_row_per_model_and_save_as_png(shop, tmp_path):
+    matplotlib.use("Agg")
+    fig = plot_fields(shop, t=10, y=0, n=5)
+    assert len(fig.axes) == 3 * len(shop.models)
+    path = save_figure(fig, tmp_path, "W1_test.png")
+    assert path.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    fig = plot_samples(shop, guidance=[0, "tag"], n_per_class=5)
+    assert len(fig.axes) == 2 * len(shop.models)
+
+
+def _cells(name):
+    return json.loads((ROOT / "notebooks" / name).read_text())["cells"]
+
+
+@pytest.mark.parametrize("name", ["06_explorer.ipynb", "07_workshop.ipynb"])
+def test_notebook_follows_the_conventions(name):
+    cells = _cells(name)
+    assert cells[0]["cell_type"] == "markdown"
+    code = [c for c in cells if c["cell_type"] == "code"]
+    tagged = [c for c in code if "parameters" in c["metadata"].get("tags", [])]
+    assert len(tagged) == 1 and code[0] is tagged[0], "one parameters cell, the first code cell"
+    for stmt in ast.parse("".join(tagged[0]["source"])).body:
+        assert isinstance(stmt, ast.Assign), "the parameters cell holds assignments only"
+        ast.literal_eval(stmt.value)  # literals only
+    assert 'preset = "' in "".join(tagged[0]["source"])
+    for c in code:
+        tree = ast.parse("".join(c["source"]))
+        defs = [n for n in ast.walk(tree) if isinstance(n, (ast.FunctionDef, ast.ClassDef, ast.Lambda))]
+        assert not defs, "no logic lives only in a notebook: define functions in dashlib"
+    for c in code:
+        assert c.get("outputs") == [] and c.get("execution_count") is None, "commit without outputs"
+
+
+def test_workshop_solutions_are_hidden_by_default():
+    cells = _cells("07_workshop.ipynb")
+    solutions = [c for c in cells if "solution" in c["metadata"].get("tags", [])]
+    assert len(solutions) >= 3
+    for c in solutions:
+        assert c["cell_type"] == "code"
+        assert c["metadata"]["jupyter"] == {"source_hidden": True, "outputs_hidden": True}
+    exercises = [c for c in cells if c["cell_type"] == "markdown" and "**Exercise" in "".join(c["source"])]
+    assert len(exercises) == len(solutions)
