@@ -25,7 +25,7 @@ test: lint
 	MPLBACKEND=Agg OMP_NUM_THREADS=1 $(BIN)/python -m pytest -q
 
 bench: $(STAMP)
-	$(BIN)/python bench/run_all.py
+	$(BIN)/python bench/run_all.py --readme
 
 clean:
 	rm -rf $(VENV) runs

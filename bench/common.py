@@ -31,6 +31,26 @@ def timeit(fn: Callable[[], Any], repeat: int = 5, warmup: int = 2) -> float:
     return statistics.median(times)
 
 
+def timeit_many(fns: dict[str, Callable[[], Any]], repeat: int = 5,
+                warmup: int = 2) -> dict[str, float]:
+    """Median wall time of each function, timed in interleaved rounds (the order rotates
+    every round), so load that drifts during the run biases none of them: use it for
+    ratios between functions."""
+    for fn in fns.values():
+        for _ in range(warmup):
+            fn()
+    names = list(fns)
+    times: dict[str, list[float]] = {n: [] for n in names}
+    for i in range(repeat):
+        for name in names[i % len(names):] + names[:i % len(names)]:
+            sync()
+            t0 = time.perf_counter()
+            fns[name]()
+            sync()
+            times[name].append(time.perf_counter() - t0)
+    return {n: statistics.median(t) for n, t in times.items()}
+
+
 def sync() -> None:
     if torch.cuda.is_available():
         torch.cuda.synchronize()
@@ -57,3 +77,68 @@ def write(name: str, data: dict[str, Any]) -> Path:
                                indent=2) + "\n")
     print(path)
     return path
+
+
+# --- FLOPs and memory --------------------------------------------------------
+
+def count_flops(fn: Callable[[], Any]) -> int:
+    """FLOPs of fn() as torch.utils.flop_counter counts them: 2 per multiply-add in
+    convolutions, matmuls and attention (element-wise ops are not counted)."""
+    from torch.utils.flop_counter import FlopCounterMode
+
+    with FlopCounterMode(display=False) as counter:
+        fn()
+    return int(counter.get_total_flops())
+
+
+def unet_flops(cfg, rows: int, backward: bool = False) -> int:
+    """FLOPs of one UNet forward (and backward) on `rows` rows, counted on the meta
+    device: no arithmetic is done, so the cifar teacher at batch 128 costs nothing."""
+    from dashlib.unet import UNet
+
+    with torch.device("meta"):
+        model = UNet(cfg).requires_grad_(backward)
+        x = torch.zeros(rows, cfg.in_channels, cfg.image_size, cfg.image_size)
+        t = torch.zeros(rows, dtype=torch.long)
+        y = torch.zeros(rows, dtype=torch.long)
+
+        def run() -> None:
+            out = model(x, t, y)
+            if backward:
+                out.square().mean().backward()
+
+        return count_flops(run)
+
+
+_STATUS = Path("/proc/self/status")
+
+
+def _status_kib(field: str) -> int:
+    for line in _STATUS.read_text().splitlines():
+        if line.startswith(field + ":"):
+            return int(line.split()[1])
+    raise KeyError(field)
+
+
+def peak_memory(fn: Callable[[], Any], device: torch.device) -> dict[str, Any]:
+    """Peak memory while fn() runs.
+
+    CUDA: torch.cuda.max_memory_allocated (tensors, weights included).
+    CPU (Linux): growth of the peak resident set (VmHWM, reset by writing 5 to
+    /proc/self/clear_refs) over the resident set before fn(): what fn() added,
+    i.e. activations, gradients, optimizer state created inside, allocator slack.
+    """
+    if device.type == "cuda":
+        sync()
+        torch.cuda.reset_peak_memory_stats(device)
+        fn()
+        sync()
+        return {"peak_bytes": int(torch.cuda.max_memory_allocated(device)),
+                "method": "cuda max_memory_allocated"}
+    if not _STATUS.exists():
+        return {"peak_bytes": None, "method": "unavailable (no /proc/self/status)"}
+    Path("/proc/self/clear_refs").write_text("5")
+    before = _status_kib("VmRSS")
+    fn()
+    return {"peak_bytes": (_status_kib("VmHWM") - before) * 1024,
+            "method": "cpu VmHWM growth over VmRSS before"}

@@ -2,6 +2,7 @@
 batched forward (2B rows: both branches) of the same model on the same batch.
 
 1.0 means the sampler adds nothing beyond the network; the target is <= 1.05.
+Both are timed in interleaved rounds (medians), so drifting load biases neither.
 Writes bench/results/sampler_overhead.json.
 """
 
@@ -10,7 +11,7 @@ from __future__ import annotations
 import argparse
 
 import torch
-from common import timeit, write
+from common import timeit_many, write
 
 from dashlib.config import SampleConfig
 from dashlib.device import resolve_device
@@ -42,8 +43,13 @@ def overhead(preset_name: str, role: str, batch: int, steps: int, device: torch.
         sampler.sample(model, y, g)
 
     repeat = 3 if device.type == "cpu" else 5
-    t_fwd = timeit(forward, repeat=max(repeat * 5, 15), warmup=3)
-    t_run = timeit(run, repeat=repeat, warmup=1)
+
+    def forwards() -> None:  # as many forwards as the run makes, timed the same way
+        for _ in range(steps):
+            forward()
+
+    t = timeit_many({"forwards": forwards, "run": run}, repeat=repeat, warmup=1)
+    t_fwd, t_run = t["forwards"] / steps, t["run"]
     return {"forward_s": t_fwd, "sampling_s": t_run, "overhead": t_run / (steps * t_fwd)}
 
 

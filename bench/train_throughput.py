@@ -1,7 +1,9 @@
 """Training throughput (images/s) of teacher and student at the digits and cifar sizes.
 
 One step = forward, backward and AdamW update on a batch of 64, as in training.
-Writes bench/results/train_throughput.json.
+On CUDA the step runs as training does there: autocast at the preset's
+`train.amp` (bf16 when supported for "auto") and channels-last; `--compile`
+adds torch.compile. Writes bench/results/train_throughput.json.
 """
 
 from __future__ import annotations
@@ -11,13 +13,18 @@ import argparse
 import torch
 from common import timeit, write
 
-from dashlib.device import resolve_device
+from dashlib.device import amp_dtype, autocast, resolve_device
 from dashlib.presets import get_preset
+from dashlib.runtime import Runtime, compile_unets, to_channels_last
 from dashlib.unet import UNet, count_params
 
 
-def throughput(cfg, batch: int, device: torch.device, repeat: int) -> dict[str, float]:
-    model = UNet(cfg).to(device)
+def throughput(cfg, batch: int, device: torch.device, repeat: int, amp: str = "none",
+               runtime: Runtime | None = None) -> dict[str, float]:
+    runtime = runtime or Runtime()
+    model = to_channels_last(UNet(cfg).to(device), runtime, device)
+    compile_unets(model, runtime)
+    dtype = amp_dtype(device, amp)
     opt = torch.optim.AdamW(model.parameters(), lr=1e-4)
     g = torch.Generator().manual_seed(0)
     x = torch.randn(batch, cfg.in_channels, cfg.image_size, cfg.image_size, generator=g).to(device)
@@ -25,7 +32,8 @@ def throughput(cfg, batch: int, device: torch.device, repeat: int) -> dict[str, 
     y = torch.randint(0, cfg.num_classes, (batch,), generator=g).to(device)
 
     def step() -> None:
-        loss = (model(x, t, y) - x).pow(2).mean()
+        with autocast(device, dtype):
+            loss = (model(x, t, y).float() - x).pow(2).mean()
         opt.zero_grad(set_to_none=True)
         loss.backward()
         opt.step()
@@ -36,18 +44,22 @@ def throughput(cfg, batch: int, device: torch.device, repeat: int) -> dict[str, 
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__)
-    ap.add_argument("--presets", nargs="+", default=["digits", "cifar10"])
+    ap.add_argument("--presets", nargs="+", help="default: digits (CPU), digits cifar10 (CUDA)")
     ap.add_argument("--batch", type=int, default=64)
     ap.add_argument("--device", default="auto")
+    ap.add_argument("--compile", action="store_true")
     args = ap.parse_args()
     device = resolve_device(args.device)
+    runtime = Runtime(compile=args.compile)
     rows = []
-    for name in args.presets:
+    presets = args.presets or (["digits", "cifar10"] if device.type == "cuda" else ["digits"])
+    for name in presets:
         preset = get_preset(name)
         repeat = 3 if preset.data.image_size >= 32 and device.type == "cpu" else 10
         for role in ("teacher", "student"):
-            r = throughput(getattr(preset, role), args.batch, device, repeat)
-            rows.append({"preset": name, "model": role, "batch": args.batch, **r})
+            r = throughput(getattr(preset, role), args.batch, device, repeat, preset.train.amp, runtime)
+            rows.append({"preset": name, "model": role, "batch": args.batch,
+                         "amp": str(amp_dtype(device, preset.train.amp)), "compile": args.compile, **r})
             print(f"{name:8s} {role:8s} {r['params'] / 1e6:6.2f}M params "
                   f"{r['images_per_s']:8.1f} img/s")
     write("train_throughput", {"device": str(device), "rows": rows})

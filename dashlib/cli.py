@@ -6,6 +6,10 @@ command prints progress to stderr and, as its last line on stdout, the
 path of what it wrote. Known failures (bad config, missing data, unsafe or
 mismatched checkpoint, unfinished run, non-finite loss, missing Inception
 weights) print one `dash: error: ...` line and exit with status 2.
+
+Commands registered with `distributed=True` also run under
+`torchrun --nproc_per_node N -m dashlib -- COMMAND ...` (docs/scaling.md);
+the others refuse to.
 """
 
 from __future__ import annotations
@@ -20,6 +24,7 @@ from typing import Any
 
 from dashlib.config import ConfigError
 from dashlib.data import DataNotFoundError
+from dashlib.distributed import session
 from dashlib.inception import InceptionWeightsError
 from dashlib.io import CheckpointError
 from dashlib.registry import Registry, UnknownNameError
@@ -38,15 +43,16 @@ class Command:
     help: str
     add_arguments: Callable[[argparse.ArgumentParser], None]
     run: Callable[[argparse.Namespace], int]
+    distributed: bool = False  # may run under torchrun with several processes
 
 
 COMMANDS: Registry[Command] = Registry("command")
 
 
-def command(name: str, help: str,
-            add_arguments: Callable[[argparse.ArgumentParser], None]) -> Callable[..., Any]:
+def command(name: str, help: str, add_arguments: Callable[[argparse.ArgumentParser], None],
+            distributed: bool = False) -> Callable[..., Any]:
     def decorator(run: Callable[[argparse.Namespace], int]) -> Callable[[argparse.Namespace], int]:
-        COMMANDS.add(name, Command(help, add_arguments, run))
+        COMMANDS.add(name, Command(help, add_arguments, run, distributed))
         return run
 
     return decorator
@@ -77,6 +83,21 @@ def add_preset(p: argparse.ArgumentParser) -> None:
 def add_runtime(p: argparse.ArgumentParser) -> None:
     p.add_argument("--device", default="auto", help="auto (CUDA if present), cpu, cuda, cuda:1, ...")
     p.add_argument("--no-progress", action="store_true", help="hide progress bars")
+    p.add_argument("--compile", action="store_true", help="torch.compile the UNets (slow start)")
+    p.add_argument("--channels-last", default="auto", choices=("auto", "on", "off"),
+                   help="NHWC memory layout (default auto: on CUDA only)")
+    p.add_argument("--loader-workers", type=int, default=0,
+                   help="DataLoader workers gathering and pinning training batches (default 0)")
+    p.add_argument("--sample-amp", default="none", choices=("none", "auto", "bf16", "fp16"),
+                   help="autocast while sampling on CUDA (default none: fp32)")
+
+
+def runtime_from_args(args: argparse.Namespace) -> Any:
+    """The speed options of `add_runtime` as a `dashlib.runtime.Runtime`."""
+    from dashlib.runtime import Runtime
+
+    return Runtime(compile=args.compile, channels_last=args.channels_last,
+                   loader_workers=args.loader_workers, sample_amp=args.sample_amp)
 
 
 def add_training(p: argparse.ArgumentParser) -> None:
@@ -119,9 +140,14 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if argv[:1] == ["--"]:  # `torchrun ... -m dashlib -- sample --run X` (docs/scaling.md)
+        argv = argv[1:]
     args = build_parser().parse_args(argv)
     try:
-        return int(args.func(args))
+        with session(args.command, COMMANDS.get(args.command).distributed,
+                     getattr(args, "device", "auto")):
+            return int(args.func(args))
     except KNOWN_ERRORS as err:
         print(f"dash: error: {err}", file=sys.stderr)
         return 2

@@ -10,9 +10,11 @@ from torch import Tensor
 from dashlib.artifacts import Artifact, load_artifact
 from dashlib.config import ConfigError, Preset, SampleConfig
 from dashlib.device import resolve_device
+from dashlib.distributed import barrier, is_main, sample_sharded
 from dashlib.images import save_grid
 from dashlib.io import atomic_torch_save
 from dashlib.runs import Run, RunStateError
+from dashlib.runtime import Runtime, inference_model
 from dashlib.sampling import DDIMSampler, balanced_labels
 
 
@@ -33,16 +35,21 @@ def model_run(preset: Preset, run: str | Path | None) -> Run:
 
 
 def generate(artifact: Artifact, config: SampleConfig, labels: Tensor, seed: int,
-             device: torch.device | str = "cpu") -> Tensor:
-    """Samples (N, C, H, W) in [-1, 1] for `labels` (N,), seeded by `seed`."""
-    model = artifact.model.to(device)
+             device: torch.device | str = "cpu", runtime: Runtime | None = None) -> Tensor:
+    """Samples (N, C, H, W) in [-1, 1] for `labels` (N,), seeded by `seed`.
+
+    Under torchrun the samples are split across the ranks and gathered back
+    in order; every rank returns all N (dashlib.distributed.sample_sharded).
+    """
+    dev = torch.device(device)
+    model = inference_model(artifact.model.to(dev), runtime or Runtime(), dev)
     sampler = DDIMSampler(artifact.diffusion, config)
-    return sampler.sample(model, labels, torch.Generator().manual_seed(seed))
+    return sample_sharded(sampler, model, labels, torch.Generator().manual_seed(seed))
 
 
 def sample_to_files(preset: Preset, run: str | Path | None, guidance: str | float | None,
                     n: int, seed: int, out: str | Path | None = None,
-                    device: str = "auto") -> tuple[Path, Path]:
+                    device: str = "auto", runtime: Runtime | None = None) -> tuple[Path, Path]:
     """Write a class-per-row PNG grid and a tensor file {samples, labels}; returns their paths."""
     src = model_run(preset, run)
     dev = resolve_device(device)
@@ -53,11 +60,14 @@ def sample_to_files(preset: Preset, run: str | Path | None, guidance: str | floa
         raise ConfigError(f"--n = {n} is too small: the grid has one row per class, so ask for "
                           f"at least {k} samples (a multiple of {k} fills every row equally)")
     labels = balanced_labels(n, k)
-    samples = generate(artifact, config, labels, seed, dev)
+    samples = generate(artifact, config, labels, seed, dev, runtime)
     tag = "tag" if config.guidance == "tag" else f"w{config.w:g}"
     stem = f"samples-{tag}-steps{config.steps}-n{n}-seed{seed}"
     folder = Path(out) if out else src.path / "samples"
-    png = save_grid(samples, labels, k, folder / f"{stem}.png")
-    tensor = atomic_torch_save({"samples": samples, "labels": labels, "guidance": tag,
-                                "steps": config.steps, "seed": seed}, folder / f"{stem}.pt")
+    png, tensor = folder / f"{stem}.png", folder / f"{stem}.pt"
+    if is_main():  # under torchrun rank 0 writes, the others wait for the files
+        save_grid(samples, labels, k, png)
+        atomic_torch_save({"samples": samples, "labels": labels, "guidance": tag,
+                           "steps": config.steps, "seed": seed}, tensor)
+    barrier()
     return png, tensor

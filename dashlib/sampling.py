@@ -79,11 +79,22 @@ class DDIMSampler:
         """(samples (N, C, H, W), trajectory (S + 1, N, C, H, W) from x_T to x_0)."""
         return self._run(model, y, generator, keep_trajectory=True)
 
+    @torch.no_grad()
+    def sample_from(self, model: nn.Module, x_T: Tensor, y: Tensor,
+                    generator: torch.Generator) -> Tensor:
+        """Samples (N, C, H, W) from given x_T (N, C, H, W) for labels y (N,); used to
+        denoise one rank's share of noise drawn for all samples (dashlib.distributed)."""
+        return self._chunks(model, x_T, y, generator, keep_trajectory=False)[0]
+
     def _run(self, model: nn.Module, y: Tensor, generator: torch.Generator,
              keep_trajectory: bool) -> tuple[Tensor, Tensor]:
         cfg = model.config
-        device = next(model.parameters()).device
         x_T = self.initial_noise(len(y), (cfg.in_channels, cfg.image_size, cfg.image_size), generator)
+        return self._chunks(model, x_T, y, generator, keep_trajectory)
+
+    def _chunks(self, model: nn.Module, x_T: Tensor, y: Tensor, generator: torch.Generator,
+                keep_trajectory: bool) -> tuple[Tensor, Tensor]:
+        device = next(model.parameters()).device
         outs, trajs = [], []
         for start in range(0, len(y), self.config.batch_size):
             rows = slice(start, start + self.config.batch_size)

@@ -20,8 +20,10 @@ from dashlib.config import Preset, to_dict
 from dashlib.data import load_dataset
 from dashlib.device import resolve_device
 from dashlib.diffusion import Diffusion
+from dashlib.distributed import barrier, is_main, on_main
 from dashlib.io import atomic_write_json
 from dashlib.runs import Run, make_run, prepare
+from dashlib.runtime import Runtime
 from dashlib.tirt import TimestepWeighting, bin_mean, drift_report, make_weighting
 from dashlib.train import Batch, LoopConfig, Objective, Trainer
 from dashlib.unet import UNet, build_unet, count_params
@@ -81,15 +83,18 @@ def tirt_hook(weighting: TimestepWeighting) -> Any:
 
 
 def train_teacher(preset: Preset, force: bool = False, resume: bool = False,
-                  device: str = "auto", progress: bool = True) -> Run:
-    """Train (or reuse) the preset's teacher; returns its finished run folder."""
+                  device: str = "auto", progress: bool = True, runtime: Runtime | None = None) -> Run:
+    """Train (or reuse) the preset's teacher; returns its finished run folder.
+
+    Under torchrun every rank trains its share of each batch; rank 0 alone
+    prepares the folder and writes files (dashlib.distributed)."""
     payload = teacher_payload(preset)
     run = teacher_run(preset)
     if run.finished and not force:
         return run
     dev = resolve_device(device)
     data = load_dataset(preset.data)  # a missing dataset fails here, before anything is written
-    state = prepare(run, payload, force=force, resume=resume)
+    state = on_main(lambda: prepare(run, payload, force=force, resume=resume))
     diffusion = Diffusion(preset.diffusion)
     model = build_unet(preset.teacher, seed=preset.train.seed)
     weighting = make_weighting(preset.train.weighting, diffusion)
@@ -97,16 +102,18 @@ def train_teacher(preset: Preset, force: bool = False, resume: bool = False,
     loop = LoopConfig.from_config(preset.train)
     trainer = Trainer(objective, data.train, diffusion, loop, run, payload, dev,
                       hooks={max(loop.steps // 40, 1): tirt_hook(weighting)}, progress=progress,
-                      desc=f"teacher[{preset.name}]")
+                      desc=f"teacher[{preset.name}]", runtime=runtime)
     start = time.perf_counter()
     last = trainer.fit(resume=state == "resume")
     wall = time.perf_counter() - start
-    save_artifact(run, "teacher", payload, trainer.ema.shadow, weighting, preset.train.weighting)
-    atomic_write_json(run.results, {
-        "kind": "teacher", "preset": preset.name, "steps": loop.steps, "seed": loop.seed,
-        "params": count_params(model), "final_loss": last.get("loss"), "final_mse": last.get("mse"),
-        "wall_time_s": wall, "tirt_drift": drift_report(weighting), "device": str(dev),
-        "run": str(run.path)})
+    if is_main():  # rank 0 writes; every rank returns once the files exist
+        save_artifact(run, "teacher", payload, trainer.ema.shadow, weighting, preset.train.weighting)
+        atomic_write_json(run.results, {
+            "kind": "teacher", "preset": preset.name, "steps": loop.steps, "seed": loop.seed,
+            "params": count_params(model), "final_loss": last.get("loss"),
+            "final_mse": last.get("mse"), "wall_time_s": wall, "tirt_drift": drift_report(weighting),
+            "device": str(dev), "processes": trainer.world, "run": str(run.path)})
+    barrier()
     return run
 
 

@@ -29,6 +29,7 @@ import torch
 from torch import Tensor, nn
 
 from dashlib.diffusion import Diffusion
+from dashlib.distributed import batch_mean, batch_sum
 from dashlib.registry import Registry
 
 SNR_GAMMA = 5.0
@@ -57,9 +58,10 @@ class TimestepWeighting(nn.Module):
         raise NotImplementedError
 
     def weights(self, t: Tensor) -> Tensor:
-        """w_t (B,), normalised to mean 1 over the batch (PAPER.md method 2)."""
+        """w_t (B,), normalised to mean 1 over the batch (PAPER.md method 2); under
+        torchrun the mean is over the global batch, every rank's rows."""
         w = self.raw(t, self.table[t])
-        return w / w.mean().clamp_min(1e-12)
+        return w / batch_mean(w).clamp_min(1e-12)
 
     def reduce(self, t: Tensor, loss: Tensor) -> Tensor:
         """Scalar training objective from per-sample losses (B,)."""
@@ -80,6 +82,7 @@ class TimestepWeighting(nn.Module):
         loss = loss.detach().float().to(self.loss_ema.device)
         total = torch.zeros_like(self.loss_ema).index_add_(0, bins, loss)
         count = torch.zeros_like(self.loss_ema).index_add_(0, bins, torch.ones_like(loss))
+        total, count = batch_sum(torch.stack([total, count])[None])  # all ranks' rows
         mean = total / count.clamp_min(1)
         present, seen = count > 0, self.loss_seen > 0
         blended = torch.where(seen, momentum * self.loss_ema + (1 - momentum) * mean, mean)

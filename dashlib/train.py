@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import json
 import math
+import os
 import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
@@ -23,12 +24,24 @@ import torch
 from torch import Tensor, nn
 from tqdm import tqdm
 
-from dashlib.data import Split, batch_indices
+from dashlib.batches import BatchStream
+from dashlib.data import Split
 from dashlib.device import amp_dtype, autocast
 from dashlib.diffusion import Diffusion
+from dashlib.distributed import (
+    dropout_seed,
+    gather_rng_states,
+    global_batch,
+    mean_over_ranks,
+    rank_rows,
+    rank_world,
+    restore_rng_state,
+    wrap_objective,
+)
 from dashlib.ema import EMA
 from dashlib.io import atomic_torch_save, check_config_match, load_checkpoint
 from dashlib.runs import Run
+from dashlib.runtime import Runtime, compile_unets, to_channels_last
 
 
 class NonFiniteLossError(FloatingPointError):
@@ -94,6 +107,10 @@ class Objective(nn.Module):
         """(scalar loss to minimise, named scalar tensors to log)."""
         raise NotImplementedError
 
+    def forward(self, batch: Batch) -> tuple[Tensor, dict[str, Tensor]]:
+        """The loss; what DistributedDataParallel calls (it syncs gradients only via forward)."""
+        return self.loss(batch)
+
     def param_groups(self, lr: float, weight_decay: float) -> list[dict[str, Any]]:
         """Optimizer groups; by default every trainable parameter at `lr`."""
         params = [p for p in self.parameters() if p.requires_grad]
@@ -116,13 +133,21 @@ def cosine_lr(step: int, loop: LoopConfig) -> float:
 
 
 class Trainer:
-    """Runs an Objective for `loop.steps` steps on a Split, checkpointing to a Run."""
+    """Runs an Objective for `loop.steps` steps on a Split, checkpointing to a Run.
+
+    Under torchrun (dashlib.distributed) the objective is wrapped in DDP, each
+    rank trains on its rows of the global batch, and rank 0 writes the log and
+    checkpoints; `runtime` holds speed options (channels-last, compile, loader workers).
+    """
 
     def __init__(self, objective: Objective, data: Split, diffusion: Diffusion, loop: LoopConfig,
                  run: Run, payload: Mapping[str, Any], device: torch.device,
                  hooks: Mapping[int, Hook] | None = None, progress: bool = True,
-                 desc: str = "train") -> None:
-        self.objective = objective.to(device)
+                 desc: str = "train", runtime: Runtime | None = None) -> None:
+        self.rank, self.world = rank_world()
+        self.rows = rank_rows(loop.batch_size, self.rank, self.world)
+        self.runtime = runtime or Runtime()
+        self.objective = to_channels_last(objective.to(device), self.runtime, device)
         self.data, self.diffusion, self.loop, self.run = data, diffusion, loop, run
         self.payload, self.device, self.progress, self.desc = dict(payload), device, progress, desc
         self.hooks = dict(hooks or {})
@@ -131,28 +156,25 @@ class Trainer:
             g["base_lr"] = g["lr"]
         self.optimizer = torch.optim.AdamW(groups, lr=loop.lr, weight_decay=loop.weight_decay)
         self.ema = EMA(objective.model, loop.ema_decay)
+        compile_unets(self.objective, self.runtime)  # after the EMA's deepcopy
+        self.forward = wrap_objective(self.objective, device)
         self.dtype = amp_dtype(device, loop.amp)
         self.scaler = torch.amp.GradScaler(device.type, enabled=self.dtype == torch.float16)
         self.data_gen = torch.Generator().manual_seed(loop.seed)
         self.noise_gen = torch.Generator().manual_seed(loop.seed + 1)
+        self.stream = BatchStream(data, diffusion, loop.batch_size, self.data_gen, self.noise_gen,
+                                  self.runtime.loader_workers, pin_memory=device.type == "cuda")
         self.step = 0
         self.last_ckpt_step = 0
-        self.rank, self.world = 0, 1
 
     # --- randomness -----------------------------------------------------
     def draw_batch(self) -> Batch:
         """The global batch (same on every process), then this process's rows."""
-        B = self.loop.batch_size
-        idx = batch_indices(len(self.data), B, self.data_gen)
-        x0, y = self.data.x[idx], self.data.y[idx]
-        g = self.noise_gen
-        batch = Batch(x0, y, self.diffusion.sample_t(B, g), torch.randn(x0.shape, generator=g),
-                      torch.rand(B, 4, generator=g), torch.rand(4, generator=g))
-        per = B // self.world
-        return batch.rows(slice(self.rank * per, (self.rank + 1) * per)).to(self.device)
+        return Batch(*self.stream.next()).rows(self.rows).to(self.device)
 
     # --- checkpoints ----------------------------------------------------
     def state(self) -> dict[str, Any]:
+        data_state, noise_state = self.stream.states()
         return {
             "step": self.step,
             "config": self.payload,
@@ -160,15 +182,19 @@ class Trainer:
             "optimizer": self.optimizer.state_dict(),
             "ema": self.ema.state_dict(),
             "scaler": self.scaler.state_dict(),
-            "data_gen": self.data_gen.get_state(),
-            "noise_gen": self.noise_gen.get_state(),
+            "data_gen": data_state,
+            "noise_gen": noise_state,
             "torch_rng": torch.get_rng_state(),
-            "cuda_rng": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else [],
+            # one process only: under DDP each rank saves just its own GPU's state (rank_rng)
+            "cuda_rng": torch.cuda.get_rng_state_all()
+            if torch.cuda.is_available() and self.world == 1 else [],
         }
 
     def save_checkpoint(self) -> None:
+        rank_rng = gather_rng_states(self.device)  # collective: every rank takes part
         if self.rank == 0:
-            atomic_torch_save(self.state(), self.run.checkpoint)
+            state = self.state() if rank_rng is None else {**self.state(), "rank_rng": rank_rng}
+            atomic_torch_save(state, self.run.checkpoint)
         self.last_ckpt_step = self.step
 
     def load_checkpoint(self) -> None:
@@ -180,11 +206,16 @@ class Trainer:
         self.scaler.load_state_dict(ckpt["scaler"])
         self.data_gen.set_state(ckpt["data_gen"])
         self.noise_gen.set_state(ckpt["noise_gen"])
-        torch.set_rng_state(ckpt["torch_rng"])
-        if ckpt["cuda_rng"] and torch.cuda.is_available():
-            torch.cuda.set_rng_state_all(ckpt["cuda_rng"])
+        self.stream.reset()
         self.step = self.last_ckpt_step = int(ckpt["step"])
-        self._trim_log()
+        if self.world > 1:
+            restore_rng_state(ckpt.get("rank_rng"), self.device, self.loop.seed, self.step)
+        else:
+            torch.set_rng_state(ckpt["torch_rng"])
+            if ckpt["cuda_rng"] and torch.cuda.is_available():
+                torch.cuda.set_rng_state_all(ckpt["cuda_rng"])
+        if self.rank == 0:
+            self._trim_log()
 
     def _trim_log(self) -> None:
         """Drop log lines written after the checkpoint we resume from."""
@@ -205,14 +236,17 @@ class Trainer:
         if resume:
             self.load_checkpoint()
         else:
-            torch.manual_seed(self.loop.seed + 2)  # dropout draws from the global RNG
-            self.run.log.unlink(missing_ok=True)
+            # dropout draws from the global RNG: one stream per rank (rank 0: seed + 2)
+            torch.manual_seed(dropout_seed(self.loop.seed, self.rank))
+            if self.rank == 0:
+                self.run.log.unlink(missing_ok=True)
         self.objective.train()
         record: dict[str, float] = {}
         bar = tqdm(total=self.loop.steps, initial=self.step, desc=self.desc,
                    disable=not self.progress or self.rank != 0, mininterval=1.0, dynamic_ncols=True)
         start = time.perf_counter()
-        with bar, self.run.log.open("a") as log:
+        log_path = self.run.log if self.rank == 0 else os.devnull
+        with bar, self.stream, open(log_path, "a") as log:
             while self.step < self.loop.steps:
                 logs = self.train_step()
                 self.step += 1
@@ -230,7 +264,7 @@ class Trainer:
     def _record(self, logs: Mapping[str, Tensor], start: float) -> dict[str, float]:
         record = {"step": self.step, "lr": self.optimizer.param_groups[0]["lr"],
                   "time": time.perf_counter() - start}
-        record.update({k: float(v) for k, v in logs.items()})
+        record.update({k: float(v) for k, v in mean_over_ranks(logs).items()})
         for every, hook in self.hooks.items():
             if self.step % every == 0 or self.step == self.loop.steps:
                 record.update(hook(self.step))
@@ -240,11 +274,12 @@ class Trainer:
         for g in self.optimizer.param_groups:
             g["lr"] = g["base_lr"] * cosine_lr(self.step, self.loop) / self.loop.lr
         batch = self.draw_batch()
-        with autocast(self.device, self.dtype):
-            loss, logs = self.objective.loss(batch)
-        if not torch.isfinite(loss):
+        with autocast(self.device, self.dtype), global_batch():
+            loss, logs = self.forward(batch)
+        checked = mean_over_ranks({"loss": loss})["loss"]  # every rank stops together
+        if not torch.isfinite(checked):
             raise NonFiniteLossError(
-                f"the loss became {float(loss)} at step {self.step + 1}; training stopped. "
+                f"the loss became {float(checked)} at step {self.step + 1}; training stopped. "
                 f"The last good checkpoint (step {self.last_ckpt_step}) is kept in "
                 f"{self.run.checkpoint}. Lower the learning rate or check the data, then "
                 f"continue with --resume or start over with --force.")

@@ -6,7 +6,14 @@ import argparse
 import json
 import sys
 
-from dashlib.cli import add_preset, add_runtime, add_training, command, preset_from_args
+from dashlib.cli import (
+    add_preset,
+    add_runtime,
+    add_training,
+    command,
+    preset_from_args,
+    runtime_from_args,
+)
 
 
 @command("info", "print a preset's sizes as JSON", add_preset)
@@ -33,13 +40,13 @@ def _train_args(p: argparse.ArgumentParser) -> None:
     add_runtime(p)
 
 
-@command("train-teacher", "train (or reuse) the preset's teacher", _train_args)
+@command("train-teacher", "train (or reuse) the preset's teacher", _train_args, distributed=True)
 def cmd_train_teacher(args: argparse.Namespace) -> int:
     from dashlib.teacher import train_teacher
 
     preset = preset_from_args(args, **{"train.steps": args.steps, "train.seed": args.seed})
     run = train_teacher(preset, force=args.force, resume=args.resume, device=args.device,
-                        progress=not args.no_progress)
+                        progress=not args.no_progress, runtime=runtime_from_args(args))
     results = run.read_results()
     print(f"teacher: {results['params']:,} params, {results['steps']} steps, "
           f"final loss {results['final_loss']:.4f}, {results['wall_time_s']:.0f} s", file=sys.stderr)
@@ -62,14 +69,15 @@ def _sample_args(p: argparse.ArgumentParser) -> None:
 
 
 @command("sample", "draw class-balanced samples: PNG grid (a row per class) + tensor file",
-         _sample_args)
+         _sample_args, distributed=True)
 def cmd_sample(args: argparse.Namespace) -> int:
     from dashlib.generate import sample_to_files
 
     preset = preset_from_args(args, **{"sample.steps": args.steps, "sample.eta": args.eta})
     guidance = "tag" if args.tag else args.w
     png, tensor = sample_to_files(preset, run=args.run, guidance=guidance, n=args.n,
-                                  seed=args.seed, out=args.out, device=args.device)
+                                  seed=args.seed, out=args.out, device=args.device,
+                                  runtime=runtime_from_args(args))
     print(f"wrote {png}", file=sys.stderr)
     print(tensor)
     return 0

@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 import sys
 
-from dashlib.cli import add_preset, add_runtime, command, preset_from_args
+from dashlib.cli import add_preset, add_runtime, command, preset_from_args, runtime_from_args
 
 
 def _args(p: argparse.ArgumentParser) -> None:
@@ -36,7 +36,8 @@ def format_table(rows: list[dict]) -> str:
     return "\n".join(lines)
 
 
-@command("distill", "distil the teacher into a student with one method (or all)", _args)
+@command("distill", "distil the teacher into a student with one method (or all)", _args,
+         distributed=True)
 def cmd_distill(args: argparse.Namespace) -> int:
     from dashlib.distill import METHODS, distill, distill_many
 
@@ -46,7 +47,8 @@ def cmd_distill(args: argparse.Namespace) -> int:
     progress = not args.no_progress
     if len(methods) * len(seeds) == 1 and args.workers <= 1:
         runs = [distill(preset, methods[0], seeds[0], args.steps, force=args.force,
-                        resume=args.resume, device=args.device, progress=progress)]
+                        resume=args.resume, device=args.device, progress=progress,
+                        runtime=runtime_from_args(args))]
     else:
         runs = list(distill_many(preset, methods, seeds, args.steps, force=args.force,
                                  device=args.device, workers=args.workers,

@@ -18,13 +18,15 @@ import torch
 
 from dashlib.artifacts import Artifact, load_artifact, save_artifact
 from dashlib.calibration import Calibrator, matched_inputs
-from dashlib.config import DistillConfig, Preset, to_dict
+from dashlib.config import ConfigError, DistillConfig, Preset, to_dict
 from dashlib.data import load_dataset
 from dashlib.device import resolve_device
 from dashlib.diffusion import Diffusion
 from dashlib.distill.methods import METHODS, DistillObjective
+from dashlib.distributed import barrier, is_main, on_main, rank_world
 from dashlib.io import atomic_write_json
 from dashlib.runs import Run, config_hash, make_run, prepare
+from dashlib.runtime import Runtime
 from dashlib.teacher import teacher_payload, train_teacher
 from dashlib.tirt import TimestepWeighting, drift_report, make_weighting, transfer
 from dashlib.train import LoopConfig, Trainer
@@ -84,18 +86,19 @@ def calibration_hook(calibrator: Calibrator, objective: DistillObjective) -> Any
 
 def distill(preset: Preset, method: str | None = None, seed: int | None = None,
             steps: int | None = None, force: bool = False, resume: bool = False,
-            device: str = "auto", progress: bool = True) -> Run:
-    """Train (or reuse) one student; returns its finished run folder."""
+            device: str = "auto", progress: bool = True, runtime: Runtime | None = None) -> Run:
+    """Train (or reuse) one student; returns its finished run folder. Under torchrun
+    every rank trains its share of each batch and rank 0 writes (dashlib.distributed)."""
     config = resolve_config(preset, method, seed, steps)
     payload = distill_payload(preset, config)
     run = make_run(preset.name, f"distill-{config.method}", payload)
-    teacher_folder = train_teacher(preset, device=device, progress=progress)
+    teacher_folder = train_teacher(preset, device=device, progress=progress, runtime=runtime)
     if run.finished and not force:
         return run
     dev = resolve_device(device)
     teacher = load_artifact(teacher_folder, expect=preset.teacher, device=dev)
     data = load_dataset(preset.data)
-    state = prepare(run, payload, force=force, resume=resume)
+    state = on_main(lambda: prepare(run, payload, force=force, resume=resume))
     diffusion = teacher.diffusion
     cls = METHODS.get(config.method)
     student = cls.build_student(preset, config, teacher.model)
@@ -107,16 +110,18 @@ def distill(preset: Preset, method: str | None = None, seed: int | None = None,
     loop = LoopConfig.from_config(config)
     trainer = Trainer(objective, data.train, diffusion, loop, run, payload, dev,
                       hooks={config.calib_every: calibration_hook(calibrator, objective)},
-                      progress=progress, desc=f"{config.method}[{preset.name}]")
+                      progress=progress, desc=f"{config.method}[{preset.name}]", runtime=runtime)
     start = time.perf_counter()
     last = trainer.fit(resume=state == "resume")
     wall = time.perf_counter() - start
     student_ema = trainer.ema.shadow
-    save_artifact(run, "student", payload, student_ema, objective.weighting,
-                  _weighting_name(config, teacher),
-                  extra={"method": config.method, "teacher_run": str(teacher_folder.path)})
-    write_results(run, preset, config, objective, calibrator.score(student_ema), last, wall,
-                  teacher_params=count_params(teacher.model))
+    if is_main():  # rank 0 writes; every rank returns once the files exist
+        save_artifact(run, "student", payload, student_ema, objective.weighting,
+                      _weighting_name(config, teacher),
+                      extra={"method": config.method, "teacher_run": str(teacher_folder.path)})
+        write_results(run, preset, config, objective, calibrator.score(student_ema), last, wall,
+                      teacher_params=count_params(teacher.model))
+    barrier()
     return run
 
 
@@ -164,6 +169,9 @@ def run_jobs(jobs: Sequence[tuple[Preset, str, int | None, int | None]], force: 
     beat one 2-thread one). Interrupted runs are resumed; finished ones reused."""
     for _, m, _, _ in jobs:
         METHODS.get(m)  # fail fast on a typo, before any training
+    if workers > 1 and rank_world()[1] > 1:
+        raise ConfigError("--workers > 1 starts its own processes; under torchrun the runs "
+                          "already share the processes, so use --workers 1")
     for p in {j[0].name: j[0] for j in jobs}.values():
         train_teacher(p, device=device, progress=progress)
     todo = [(p, m, s, st, force, device) for p, m, s, st in jobs]

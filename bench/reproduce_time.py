@@ -1,0 +1,58 @@
+"""Wall time of the whole reproduction, end to end: `make reproduce` by default.
+
+This trains the digits teacher, every student and seed, evaluates them and
+runs every notebook: about 45 minutes on a laptop CPU, so it is NOT part of
+`bench/run_all.py`. Run it on a quiet machine; reuse of finished runs would
+make the time meaningless, so by default it points DASH_RUNS at a fresh
+temporary folder (pass --keep-runs to use the normal runs/ folder).
+
+  python bench/reproduce_time.py                        # make reproduce
+  python bench/reproduce_time.py --command "dash reproduce --preset digits --quick"
+
+Writes bench/results/reproduce_time.json: command, wall time, exit status,
+the last lines of its output, the machine.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import shlex
+import subprocess
+import tempfile
+import time
+from pathlib import Path
+
+from common import write
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def timed(command: str, env: dict[str, str]) -> dict[str, object]:
+    start = time.perf_counter()
+    done = subprocess.run(shlex.split(command), cwd=ROOT, env=env, capture_output=True, text=True)
+    wall = time.perf_counter() - start
+    tail = (done.stdout + done.stderr).splitlines()[-20:]
+    return {"command": command, "wall_s": wall, "wall_min": wall / 60, "returncode": done.returncode,
+            "output_tail": tail}
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--command", default="make reproduce")
+    ap.add_argument("--keep-runs", action="store_true", help="use the normal runs/ folder")
+    ap.add_argument("--name", default="reproduce_time", help="results file name (without .json)")
+    args = ap.parse_args()
+    env = dict(os.environ)
+    with tempfile.TemporaryDirectory(prefix="dash-reproduce-") as tmp:
+        if not args.keep_runs:
+            env["DASH_RUNS"] = tmp
+        result = timed(args.command, env)
+    print(f"{args.command}: {result['wall_min']:.1f} min, exit {result['returncode']}")
+    write(args.name, {"fresh_runs": not args.keep_runs, **result})
+    if result["returncode"]:
+        raise SystemExit(result["returncode"])
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,167 @@
+"""Run the quick benchmarks and summarise them (`make bench`).
+
+Each benchmark runs as its own process with its defaults (digits on CPU;
+digits and cifar10 on CUDA) and writes bench/results/<name>.json; this script
+then writes bench/results/summary.json and summary.md, and with `--readme`
+puts the summary into README.md between the `bench` markers. The wall time
+of `make reproduce` (bench/reproduce_time.py, ~45 min) is not run here; its
+last result is included when present.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import re
+import subprocess
+import sys
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+from common import RESULTS, environment
+
+BENCH = Path(__file__).resolve().parent
+ROOT = BENCH.parent
+QUICK = ("train_throughput", "sampler_overhead", "distill_step", "sampling_speed", "peak_memory",
+         "gpu_hours")
+BEGIN, END = "<!-- bench:begin -->", "<!-- bench:end -->"
+
+
+def run(name: str, device: str) -> float:
+    """Run one benchmark script; returns its wall time."""
+    args = [] if name == "gpu_hours" else ["--device", device]
+    start = time.perf_counter()
+    subprocess.run([sys.executable, str(BENCH / f"{name}.py"), *args], check=True)
+    return time.perf_counter() - start
+
+
+def _load(name: str) -> dict[str, Any] | None:
+    path = RESULTS / f"{name}.json"
+    return json.loads(path.read_text()) if path.exists() else None
+
+
+def _rows(data: dict[str, Any]) -> list[dict[str, Any]]:
+    return list(data.get("rows", []))
+
+
+def summarise() -> tuple[dict[str, Any], str]:
+    """Key numbers of every result file present, as JSON and as markdown."""
+    summary: dict[str, Any] = {"environment": environment()}
+    md: list[str] = []
+    for name, fmt in FORMATTERS.items():
+        data = _load(name)
+        if data is None:
+            if name == "reproduce_time":
+                md += ["**reproduce_time**: `make reproduce` not timed yet "
+                       "(`python bench/reproduce_time.py`, ~45 min).", ""]
+            continue
+        lines, key = fmt(data)
+        summary[name] = {"device": data.get("device"), "date": data["environment"]["date"],
+                         "threads": data["environment"]["threads"], **key}
+        env = data["environment"]
+        md += [f"**{name}** ({env['device']}, {env['threads']} threads, {env['date'][:10]})", "",
+               *lines, ""]
+    return summary, "\n".join(md).strip()
+
+
+def _throughput(d: dict[str, Any]) -> tuple[list[str], dict[str, Any]]:
+    lines = ["| preset | model | params | images/s (batch) |", "|---|---|---|---|"]
+    lines += [f"| {r['preset']} | {r['model']} | {r['params'] / 1e6:.2f}M | "
+              f"{r['images_per_s']:.1f} ({r['batch']}) |" for r in _rows(d)]
+    return lines, {"images_per_s": {f"{r['preset']}/{r['model']}": r["images_per_s"] for r in _rows(d)}}
+
+
+def _overhead(d: dict[str, Any]) -> tuple[list[str], dict[str, Any]]:
+    lines = [f"| preset | model | guidance | sampling / (steps x forward), target <= {d['target']} |",
+             "|---|---|---|---|"]
+    lines += [f"| {r['preset']} | {r['model']} | {r['guidance']} | {r['overhead']:.3f} |" for r in _rows(d)]
+    return lines, {"overhead": {f"{r['preset']}/{r['model']}/{r['guidance']}": r["overhead"]
+                                for r in _rows(d)}}
+
+
+def _distill(d: dict[str, Any]) -> tuple[list[str], dict[str, Any]]:
+    lines = [f"| preset | batch | passes (ms) | step / passes (target <= {d['target']}) | "
+             "loss+backward / passes |", "|---|---|---|---|---|"]
+    lines += [f"| {r['preset']} | {r['batch']} | {r['passes_s'] * 1e3:.1f} | {r['ratio_step']:.3f} | "
+              f"{r['ratio_objective']:.3f} |" for r in _rows(d)]
+    return lines, {"ratio_step": {r["preset"]: r["ratio_step"] for r in _rows(d)}}
+
+
+def _speed(d: dict[str, Any]) -> tuple[list[str], dict[str, Any]]:
+    lines = ["| preset | batch x steps | teacher (s) | student (s) | speedup | FLOPs ratio | "
+             "GFLOPs/sample T / S |", "|---|---|---|---|---|---|---|"]
+    lines += [f"| {r['preset']} | {r['batch']} x {r['steps']} | {r['teacher_latency_s']:.2f} | "
+              f"{r['student_latency_s']:.2f} | {r['speedup']:.2f}x | {r['flops_ratio']:.2f}x | "
+              f"{r['teacher_flops_per_sample'] / 1e9:.1f} / {r['student_flops_per_sample'] / 1e9:.1f} |"
+              for r in _rows(d)]
+    return lines, {"speedup": {r["preset"]: r["speedup"] for r in _rows(d)},
+                   "flops_ratio": {r["preset"]: r["flops_ratio"] for r in _rows(d)}}
+
+
+def _memory(d: dict[str, Any]) -> tuple[list[str], dict[str, Any]]:
+    rows = _rows(d)
+    method = rows[0]["method"] if rows else ""
+    lines = [f"| preset | scenario | peak MiB ({method}) |", "|---|---|---|"]
+    lines += [f"| {r['preset']} | {r['scenario']} | "
+              f"{'n/a' if r['peak_bytes'] is None else format(r['peak_bytes'] / 2**20, '.1f')} |"
+              for r in rows]
+    return lines, {"peak_mib": {f"{r['preset']}/{r['scenario']}": None if r["peak_bytes"] is None
+                                else r["peak_bytes"] / 2**20 for r in rows}}
+
+
+def _gpu_hours(d: dict[str, Any]) -> tuple[list[str], dict[str, Any]]:
+    hours = {f"{p['preset']}/{r['phase']}": {"1gpu": r["hours_1gpu"], "8gpu": r["hours_8gpu"]}
+             for p in d["presets"] for r in p["rows"]}
+    return ["Estimated GPU hours for the cifar presets: the table above and docs/scaling.md."], \
+        {"hours": hours}
+
+
+def _reproduce(d: dict[str, Any]) -> tuple[list[str], dict[str, Any]]:
+    return [f"`{d['command']}`: {d['wall_min']:.1f} min (exit {d['returncode']})"], \
+        {"wall_min": d["wall_min"], "returncode": d["returncode"]}
+
+
+FORMATTERS: dict[str, Callable[[dict[str, Any]], tuple[list[str], dict[str, Any]]]] = {
+    "train_throughput": _throughput, "sampler_overhead": _overhead, "distill_step": _distill,
+    "sampling_speed": _speed, "peak_memory": _memory, "gpu_hours": _gpu_hours,
+    "reproduce_time": _reproduce,
+}
+
+
+def update_readme(text: str) -> None:
+    path = ROOT / "README.md"
+    doc = path.read_text()
+    if BEGIN not in doc:
+        print(f"{path} has no {BEGIN} marker; not updated")
+        return
+    path.write_text(re.sub(re.escape(BEGIN) + ".*?" + re.escape(END), f"{BEGIN}\n{text}\n{END}", doc,
+                           flags=re.S))
+    print(f"updated {path}")
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--only", nargs="+", choices=QUICK, help="run only these (default: all quick ones)")
+    ap.add_argument("--summary-only", action="store_true", help="summarise existing results only")
+    ap.add_argument("--device", default="auto")
+    ap.add_argument("--readme", action="store_true", help="write the summary into README.md")
+    args = ap.parse_args()
+    walls = {}
+    if not args.summary_only:
+        for name in args.only or QUICK:
+            print(f"== {name}", flush=True)
+            walls[name] = run(name, args.device)
+    summary, text = summarise()
+    summary["bench_wall_s"] = walls
+    RESULTS.mkdir(parents=True, exist_ok=True)
+    (RESULTS / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
+    (RESULTS / "summary.md").write_text(text + "\n")
+    print(RESULTS / "summary.json")
+    if args.readme:
+        update_readme(text)
+
+
+if __name__ == "__main__":
+    main()
