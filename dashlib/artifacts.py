@@ -10,6 +10,7 @@ import torch
 from torch import nn
 
 from dashlib.config import DiffusionConfig, ModelConfig, from_dict, to_dict
+from dashlib.device import resolve_device
 from dashlib.diffusion import Diffusion
 from dashlib.io import CheckpointError, atomic_torch_save, check_config_match, load_checkpoint
 from dashlib.runs import Run
@@ -46,7 +47,8 @@ def load_artifact(run: Run | str, expect: ModelConfig | None = None,
     """Load a finished run's final.pt (weights_only) and rebuild its model.
 
     With `expect`, a checkpoint for another architecture (size, classes,
-    image size) is refused with an error naming each mismatch.
+    image size) is refused with an error naming each mismatch. `device` may be
+    "auto" (CUDA when present).
     """
     run = run if isinstance(run, Run) else Run(Path(run))
     if not run.final.is_file():
@@ -72,4 +74,5 @@ def load_artifact(run: Run | str, expect: ModelConfig | None = None,
         weighting.load_state_dict(ckpt["weighting"])
     extra = {k: v for k, v in ckpt.items()
              if k not in ("kind", "config", "model_config", "model", "weighting", "weighting_name")}
-    return Artifact(model.to(device).eval(), weighting, diffusion, ckpt["config"], run, extra)
+    dev = resolve_device(device) if isinstance(device, str) else device
+    return Artifact(model.to(dev).eval(), weighting, diffusion, ckpt["config"], run, extra)

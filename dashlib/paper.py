@@ -221,7 +221,8 @@ def t1_main_results(b: Budget, report: Any, runs: Mapping[str, Run], folder: str
 def f3_guidance_sweep(b: Budget, report: Any, folder: str | Path,
                       notebook: str = "03_evaluation") -> Path:
     label = f"{b.preset.eval.feature_extractor} FID"
-    fig = plots.guidance_sweep(report.rows, quality="fid", fidelity="accuracy", quality_label=label)
+    fig = plots.guidance_sweep(report.rows, quality="fid", fidelity="accuracy", quality_label=label,
+                               chance=1 / b.preset.teacher.num_classes)
     return _save(fig, b, folder, "F3_guidance_sweep",
                  "Sample quality and guidance fidelity against guidance scale, per method",
                  ["C1", "C3"], notebook)
@@ -311,7 +312,11 @@ def f7_steps_and_compression(b: Budget, steps_report: Any, width_report: Any,
             width_rows.append({**r, "compression_ratio": teacher_params / r["params"],
                                "label": r["method"]})
     label = f"{b.preset.eval.feature_extractor} FID"
-    fig = plots.steps_and_compression(steps_report.rows, width_rows, quality="fid", quality_label=label)
+    teacher_fid = [r["fid"] for r in steps_report.rows if r["method"] == "teacher"
+                   and r["ddim_steps"] == b.preset.eval.ddim_steps]
+    reference = sum(teacher_fid) / len(teacher_fid) if teacher_fid else None
+    fig = plots.steps_and_compression(steps_report.rows, width_rows, quality="fid", quality_label=label,
+                                      reference=reference)
     return _save(fig, b, folder, "F7_steps_compression",
                  "Quality against DDIM steps and against compression ratio (DASH students)",
                  ["C1"], notebook)

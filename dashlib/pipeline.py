@@ -62,10 +62,10 @@ class Budget:
 # Per preset: (full, quick) changes; dotted keys override the preset's configs.
 _BUDGETS: dict[str, tuple[dict[str, Any], dict[str, Any]]] = {
     "tiny": ({"widths": (2, 4)}, {"widths": (2, 4), "eval.seeds": (42,)}),
-    "digits": ({"widths": (8, 12, 24)},
-               {"widths": (8, 24), "eval.seeds": (42,), "eval.sweep_steps": (10, 50),
-                "eval.sweep_guidance": ("0", "1", "3", "tag"),
-                "train.steps": 1200, "distill.steps": 300}),
+    "digits": ({"widths": (8, 12)},
+               {"widths": (8,), "eval.seeds": (42,), "eval.sweep_steps": (10, 50),
+                "eval.sweep_guidance": ("0", "1", "3", "tag"), "eval.n_samples": 300,
+                "train.steps": 1000, "distill.steps": 300}),
     "digits16": ({"widths": (8, 24)},
                  {"widths": (8,), "eval.seeds": (42,), "eval.sweep_steps": (10, 50),
                   "train.steps": 1200, "distill.steps": 300}),

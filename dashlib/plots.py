@@ -12,6 +12,7 @@ from collections.abc import Mapping, Sequence
 from typing import Any
 
 import matplotlib.pyplot as plt
+import matplotlib.ticker
 import numpy as np
 import seaborn as sns
 from matplotlib.figure import Figure
@@ -86,11 +87,12 @@ def gap_calibration(calibrations: Mapping[str, Mapping[str, Any]]) -> Figure:
             ax.plot(centres, values, marker="o", ms=3, lw=_lw(name), color=colour(name), label=name)
     ax_rho.axhline(1.0, color="black", ls="--", lw=1, label="teacher (rho = 1)")
     ax_cos.axhline(1.0, color="black", ls="--", lw=1)
-    ax_rho.set(xlabel="timestep t (bin centre)", ylabel="rho = E|δ_S| / E|δ_T|",
+    ax_rho.set(xlabel="timestep t (bin centre)", ylabel="rho = E|δ_S| / E|δ_T| (log scale)",
                title="Gap magnitude kept (1 = teacher's)")
     ax_cos.set(xlabel="timestep t (bin centre)", ylabel="cos(δ_S, δ_T)",
                title="Gap direction agreement")
-    ax_rho.set_ylim(bottom=0)
+    ax_rho.set_yscale("log", base=2)  # 2x too large and 2x too small sit equally far from 1
+    ax_rho.yaxis.set_major_formatter(matplotlib.ticker.FuncFormatter(lambda v, _: f"{v:g}"))
     ax_cos.set_ylim(-0.1, 1.05)
     ax_rho.legend(fontsize=8, ncol=2)
     fig.suptitle("Guidance-gap calibration across timesteps (held-out matched inputs)")
@@ -115,37 +117,43 @@ def _by_method_guidance(rows: Sequence[Mapping[str, Any]], key: str) -> dict[str
 
 
 def guidance_sweep(rows: Sequence[Mapping[str, Any]], quality: str = "fid",
-                   fidelity: str = "accuracy", quality_label: str = "classifier FID") -> Figure:
-    """Quality and guidance fidelity against w per method; TAG drawn at the right.
-
-    `rows` hold method, guidance ("0", "1", ..., "tag"), seed and the metrics.
-    """
+                   fidelity: str = "accuracy", quality_label: str = "classifier FID",
+                   chance: float | None = None) -> Figure:
+    """Quality (log scale) and guidance fidelity against w per method; TAG drawn at
+    the right. `rows` hold method, guidance ("0", "1", ..., "tag"), seed and metrics.
+    A model without a null branch (single-head) ignores w: its curves are flat."""
     style()
-    fig, axes = plt.subplots(1, 2, figsize=(11, 4.2))
-    for ax, key, label in ((axes[0], quality, quality_label),
-                           (axes[1], fidelity, "classifier accuracy on samples (guidance fidelity)")):
+    fig, axes = plt.subplots(1, 2, figsize=(12, 4.6))
+    panels = ((axes[0], quality, f"{quality_label} (log scale, lower is better)"),
+              (axes[1], fidelity, "accuracy on samples of the asked class"))
+    for ax, key, label in panels:
         table = _by_method_guidance(rows, key)
         numeric = sorted({float(g) for m in table.values() for g in m if g != "tag"})
         tag_x = (max(numeric) + 1.0) if numeric else 0.0
         for name in ordered(list(table)):
             xs = sorted(float(g) for g in table[name] if g != "tag")
-            stats = [mean_std(table[name][f"{x:g}"] if f"{x:g}" in table[name]
-                              else table[name][str(x)]) for x in xs]
+            stats = [mean_std(table[name][f"{x:g}"]) for x in xs]
             if xs:
                 ax.errorbar(xs, [s[0] for s in stats], yerr=[s[1] for s in stats], marker="o",
                             ms=4, lw=_lw(name), capsize=2, color=colour(name), label=name)
             if "tag" in table[name]:
                 m, s = mean_std(table[name]["tag"])
-                ax.errorbar([tag_x], [m], yerr=[s], marker="*", ms=10, color=colour(name),
+                ax.errorbar([tag_x], [m], yerr=[s], marker="*", ms=11, color=colour(name),
                             capsize=2, ls="none")
-        ticks = numeric + ([tag_x] if any("tag" in m for m in table.values()) else [])
-        ax.set_xticks(ticks, [f"{t:g}" for t in numeric] + (["TAG"] if len(ticks) > len(numeric)
-                                                            else []))
+        has_tag = any("tag" in m for m in table.values())
+        ax.set_xticks(numeric + ([tag_x] if has_tag else []),
+                      [f"{t:g}" for t in numeric] + (["TAG"] if has_tag else []))
         ax.set(xlabel="guidance scale w (★ = TAG schedule)", ylabel=label)
+    axes[0].set_yscale("log")
     axes[1].set_ylim(0, 1.02)
+    if chance is not None:
+        axes[1].axhline(chance, color="grey", ls=":", lw=1)
+        axes[1].annotate("chance", (0, chance), xytext=(4, 4), textcoords="offset points",
+                         fontsize=8, color="grey")
     axes[0].legend(fontsize=8, ncol=2)
-    fig.suptitle("Sample quality and guidance fidelity against guidance scale (mean ± std over seeds)")
-    fig.tight_layout()
+    fig.suptitle("Sample quality (left) and guidance fidelity (right) against guidance scale, "
+                 "mean ± std over seeds")
+    fig.tight_layout(rect=(0, 0, 1, 0.95))
     return fig
 
 
@@ -170,16 +178,21 @@ def tirt_curriculum(records: Sequence[Mapping[str, Any]], prior: Sequence[float]
     ax_w.set(xlabel="timestep t", ylabel="effective weight w_t (mean 1)",
              title="TIRT weights over training")
     ax_w.legend(fontsize=8)
-    steps = [r["step"] for r in snaps if r.get("tirt_drift") is not None]
-    if steps:
-        ax_d.plot(steps, [r["tirt_drift"] for r in snaps if r.get("tirt_drift") is not None],
-                  marker="o", ms=3, label="drift = easy-half weight share − prior's")
-        ax_d.plot(steps, [r["tirt_corr"] for r in snaps if r.get("tirt_drift") is not None],
-                  marker="s", ms=3, label="corr(log w/prior, loss) over bins")
+    drift = [r for r in snaps if r.get("tirt_drift") is not None]
+    ax_c = ax_d.twinx()
+    ax_c.grid(False)
+    if drift:
+        steps = [r["step"] for r in drift]
+        ax_d.plot(steps, [r["tirt_drift"] for r in drift], marker="o", ms=3, color="C0",
+                  label="drift: easy-half weight share − prior's (left)")
+        ax_c.plot(steps, [r["tirt_corr"] for r in drift], marker="s", ms=3, color="C1",
+                  label="corr(log w/prior, loss) over bins (right)")
     ax_d.axhline(0, color="black", lw=1)
-    ax_d.set(xlabel="training step", ylabel="value",
+    ax_d.set(xlabel="training step", ylabel="drift (share of weight)",
              title="Drift toward easy (low-loss) timesteps")
-    ax_d.legend(fontsize=8)
+    ax_c.set(ylabel="correlation", ylim=(-1.05, 1.05))
+    handles = ax_d.get_legend_handles_labels()[0] + ax_c.get_legend_handles_labels()[0]
+    ax_d.legend(handles=handles, fontsize=8, loc="center right")
     fig.suptitle("TIRT curriculum of the teacher")
     fig.tight_layout()
     return fig
@@ -237,8 +250,9 @@ def ablation_shares(shares: Mapping[str, Sequence[float]]) -> Figure:
             ax.annotate(f"{m:.0f}%", (bar.get_x() + bar.get_width() / 2, m), ha="center",
                         va="bottom", fontsize=9, xytext=(0, 3), textcoords="offset points")
     ax.axhline(60, color="crimson", ls="--", lw=1, label="paper's C4 threshold (60%)")
-    ax.set(ylabel="share of total gain (%)",
-           title="Which DASH component buys the gain (cond-only → DASH)")
+    ax.set(ylabel="share of the total FID gain (%)",
+           title="Which DASH component buys the gain (cond-only → DASH)\n"
+                 "bars: mean ± std, dots: one per evaluation seed")
     ax.legend(fontsize=8)
     fig.tight_layout()
     return fig
@@ -248,8 +262,10 @@ def ablation_shares(shares: Mapping[str, Sequence[float]]) -> Figure:
 
 def steps_and_compression(step_rows: Sequence[Mapping[str, Any]],
                           width_rows: Sequence[Mapping[str, Any]], quality: str = "fid",
-                          quality_label: str = "classifier FID") -> Figure:
-    """Quality against DDIM steps (per model) and against compression ratio."""
+                          quality_label: str = "classifier FID",
+                          reference: float | None = None) -> Figure:
+    """Quality against DDIM steps (per model) and against compression ratio;
+    `reference` (the teacher's quality) is drawn as a dashed line."""
     style()
     fig, (ax_s, ax_c) = plt.subplots(1, 2, figsize=(11, 4.2))
     by_model: dict[str, dict[int, list]] = defaultdict(lambda: defaultdict(list))
@@ -275,6 +291,8 @@ def steps_and_compression(step_rows: Sequence[Mapping[str, Any]],
                   color=colour("dash"), lw=2, capsize=2, label="DASH students")
     for x, s in zip(xs, stats):
         ax_c.annotate(labels[x], (x, s[0]), fontsize=8, xytext=(4, 4), textcoords="offset points")
+    if reference is not None:
+        ax_c.axhline(reference, color=colour("teacher"), ls="--", lw=1, label="teacher")
     ax_c.set(xlabel="compression ratio (teacher params / student params)", ylabel=quality_label,
              title="Quality vs compression (student width sweep)")
     ax_c.legend(fontsize=8)

@@ -43,8 +43,11 @@ def run_notebook(source: Path, target: Path, parameters: Mapping[str, Any],
     import papermill as pm
 
     target.parent.mkdir(parents=True, exist_ok=True)
+    declared = pm.inspect_notebook(str(source))
+    # only what the notebook's parameters cell declares (the rest would only warn)
+    parameters = {k: v for k, v in parameters.items() if k in declared}
     try:
-        pm.execute_notebook(str(source), str(target), parameters=dict(parameters),
+        pm.execute_notebook(str(source), str(target), parameters=parameters,
                             cwd=str(source.parent), progress_bar=progress, kernel_name="python3",
                             log_output=False)
     except pm.PapermillExecutionError as err:

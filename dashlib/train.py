@@ -78,7 +78,9 @@ class Batch:
     x0 (B, C, H, W), y (B,), t (B,), eps (B, C, H, W); `u` (B, 4) uniforms
     for per-sample choices (label dropout, a random w, ...) and `u_batch` (4,)
     uniforms for batch-level choices, so an objective needs no generator of
-    its own and a run is a pure function of the seed.
+    its own and a run is a pure function of the seed. `step` is the training
+    step that drew it (-1 outside a loop) and `offset` the position of its
+    first row in the global batch (non-zero for later ranks under DDP).
     """
 
     x0: Tensor
@@ -87,15 +89,18 @@ class Batch:
     eps: Tensor
     u: Tensor
     u_batch: Tensor
+    step: int = -1
+    offset: int = 0
 
     def to(self, device: torch.device) -> Batch:
         return Batch(*(v.to(device, non_blocking=True) for v in
-                       (self.x0, self.y, self.t, self.eps, self.u, self.u_batch)))
+                       (self.x0, self.y, self.t, self.eps, self.u, self.u_batch)),
+                     step=self.step, offset=self.offset)
 
     def rows(self, rows: slice) -> Batch:
         """The rows of a global batch one process works on (u_batch is shared)."""
         return Batch(self.x0[rows], self.y[rows], self.t[rows], self.eps[rows], self.u[rows],
-                     self.u_batch)
+                     self.u_batch, step=self.step, offset=self.offset + (rows.start or 0))
 
 
 class Objective(nn.Module):
@@ -170,7 +175,7 @@ class Trainer:
     # --- randomness -----------------------------------------------------
     def draw_batch(self) -> Batch:
         """The global batch (same on every process), then this process's rows."""
-        return Batch(*self.stream.next()).rows(self.rows).to(self.device)
+        return Batch(*self.stream.next(), step=self.step).rows(self.rows).to(self.device)
 
     # --- checkpoints ----------------------------------------------------
     def state(self) -> dict[str, Any]:

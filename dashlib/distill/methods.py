@@ -26,6 +26,7 @@ from dashlib.config import DistillConfig, ModelConfig, Preset, SampleConfig
 from dashlib.diffusion import Diffusion
 from dashlib.distill import losses
 from dashlib.distill.pruning import apply_masks, magnitude_prune, prunable
+from dashlib.distill.targets import TeacherTargets
 from dashlib.guidance import branches, cfg_combine, guidance_scale
 from dashlib.registry import Registry
 from dashlib.teacher import drop_labels, mse_per_sample
@@ -39,6 +40,7 @@ class DistillObjective(Objective):
 
     default_tirt: ClassVar[str] = "uniform"
     uses_teacher: ClassVar[bool] = True
+    uses_targets: ClassVar[bool] = False  # reads the teacher's branches on the batch's own labels
 
     def __init__(self, student: UNet, teacher: UNet, weighting: TimestepWeighting,
                  diffusion: Diffusion, config: DistillConfig, sample: SampleConfig) -> None:
@@ -46,6 +48,7 @@ class DistillObjective(Objective):
         self.model, self.weighting, self.diffusion = student, weighting, diffusion
         self.config, self.sample = config, sample
         self._frozen = [teacher.eval().requires_grad_(False)]  # a list: not a submodule
+        self.targets: TeacherTargets | None = None  # precomputed teacher outputs, if available
 
     @property
     def teacher(self) -> UNet:
@@ -77,9 +80,12 @@ class DistillObjective(Objective):
         return total, {k: v.detach().mean() for k, v in terms.items()}  # type: ignore[return-value]
 
     @torch.no_grad()
-    def teacher_branches(self, x_t: Tensor, t: Tensor, y: Tensor) -> tuple[Tensor, Tensor]:
-        """The teacher's two branches in one batched no-grad forward."""
-        return branches(self.teacher, x_t, t, y)
+    def teacher_branches(self, batch: Batch, x_t: Tensor) -> tuple[Tensor, Tensor]:
+        """The teacher's two branches at the batch's labels: from the precomputed
+        targets when present, else one batched no-grad forward."""
+        if self.targets is not None and batch.step >= 0:
+            return self.targets.branches(batch)
+        return branches(self.teacher, x_t, batch.t, batch.y)
 
     def labels(self, batch: Batch) -> Tensor:
         """y, with null at rate `label_dropout` when `null_rows` is on (per sample)."""
@@ -117,13 +123,18 @@ class CondOnly(DistillObjective):
     L = |eps_S(x_t, t, y) - eps_T(x_t, t, y)|^2. The null branch is never
     supervised (unless `null_rows`, which swaps y for null on some rows)."""
 
+    uses_targets = True
+
     def coefficients(self) -> dict[str, float]:
         return {"im": 1.0}
 
     def terms(self, batch: Batch, x_t: Tensor) -> dict[str, Tensor]:
         y = self.labels(batch)
-        with torch.no_grad():
-            target = self.teacher(x_t, batch.t, y)
+        if self.targets is not None and not self.config.null_rows and batch.step >= 0:
+            target = self.targets.branches(batch)[0]
+        else:
+            with torch.no_grad():
+                target = self.teacher(x_t, batch.t, y)
         return {"im": losses.imitation(self.model(x_t, batch.t, y), target)}
 
 
@@ -133,6 +144,8 @@ class Composite(DistillObjective):
     L = |eps~_S - eps~_T|^2, eps~ = eps(null) + w (eps(y) - eps(null)), w = `w_train`.
     Only this mix of the branches is constrained; the gap itself is not."""
 
+    uses_targets = True
+
     def coefficients(self) -> dict[str, float]:
         return {"composite": 1.0}
 
@@ -140,7 +153,7 @@ class Composite(DistillObjective):
         return self.config.w_train
 
     def terms(self, batch: Batch, x_t: Tensor) -> dict[str, Tensor]:
-        cond_t, uncond_t = self.teacher_branches(x_t, batch.t, batch.y)
+        cond_t, uncond_t = self.teacher_branches(batch, x_t)
         cond_s, uncond_s = branches(self.model, x_t, batch.t, batch.y)
         w = self.guidance(batch)
         return {"composite": losses.composite(cond_s, uncond_s, cond_t, uncond_t, w)}
@@ -187,11 +200,13 @@ class GapMatch(DistillObjective):
     """Match the teacher's gap directly, plus the conditional term:
     L = |eps_S(y) - eps_T(y)|^2 + |delta_S - delta_T|^2."""
 
+    uses_targets = True
+
     def coefficients(self) -> dict[str, float]:
         return {"im": 1.0, "gap": 1.0}
 
     def terms(self, batch: Batch, x_t: Tensor) -> dict[str, Tensor]:
-        cond_t, uncond_t = self.teacher_branches(x_t, batch.t, batch.y)
+        cond_t, uncond_t = self.teacher_branches(batch, x_t)
         cond_s, uncond_s = branches(self.model, x_t, batch.t, batch.y)
         return {"im": losses.imitation(cond_s, cond_t),
                 "gap": losses.gap(cond_s, uncond_s, cond_t, uncond_t)}
@@ -240,6 +255,8 @@ class SingleHead(DistillObjective):
     two-branch student, `single_head_fraction` of the teacher's parameters (the
     paper: 8.99M of 35.75M), since it runs one pass per step instead of two."""
 
+    uses_targets = True
+
     def coefficients(self) -> dict[str, float]:
         return {"guided": 1.0}
 
@@ -248,7 +265,7 @@ class SingleHead(DistillObjective):
         return single_head_config(preset, config.single_head_fraction)
 
     def terms(self, batch: Batch, x_t: Tensor) -> dict[str, Tensor]:
-        cond_t, uncond_t = self.teacher_branches(x_t, batch.t, batch.y)
+        cond_t, uncond_t = self.teacher_branches(batch, x_t)
         w = guidance_scale(self.sample, batch.t, self.diffusion.T)
         target = cfg_combine(cond_t, uncond_t, w)
         return {"guided": mse_per_sample(self.model(x_t, batch.t, batch.y), target)}
@@ -267,12 +284,13 @@ class DASH(DistillObjective):
     branches in one batched forward/backward; no label dropout on the student."""
 
     default_tirt = "transfer"
+    uses_targets = True
 
     def coefficients(self) -> dict[str, float]:
         return {"im": self.config.im, "un": self.config.un, "an": self.config.an}
 
     def terms(self, batch: Batch, x_t: Tensor) -> dict[str, Tensor]:
-        cond_t, uncond_t = self.teacher_branches(x_t, batch.t, batch.y)
+        cond_t, uncond_t = self.teacher_branches(batch, x_t)
         cond_s, uncond_s = branches(self.model, x_t, batch.t, batch.y)
         return {"im": losses.imitation(cond_s, cond_t),
                 "un": losses.unconditional(uncond_s, uncond_t),

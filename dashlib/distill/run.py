@@ -12,6 +12,7 @@ import time
 from collections.abc import Sequence
 from concurrent.futures import ProcessPoolExecutor
 from multiprocessing import get_context
+from pathlib import Path
 from typing import Any
 
 import torch
@@ -23,6 +24,7 @@ from dashlib.data import load_dataset
 from dashlib.device import resolve_device
 from dashlib.diffusion import Diffusion
 from dashlib.distill.methods import METHODS, DistillObjective
+from dashlib.distill.targets import compute_targets, fits, load_targets, targets_path
 from dashlib.distributed import barrier, is_main, on_main, rank_world
 from dashlib.io import atomic_write_json
 from dashlib.runs import Run, config_hash, make_run, prepare
@@ -86,9 +88,14 @@ def calibration_hook(calibrator: Calibrator, objective: DistillObjective) -> Any
 
 def distill(preset: Preset, method: str | None = None, seed: int | None = None,
             steps: int | None = None, force: bool = False, resume: bool = False,
-            device: str = "auto", progress: bool = True, runtime: Runtime | None = None) -> Run:
+            device: str = "auto", progress: bool = True, runtime: Runtime | None = None,
+            targets: bool = True) -> Run:
     """Train (or reuse) one student; returns its finished run folder. Under torchrun
-    every rank trains its share of each batch and rank 0 writes (dashlib.distributed)."""
+    every rank trains its share of each batch and rank 0 writes (dashlib.distributed).
+
+    With `targets` (default) a method that reads the teacher at the batch's own
+    labels uses the precomputed teacher outputs (`dashlib.distill.targets`)
+    when they fit in memory; the numbers it sees are the same either way."""
     config = resolve_config(preset, method, seed, steps)
     payload = distill_payload(preset, config)
     run = make_run(preset.name, f"distill-{config.method}", payload)
@@ -104,6 +111,9 @@ def distill(preset: Preset, method: str | None = None, seed: int | None = None,
     student = cls.build_student(preset, config, teacher.model)
     objective = cls(student, teacher.model, make_weighting_for(config, teacher, diffusion),
                     diffusion, config, preset.sample)
+    if targets and cls.uses_targets and fits(preset, config):
+        path = on_main(lambda: ensure_targets(preset, config, teacher.model, data, diffusion, progress))
+        objective.targets = load_targets(path)
     calibrator = Calibrator(teacher.model, diffusion,
                             matched_inputs(data.test, diffusion, config.calib_samples,
                                            torch.Generator().manual_seed(CALIB_SEED)))
@@ -123,6 +133,15 @@ def distill(preset: Preset, method: str | None = None, seed: int | None = None,
                       teacher_params=count_params(teacher.model))
     barrier()
     return run
+
+
+def ensure_targets(preset: Preset, config: DistillConfig, teacher: torch.nn.Module, data: Any,
+                   diffusion: Diffusion, progress: bool) -> Path:
+    """The precomputed teacher outputs for this run's batches (computed if missing)."""
+    path = targets_path(preset, config)
+    if not path.is_file():
+        compute_targets(preset, config, teacher, data.train, diffusion, progress)
+    return path
 
 
 def _weighting_name(config: DistillConfig, teacher: Artifact) -> str:
@@ -177,6 +196,8 @@ def run_jobs(jobs: Sequence[tuple[Preset, str, int | None, int | None]], force: 
     todo = [(p, m, s, st, force, device) for p, m, s, st in jobs]
     pending = [j for j in todo if force or not distill_run(*j[:4]).finished]
     if workers > 1 and len(pending) > 1:
+        precompute_targets([(p, resolve_config(p, m, s, st)) for p, m, s, st, _, _ in pending],
+                           device, progress)
         from tqdm import tqdm
 
         ctx = get_context("spawn")
@@ -186,6 +207,23 @@ def run_jobs(jobs: Sequence[tuple[Preset, str, int | None, int | None]], force: 
         todo = [(p, m, s, st, False, d) for p, m, s, st, _, d in todo]
     return [distill(p, m, s, st, force=f, resume=True, device=d, progress=progress)
             for p, m, s, st, f, d in todo]
+
+
+def precompute_targets(jobs: Sequence[tuple[Preset, DistillConfig]], device: str,
+                       progress: bool) -> None:
+    """Compute, once each, the teacher targets the parallel jobs will share."""
+    needed = {}
+    for preset, config in jobs:
+        if METHODS.get(config.method).uses_targets and fits(preset, config):
+            needed.setdefault(targets_path(preset, config), (preset, config))
+    for path, (preset, config) in needed.items():
+        if path.is_file():
+            continue
+        dev = resolve_device(device)
+        teacher = load_artifact(train_teacher(preset, device=device, progress=progress),
+                                expect=preset.teacher, device=dev)
+        compute_targets(preset, config, teacher.model, load_dataset(preset.data).train,
+                        teacher.diffusion, progress)
 
 
 def distill_many(preset: Preset, methods: Sequence[str], seeds: Sequence[int | None] = (None,),

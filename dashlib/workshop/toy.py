@@ -61,16 +61,18 @@ class ToyConfig(Validated):
 
 TOY_BUDGETS: Registry[ToyConfig] = Registry("toy budget")
 TOY_BUDGETS.add("laptop", ToyConfig())
+TOY_BUDGETS.add("quick", ToyConfig(teacher_steps=1500, student_steps=1000))
 TOY_BUDGETS.add("tiny", ToyConfig(teacher_steps=150, student_steps=100, batch_size=128,
                                   teacher_hidden=64, student_hidden=16, ddim_steps=8, T=50,
                                   gap_points=256, samples_per_class=30))
 
 
-def toy_config_for(preset: str, **changes: Any) -> ToyConfig:
-    """The `tiny` preset (tests, papermill smoke runs) gets the tiny budget; every
-    other preset the laptop budget the workshop is written for. `changes`
-    replace fields (e.g. seed=1)."""
-    return dataclasses.replace(TOY_BUDGETS.get("tiny" if preset == "tiny" else "laptop"), **changes)
+def toy_config_for(preset: str, quick: bool = False, **changes: Any) -> ToyConfig:
+    """The `tiny` preset (tests, papermill smoke runs) gets the tiny budget, a
+    `quick` reproduction a shorter one; every other case the laptop budget the
+    workshop is written for. `changes` replace fields (e.g. seed=1)."""
+    name = "tiny" if preset == "tiny" else "quick" if quick else "laptop"
+    return dataclasses.replace(TOY_BUDGETS.get(name), **changes)
 
 
 def mode_centers(config: ToyConfig) -> Tensor:
