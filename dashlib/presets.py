@@ -74,7 +74,7 @@ PRESETS.add("digits", Preset(
     teacher=_DIGITS_TEACHER,
     student=dataclasses.replace(_DIGITS_TEACHER, ch=16, num_res_blocks=1),
     diffusion=DiffusionConfig(schedule="cosine", T=1000),
-    train=TrainConfig(steps=3000, batch_size=64, lr=1e-3, lr_min=1e-5, warmup_steps=100,
+    train=TrainConfig(steps=2500, batch_size=64, lr=1e-3, lr_min=1e-5, warmup_steps=100,
                       ema_decay=0.995, grad_clip=1.0, label_dropout=0.1,
                       label_dropout_mode="batch", weighting="tirt", ckpt_every=250, log_every=25),
     distill=DistillConfig(steps=1000, batch_size=64, lr=1e-3, lr_min=1e-5, weight_decay=1e-3,
