@@ -270,8 +270,11 @@ class Trainer:
         record = {"step": self.step, "lr": self.optimizer.param_groups[0]["lr"],
                   "time": time.perf_counter() - start}
         record.update({k: float(v) for k, v in mean_over_ranks(logs).items()})
+        previous = max(self.step - self.loop.log_every, 0)
         for every, hook in self.hooks.items():
-            if self.step % every == 0 or self.step == self.loop.steps:
+            # hooks run on log lines only: fire on the first one at or after each multiple
+            # of `every`, so an interval that is no multiple of log_every still fires
+            if self.step // every > previous // every or self.step == self.loop.steps:
                 record.update(hook(self.step))
         return record
 

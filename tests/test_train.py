@@ -85,3 +85,14 @@ def test_teacher_loss_decreases(tiny):
     assert mse[-1] < mse[0]
     results = run.read_results()
     assert results["steps"] == 60 and results["params"] > 0
+
+
+def test_tirt_snapshots_are_logged_about_40_times_whatever_the_log_interval(tiny):
+    """The TIRT hook fires every steps // 40 = 3 steps; with logs every 2 steps it must
+    still fire on about 40 log lines (not only on the multiples of lcm(2, 3) = 6)."""
+    preset = override(tiny, **{"train.steps": 120, "train.log_every": 2, "train.ckpt_every": 60})
+    run = train_teacher(preset, progress=False)
+    records = [json.loads(line) for line in run.log.read_text().splitlines()]
+    snaps = [r["step"] for r in records if "tirt_bins" in r]
+    assert 36 <= len(snaps) <= 41, snaps
+    assert snaps[-1] == 120

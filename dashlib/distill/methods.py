@@ -130,8 +130,11 @@ class CondOnly(DistillObjective):
 
     def terms(self, batch: Batch, x_t: Tensor) -> dict[str, Tensor]:
         y = self.labels(batch)
-        if self.targets is not None and not self.config.null_rows and batch.step >= 0:
-            target = self.targets.branches(batch)[0]
+        if self.targets is not None and batch.step >= 0:
+            # the cache holds both teacher branches, so null rows read the unconditional one
+            cond, uncond = self.targets.branches(batch)
+            is_null = (y == self.model.null_label).view(-1, *([1] * (cond.dim() - 1)))
+            target = torch.where(is_null, uncond, cond)
         else:
             with torch.no_grad():
                 target = self.teacher(x_t, batch.t, y)
