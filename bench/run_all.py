@@ -1,7 +1,7 @@
 """Run the quick benchmarks and summarise them (`make bench`).
 
-Each benchmark runs as its own process with its defaults (digits on CPU;
-digits and cifar10 on CUDA) and writes bench/results/<name>.json; this script
+Each benchmark runs as its own process with its defaults (mostly digits on CPU,
+cifar10 too where it is cheap or on CUDA) and writes bench/results/<name>.json; this script
 then writes bench/results/summary.json and summary.md, and with `--readme`
 puts the summary into README.md between the `bench` markers. The wall time
 of `make reproduce` (bench/reproduce_time.py, ~45 min) is not run here; its

@@ -151,10 +151,11 @@ def _open_torchvision(name: str, config: DataConfig, train: bool) -> object:
         how = ("it could not be downloaded (no internet?)" if config.download
                else "downloading is off")
         raise DataNotFoundError(
-            f"{name} was not found under {root / src.folder} and {how}. Either pass "
-            f"--download (or DataConfig.download=True) on a machine with internet access, or "
-            f"fetch {src.url} yourself, extract it into {root}, and point --data-root "
-            f"(DataConfig.data_root) at that folder. [{type(err).__name__}: {err}]"
+            f"{name} was not found under {root / src.folder} and {how}. Either allow the "
+            f"download with --set data.download=true (DataConfig.download) on a machine with "
+            f"internet access, or fetch {src.url} yourself, extract it into a folder DIR and pass "
+            f"--set data.data_root=DIR (`dash evaluate`: --data-root DIR). "
+            f"[{type(err).__name__}: {err}]"
         ) from None
 
 

@@ -30,8 +30,8 @@ def read_log(run: Run) -> list[dict[str, Any]]:
 
 
 def _save(fig: Any, b: Budget, folder: str | Path, name: str, title: str, claims: list[str],
-          notebook: str) -> Path:
-    path = save_figure(fig, folder, name, title, claims, b.provenance(notebook))
+          notebook: str, data: list[dict[str, Any]] | None = None) -> Path:
+    path = save_figure(fig, folder, name, title, claims, b.provenance(notebook), data)
     plt.close(fig)
     return path
 
@@ -223,9 +223,12 @@ def f3_guidance_sweep(b: Budget, report: Any, folder: str | Path,
     label = f"{b.preset.eval.feature_extractor} FID"
     fig = plots.guidance_sweep(report.rows, quality="fid", fidelity="accuracy", quality_label=label,
                                chance=1 / b.preset.teacher.num_classes)
+    keys = ("method", "guidance", "ddim_steps", "n", "seeds", "fid_mean", "fid_std",
+            "accuracy_mean", "accuracy_std")
+    data = [{k: r[k] for k in keys if k in r} for r in report.summary]
     return _save(fig, b, folder, "F3_guidance_sweep",
                  "Sample quality and guidance fidelity against guidance scale, per method",
-                 ["C1", "C3"], notebook)
+                 ["C1", "C3"], notebook, data)
 
 
 T4_COLUMNS = ["model", "params", "GFLOPs (50-step CFG run, batch 64)", "latency (s)",

@@ -61,11 +61,14 @@ def git_commit() -> str:
 
 
 def save_figure(fig: Any, folder: str | Path, name: str, title: str, claims: Sequence[str],
-                provenance: Provenance) -> Path:
-    """Write `<name>.png`, `<name>.pdf` and `<name>.json`; returns the PNG path."""
+                provenance: Provenance, data: Sequence[Mapping[str, Any]] | None = None) -> Path:
+    """Write `<name>.png`, `<name>.pdf` and `<name>.json`; returns the PNG path. `data`
+    (the plotted values, one dict per point or series) goes into the JSON sidecar only."""
     folder = Path(folder)
     record = provenance.record(name, title, claims, "figure", [f"{name}.png", f"{name}.pdf"])
     meta = json.dumps(record)
+    if data is not None:
+        record["data"] = [dict(d) for d in data]
     for ext, metadata in (("png", {"Description": meta}), ("pdf", {"Subject": meta})):
         buf = io.BytesIO()
         fig.savefig(buf, format=ext, dpi=150, bbox_inches="tight", metadata=metadata)

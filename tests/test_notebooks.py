@@ -67,6 +67,15 @@ def test_every_figure_and_table_exists_with_provenance(executed):
     assert all(name in index for name in FIGURES + TABLES)
 
 
+def test_guidance_sweep_sidecar_holds_finite_plotted_values(executed):
+    _, figures = executed
+    data = json.loads((figures / "F3_guidance_sweep.json").read_text())["data"]
+    assert {d["guidance"] for d in data} >= {"0", "tag"}
+    assert {"teacher", "dash", "cond-only"} <= {d["method"] for d in data}
+    for d in data:
+        assert math.isfinite(d["fid_mean"]) and 0 <= d["accuracy_mean"] <= 1, d
+
+
 def _numbers(text: str) -> list[float]:
     out = []
     for token in text.replace("±", " ").replace(",", "").split():
