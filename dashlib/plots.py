@@ -192,7 +192,7 @@ def tirt_curriculum(records: Sequence[Mapping[str, Any]], prior: Sequence[float]
              title="Drift toward easy (low-loss) timesteps")
     ax_c.set(ylabel="correlation", ylim=(-1.05, 1.05))
     handles = ax_d.get_legend_handles_labels()[0] + ax_c.get_legend_handles_labels()[0]
-    ax_d.legend(handles=handles, fontsize=8, loc="upper center", bbox_to_anchor=(0.5, -0.17), ncol=2)
+    ax_d.legend(handles=handles, fontsize=8, loc="upper center", bbox_to_anchor=(0.5, -0.22), ncol=2)
     fig.suptitle("TIRT curriculum of the teacher")
     fig.tight_layout()
     return fig
