@@ -140,6 +140,14 @@ def test_failed_write_keeps_the_previous_version(tmp_path):
     assert list(tmp_path.iterdir()) == [target]
 
 
+def test_atomic_writes_get_the_permissions_a_plain_write_gets(tmp_path):
+    """Figures and results are shared files: not mkstemp's private 0600."""
+    plain = tmp_path / "plain.txt"
+    plain.write_text("x")
+    atomic = atomic_write(tmp_path / "atomic.txt", lambda f: f.write(b"x"))
+    assert atomic.stat().st_mode & 0o777 == plain.stat().st_mode & 0o777
+
+
 class _Exploit:
     def __init__(self, marker):
         self.marker = marker
