@@ -117,6 +117,16 @@ def test_notebooks_are_committed_clean_and_thin():
                 ast.literal_eval(value.strip())
 
 
+def test_every_notebook_takes_preset_and_quick():
+    """`dash reproduce --quick` only reaches notebooks that declare `quick`; one that did
+    not (06 once) silently trained the full-budget teacher inside a quick run."""
+    for name in NOTEBOOKS:
+        nb = nbformat.read(notebooks_dir() / f"{name}.ipynb", as_version=4)
+        params = next(c for c in nb.cells if "parameters" in c.metadata.get("tags", []))
+        declared = {line.split("=")[0].strip() for line in params.source.splitlines() if "=" in line}
+        assert {"preset", "quick"} <= declared, name
+
+
 def test_a_failing_notebook_names_itself_and_the_cell(tmp_path, monkeypatch):
     nb = nbformat.v4.new_notebook()
     nb.cells = [nbformat.v4.new_markdown_cell("# broken"),
