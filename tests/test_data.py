@@ -42,4 +42,5 @@ def test_missing_torchvision_data_gives_one_clear_error(name, folder, tmp_path):
     with pytest.raises(DataNotFoundError) as err:
         load_dataset(DataConfig(name=name, image_size=32, data_root=str(tmp_path / "nowhere")))
     msg = str(err.value)
-    assert str(tmp_path / "nowhere") in msg and folder in msg and "--download" in msg
+    assert str(tmp_path / "nowhere") in msg and folder in msg
+    assert "--set data.download=true" in msg and "--set data.data_root=" in msg
