@@ -79,13 +79,27 @@ class DistillObjective(Objective):
         self.weighting.observe(batch.t, sum(coef[k] * v for k, v in terms.items()))
         return total, {k: v.detach().mean() for k, v in terms.items()}  # type: ignore[return-value]
 
+    def _cached(self, batch: Batch) -> bool:
+        """Whether this batch's teacher outputs come from the precomputed targets."""
+        return self.targets is not None and batch.step >= 0
+
     @torch.no_grad()
     def teacher_branches(self, batch: Batch, x_t: Tensor) -> tuple[Tensor, Tensor]:
         """The teacher's two branches at the batch's labels: from the precomputed
         targets when present, else one batched no-grad forward."""
-        if self.targets is not None and batch.step >= 0:
+        if self._cached(batch):
             return self.targets.branches(batch)
         return branches(self.teacher, x_t, batch.t, batch.y)
+
+    @torch.no_grad()
+    def teacher_output(self, batch: Batch, x_t: Tensor, y: Tensor) -> Tensor:
+        """eps_T(x_t, t, y) (B, C, H, W) for labels y that may hold null rows: picked
+        from the cached branches when present, else one forward of B rows."""
+        if self._cached(batch):
+            cond, uncond = self.targets.branches(batch)
+            is_null = (y == self.teacher.null_label).view(-1, *([1] * (cond.dim() - 1)))
+            return torch.where(is_null, uncond, cond)
+        return self.teacher(x_t, batch.t, y)
 
     def labels(self, batch: Batch) -> Tensor:
         """y, with null at rate `label_dropout` when `null_rows` is on (per sample)."""
@@ -130,14 +144,7 @@ class CondOnly(DistillObjective):
 
     def terms(self, batch: Batch, x_t: Tensor) -> dict[str, Tensor]:
         y = self.labels(batch)
-        if self.targets is not None and batch.step >= 0:
-            # the cache holds both teacher branches, so null rows read the unconditional one
-            cond, uncond = self.targets.branches(batch)
-            is_null = (y == self.model.null_label).view(-1, *([1] * (cond.dim() - 1)))
-            target = torch.where(is_null, uncond, cond)
-        else:
-            with torch.no_grad():
-                target = self.teacher(x_t, batch.t, y)
+        target = self.teacher_output(batch, x_t, y)
         return {"im": losses.imitation(self.model(x_t, batch.t, y), target)}
 
 

@@ -217,13 +217,12 @@ def precompute_targets(jobs: Sequence[tuple[Preset, DistillConfig]], device: str
         if METHODS.get(config.method).uses_targets and fits(preset, config):
             needed.setdefault(targets_path(preset, config), (preset, config))
     for path, (preset, config) in needed.items():
-        if path.is_file():
+        if path.is_file():  # checked first: loading the teacher is the costly part
             continue
-        dev = resolve_device(device)
         teacher = load_artifact(train_teacher(preset, device=device, progress=progress),
-                                expect=preset.teacher, device=dev)
-        compute_targets(preset, config, teacher.model, load_dataset(preset.data).train,
-                        teacher.diffusion, progress)
+                                expect=preset.teacher, device=resolve_device(device))
+        ensure_targets(preset, config, teacher.model, load_dataset(preset.data), teacher.diffusion,
+                       progress)
 
 
 def distill_many(preset: Preset, methods: Sequence[str], seeds: Sequence[int | None] = (None,),
