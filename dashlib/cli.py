@@ -20,21 +20,24 @@ import sys
 import typing
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 from dashlib.config import ConfigError
 from dashlib.data import DataNotFoundError
 from dashlib.distributed import session
+from dashlib.errors import EvaluationError
 from dashlib.inception import InceptionWeightsError
 from dashlib.io import CheckpointError
 from dashlib.registry import Registry, UnknownNameError
 from dashlib.reproduce import ReproduceError
 from dashlib.runs import RunStateError
+from dashlib.threads import use_threads
 from dashlib.train import NonFiniteLossError
 
 KNOWN_ERRORS: tuple[type[BaseException], ...] = (
     ConfigError, DataNotFoundError, CheckpointError, RunStateError, NonFiniteLossError,
-    UnknownNameError, InceptionWeightsError, FileNotFoundError, ReproduceError,
+    UnknownNameError, InceptionWeightsError, FileNotFoundError, ReproduceError, EvaluationError,
 )
 
 
@@ -76,8 +79,33 @@ def parse_set(items: Sequence[str]) -> dict[str, Any]:
 
 def add_preset(p: argparse.ArgumentParser) -> None:
     p.add_argument("--preset", default="digits", help="preset name (default: digits)")
+    add_overrides(p)
+    add_data(p)
+
+
+def add_overrides(p: argparse.ArgumentParser) -> None:
     p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
                    help="override a preset field, e.g. --set train.lr=3e-4 (repeatable)")
+
+
+def add_data(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--data-root", help="where the dataset lives (relative to this directory); "
+                                       "the same as --set data.data_root=DIR")
+    p.add_argument("--download", action="store_true",
+                   help="allow torchvision to download the dataset (--set data.download=true)")
+
+
+def data_overrides(args: argparse.Namespace) -> dict[str, Any]:
+    """--set, --data-root and --download as one dict of dotted overrides; a relative
+    data root is made absolute against the caller's working directory."""
+    overrides = parse_set(getattr(args, "overrides", []))
+    if getattr(args, "data_root", None):
+        overrides["data.data_root"] = args.data_root
+    if getattr(args, "download", False):
+        overrides["data.download"] = True
+    if isinstance(overrides.get("data.data_root"), str):
+        overrides["data.data_root"] = str(Path(overrides["data.data_root"]).expanduser().resolve())
+    return overrides
 
 
 def add_runtime(p: argparse.ArgumentParser) -> None:
@@ -110,7 +138,7 @@ def add_training(p: argparse.ArgumentParser) -> None:
 def preset_from_args(args: argparse.Namespace, **extra: Any) -> Any:
     from dashlib.presets import get_preset
 
-    overrides = parse_set(args.overrides)
+    overrides = data_overrides(args)
     overrides.update({k: v for k, v in extra.items() if v is not None})
     return get_preset(args.preset, **overrides)
 
@@ -135,6 +163,9 @@ def build_parser() -> argparse.ArgumentParser:
         cmd = COMMANDS.get(name)
         p = sub.add_parser(name, help=cmd.help, description=cmd.help)
         cmd.add_arguments(p)
+        p.add_argument("--threads", type=int, default=None,
+                       help="CPU threads (default: the cores this process may use, capped by "
+                            "OMP_NUM_THREADS when set)")
         p.set_defaults(func=cmd.run)
     return parser
 
@@ -145,6 +176,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         argv = argv[1:]
     args = build_parser().parse_args(argv)
     try:
+        use_threads(args.threads)
         with session(args.command, COMMANDS.get(args.command).distributed,
                      getattr(args, "device", "auto")):
             return int(args.func(args))

@@ -165,7 +165,15 @@ class DiffusionConfig(Validated):
 
 @dataclass(frozen=True)
 class DataConfig(Validated):
-    """Which dataset, where it lives, and the size images are served at."""
+    """Which dataset, where it lives, and the size images are served at.
+
+    `name` is a registered dataset (`dashlib.data.DATASETS`): "digits",
+    "synthetic", torchvision's "cifar10", "cifar100", "mnist", "fashion-mnist",
+    or "imagefolder" (your own images under `data_root`, one folder per
+    class). `channels` = 0 keeps the dataset's own channel count; 1 or 3
+    converts (grey <-> RGB). `data_root` and `download` say where the files
+    are, not what they are, so they are left out of run hashes.
+    """
 
     name: str = "digits"
     image_size: int = 8
@@ -174,6 +182,8 @@ class DataConfig(Validated):
     holdout_fraction: float = 0.2
     split_seed: int = 0
     synthetic_size: int = 512
+    synthetic_classes: int = 4
+    channels: int = 0
 
     def validate(self) -> None:
         from dashlib.data import DATASETS
@@ -182,6 +192,9 @@ class DataConfig(Validated):
         positive(self, "image_size")
         in_range(self, "holdout_fraction", 0.01, 0.9)
         positive(self, "synthetic_size")
+        if self.synthetic_classes < 2:
+            fail(self, "synthetic_classes", self.synthetic_classes, "must be >= 2")
+        one_of(self, "channels", (0, 1, 3))
 
 
 @dataclass(frozen=True)
@@ -338,6 +351,10 @@ def _guidance_spec_ok(spec: str) -> bool:
         return False
 
 
+#: torch-fidelity's metric groups: FID, Inception Score, KID, precision/recall.
+IMAGE_METRICS = ("fid", "isc", "kid", "prc")
+
+
 @dataclass(frozen=True)
 class EvalConfig(Validated):
     """Sample-quality evaluation (see `dashlib.evaluate` and docs/evaluation.md).
@@ -358,6 +375,12 @@ class EvalConfig(Validated):
     looked up in torch-fidelity's cache and, only if `download_weights`,
     downloaded. `keep_samples` caches each cell's uint8 samples next to its
     metrics (cheap at 8x8, 150 MB per 50K-sample CIFAR cell).
+
+    `max_reference` bounds the real images metrics compare against (a
+    class-balanced subset of the train split drawn with `reference_seed`), so
+    memory depends on configuration, not on the dataset's size: precision/recall
+    holds an N_ref x N_ref distance matrix. `metrics` picks torch-fidelity's
+    metric groups; a metric left out is reported as null ("-" in tables).
     """
 
     n_samples: int = 500
@@ -375,6 +398,9 @@ class EvalConfig(Validated):
     inception_weights: str | None = None
     download_weights: bool = False
     keep_samples: bool = True
+    max_reference: int = 10_000
+    reference_seed: int = 0
+    metrics: tuple[str, ...] = ("fid", "isc", "kid", "prc")
 
     def validate(self) -> None:
         for name in ("n_samples", "ddim_steps", "classifier_steps", "classifier_width",
@@ -392,6 +418,13 @@ class EvalConfig(Validated):
         if not self.sweep_steps or any(s <= 0 for s in self.sweep_steps):
             fail(self, "sweep_steps", self.sweep_steps, "must be a non-empty tuple of positive ints")
         one_of(self, "feature_extractor", ("classifier", "inception"))
+        if self.max_reference < 5:
+            fail(self, "max_reference", self.max_reference, "must be >= 5 (precision/recall uses k = 3 "
+                                                            "neighbours)")
+        unknown = set(self.metrics) - set(IMAGE_METRICS)
+        if unknown or len(set(self.metrics)) != len(self.metrics):
+            fail(self, "metrics", self.metrics, f"must be distinct entries of {IMAGE_METRICS} "
+                                                f"(an empty tuple turns every image metric off)")
 
 
 @dataclass(frozen=True)

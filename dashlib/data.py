@@ -18,6 +18,7 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from dashlib.config import DataConfig
+from dashlib.imagefolder import FolderImages, folder_channels, folder_classes, read_split, split_folders
 from dashlib.registry import Registry
 
 
@@ -52,12 +53,53 @@ class Dataset:
 
 
 Loader = Callable[[DataConfig], Dataset]
-DATASETS: Registry[Loader] = Registry("dataset")
+
+
+@dataclass(frozen=True)
+class DatasetInfo:
+    """What the models must match, known without loading the images."""
+
+    num_classes: int
+    channels: int
+
+
+@dataclass(frozen=True)
+class DatasetSource:
+    """A registered dataset: `load` reads it; `info` is cheap (class and channel counts)."""
+
+    load: Loader
+    info: Callable[[DataConfig], DatasetInfo]
+
+
+DATASETS: Registry[DatasetSource] = Registry("dataset")
 
 
 def load_dataset(config: DataConfig) -> Dataset:
-    """Load (from disk or memory) the dataset a config names, resized to its image_size."""
-    return DATASETS.get(config.name)(config)
+    """Load (from disk or memory) the dataset a config names, resized to its image_size
+    and converted to `config.channels` (when not 0)."""
+    data = DATASETS.get(config.name).load(config)
+    if config.channels and config.channels != data.channels:
+        data = Dataset(data.name, _convert(data.train, config.channels),
+                       _convert(data.test, config.channels), data.num_classes, data.class_names)
+    return data
+
+
+def dataset_info(config: DataConfig) -> DatasetInfo:
+    """Class and channel count of the dataset a config names (after `config.channels`)."""
+    info = DATASETS.get(config.name).info(config)
+    return DatasetInfo(info.num_classes, config.channels or info.channels)
+
+
+def _convert(split: Split, channels: int) -> Split:
+    """Grey -> RGB (repeat) or RGB -> grey (ITU-R 601 luma)."""
+    if channels == 3:
+        return Split(split.x.expand(-1, 3, -1, -1).contiguous(), split.y)
+    luma = torch.tensor([0.299, 0.587, 0.114]).view(1, 3, 1, 1)
+    return Split((split.x * luma).sum(1, keepdim=True), split.y)
+
+
+def _fixed(num_classes: int, channels: int) -> Callable[[DataConfig], DatasetInfo]:
+    return lambda config: DatasetInfo(num_classes, channels)
 
 
 def _to_unit_range(images: np.ndarray | Tensor, max_value: float) -> Tensor:
@@ -86,7 +128,6 @@ def stratified_split(x: Tensor, y: Tensor, fraction: float, seed: int) -> tuple[
     return Split(x[tr], y[tr]), Split(x[te], y[te])
 
 
-@DATASETS.register("digits")
 def load_digits(config: DataConfig) -> Dataset:
     """scikit-learn's bundled 8x8 digits (1,797 images, 10 classes); no download."""
     from sklearn.datasets import load_digits as sk_digits
@@ -98,15 +139,17 @@ def load_digits(config: DataConfig) -> Dataset:
     return Dataset("digits", train, test, 10, tuple(str(i) for i in range(10)))
 
 
-@DATASETS.register("synthetic")
+DATASETS.add("digits", DatasetSource(load_digits, _fixed(10, 1)))
+
+
 def load_synthetic(config: DataConfig) -> Dataset:
     """Class-structured random images for tests: a smooth per-class prototype plus noise.
 
-    4 classes, 1 channel; `synthetic_size` images in all. Fully determined by
-    `split_seed`.
+    `synthetic_classes` classes (4 by default), 1 channel; `synthetic_size`
+    images in all. Fully determined by `split_seed`.
     """
     g = torch.Generator().manual_seed(config.split_seed)
-    k, s = 4, config.image_size
+    k, s = config.synthetic_classes, config.image_size
     coarse = torch.rand(k, 1, 4, 4, generator=g) * 2 - 1
     prototypes = F.interpolate(coarse, size=(s, s), mode="bilinear", align_corners=False)
     y = torch.arange(config.synthetic_size) % k
@@ -114,6 +157,10 @@ def load_synthetic(config: DataConfig) -> Dataset:
     x = (prototypes[y] + noise).clamp(-1, 1)
     train, test = stratified_split(x, y, config.holdout_fraction, config.split_seed)
     return Dataset("synthetic", train, test, k, tuple(f"class{i}" for i in range(k)))
+
+
+DATASETS.add("synthetic", DatasetSource(
+    load_synthetic, lambda config: DatasetInfo(config.synthetic_classes, 1)))
 
 
 @dataclass(frozen=True)
@@ -124,19 +171,20 @@ class TorchvisionSource:
     folder: str
     url: str
     num_classes: int
+    channels: int
     max_value: float = 255.0
 
 
 _SOURCES = {
     "cifar10": TorchvisionSource("CIFAR10", "cifar-10-batches-py",
-                                 "https://www.cs.toronto.edu/~kriz/cifar-10-python.tar.gz", 10),
+                                 "https://www.cs.toronto.edu/~kriz/cifar-10-python.tar.gz", 10, 3),
     "cifar100": TorchvisionSource("CIFAR100", "cifar-100-python",
-                                  "https://www.cs.toronto.edu/~kriz/cifar-100-python.tar.gz", 100),
+                                  "https://www.cs.toronto.edu/~kriz/cifar-100-python.tar.gz", 100, 3),
     "mnist": TorchvisionSource("MNIST", "MNIST/raw",
-                               "https://ossci-datasets.s3.amazonaws.com/mnist/", 10),
+                               "https://ossci-datasets.s3.amazonaws.com/mnist/", 10, 1),
     "fashion-mnist": TorchvisionSource("FashionMNIST", "FashionMNIST/raw",
                                        "http://fashion-mnist.s3-website.eu-central-1.amazonaws.com/",
-                                       10),
+                                       10, 1),
 }
 
 
@@ -144,7 +192,7 @@ def _open_torchvision(name: str, config: DataConfig, train: bool) -> object:
     import torchvision.datasets as tvd
 
     src = _SOURCES[name]
-    root = Path(config.data_root).expanduser()
+    root = Path(config.data_root).expanduser().resolve()
     try:
         return getattr(tvd, src.cls_name)(root=str(root), train=train, download=config.download)
     except (RuntimeError, OSError) as err:
@@ -152,15 +200,35 @@ def _open_torchvision(name: str, config: DataConfig, train: bool) -> object:
                else "downloading is off")
         raise DataNotFoundError(
             f"{name} was not found under {root / src.folder} and {how}. Either allow the "
-            f"download with --set data.download=true (DataConfig.download) on a machine with "
+            f"download with --download (--set data.download=true) on a machine with "
             f"internet access, or fetch {src.url} yourself, extract it into a folder DIR and pass "
-            f"--set data.data_root=DIR (`dash evaluate`: --data-root DIR). "
+            f"--data-root DIR (the same as --set data.data_root=DIR). "
             f"[{type(err).__name__}: {err}]"
         ) from None
 
 
+def _cifar_split(name: str, config: DataConfig, train: bool) -> tuple[Split, tuple[str, ...]]:
+    """One CIFAR split, read by `dashlib.cifar` (safe unpickling, any copy in the published
+    layout); torchvision only downloads it, when `download` is on and the folder is missing."""
+    from dashlib import cifar
+
+    root = Path(config.data_root).expanduser().resolve()
+    if not (root / _SOURCES[name].folder).is_dir():
+        _open_torchvision(name, config, train)  # downloads, or explains how to get the files
+    try:
+        images, labels = cifar.read_split(root, name, train)
+    except cifar.CifarFormatError as err:
+        raise DataNotFoundError(f"{name} under {root} is incomplete or damaged: {err}. Fetch "
+                                f"{_SOURCES[name].url} again and extract it into {root}") from None
+    x = _resize(_to_unit_range(images, 255.0), config.image_size)
+    classes = cifar.class_names(root, name, _SOURCES[name].num_classes)
+    return Split(x, torch.as_tensor(labels)), classes
+
+
 def _torchvision_split(name: str, config: DataConfig, train: bool) -> tuple[Split, tuple[str, ...]]:
     """One split and the class names."""
+    if name.startswith("cifar"):
+        return _cifar_split(name, config, train)
     ds = _open_torchvision(name, config, train)
     data = np.asarray(ds.data)  # type: ignore[attr-defined]
     if data.ndim == 3:  # MNIST-like: (N, H, W)
@@ -184,12 +252,58 @@ def _torchvision_loader(name: str) -> Loader:
 
 
 for _name in _SOURCES:
-    DATASETS.add(_name, _torchvision_loader(_name))
+    DATASETS.add(_name, DatasetSource(_torchvision_loader(_name),
+                                      _fixed(_SOURCES[_name].num_classes, _SOURCES[_name].channels)))
+
+
+def _imagefolder_split(images: FolderImages) -> Split:
+    return Split(_to_unit_range(images.x, 255.0), images.y)
+
+
+def load_imagefolder(config: DataConfig) -> Dataset:
+    """Your own images under `data_root`, one sub-folder per class (`dashlib.imagefolder`)."""
+    from dashlib.runs import runs_root
+
+    train_dir, test_dir = split_folders(config.data_root)
+    channels = config.channels or folder_channels(config.data_root)
+    cache = runs_root() / "data-cache"
+    train = read_split(train_dir, config.image_size, channels, cache)
+    if test_dir is None:
+        train_split, test_split = stratified_split(_imagefolder_split(train).x, train.y,
+                                                   config.holdout_fraction, config.split_seed)
+    else:
+        test = read_split(test_dir, config.image_size, channels, cache)
+        if test.classes != train.classes:
+            raise DataNotFoundError(f"{test_dir} and {train_dir} name different classes "
+                                    f"({list(test.classes)} against {list(train.classes)})")
+        train_split, test_split = _imagefolder_split(train), _imagefolder_split(test)
+    return Dataset("imagefolder", train_split, test_split, len(train.classes), train.classes)
+
+
+def _imagefolder_info(config: DataConfig) -> DatasetInfo:
+    return DatasetInfo(len(folder_classes(config.data_root)),
+                       config.channels or folder_channels(config.data_root))
+
+
+DATASETS.add("imagefolder", DatasetSource(load_imagefolder, _imagefolder_info))
 
 
 def to_uint8(x: Tensor) -> Tensor:
     """Images in [-1, 1] (N, C, H, W) -> uint8 in [0, 255]."""
     return ((x.clamp(-1, 1) + 1) * 127.5).round().to(torch.uint8)
+
+
+def balanced_subset(y: Tensor, n: int, generator: torch.Generator) -> Tensor:
+    """Sorted indices of n rows of labels `y` (N,), as even over the classes as their
+    sizes allow: a seeded permutation per class, then round-robin over the classes."""
+    order = torch.randperm(len(y), generator=generator)
+    shuffled = y[order]
+    rank = torch.empty_like(order)
+    for c in shuffled.unique():
+        mask = shuffled == c
+        rank[mask] = torch.arange(int(mask.sum()))
+    keys = rank * (int(y.max()) + 1) + shuffled  # rank first, then class
+    return order[keys.argsort()[:n]].sort().values
 
 
 def batch_indices(n: int, batch_size: int, generator: torch.Generator) -> Tensor:

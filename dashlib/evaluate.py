@@ -35,6 +35,7 @@ import time
 from collections import OrderedDict
 from collections.abc import Iterable, Sequence
 from concurrent.futures import ProcessPoolExecutor, as_completed
+from concurrent.futures.process import BrokenProcessPool
 from dataclasses import dataclass
 from multiprocessing import get_context
 from pathlib import Path
@@ -49,6 +50,7 @@ from dashlib.classifier import Classifier, load_classifier, predict, train_class
 from dashlib.config import ConfigError, DataConfig, EvalConfig, SampleConfig, from_dict, to_dict
 from dashlib.data import load_dataset, to_uint8
 from dashlib.device import resolve_device
+from dashlib.errors import EvaluationError
 from dashlib.fidelity import (
     METRIC_KEYS,
     PRC_NEIGHBORHOOD,
@@ -117,9 +119,9 @@ class Cell:
         return config_hash({"final": self.run.digest, "sample": sample, "n": self.n, "seed": self.seed,
                             "labels": "balanced"})
 
-    def key(self, extractors: Sequence[Extractor], reference: str) -> str:
+    def key(self, extractors: Sequence[Extractor], reference: str, metrics: Sequence[str]) -> str:
         return config_hash({"samples": self.samples_key(), "extractors": [e.cache_id for e in extractors],
-                            "reference": reference, "version": EVAL_VERSION})
+                            "reference": reference, "metrics": list(metrics), "version": EVAL_VERSION})
 
 
 @dataclass(frozen=True)
@@ -133,10 +135,17 @@ class Task:
     cache_root: str
     device: str
     keep_samples: bool
+    max_reference: int
+    reference_seed: int
+    metrics: tuple[str, ...]
 
     @property
     def key(self) -> str:
-        return self.cell.key(self.extractors, self.reference)
+        return self.cell.key(self.extractors, self.reference, self.metrics)
+
+    def describe(self) -> str:
+        c = self.cell
+        return f"{c.run.name} at guidance {c.guidance}, {c.steps} DDIM steps, seed {c.seed}, {c.n} samples"
 
     @property
     def cell_file(self) -> Path:
@@ -239,10 +248,10 @@ class CellEvaluator:
             self.classifiers[path] = load_classifier(path, device)
         return self.classifiers[path]
 
-    def reference(self, data: dict[str, Any]) -> Reference:
-        name = config_hash(data)
+    def reference(self, data: dict[str, Any], max_reference: int, seed: int) -> Reference:
+        name = config_hash({"data": data, "max": max_reference, "seed": seed})
         if name not in self.references:
-            self.references[name] = reference_set(from_dict(DataConfig, data))
+            self.references[name] = reference_set(from_dict(DataConfig, data), max_reference, seed)
         return self.references[name]
 
     def samples(self, task: Task, device: torch.device) -> tuple[Tensor, Tensor, float]:
@@ -268,10 +277,10 @@ class CellEvaluator:
         device = resolve_device(task.device)
         images, labels, sample_time = self.samples(task, device)
         start = time.perf_counter()
-        reference = self.reference(task.cell.run.data)
+        reference = self.reference(task.cell.run.data, task.max_reference, task.reference_seed)
         metrics: dict[str, Any] = {}
         for extractor in task.extractors:
-            scores = fidelity_metrics(images, reference, extractor, device, task.cache_root)
+            scores = fidelity_metrics(images, reference, extractor, device, task.cache_root, task.metrics)
             metrics.update({f"{extractor.kind}_{k}": v for k, v in scores.items()})
         metrics.update(guidance_fidelity(self.classifier(task.classifier, device), images, labels,
                                          task.cell.run.num_classes))
@@ -327,7 +336,8 @@ def row(cell: Cell, measured: dict[str, Any], primary: str) -> dict[str, Any]:
              "ddim_steps": cell.steps, "seed": cell.seed, "n": cell.n, "params": spec.params,
              "params_nonzero": spec.params_nonzero}
     values = {k: v for k, v in measured.items() if k not in ("key", "samples_key")}
-    return {**ident, **{k: values[f"{primary}_{k}"] for k in METRIC_KEYS}, **values}
+    # a metric left out of EvalConfig.metrics is null, here and in every feature space
+    return {**ident, **{k: values.get(f"{primary}_{k}") for k in METRIC_KEYS}, **values}
 
 
 def metric_columns(extractors: Sequence[Extractor]) -> list[str]:
@@ -350,9 +360,9 @@ def summarize(rows: Sequence[dict[str, Any]], columns: Sequence[str]) -> list[di
                                        "guidance_applied", "ddim_steps", "n", "params", "params_nonzero")}
         entry["seeds"] = [r["seed"] for r in group]
         for col in columns:
-            values = [float(r[col]) for r in group]
-            entry[f"{col}_mean"] = statistics.fmean(values)
-            entry[f"{col}_std"] = _std(values)
+            values = [float(r[col]) for r in group if r.get(col) is not None]
+            entry[f"{col}_mean"] = statistics.fmean(values) if values else None
+            entry[f"{col}_std"] = _std(values) if values else None
         per_class = torch.tensor([r["accuracy_per_class"] for r in group], dtype=torch.float64)
         entry["accuracy_per_class_mean"] = per_class.mean(0).tolist()
         out.append(entry)
@@ -397,8 +407,9 @@ def prepare_spaces(specs: Sequence[RunSpec], config: EvalConfig, device: torch.d
         kinds = ["classifier"] + (["inception"] if config.feature_extractor == "inception" else [])
         extractors = tuple(make_extractor(k, clf, config.inception_weights, config.download_weights)
                            for k in kinds)
-        reference, test = reference_set(data), to_uint8(load_dataset(data).test.x)
-        real = {e.kind: fidelity_metrics(test, reference, e, device, fidelity_cache_root())
+        reference = reference_set(data, config.max_reference, config.reference_seed)
+        test = to_uint8(load_dataset(data).test.x)
+        real = {e.kind: fidelity_metrics(test, reference, e, device, fidelity_cache_root(), config.metrics)
                 for e in extractors}
         out[key] = Space(clf, extractors, reference.name, real)
     return out
@@ -444,7 +455,8 @@ def evaluate_runs(runs: Sequence[Run | str | Path], config: EvalConfig,
     for cell in cells(specs, config.guidance, steps, config.seeds, config.n_samples):
         space = spaces[config_hash(cell.run.data)]
         tasks.append(Task(cell, space.extractors, str(space.classifier.final), space.reference,
-                          str(fidelity_cache_root()), str(dev), config.keep_samples))
+                          str(fidelity_cache_root()), str(dev), config.keep_samples,
+                          config.max_reference, config.reference_seed, tuple(config.metrics)))
     unique = {t.key: t for t in tasks}
     n_workers = workers if workers is not None else default_workers(dev, len(unique))
     measured = measure_all(list(unique.values()), n_workers, progress)
@@ -492,11 +504,22 @@ def measure_all(tasks: Sequence[Task], workers: int, progress: bool) -> dict[str
         else:
             with ProcessPoolExecutor(min(workers, len(todo)), mp_context=get_context("spawn"),
                                      initializer=_init_worker, initargs=(1,)) as pool:
-                futures = {pool.submit(_measure_in_worker, t): t.key for t in todo}
+                futures = {pool.submit(_measure_in_worker, t): t for t in todo}
                 for future in as_completed(futures):
-                    results[futures[future]] = future.result()
+                    results[futures[future].key] = _worker_result(future, futures[future], workers)
                     bar.update(1)
     return results
+
+
+def _worker_result(future: Any, task: Task, workers: int) -> dict[str, Any]:
+    try:
+        return dict(future.result())
+    except BrokenProcessPool:
+        raise EvaluationError(
+            f"an evaluation worker process died while evaluating {task.describe()} (no Python error: "
+            f"most likely the system killed it for lack of memory; {workers} workers ran at once). "
+            f"Lower --workers, eval.n_samples or eval.max_reference (now {task.max_reference}) with "
+            f"--set, and rerun: finished cells are kept") from None
 
 
 # --- single runs and sweeps ---------------------------------------------------------

@@ -39,8 +39,8 @@ from torch_fidelity.feature_extractor_base import FeatureExtractorBase
 from torch_fidelity.registry import FEATURE_EXTRACTORS_REGISTRY
 
 from dashlib.classifier import load_classifier
-from dashlib.config import ConfigError, DataConfig, to_dict
-from dashlib.data import load_dataset, to_uint8
+from dashlib.config import IMAGE_METRICS, ConfigError, DataConfig, to_dict
+from dashlib.data import balanced_subset, load_dataset, to_uint8
 from dashlib.images import save_png
 from dashlib.inception import inception_weights_path
 from dashlib.registry import Registry
@@ -200,11 +200,16 @@ class Reference:
     name: str
 
 
-def reference_set(data: DataConfig) -> Reference:
-    """The train split of `data` as uint8, named by dataset, size and a hash of the data config."""
+def reference_set(data: DataConfig, max_reference: int | None = None, seed: int = 0) -> Reference:
+    """The train split of `data` as uint8, or a class-balanced subset of at most `max_reference`
+    images drawn with `seed`; named by dataset, size, the subset and a hash of the data config."""
     fields = {k: v for k, v in to_dict(data).items() if k not in ("data_root", "download")}
-    dataset = load_dataset(data)
-    return Reference(to_uint8(dataset.train.x), f"{data.name}{data.image_size}-train-{config_hash(fields)}")
+    train = load_dataset(data).train
+    name = f"{data.name}{data.image_size}-train-{config_hash(fields)}"
+    if max_reference is not None and max_reference < len(train):
+        keep = balanced_subset(train.y, max_reference, torch.Generator().manual_seed(seed))
+        return Reference(to_uint8(train.x[keep]), f"{name}-ref{max_reference}s{seed}")
+    return Reference(to_uint8(train.x), name)
 
 
 def fidelity_cache_root() -> Path:
@@ -228,13 +233,16 @@ def isc_splits(n: int) -> int:
 
 
 def fidelity_metrics(samples: Tensor, reference: Reference, extractor: Extractor,
-                     device: torch.device | str = "cpu",
-                     cache_root: str | Path | None = None) -> dict[str, float]:
+                     device: torch.device | str = "cpu", cache_root: str | Path | None = None,
+                     metrics: tuple[str, ...] = IMAGE_METRICS) -> dict[str, float]:
     """FID, IS, KID, precision/recall of uint8 `samples` (N, C, H, W) against `reference`.
 
     KID subsets hold min(1000, N, N_ref) images (`kid_subsets`); PRC uses k = 3 neighbours,
-    so N >= 5 is required. Returns the `METRIC_KEYS`.
+    so N >= 5 is required. Returns the `METRIC_KEYS` of the groups in `metrics`
+    (all four by default; {} when `metrics` is empty).
     """
+    if not metrics:
+        return {}
     n, n_ref = len(samples), len(reference.images)
     if min(n, n_ref) < PRC_NEIGHBORHOOD + 2:
         raise ConfigError(f"{min(n, n_ref)} images are too few for the metrics; use at least "
@@ -245,8 +253,9 @@ def fidelity_metrics(samples: Tensor, reference: Reference, extractor: Extractor
         input1=ImageSet(samples), input2=ImageSet(reference.images),
         input2_cache_name=f"{reference.name}-{extractor.cache_id}", cache_root=str(cache), cache=True,
         feature_extractor=extractor.name, feature_extractor_weights_path=extractor.weights,
-        fid=True, isc=True, kid=True, prc=True, isc_splits=isc_splits(n),
+        fid="fid" in metrics, isc="isc" in metrics, kid="kid" in metrics, prc="prc" in metrics,
+        isc_splits=isc_splits(n),
         kid_subsets=kid_subsets(n), kid_subset_size=min(KID_SUBSET_SIZE, n, n_ref),
         prc_neighborhood=PRC_NEIGHBORHOOD, rng_seed=RNG_SEED, batch_size=FEATURE_BATCH,
         cuda=torch.device(device).type == "cuda", save_cpu_ram=True, verbose=False)
-    return {short: float(raw[long]) for long, short in METRIC_NAMES.items()}
+    return {short: float(raw[long]) for long, short in METRIC_NAMES.items() if long in raw}

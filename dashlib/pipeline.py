@@ -17,10 +17,14 @@ from typing import Any
 from dashlib.artifacts import Artifact, load_artifact
 from dashlib.config import ConfigError, Preset, override
 from dashlib.distill import METHODS, distill_many
-from dashlib.presets import get_preset
+from dashlib.presets import fit_to_data, get_preset
 from dashlib.report import Provenance
 from dashlib.runs import Run
 from dashlib.teacher import train_teacher
+
+
+def _whole(value: object) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
 
 
 @dataclass(frozen=True)
@@ -30,7 +34,11 @@ class Budget:
     Steps, seeds, sample counts and sweep grids live in `preset` (its
     `train`, `distill` and `eval` configs, with the quick overrides applied);
     `widths` are the student widths of the F7 compression sweep; `workers`
-    the parallel single-threaded CPU processes for independent runs.
+    the parallel single-threaded CPU processes for independent runs;
+    `efficiency_*` the sampling run of Table 4 (the paper's 50 steps x 64);
+    `grid_per_class` the samples per class in the sample grids (F1).
+    Every field but `preset` and `quick` can be set like a preset key,
+    e.g. `--set efficiency_batch=8`.
     """
 
     preset: Preset
@@ -39,6 +47,23 @@ class Budget:
     widths: tuple[int, ...]
     workers: int
     device: str
+    efficiency_steps: int = 50
+    efficiency_batch: int = 64
+    efficiency_repeats: int = 3
+    grid_per_class: int = 6
+
+    def __post_init__(self) -> None:
+        minimum = {"efficiency_steps": 1, "efficiency_batch": 1, "efficiency_repeats": 0,
+                   "grid_per_class": 1}
+        for name, least in minimum.items():
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, int) or value < least:
+                raise ConfigError(f"budget {name} = {value!r} is invalid: must be a whole number >= {least}")
+        unknown = set(self.methods) - set(METHODS.names())
+        if unknown:
+            raise ConfigError(f"budget methods {sorted(unknown)} are unknown; choose from {METHODS.names()}")
+        if not self.widths or not all(_whole(w) and w >= 1 for w in self.widths):
+            raise ConfigError(f"budget widths = {self.widths!r} is invalid: positive whole numbers")
 
     @property
     def seeds(self) -> tuple[int, ...]:
@@ -59,39 +84,84 @@ class Budget:
                           extra={"eval_samples": p.eval.n_samples})
 
 
-# Per preset: (full, quick) changes; dotted keys override the preset's configs.
-_BUDGETS: dict[str, tuple[dict[str, Any], dict[str, Any]]] = {
-    "tiny": ({"widths": (2, 4)}, {"widths": (2, 4), "eval.seeds": (42,)}),
-    "digits": ({"widths": (8, 12)},
-               {"widths": (8,), "eval.seeds": (42,), "eval.sweep_steps": (10, 50),
-                "eval.sweep_guidance": ("0", "1", "3", "tag"), "eval.n_samples": 250,
-                "train.steps": 800, "distill.steps": 200}),
-    "digits16": ({"widths": (8, 24)},
-                 {"widths": (8,), "eval.seeds": (42,), "eval.sweep_steps": (10, 50),
-                  "train.steps": 1200, "distill.steps": 300}),
-}
-_DEFAULT_BUDGET: tuple[dict[str, Any], dict[str, Any]] = (
-    {"widths": (32, 96)}, {"widths": (32,), "eval.seeds": (42,), "eval.sweep_steps": (10, 50)})
+#: --quick: fractions of the preset's own budget (never below `QUICK_MIN_STEPS` steps).
+QUICK_TEACHER_FRACTION = 0.3
+QUICK_DISTILL_FRACTION = 0.2
+QUICK_SAMPLES_FRACTION = 0.5
+QUICK_MIN_STEPS = 10
+
+
+def compression_widths(p: Preset) -> tuple[int, ...]:
+    """The F7 compression sweep: DASH students of half and three quarters the student's width."""
+    ch = p.student.ch
+    return tuple(sorted({max(1, ch // 2), max(1, 3 * ch // 4)}))
+
+
+def quick_changes(p: Preset) -> dict[str, Any]:
+    """The --quick budget of any preset, by rule: a fraction of its training steps and
+    samples, its first evaluation seed, the ends of its step sweep, its table guidance
+    settings as the guidance sweep, and one compression width."""
+    def steps(n: int, fraction: float) -> int:
+        return max(min(n, QUICK_MIN_STEPS), round(n * fraction))
+
+    e = p.eval
+    sweep = sorted(e.sweep_steps)
+    return {"train.steps": steps(p.train.steps, QUICK_TEACHER_FRACTION),
+            "distill.steps": steps(p.distill.steps, QUICK_DISTILL_FRACTION),
+            "eval.n_samples": max(p.teacher.num_classes, round(e.n_samples * QUICK_SAMPLES_FRACTION)),
+            "eval.seeds": e.seeds[:1],
+            "eval.sweep_steps": tuple(dict.fromkeys((sweep[0], sweep[len(sweep) // 2]))),
+            "eval.sweep_guidance": tuple(g for g in e.sweep_guidance if g in e.guidance) or e.guidance,
+            "widths": compression_widths(p)[:1]}
+
+
+def resolve_data_root(overrides: dict[str, Any], base: Path) -> dict[str, Any]:
+    """A relative data root is taken against `base` (the repository, for notebooks run by hand:
+    `dash reproduce` passes it absolute, resolved against the caller's directory)."""
+    root = overrides.get("data.data_root")
+    if isinstance(root, str) and not Path(root).expanduser().is_absolute():
+        return {**overrides, "data.data_root": str((base / Path(root)).resolve())}
+    return overrides
 
 
 def budget(preset: str | Preset, quick: bool = False, workers: int = 2, device: str = "auto",
-           runs_dir: str | None = None, **changes: Any) -> Budget:
+           runs_dir: str | None = None, overrides: dict[str, Any] | None = None,
+           threads: int | None = None, **changes: Any) -> Budget:
     """The budget of a reproduction; `runs_dir` (if given) becomes $DASH_RUNS.
 
-    `changes` override the budget: `methods`, `widths`, or dotted preset keys
-    such as `**{"distill.steps": 500}`.
+    `overrides` are dotted preset keys, as `--set` ({"data.name": "imagefolder",
+    "data.data_root": DIR, "train.steps": 500}); they apply on top of the quick
+    rule. `threads` sets this process's CPU threads (`dashlib.threads`; default:
+    the available cores) and caps `workers` on CPU. `changes` override the
+    budget itself: `methods`, `widths`, or dotted keys as `overrides`.
     """
-    if not isinstance(workers, int) or workers < 1:
+    from dashlib.threads import use_threads
+
+    if isinstance(workers, bool) or not isinstance(workers, int) or workers < 1:
         raise ConfigError(f"budget workers = {workers!r} is invalid: must be an int >= 1 "
                           f"(parallel CPU processes; 1 disables parallelism)")
+    if overrides is not None and not isinstance(overrides, dict):
+        raise ConfigError(f"overrides = {overrides!r} is invalid: must be a dict of dotted preset keys, "
+                          f"e.g. {{'train.steps': 500}}")
+    threads = use_threads(threads)
+    if device in ("auto", "cpu"):
+        workers = min(workers, threads)
     if runs_dir is not None:
         os.environ["DASH_RUNS"] = str(Path(runs_dir).resolve())
-    p = preset if isinstance(preset, Preset) else get_preset(preset)
-    full, fast = _BUDGETS.get(p.name, _DEFAULT_BUDGET)
-    knobs = {**(fast if quick else full), **changes}
+    overrides = resolve_data_root(dict(overrides or {}), Path(__file__).resolve().parent.parent)
+    name = preset.name if isinstance(preset, Preset) else preset
+    preset_keys = {k: v for k, v in overrides.items() if "." in k}
+    base = preset if isinstance(preset, Preset) else get_preset(name, **preset_keys)
+    knobs = {"widths": compression_widths(base), **(quick_changes(base) if quick else {}),
+             **overrides, **changes}
     dotted = {k: knobs.pop(k) for k in list(knobs) if "." in k}
-    return Budget(preset=override(p, **dotted) if dotted else p, quick=quick,
-                  methods=tuple(knobs.pop("methods", METHODS.names())),
+    fields = {f.name for f in dataclasses.fields(Budget)} - {"preset", "quick", "workers", "device"}
+    unknown = set(knobs) - fields
+    if unknown:
+        raise ConfigError(f"unknown budget setting(s) {sorted(unknown)}: preset keys are dotted "
+                          f"(e.g. train.steps); budget keys are {sorted(fields)}")
+    p = fit_to_data(override(base, **dotted)) if dotted else base
+    return Budget(preset=p, quick=quick, methods=tuple(knobs.pop("methods", METHODS.names())),
                   widths=tuple(knobs.pop("widths")), workers=workers, device=device, **knobs)
 
 

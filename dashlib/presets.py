@@ -29,6 +29,7 @@ from dashlib.config import (
     TrainConfig,
     override,
 )
+from dashlib.data import dataset_info
 from dashlib.registry import Registry, UnknownNameError
 
 PRESETS: Registry[Preset] = Registry("preset")
@@ -122,9 +123,31 @@ PRESETS.add("tiny", Preset(
 
 
 def get_preset(name: str, **overrides: Any) -> Preset:
-    """A registered preset, with dotted-key overrides ("train.steps": 10)."""
+    """A registered preset, with dotted-key overrides ("train.steps": 10), fitted to its data."""
     try:
         preset = PRESETS.get(name)
     except UnknownNameError:
         raise ConfigError(f"unknown preset {name!r}; choose one of: {', '.join(PRESETS.names())}") from None
-    return override(preset, **overrides) if overrides else preset
+    if not overrides:
+        return preset
+    return fit_to_data(override(preset, **overrides))
+
+
+def fit_to_data(preset: Preset) -> Preset:
+    """The preset with both models sized for its dataset's classes and channels, and
+    evaluation drawing at least one sample per class.
+
+    A no-op for the registered presets; it is what lets any dataset run at any
+    preset's model sizes (`--set data.name=imagefolder --data-root DIR`).
+    """
+    info = dataset_info(preset.data)
+    changes: dict[str, Any] = {}
+    for model in ("teacher", "student"):
+        config = getattr(preset, model)
+        if config.num_classes != info.num_classes:
+            changes[f"{model}.num_classes"] = info.num_classes
+        if config.in_channels != info.channels:
+            changes[f"{model}.in_channels"] = info.channels
+    if preset.eval.n_samples < info.num_classes:
+        changes["eval.n_samples"] = info.num_classes
+    return override(preset, **changes) if changes else preset

@@ -30,26 +30,47 @@ def notebooks_dir() -> Path:
     return Path(__file__).resolve().parent.parent / "notebooks"
 
 
-def figures_dir(preset: str, quick: bool, root: str | Path | None = None) -> Path:
+def figures_dir(preset: str, quick: bool, root: str | Path | None = None,
+                overrides: Mapping[str, Any] | None = None) -> Path:
+    """figures/ (digits), figures/<preset>/ (any other), figures/<preset>-<data>/ when the
+    overrides bring another dataset; a quick/ subfolder for --quick."""
     base = Path(root) if root else notebooks_dir().parent / "figures"
-    if preset != DEFAULT_PRESET:
-        base = base / preset
+    label = preset + data_label(overrides or {})
+    if label != DEFAULT_PRESET:
+        base = base / label
     return base / "quick" if quick else base
+
+
+def data_label(overrides: Mapping[str, Any]) -> str:
+    """"" for the preset's own data, else "-<dataset>" ("-<folder name>" for an image folder)."""
+    name = overrides.get("data.name")
+    if not name:
+        return ""
+    if name == "imagefolder" and overrides.get("data.data_root"):
+        return f"-{Path(str(overrides['data.data_root'])).name}"
+    return f"-{name}"
 
 
 def run_notebook(source: Path, target: Path, parameters: Mapping[str, Any],
                  progress: bool = True) -> Path:
-    """Execute one notebook with papermill; raise ReproduceError on a failing cell."""
+    """Execute one notebook with papermill; raise ReproduceError on a failing cell.
+
+    With `progress`, a `RunWatcher` line shows the training steps and evaluation
+    cells of the runs this notebook writes (papermill's own bar counts cells only).
+    """
     import papermill as pm
+
+    from dashlib.watch import RunWatcher
 
     target.parent.mkdir(parents=True, exist_ok=True)
     declared = pm.inspect_notebook(str(source))
     # only what the notebook's parameters cell declares (the rest would only warn)
     parameters = {k: v for k, v in parameters.items() if k in declared}
     try:
-        pm.execute_notebook(str(source), str(target), parameters=parameters,
-                            cwd=str(source.parent), progress_bar=progress, kernel_name="python3",
-                            log_output=False)
+        with RunWatcher(runs_root().resolve(), source.stem, enabled=progress):
+            pm.execute_notebook(str(source), str(target), parameters=parameters,
+                                cwd=str(source.parent), progress_bar=False, kernel_name="python3",
+                                log_output=False)
     except pm.PapermillExecutionError as err:
         raise ReproduceError(
             f"notebook {source.name} failed in cell {err.cell_index} (execution count "
@@ -58,18 +79,50 @@ def run_notebook(source: Path, target: Path, parameters: Mapping[str, Any],
     return target
 
 
+def notebook_parameters(preset: str, quick: bool, figures: Path, device: str, threads: int,
+                        workers: int, overrides: Mapping[str, Any]) -> dict[str, Any]:
+    """What every notebook may declare; `run_notebook` passes each the ones it declares."""
+    return {"preset": preset, "quick": quick, "figures_dir": str(figures), "device": device,
+            "runs_dir": str(runs_root().resolve()), "threads": threads, "workers": workers,
+            "overrides": dict(overrides)}
+
+
+def resolve_overrides(preset: str, overrides: Mapping[str, Any] | None) -> dict[str, Any]:
+    """The overrides with the data root made absolute against the caller's working directory
+    (the notebooks run in notebooks/), checked by building the budget once."""
+    from dashlib.pipeline import budget
+
+    out = dict(overrides or {})
+    root = out.get("data.data_root")
+    if root is None:
+        from dashlib.presets import get_preset
+
+        root = get_preset(preset).data.data_root
+    out["data.data_root"] = str(Path(str(root)).expanduser().resolve())
+    budget(preset, overrides=out)  # a bad preset, key or dataset fails here, before any notebook
+    return out
+
+
 def reproduce(preset: str = DEFAULT_PRESET, quick: bool = False, only: Sequence[str] | None = None,
-              figures: str | Path | None = None, device: str = "auto",
-              progress: bool = True) -> list[Path]:
-    """Run the notebooks in order (or `only` some of them); returns the executed copies."""
+              figures: str | Path | None = None, device: str = "auto", progress: bool = True,
+              overrides: Mapping[str, Any] | None = None, threads: int | None = None,
+              workers: int = 2) -> list[Path]:
+    """Run the notebooks in order (or `only` some of them); returns the executed copies.
+
+    `overrides` (dotted preset keys, as `--set`) and `threads` reach every notebook.
+    """
+    from dashlib.threads import default_threads
+
     names = list(only) if only else list(NOTEBOOKS)
     unknown = [n for n in names if n not in NOTEBOOKS]
     if unknown:
         raise ReproduceError(f"unknown notebook(s) {unknown}; choose from {list(NOTEBOOKS)}")
-    out_dir = runs_root().resolve() / preset / ("notebooks-quick" if quick else "notebooks")
-    fig_dir = figures_dir(preset, quick, figures).resolve()
-    params = {"preset": preset, "quick": quick, "figures_dir": str(fig_dir), "device": device,
-              "runs_dir": str(runs_root().resolve())}
+    overrides = resolve_overrides(preset, overrides)
+    label = preset + data_label(overrides)
+    out_dir = runs_root().resolve() / label / ("notebooks-quick" if quick else "notebooks")
+    fig_dir = figures_dir(preset, quick, figures, overrides).resolve()
+    params = notebook_parameters(preset, quick, fig_dir, device, threads or default_threads(), workers,
+                                 overrides)
     done = []
     start = time.perf_counter()
     for i, name in enumerate(names, 1):

@@ -75,9 +75,31 @@ class Run:
         return dict(read_json(self.results))
 
 
+#: DataConfig fields that say where the data is, not what it is: never part of a run's identity.
+LOCATION_FIELDS = ("data_root", "download")
+
+
+def identity(payload: Any) -> Any:
+    """`payload` without the data's location fields (in any nested "data" dict), so
+    a run is found again when the dataset moves or is given as another path."""
+    if not isinstance(payload, Mapping):
+        return payload
+    out = {}
+    for key, value in payload.items():
+        if key == "data" and isinstance(value, Mapping):
+            value = {k: v for k, v in value.items() if k not in LOCATION_FIELDS}
+        out[key] = identity(value)
+    return out
+
+
+def run_id(payload: Mapping[str, Any]) -> str:
+    """The hash that names a run folder: `config_hash` of the payload's `identity`."""
+    return config_hash(identity(payload))
+
+
 def make_run(preset: str, kind: str, payload: Mapping[str, Any], root: Path | None = None) -> Run:
     """The run folder for this preset, kind and configuration (not yet created)."""
-    return Run((root or runs_root()) / preset / f"{kind}-{config_hash(payload)}")
+    return Run((root or runs_root()) / preset / f"{kind}-{run_id(payload)}")
 
 
 def prepare(run: Run, payload: Mapping[str, Any], force: bool, resume: bool) -> str:

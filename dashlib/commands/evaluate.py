@@ -44,8 +44,10 @@ def _evaluate_args(p: argparse.ArgumentParser) -> None:
     add_runtime(p)
 
 
-def _fmt(mean: float, std: float) -> str:
-    return f"{mean:.3f}" if math.isnan(std) else f"{mean:.3f} +- {std:.3f}"
+def _fmt(mean: float | None, std: float | None) -> str:
+    if mean is None or math.isnan(mean):
+        return "-"  # a metric left out of eval.metrics
+    return f"{mean:.3f}" if std is None or math.isnan(std) else f"{mean:.3f} +- {std:.3f}"
 
 
 def _print_summary(summary: list[dict[str, Any]]) -> None:

@@ -27,7 +27,7 @@ from dashlib.distill.methods import METHODS, DistillObjective
 from dashlib.distill.targets import compute_targets, fits, load_targets, targets_path
 from dashlib.distributed import barrier, is_main, on_main, rank_world
 from dashlib.io import atomic_write_json
-from dashlib.runs import Run, config_hash, make_run, prepare
+from dashlib.runs import Run, make_run, prepare, run_id
 from dashlib.runtime import Runtime
 from dashlib.teacher import teacher_payload, train_teacher
 from dashlib.tirt import TimestepWeighting, drift_report, make_weighting, transfer
@@ -55,7 +55,7 @@ def distill_payload(preset: Preset, config: DistillConfig) -> dict[str, Any]:
     """Everything that determines a distillation run (hashed into its folder name)."""
     cls = METHODS.get(config.method)
     return {"kind": "distill", "preset": preset.name, "method": config.method,
-            "teacher": config_hash(teacher_payload(preset)),
+            "teacher": run_id(teacher_payload(preset)),
             "student": to_dict(cls.architecture(preset, config)), "distill": to_dict(config),
             "data": to_dict(preset.data), "diffusion": to_dict(preset.diffusion),
             "sample": to_dict(preset.sample) if config.method == "single-head" else None}

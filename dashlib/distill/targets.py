@@ -28,7 +28,7 @@ from dashlib.data import Split
 from dashlib.diffusion import Diffusion
 from dashlib.guidance import branches
 from dashlib.io import atomic_torch_save, load_checkpoint
-from dashlib.runs import config_hash, runs_root
+from dashlib.runs import run_id, runs_root
 from dashlib.teacher import teacher_payload
 from dashlib.train import Batch
 
@@ -52,14 +52,14 @@ class TeacherTargets:
 
 def targets_payload(preset: Preset, config: DistillConfig) -> dict[str, Any]:
     """What the table depends on: the teacher and the batch sequence."""
-    return {"kind": "targets", "teacher": config_hash(teacher_payload(preset)),
+    return {"kind": "targets", "teacher": run_id(teacher_payload(preset)),
             "data": to_dict(preset.data), "diffusion": to_dict(preset.diffusion),
             "seed": config.seed, "batch_size": config.batch_size, "steps": config.steps,
             "version": VERSION}
 
 
 def targets_path(preset: Preset, config: DistillConfig) -> Path:
-    return runs_root() / preset.name / f"targets-{config_hash(targets_payload(preset, config))}.pt"
+    return runs_root() / preset.name / f"targets-{run_id(targets_payload(preset, config))}.pt"
 
 
 def table_bytes(preset: Preset, config: DistillConfig) -> int:

@@ -1,0 +1,135 @@
+"""Your own images: a folder with one sub-folder per class (torchvision's `ImageFolder` layout).
+
+    DIR/cat/001.png, DIR/cat/002.jpg, DIR/dog/a.png, ...          (one split: dash holds out
+                                                                    `holdout_fraction` per class)
+    DIR/train/cat/..., DIR/test/cat/...  (or DIR/val/...)         (the folder's own split)
+
+Images of any size and mode are centre-cropped to a square and resized
+(PIL's antialiased bilinear) to the preset's image size; they become grey (1
+channel) when every one of the first `PEEK` images is grey, else RGB (3), unless
+`DataConfig.channels` says otherwise. Decoded tensors are cached under
+`<runs>/data-cache/`, keyed by the files' names, sizes and modification times,
+so a changed folder is read again.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch import Tensor
+from tqdm import tqdm
+
+PEEK = 16
+GREY_MODES = ("1", "L", "LA", "I", "I;16", "F", "P;L")
+TEST_FOLDERS = ("test", "val")
+
+
+class ImageFolderError(FileNotFoundError):
+    """The folder is missing or not laid out as one sub-folder of images per class."""
+
+
+@dataclass(frozen=True)
+class FolderImages:
+    """Decoded images of one split: uint8 (N, C, S, S), labels (N,) int64, class names."""
+
+    x: Tensor
+    y: Tensor
+    classes: tuple[str, ...]
+
+
+def split_folders(root: str | Path) -> tuple[Path, Path | None]:
+    """(train folder, test folder or None): DIR/train + DIR/test|val if both exist, else (DIR, None)."""
+    root = Path(root).expanduser().resolve()
+    if not root.is_dir():
+        raise ImageFolderError(
+            f"image folder {root} does not exist; pass --data-root DIR (--set data.data_root=DIR) with "
+            f"one sub-folder of images per class, e.g. DIR/cat/*.png, DIR/dog/*.png")
+    test = next((root / t for t in TEST_FOLDERS if (root / t).is_dir()), None)
+    if (root / "train").is_dir() and test is not None:
+        return root / "train", test
+    return root, None
+
+
+def _samples(folder: Path) -> tuple[list[tuple[str, int]], tuple[str, ...]]:
+    from torchvision.datasets import ImageFolder
+
+    try:
+        listing = ImageFolder(str(folder), loader=lambda path: path)
+    except (FileNotFoundError, RuntimeError) as err:
+        raise ImageFolderError(f"{folder} is not an image folder: {err}. Lay it out as "
+                               f"{folder}/<class name>/<image files>") from None
+    counts = np.bincount([c for _, c in listing.samples], minlength=len(listing.classes))
+    if len(listing.classes) < 2:
+        raise ImageFolderError(f"{folder} holds {len(listing.classes)} class folder(s): class-conditional "
+                               f"diffusion needs at least 2 (one sub-folder of images per class)")
+    if counts.min() < 2:
+        raise ImageFolderError(f"class {listing.classes[int(counts.argmin())]!r} in {folder} has "
+                               f"{counts.min()} image(s); every class needs at least 2")
+    return listing.samples, tuple(listing.classes)
+
+
+def folder_channels(root: str | Path) -> int:
+    """1 if the first `PEEK` images are all grey, else 3."""
+    from PIL import Image
+
+    train, _ = split_folders(root)
+    samples, _ = _samples(train)
+    for path, _ in samples[:PEEK]:
+        with Image.open(path) as image:
+            if image.mode not in GREY_MODES:
+                return 3
+    return 1
+
+
+def folder_classes(root: str | Path) -> tuple[str, ...]:
+    train, _ = split_folders(root)
+    return _samples(train)[1]
+
+
+def _decode(path: str, size: int, channels: int) -> np.ndarray:
+    """One image -> uint8 (C, size, size): centre square crop, antialiased resize."""
+    from PIL import Image, UnidentifiedImageError
+
+    try:
+        with Image.open(path) as image:
+            image = image.convert("L" if channels == 1 else "RGB")
+            w, h = image.size
+            side = min(w, h)
+            left, top = (w - side) // 2, (h - side) // 2
+            image = image.crop((left, top, left + side, top + side))
+            image = image.resize((size, size), Image.Resampling.BILINEAR, reducing_gap=None)
+            array = np.asarray(image, dtype=np.uint8)
+    except (UnidentifiedImageError, OSError) as err:
+        raise ImageFolderError(f"cannot read image {path}: {err}") from None
+    return array[None] if channels == 1 else array.transpose(2, 0, 1)
+
+
+def _cache_key(samples: list[tuple[str, int]], size: int, channels: int) -> str:
+    digest = hashlib.sha256(f"{size}:{channels}".encode())
+    for path, label in samples:
+        stat = Path(path).stat()
+        digest.update(f"{path}\0{label}\0{stat.st_size}\0{stat.st_mtime_ns}\n".encode())
+    return digest.hexdigest()[:16]
+
+
+def read_split(folder: Path, size: int, channels: int, cache_dir: Path | None,
+               progress: bool = True) -> FolderImages:
+    """Every image of one split folder, decoded (or read from the cache)."""
+    from dashlib.io import atomic_torch_save, load_checkpoint
+
+    samples, classes = _samples(folder)
+    cache = cache_dir / f"imagefolder-{_cache_key(samples, size, channels)}.pt" if cache_dir else None
+    if cache is not None and cache.is_file():
+        saved = load_checkpoint(cache)
+        return FolderImages(saved["x"], saved["y"], tuple(saved["classes"]))
+    bar = tqdm(samples, desc=f"decode {folder.name}", disable=not progress or len(samples) < 2000,
+               dynamic_ncols=True)
+    x = torch.from_numpy(np.stack([_decode(path, size, channels) for path, _ in bar]))
+    y = torch.tensor([label for _, label in samples], dtype=torch.long)
+    if cache is not None:
+        atomic_torch_save({"x": x, "y": y, "classes": list(classes)}, cache)
+    return FolderImages(x, y, classes)

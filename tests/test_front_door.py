@@ -1,0 +1,316 @@
+"""Any dataset and the paper path from the command line: image folders, CIFAR-format roots,
+quick budgets by rule, data roots, threads, bounded reference sets, terminal progress."""
+
+from __future__ import annotations
+
+import json
+import os
+import pickle
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from dashlib.config import ConfigError, DataConfig
+from dashlib.data import balanced_subset, dataset_info, load_dataset
+
+REPO = Path(__file__).resolve().parent.parent
+
+
+def write_folder(root: Path, classes: dict[str, tuple[int, int, int]], per_class: int = 12,
+                 mode: str = "RGB", seed: int = 0) -> Path:
+    """One sub-folder of PNGs per class, images of varying (non-square) sizes."""
+    rng = np.random.default_rng(seed)
+    for name, colour in classes.items():
+        folder = root / name
+        folder.mkdir(parents=True, exist_ok=True)
+        for i in range(per_class):
+            h, w = (int(v) for v in rng.integers(9, 21, size=2))
+            pixels = np.clip(np.array(colour)[None, None] + rng.normal(0, 20, (h, w, 3)), 0, 255)
+            Image.fromarray(pixels.astype(np.uint8)).convert(mode).save(folder / f"{i:03d}.png")
+    return root
+
+
+COLOURS = {"red": (200, 40, 40), "green": (40, 180, 60), "blue": (50, 60, 210)}
+
+
+def dash(*args: str, cwd: Path, env_runs: Path, timeout: int = 600) -> subprocess.CompletedProcess:
+    env = {**os.environ, "DASH_RUNS": str(env_runs), "MPLBACKEND": "Agg", "OMP_NUM_THREADS": "1"}
+    return subprocess.run([sys.executable, "-m", "dashlib", *args], cwd=cwd, env=env, text=True,
+                          capture_output=True, timeout=timeout)
+
+
+# --- image folders -----------------------------------------------------------------------------
+
+def test_image_folder_loads_resized_split_and_labelled(tmp_path):
+    root = write_folder(tmp_path / "pets", COLOURS)
+    data = load_dataset(DataConfig(name="imagefolder", data_root=str(root), image_size=8,
+                                   holdout_fraction=0.25))
+    assert data.num_classes == 3 and data.class_names == ("blue", "green", "red")
+    assert data.train.x.shape[1:] == (3, 8, 8) and len(data.train) + len(data.test) == 36
+    assert data.train.x.min() >= -1 and data.train.x.max() <= 1
+    assert torch.bincount(data.test.y).tolist() == [3, 3, 3]
+    # colour survives: the red class is redder than the blue one
+    mean = {c: data.train.x[data.train.y == c].mean((0, 2, 3)) for c in range(3)}
+    red, blue = mean[2], mean[0]
+    assert red[0] > blue[0] and blue[2] > red[2]
+
+
+def test_grey_images_give_one_channel_and_channels_converts(tmp_path):
+    root = write_folder(tmp_path / "grey", COLOURS, mode="L")
+    assert dataset_info(DataConfig(name="imagefolder", data_root=str(root))).channels == 1
+    data = load_dataset(DataConfig(name="imagefolder", data_root=str(root), channels=3))
+    assert data.channels == 3 and torch.equal(data.train.x[:, 0], data.train.x[:, 2])
+
+
+def test_image_folder_with_its_own_train_and_test_split(tmp_path):
+    write_folder(tmp_path / "ds" / "train", COLOURS, per_class=6)
+    write_folder(tmp_path / "ds" / "test", COLOURS, per_class=2, seed=1)
+    data = load_dataset(DataConfig(name="imagefolder", data_root=str(tmp_path / "ds")))
+    assert (len(data.train), len(data.test)) == (18, 6)
+
+
+def test_image_folder_is_cached_and_reread_when_it_changes(tmp_path, monkeypatch):
+    import dashlib.imagefolder as imagefolder
+
+    root = write_folder(tmp_path / "pets", COLOURS, per_class=4)
+    config = DataConfig(name="imagefolder", data_root=str(root))
+    first = load_dataset(config)
+    monkeypatch.setattr(imagefolder, "_decode", lambda *a: pytest.fail("decoded again despite the cache"))
+    assert torch.equal(load_dataset(config).train.x, first.train.x)
+    monkeypatch.undo()
+    write_folder(root, {"yellow": (220, 220, 30)}, per_class=4)
+    assert load_dataset(config).num_classes == 4
+
+
+@pytest.mark.parametrize("layout, message", [
+    ("missing", "does not exist"), ("one class", "at least 2"), ("one image", "at least 2"),
+])
+def test_bad_image_folders_say_what_is_wrong(tmp_path, layout, message):
+    root = tmp_path / "bad"
+    if layout == "one class":
+        write_folder(root, {"red": (200, 0, 0)}, per_class=3)
+    elif layout == "one image":
+        write_folder(root, {"red": (200, 0, 0)}, per_class=3)
+        write_folder(root, {"blue": (0, 0, 200)}, per_class=1)
+    with pytest.raises(FileNotFoundError, match=message):
+        load_dataset(DataConfig(name="imagefolder", data_root=str(root)))
+
+
+def test_preset_models_follow_the_data(tmp_path):
+    from dashlib.presets import get_preset
+
+    root = write_folder(tmp_path / "pets", COLOURS)
+    p = get_preset("tiny", **{"data.name": "imagefolder", "data.data_root": str(root)})
+    for model in (p.teacher, p.student):
+        assert (model.num_classes, model.in_channels) == (3, 3)
+    assert get_preset("tiny").teacher.num_classes == 4  # the registered preset is untouched
+
+
+# --- the CIFAR python-pickle layout ---------------------------------------------------------------
+
+@pytest.mark.parametrize("name, classes", [("cifar10", 10), ("cifar100", 100)])
+def test_cifar_format_root_loads_without_torchvision_checksums(tmp_path, name, classes):
+    from dashlib.cifar import write_cifar_root
+
+    root = write_cifar_root(tmp_path, name, per_batch=20)
+    data = load_dataset(DataConfig(name=name, data_root=str(root), image_size=32))
+    assert data.num_classes == classes and data.train.x.shape[1:] == (3, 32, 32)
+    assert set(data.train.y.tolist()) == set(range(classes))
+
+
+def test_a_cifar_batch_that_would_run_code_is_refused(tmp_path):
+    from dashlib.cifar import write_cifar_root
+
+    root = write_cifar_root(tmp_path, "cifar10", per_batch=20)
+    marker = tmp_path / "pwned"
+
+    class Payload:
+        def __reduce__(self):
+            return (os.system, (f"touch {marker}",))
+
+    with open(root / "cifar-10-batches-py" / "data_batch_3", "wb") as f:
+        pickle.dump({b"data": Payload(), b"labels": [0]}, f, protocol=2)
+    with pytest.raises(FileNotFoundError, match="incomplete or damaged"):
+        load_dataset(DataConfig(name="cifar10", data_root=str(root), image_size=32))
+    assert not marker.exists()
+
+
+def test_paper_path_starts_from_a_cifar_root_relative_to_the_caller(tmp_path):
+    """The CIFAR path used to stop at notebook 00: the data root was taken relative to notebooks/."""
+    from dashlib.cifar import write_cifar_root
+
+    write_cifar_root(tmp_path / "data", "cifar10", per_batch=20)
+    out = dash("reproduce", "--preset", "cifar10", "--data-root", "data", "--only", "00_quickstart",
+               "--figures", str(tmp_path / "figs"), "--no-progress", "--threads", "1",
+               cwd=tmp_path, env_runs=tmp_path / "runs")
+    assert out.returncode == 0, out.stderr[-2000:]
+    nb = json.loads((tmp_path / "runs" / "cifar10" / "notebooks" / "00_quickstart.ipynb").read_text())
+    text = json.dumps(nb["cells"])
+    assert "35,751,939" in text or "35751939" in text  # the paper's teacher, at full size
+
+
+# --- budgets, data roots, threads -------------------------------------------------------------------
+
+def test_quick_budget_follows_a_rule_for_any_preset():
+    from dashlib.config import override
+    from dashlib.pipeline import budget
+    from dashlib.presets import get_preset
+
+    mine = override(get_preset("digits"), name="my-data", **{"train.steps": 5000, "distill.steps": 3000})
+    full, quick = budget(mine, threads=1), budget(mine, quick=True, threads=1)
+    assert quick.preset.train.steps == 1500 and quick.preset.distill.steps == 600
+    assert quick.preset.eval.seeds == full.preset.eval.seeds[:1]
+    assert quick.preset.eval.n_samples == full.preset.eval.n_samples // 2
+    assert set(quick.preset.eval.sweep_steps) < set(full.preset.eval.sweep_steps)
+    assert quick.widths == full.widths[:1]
+    # overrides win over the rule
+    assert budget(mine, quick=True, threads=1, overrides={"train.steps": 7}).preset.train.steps == 7
+
+
+def test_budget_keys_unknown_or_bad_are_config_errors():
+    from dashlib.pipeline import budget
+
+    with pytest.raises(ConfigError, match="unknown budget setting"):
+        budget("tiny", threads=1, overrides={"efficiency": 3})
+    with pytest.raises(ConfigError, match="efficiency_batch"):
+        budget("tiny", threads=1, overrides={"efficiency_batch": 0})
+    with pytest.raises(ConfigError, match="dict"):
+        budget("tiny", threads=1, overrides="train.steps=3")
+
+
+def test_relative_data_roots(tmp_path, monkeypatch):
+    from dashlib.cli import build_parser, data_overrides
+    from dashlib.pipeline import budget
+
+    monkeypatch.chdir(tmp_path)
+    args = build_parser().parse_args(["reproduce", "--data-root", "data", "--download"])
+    assert data_overrides(args) == {"data.data_root": str(tmp_path / "data"), "data.download": True}
+    # a notebook run by hand: relative to the repository (as its runs_dir "../runs")
+    b = budget("tiny", threads=1, overrides={"data.data_root": "data"})
+    assert b.preset.data.data_root == str(REPO / "data")
+
+
+def test_threads_default_and_cap_workers(monkeypatch):
+    from dashlib.pipeline import budget
+    from dashlib.threads import available_cores, default_threads
+
+    monkeypatch.setenv("OMP_NUM_THREADS", "1")
+    assert default_threads() == 1
+    monkeypatch.delenv("OMP_NUM_THREADS")
+    assert default_threads() == available_cores()
+    assert budget("tiny", workers=2, threads=1).workers == 1
+    assert torch.get_num_threads() == 1
+    with pytest.raises(ConfigError, match="threads"):
+        budget("tiny", threads=0)
+
+
+def test_threads_option_on_every_command():
+    from dashlib.cli import COMMANDS, build_parser
+
+    parser = build_parser()
+    for name in COMMANDS:
+        assert "--threads" in parser._subparsers._group_actions[0].choices[name].format_help(), name
+
+
+def test_dashlib_entry_point_cannot_be_shadowed_by_the_shell():
+    import tomllib
+
+    scripts = tomllib.loads((REPO / "pyproject.toml").read_text())["project"]["scripts"]
+    assert scripts["dash"] == scripts["dashlib"] == "dashlib.cli:console"
+
+
+# --- evaluation memory and failures -------------------------------------------------------------------
+
+def test_reference_set_is_capped_class_balanced_and_seeded():
+    from dashlib.fidelity import reference_set
+
+    data = DataConfig(name="synthetic", synthetic_size=400, synthetic_classes=4)
+    a, b = reference_set(data, 100, seed=0), reference_set(data, 100, seed=0)
+    c = reference_set(data, 100, seed=1)
+    assert len(a.images) == 100 and torch.equal(a.images, b.images) and not torch.equal(a.images, c.images)
+    assert a.name != reference_set(data).name != c.name
+    assert len(reference_set(data, 10_000).images) == len(load_dataset(data).train)
+
+
+def test_balanced_subset_takes_every_class_evenly():
+    y = torch.tensor([0] * 90 + [1] * 8 + [2] * 30)
+    keep = balanced_subset(y, 30, torch.Generator().manual_seed(0))
+    assert torch.bincount(y[keep]).tolist() == [11, 8, 11]
+    assert keep.unique().numel() == 30
+
+
+def test_disabled_metrics_are_null_and_print_as_dash(tmp_path, tiny):
+    from dashlib.commands.evaluate import _fmt
+    from dashlib.evaluate import evaluate_runs
+    from dashlib.teacher import train_teacher
+
+    run = train_teacher(tiny, progress=False)
+    config = tiny.eval.__class__(**{**tiny.eval.__dict__, "metrics": ("fid",), "seeds": (42, 123),
+                                    "guidance": ("1",)})
+    report = evaluate_runs([run], config, workers=1, progress=False)
+    row = report.summary[0]
+    assert row["fid_mean"] is not None and row["kid_mean_mean"] is None and row["isc_mean_mean"] is None
+    assert _fmt(row["kid_mean_mean"], row["kid_mean_std"]) == "-"
+    assert row["accuracy_mean"] is not None
+
+
+def test_a_dead_worker_names_the_cell_and_the_likely_cause():
+    from concurrent.futures import Future
+    from concurrent.futures.process import BrokenProcessPool
+
+    from dashlib.errors import EvaluationError
+    from dashlib.evaluate import _worker_result
+
+    class FakeTask:
+        max_reference = 10_000
+
+        def describe(self):
+            return "teacher-abc at guidance tag, 20 DDIM steps, seed 42, 500 samples"
+
+    future = Future()
+    future.set_exception(BrokenProcessPool("a process terminated abruptly"))
+    with pytest.raises(EvaluationError, match="teacher-abc at guidance tag.*memory.*max_reference"):
+        _worker_result(future, FakeTask(), workers=2)
+
+
+# --- terminal progress ---------------------------------------------------------------------------------
+
+def test_watcher_reads_steps_from_run_logs(tmp_path):
+    import time
+
+    from dashlib.watch import scan
+
+    since = time.time() - 1
+    run = tmp_path / "tiny" / "distill-dash-123"
+    run.mkdir(parents=True)
+    (run / "config.json").write_text(json.dumps({"distill": {"steps": 1000}}))
+    (run / "log.jsonl").write_text("".join(json.dumps({"step": s, "loss": 0.1}) + "\n" for s in (25, 50)))
+    cells = tmp_path / "tiny" / "teacher-1" / "eval" / "cells"
+    cells.mkdir(parents=True)
+    (cells / "a.json").write_text("{}")
+    runs, n_cells = scan(tmp_path, since)
+    assert [(r.name, r.step, r.total) for r in runs] == [("distill-dash-123", 50, 1000)]
+    assert n_cells == 1
+    assert scan(tmp_path, time.time() + 10) == ([], 0)
+
+
+# --- your own data, end to end (the README's example) -------------------------------------------------
+
+def test_readme_image_folder_example_runs_every_notebook(tmp_path):
+    write_folder(tmp_path / "pets", COLOURS, per_class=16)
+    out = dash("reproduce", "--preset", "tiny", "--set", "data.name=imagefolder", "--data-root", "pets",
+               "--quick", "--figures", "figs", "--threads", "1", cwd=tmp_path, env_runs=tmp_path / "runs",
+               timeout=900)
+    assert out.returncode == 0, out.stderr[-3000:]
+    figures = tmp_path / "figs" / "tiny-pets" / "quick"
+    assert out.stdout.strip().splitlines()[-1] == str(figures / "README.md")
+    for name in ("F1_samples.png", "F3_guidance_sweep.png", "T1_main_results.md", "T4_efficiency.md"):
+        assert (figures / name).is_file(), name
+    t1 = json.loads((figures / "T1_main_results.json").read_text())
+    assert t1["quick"] is True and t1["preset"] == "tiny"
+    assert "tiny-pets/notebooks-quick" in str(next((tmp_path / "runs").glob("tiny-pets/notebooks-quick/*")))
