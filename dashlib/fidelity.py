@@ -52,6 +52,9 @@ PRC_NEIGHBORHOOD = 3
 KID_SUBSET_SIZE = 1000
 RNG_SEED = 2020  # torch-fidelity's default: KID subsets and the IS shuffle
 FEATURE_BATCH = 128
+#: rows of the distance matrix precision/recall holds at once: N_ref x PRC_BATCH floats
+#: (torch-fidelity's default, 10,000, made one 10K-reference evaluation hold ~1.2 GB)
+PRC_BATCH = 1024
 
 #: torch-fidelity's result keys -> dash's short names.
 METRIC_NAMES = {
@@ -256,6 +259,7 @@ def fidelity_metrics(samples: Tensor, reference: Reference, extractor: Extractor
         fid="fid" in metrics, isc="isc" in metrics, kid="kid" in metrics, prc="prc" in metrics,
         isc_splits=isc_splits(n),
         kid_subsets=kid_subsets(n), kid_subset_size=min(KID_SUBSET_SIZE, n, n_ref),
-        prc_neighborhood=PRC_NEIGHBORHOOD, rng_seed=RNG_SEED, batch_size=FEATURE_BATCH,
+        prc_neighborhood=PRC_NEIGHBORHOOD, prc_batch_size=PRC_BATCH, rng_seed=RNG_SEED,
+        batch_size=FEATURE_BATCH,
         cuda=torch.device(device).type == "cuda", save_cpu_ram=True, verbose=False)
     return {short: float(raw[long]) for long, short in METRIC_NAMES.items() if long in raw}
