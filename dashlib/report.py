@@ -78,7 +78,63 @@ def save_figure(fig: Any, folder: str | Path, name: str, title: str, claims: Seq
     return folder / f"{name}.png"
 
 
+@dataclass(frozen=True)
+class MeanStd:
+    """A mean and standard deviation over seeds: "m ± s" in Markdown/LaTeX, and two
+    numeric CSV columns `<column>_mean`, `<column>_std` (empty when missing)."""
+
+    mean: float | None
+    std: float | None
+    digits: int = 3
+
+    def __str__(self) -> str:
+        if self.mean is None or math.isnan(self.mean):
+            return "–"
+        if self.std is None or math.isnan(self.std):
+            return f"{self.mean:.{self.digits}f}"
+        return f"{self.mean:.{self.digits}f} ± {self.std:.{self.digits}f}"
+
+
+@dataclass(frozen=True)
+class Shown:
+    """A number with its display text (e.g. 1624577 shown as "1,624,577"): the text in
+    Markdown/LaTeX, the number in the CSV."""
+
+    value: float | int | None
+    text: str
+
+    def __str__(self) -> str:
+        return self.text
+
+
+def _csv_header(rows: Sequence[Mapping[str, Any]], columns: Sequence[str]) -> list[str]:
+    """A MeanStd column becomes two columns, `<c>_mean` and `<c>_std`."""
+    out: list[str] = []
+    for c in columns:
+        split = any(isinstance(r.get(c), MeanStd) for r in rows)
+        out += [f"{c}_mean", f"{c}_std"] if split else [c]
+    return out
+
+
+def _csv_row(row: Mapping[str, Any], rows: Sequence[Mapping[str, Any]],
+             columns: Sequence[str]) -> list[Any]:
+    """Plain numbers for the CSV: NaN/None/missing are empty cells, so `read_csv` gives floats."""
+    def number(v: Any) -> Any:
+        return "" if v is None or (isinstance(v, float) and math.isnan(v)) else v
+
+    out: list[Any] = []
+    for c in columns:
+        v = row.get(c)
+        if any(isinstance(r.get(c), MeanStd) for r in rows):
+            out += [number(v.mean), number(v.std)] if isinstance(v, MeanStd) else [number(v), ""]
+        else:
+            out.append(number(v.value if isinstance(v, Shown) else v))
+    return out
+
+
 def _cell(value: Any, digits: int) -> str:
+    if isinstance(value, (MeanStd, Shown)):
+        return str(value)
     if isinstance(value, float):
         return "–" if math.isnan(value) else f"{value:.{digits}f}"
     return "–" if value is None else str(value)
@@ -87,7 +143,11 @@ def _cell(value: Any, digits: int) -> str:
 def save_table(rows: Sequence[Mapping[str, Any]], columns: Sequence[str], folder: str | Path,
                name: str, title: str, claims: Sequence[str], provenance: Provenance,
                digits: int = 3) -> Path:
-    """Write `<name>.md`, `.tex`, `.csv` and `.json`; returns the Markdown path."""
+    """Write `<name>.md`, `.tex`, `.csv` and `.json`; returns the Markdown path.
+
+    Cells may be `MeanStd` ("m ± s" in Markdown/LaTeX, separate numeric `_mean`/`_std`
+    CSV columns) or `Shown` (display text, numeric CSV value), so `pandas.read_csv`
+    of the CSV gives numbers."""
     folder = Path(folder)
     cells = [[_cell(r.get(c), digits) for c in columns] for r in rows]
     md = [f"**{name}: {title}**", "", "| " + " | ".join(columns) + " |",
@@ -103,8 +163,8 @@ def save_table(rows: Sequence[Mapping[str, Any]], columns: Sequence[str], folder
     atomic_write_text(folder / f"{name}.tex", "\n".join(tex) + "\n")
     buf = io.StringIO()
     writer = csv.writer(buf)
-    writer.writerow(columns)
-    writer.writerows([[r.get(c) for c in columns] for r in rows])
+    writer.writerow(_csv_header(rows, columns))
+    writer.writerows([_csv_row(r, rows, columns) for r in rows])
     atomic_write_text(folder / f"{name}.csv", buf.getvalue())
     record = provenance.record(name, title, claims, "table",
                                [f"{name}.md", f"{name}.tex", f"{name}.csv"])
