@@ -159,3 +159,34 @@ def model_view(name: str, branches: Branches, teacher: Branches, probe: Probe,
         eps_uncond=None if branches.eps_uncond is None else branches.eps_uncond[0],
         delta=None if delta is None else delta[0], x0_guided=x0_hat[0], w=w,
         stats=branch_stats(branches, teacher))
+
+
+def profile_timesteps(T: int, k: int = 16) -> tuple[int, ...]:
+    """k timesteps spread evenly over [0, T - 1] (the |delta|-against-t profile's grid)."""
+    return tuple(sorted({round(i * (T - 1) / (k - 1)) for i in range(k)}))
+
+
+@dataclass(frozen=True)
+class GapProfile:
+    """E|delta| over the probe rows at each of `timesteps`, per model (NaN without a null
+    branch), and `peak`: the teacher's largest |channel-mean delta| of row 0 over them,
+    the heat map's scale fixed across t."""
+
+    timesteps: tuple[int, ...]
+    gap_abs: dict[str, tuple[float, ...]]
+    peak: float
+
+
+def gap_profile(cache: BranchCache, models: dict[str, nn.Module], split: Split, diffusion: Diffusion,
+                y: int, seed: int, n: int, timesteps: tuple[int, ...], teacher: str) -> GapProfile:
+    """The |delta|-against-t profile of every model at class y and seed (cached passes)."""
+    gap_abs: dict[str, list[float]] = {name: [] for name in models}
+    peak = 0.0
+    for t in timesteps:
+        probe = make_probe(split, diffusion, ProbeKey(y, t, seed), n)
+        for name, model in models.items():
+            delta = cache.get(name, model, probe).delta
+            gap_abs[name].append(math.nan if delta is None else float(delta.abs().mean()))
+            if name == teacher and delta is not None:
+                peak = max(peak, float(delta[0].float().mean(0).abs().max()))
+    return GapProfile(timesteps, {k: tuple(v) for k, v in gap_abs.items()}, peak or 1e-6)
