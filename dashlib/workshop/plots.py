@@ -158,7 +158,7 @@ W_FIGURES: dict[str, tuple[str, tuple[str, ...]]] = {
     "W2_workshop_samples": ("Workshop: DDIM samples of every model under several guidance scales",
                             ("C3",)),
     "W3_workshop_gap_profile": ("Workshop: rho and cos of each student's gap against the teacher "
-                                "over timesteps", ("C3", "C4")),
+                                "over timesteps", ("C3",)),
 }
 
 

@@ -4,7 +4,7 @@ Teacher (CFG training, label dropout p per sample):
 
     L = E |eps_theta(x_t, t, y') - eps|^2,   y' = null with probability p, else y
 
-Student, for (x_0, y), eps, t, x_t (PAPER.md, method 1):
+Student, for (x_0, y), eps, t, x_t (docs/paper.md, method 1):
 
     L = im |eps_S(x_t,t,y) - eps_T(x_t,t,y)|^2          imitation        L_im
       + un |eps_S(x_t,t,null) - eps_T(x_t,t,null)|^2    unconditional    L_un
