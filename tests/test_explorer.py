@@ -243,9 +243,10 @@ def test_profile_column_follows_each_models_gap_over_t(setup):
     layout = Layout()
     step = layout.tile + layout.pad
     assert width == layout.label_width + step * (len(COLUMNS) - 1) + layout.profile_width
-    misses = ex.cache.misses
-    ex.set(t=gaps.timesteps[3])  # a profile timestep: already cached
-    assert ex.cache.misses == misses
+    ex.set(t=gaps.timesteps[3], students=("copy",))
+    assert ex.profile(ex.state()) is gaps, "one profile per (class, seed), whatever t or students"
+    ex.set(y=1)
+    assert ex.profile(ex.state()) is not gaps
 
 
 def test_tag_disables_w_and_shows_w_of_t(setup):

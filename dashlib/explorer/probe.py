@@ -168,25 +168,43 @@ def profile_timesteps(T: int, k: int = 16) -> tuple[int, ...]:
 
 @dataclass(frozen=True)
 class GapProfile:
-    """E|delta| over the probe rows at each of `timesteps`, per model (NaN without a null
-    branch), and `peak`: the teacher's largest |channel-mean delta| of row 0 over them,
-    the heat map's scale fixed across t."""
+    """E|delta| over the first rows of the probe at each of `timesteps`, per model (NaN
+    without a null branch), and `peak`: the teacher's largest |channel-mean delta| of
+    row 0 over them, the heat map's scale fixed across t."""
 
     timesteps: tuple[int, ...]
     gap_abs: dict[str, tuple[float, ...]]
     peak: float
 
 
-def gap_profile(cache: BranchCache, models: dict[str, nn.Module], split: Split, diffusion: Diffusion,
-                y: int, seed: int, n: int, timesteps: tuple[int, ...], teacher: str) -> GapProfile:
-    """The |delta|-against-t profile of every model at class y and seed (cached passes)."""
-    gap_abs: dict[str, list[float]] = {name: [] for name in models}
-    peak = 0.0
-    for t in timesteps:
-        probe = make_probe(split, diffusion, ProbeKey(y, t, seed), n)
-        for name, model in models.items():
-            delta = cache.get(name, model, probe).delta
-            gap_abs[name].append(math.nan if delta is None else float(delta.abs().mean()))
-            if name == teacher and delta is not None:
-                peak = max(peak, float(delta[0].float().mean(0).abs().max()))
-    return GapProfile(timesteps, {k: tuple(v) for k, v in gap_abs.items()}, peak or 1e-6)
+def model_gap_profile(model: nn.Module, probes: list[Probe], rows: int) -> Tensor | None:
+    """delta (K, rows, C, H, W) at K probes (timesteps) in ONE batched forward; None
+    for a model without a null branch."""
+    if not model.config.cfg:
+        return None
+    x_t = torch.cat([p.x_t[:rows] for p in probes])
+    t = torch.cat([p.t[:rows] for p in probes])
+    y = torch.cat([p.y[:rows] for p in probes])
+    cond, uncond = branch_outputs(model, x_t, t, y)
+    return (cond - uncond).unflatten(0, (len(probes), -1))
+
+
+def gap_profile(models: dict[str, nn.Module], split: Split, diffusion: Diffusion, y: int, seed: int,
+                n: int, rows: int, timesteps: tuple[int, ...], teacher: str) -> GapProfile:
+    """The |delta|-against-t profile of every model at class y and seed.
+
+    The probes are the explorer's own (n rows, so row 0 is the image it draws); the
+    profile uses their first `rows` rows, one forward per model for all timesteps.
+    """
+    probes = [make_probe(split, diffusion, ProbeKey(y, t, seed), n) for t in timesteps]
+    gap_abs: dict[str, tuple[float, ...]] = {}
+    peak = 1e-6
+    for name, model in models.items():
+        delta = model_gap_profile(model, probes, rows)
+        if delta is None:
+            gap_abs[name] = tuple(math.nan for _ in timesteps)
+            continue
+        gap_abs[name] = tuple(delta.abs().flatten(1).mean(1).tolist())
+        if name == teacher:
+            peak = max(peak, float(delta[:, 0].float().mean(1).abs().max()))
+    return GapProfile(tuple(timesteps), gap_abs, peak)

@@ -70,7 +70,7 @@ def build_controls(students: list[str], class_names: tuple[str, ...], T: int,
                                layout=widgets.Layout(width="330px")),
         "guidance": widgets.ToggleButtons(options=[("constant w", "constant"), ("TAG", "tag")],
                                           value=initial.guidance, description="guidance",
-                                          style=style),
+                                          style={**style, "button_width": "100px"}),
         "w": widgets.FloatSlider(value=initial.w, min=0.0, max=8.0, step=0.25, description="w",
                                  continuous_update=False, style=style,
                                  disabled=initial.guidance == "tag",
@@ -90,14 +90,15 @@ class BranchExplorer:
     whose held-out split gives x_0; sample: the DDIM/guidance config (its TAG
     parameters and step count are used); n_stats: rows per probe for rho/cos;
     notice: a warning banner above the controls (e.g. the models are too small to
-    mean much); profile_points: timesteps of the |delta|-against-t profile.
+    mean much); profile_points, profile_rows: timesteps and probe rows of the
+    |delta|-against-t profile (one batched forward per model, cached per class and seed).
     """
 
     def __init__(self, teacher: Artifact, students: Mapping[str, Artifact], data: Dataset,
                  sample: SampleConfig, *, n_stats: int = 16, debounce_s: float = 0.15,
                  t: int | None = None, y: int = 0, seed: int = 0, guidance: str = "tag",
                  w: float | None = None, title: str = "", notice: str = "",
-                 profile_points: int = 16) -> None:
+                 profile_points: int = 16, profile_rows: int = 4) -> None:
         if not teacher.model.config.cfg:
             raise ValueError("the teacher must have an unconditional branch (cfg=True)")
         if TEACHER in students:
@@ -106,6 +107,8 @@ class BranchExplorer:
         self.diffusion, self.split, self.sample = teacher.diffusion, data.test, sample
         self.n_stats, self.title = n_stats, title
         self.profile_t = profile_timesteps(teacher.diffusion.T, profile_points)
+        self.profile_rows = min(profile_rows, n_stats)
+        self._profiles: dict[tuple[int, int], GapProfile] = {}
         self.cache, self.samples = BranchCache(), SampleCache()
         self.timings: list[float] = []
         T = self.diffusion.T
@@ -176,14 +179,18 @@ class BranchExplorer:
         return [TEACHER, *state.students]
 
     def profile(self, state: ExplorerState) -> GapProfile:
-        """Each shown model's E|delta| over the profile's timesteps (cached forward passes)."""
-        models = {name: self.models[name].model for name in self.rows(state)}
-        return gap_profile(self.cache, models, self.split, self.diffusion, state.y, state.seed,
-                           self.n_stats, self.profile_t, TEACHER)
+        """Every model's E|delta| over the profile's timesteps at (class, seed), computed
+        once for all models (so ticking a student costs nothing) and kept."""
+        key = (state.y, state.seed)
+        if key not in self._profiles:
+            models = {name: art.model for name, art in self.models.items()}
+            self._profiles[key] = gap_profile(models, self.split, self.diffusion, state.y, state.seed,
+                                              self.n_stats, self.profile_rows, self.profile_t, TEACHER)
+        return self._profiles[key]
 
     def profiles(self, state: ExplorerState, views: list[ModelView], gaps: GapProfile) -> list[Profile]:
         """The profile column's curves, one y-range for every row so heights compare."""
-        finite = [v for vals in gaps.gap_abs.values() for v in vals if not math.isnan(v)]
+        finite = [v for name in self.rows(state) for v in gaps.gap_abs[name] if not math.isnan(v)]
         finite += [v.stats["student_gap_abs"] for v in views
                    if not math.isnan(v.stats["student_gap_abs"])]
         ymax = 1.05 * max(finite, default=1.0)
@@ -261,8 +268,8 @@ def banner_html(notice: str) -> str:
 def w_note(state: ExplorerState, w: float) -> str:
     """What guidance scale the panels use at this t."""
     if state.guidance == "tag":
-        return (f"<span style='margin-left:84px'>TAG: w(t = {state.t}) = <b>{fmt(w)}</b> "
-                f"(the w slider is unused)</span>")
+        return (f"<span style='margin-left:84px' title='the w slider is unused under TAG'>"
+                f"TAG: w(t = {state.t}) = <b>{fmt(w)}</b></span>")
     return f"<span style='margin-left:84px'>constant w = <b>{fmt(w)}</b></span>"
 
 
