@@ -1,6 +1,6 @@
 """The DASH distillation step against the sum of its passes, timed alone.
 
-A DASH step (PAPER.md, method 1) is, at its core, two passes:
+A DASH step (docs/paper.md, method 1) is, at its core, two passes:
   * teacher: both branches in ONE batched no-grad forward of 2B rows;
   * student: both branches in ONE batched forward of 2B rows, and its backward.
 Everything else (q_sample, three per-sample losses, TIRT weights, the

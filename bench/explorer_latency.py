@@ -18,6 +18,7 @@ import time
 import torch
 from common import write
 
+from dashlib import pipeline
 from dashlib.artifacts import load_artifact
 from dashlib.data import load_dataset
 from dashlib.distill import distill_run
@@ -47,11 +48,13 @@ def summary(ms: list[float]) -> dict[str, float]:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--preset", default="digits")
+    parser.add_argument("--quick", action="store_true",
+                        help="the quick reproduction's models (same architectures, shorter training)")
     parser.add_argument("--methods", nargs="*", default=["cond-only", "dash"])
     parser.add_argument("--threads", type=int, default=1)
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
-    preset = get_preset(args.preset)
+    preset = pipeline.budget(args.preset, quick=True).preset if args.quick else get_preset(args.preset)
     teacher = finished(teacher_run(preset))
     students = {m: finished(distill_run(preset, m)) for m in args.methods}
     start = time.perf_counter()
@@ -60,7 +63,7 @@ def main() -> None:
     T = preset.diffusion.T
     new_t = [{"t": int(t)} for t in torch.linspace(T - 1, 0, 12).long()]
     results = {
-        "preset": args.preset, "methods": args.methods, "n_stats": ex.n_stats,
+        "preset": args.preset, "quick": args.quick, "methods": args.methods, "n_stats": ex.n_stats,
         "first_draw_ms": first_ms,
         "slider_new_t": summary(times_ms(ex, new_t)),
         "slider_revisit_t": summary(times_ms(ex, new_t[::-1])),

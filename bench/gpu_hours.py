@@ -23,7 +23,7 @@ The assumptions are flags, printed with the table and stored in the JSON:
 * Utilisation 0.10 of that peak. A 36M-parameter UNet at 32x32 and batch 64
   is far from saturating a large GPU (small convolutions, GroupNorm and other
   memory-bound element-wise work). Anchor: the paper's own T4 latency
-  (PAPER.md: 1247.8 GFLOPs/sample x 64 in 14.2 s) is 5.6 TFLOP/s, 8.6% of the
+  (docs/paper.md: 1247.8 GFLOPs/sample x 64 in 14.2 s) is 5.6 TFLOP/s, 8.6% of the
   T4's 65 TFLOP/s fp16 tensor peak; its student reaches 5.5%.
 * A fixed overhead per sequential step that more GPUs do not shrink: kernel
   launches and Python in eager PyTorch (a training step of this UNet is

@@ -1,6 +1,6 @@
 """Collapse or explosion? How an output-level student's unconditional branch is defined.
 
-PAPER.md says output-level distillation leaves the student's unconditional
+docs/paper.md says output-level distillation leaves the student's unconditional
 branch unsupervised, so its gap delta_S collapses (rho -> 0). Whether that
 happens depends on two choices the paper does not state (docs/choices.md):
 

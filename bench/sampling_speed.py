@@ -2,7 +2,7 @@
 
 One full DDIM run (`--steps`, default 50) with classifier-free guidance (TAG)
 at batch 64 for the teacher and the student of each preset, the paper's
-Table 4 setting (PAPER.md: T4, 14.2 s vs 3.9 s, 1247.8G vs 216.3G FLOPs per
+Table 4 setting (docs/paper.md: T4, 14.2 s vs 3.9 s, 1247.8G vs 216.3G FLOPs per
 sample). FLOPs and the ratios come from `dashlib.efficiency` (the sampler run
 on the meta device under torch.utils.flop_counter, 2 per multiply-add; a CFG
 step is one forward of 2B rows). Unlike `dash efficiency`, the two models are

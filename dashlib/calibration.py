@@ -1,4 +1,4 @@
-"""Guidance-gap calibration on matched inputs (PAPER.md 'Setup', evaluation).
+"""Guidance-gap calibration on matched inputs (docs/paper.md 'Setup', evaluation).
 
 Teacher and student see the same held-out x_0, noise eps, timestep t and
 label y. With delta = eps(x_t, t, y) - eps(x_t, t, null):

@@ -153,11 +153,24 @@ class DashArgumentParser(argparse.ArgumentParser):
         sys.exit(2)
 
 
+def package_version() -> str:
+    """The installed distribution's version; the source tree's `__version__` when not installed."""
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        return version("dashlib")
+    except PackageNotFoundError:
+        import dashlib
+
+        return dashlib.__version__
+
+
 def build_parser() -> argparse.ArgumentParser:
     import dashlib.commands  # noqa: F401  (registers every subcommand)
 
     parser = DashArgumentParser(
         prog="dash", description="DASH: dual-branch score distillation, reproduced.")
+    parser.add_argument("--version", action="version", version=f"dash {package_version()}")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     for name in COMMANDS:
         cmd = COMMANDS.get(name)

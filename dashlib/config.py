@@ -199,7 +199,7 @@ class DataConfig(Validated):
 
 @dataclass(frozen=True)
 class TrainConfig(Validated):
-    """The teacher's training loop (and `scratch`'s): PAPER.md 'Setup'."""
+    """The teacher's training loop (and `scratch`'s): docs/paper.md 'Setup'."""
 
     steps: int = 1000
     batch_size: int = 64

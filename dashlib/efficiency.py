@@ -1,4 +1,4 @@
-"""Teacher vs student sampling cost: the paper's Table 4 analogue (PAPER.md, 'Results').
+"""Teacher vs student sampling cost: the paper's Table 4 analogue (docs/paper.md, 'Results').
 
 For one full DDIM run of `steps` steps (50) with classifier-free guidance at
 batch B (64), per model:

@@ -2,7 +2,7 @@
 
 One *cell* is `n` class-balanced samples (labels 0, 1, ..., K-1, 0, ...) of one
 run at one guidance setting (constant w or TAG), DDIM step count and seed,
-drawn with the run's preset sampler (DDIM, eta = 0, PAPER.md method 4). Per cell:
+drawn with the run's preset sampler (DDIM, eta = 0, docs/paper.md method 4). Per cell:
 
 * FID, IS, KID, precision/recall through torch-fidelity (`dashlib.fidelity`)
   in the dataset classifier's feature space, and in Inception-v3's too when

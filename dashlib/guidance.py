@@ -1,6 +1,6 @@
 """Classifier-free guidance: the two branches, their mix, and the w(t) schedules.
 
-eps_guided = eps_uncond + w * (eps_cond - eps_uncond)      (PAPER.md, 'The problem')
+eps_guided = eps_uncond + w * (eps_cond - eps_uncond)      (docs/paper.md, 'The problem')
 
 w = 1 is the plain conditional model, w = 0 the unconditional one, w > 1
 guided (Ho & Salimans' w_HS = w - 1). The guidance gap is
@@ -29,7 +29,7 @@ def constant_scale(config: SampleConfig, t: Tensor, T: int) -> Tensor:
 
 @GUIDANCE.register("tag")
 def tag_scale(config: SampleConfig, t: Tensor, T: int) -> Tensor:
-    """TAG (PAPER.md, method 4): w(t) = w_min + (w_max - w_min) sigmoid(beta (0.5 - t/T)).
+    """TAG (docs/paper.md, method 4): w(t) = w_min + (w_max - w_min) sigmoid(beta (0.5 - t/T)).
 
     Guidance is weak at high noise (t near T) and strong near the data.
     """

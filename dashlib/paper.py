@@ -6,6 +6,7 @@ through `dashlib.plots` / `dashlib.report`, and returns the path it wrote.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 from collections.abc import Mapping
 from pathlib import Path
@@ -18,7 +19,7 @@ from dashlib import plots
 from dashlib.artifacts import Artifact, load_artifact
 from dashlib.images import grid_image
 from dashlib.pipeline import Budget
-from dashlib.report import save_figure, save_table
+from dashlib.report import MeanStd, Provenance, Shown, save_figure, save_table
 from dashlib.runs import Run
 from dashlib.sampling import DDIMSampler, balanced_labels
 
@@ -30,8 +31,10 @@ def read_log(run: Run) -> list[dict[str, Any]]:
 
 
 def _save(fig: Any, b: Budget, folder: str | Path, name: str, title: str, claims: list[str],
-          notebook: str, data: list[dict[str, Any]] | None = None) -> Path:
-    path = save_figure(fig, folder, name, title, claims, b.provenance(notebook), data)
+          notebook: str, data: list[dict[str, Any]] | None = None,
+          provenance: Provenance | None = None) -> Path:
+    """Save and close `fig`; the sidecar records `provenance` (default: the budget's)."""
+    path = save_figure(fig, folder, name, title, claims, provenance or b.provenance(notebook), data)
     plt.close(fig)
     return path
 
@@ -51,8 +54,13 @@ def f1_sample_grids(b: Budget, models: Mapping[str, Artifact], folder: str | Pat
         grids[name] = grid_image(x, labels, k, scale=1 if x.shape[-1] >= 16 else 2)
     guidance = "TAG" if b.table_guidance == "tag" else f"w = {b.table_guidance}"
     fig = plots.sample_grids(grids, f"{guidance}, {config.steps} DDIM steps, seed {seed}")
+    # The sidecar describes what was drawn: this seed and the sampler's step count, not the
+    # evaluation's seeds and DDIM steps.
+    base = b.provenance(notebook)
+    drawn = dataclasses.replace(base, seeds=(seed,), steps={**base.steps, "ddim": config.steps},
+                                extra={"guidance": b.table_guidance, "samples_per_class": b.grid_per_class})
     return _save(fig, b, folder, "F1_samples", "Sample grids of the teacher and every student",
-                 ["C1", "C2", "C3"], notebook)
+                 ["C1", "C2", "C3"], notebook, provenance=drawn)
 
 
 # --- F2 / T3 -----------------------------------------------------------------------------
@@ -78,7 +86,7 @@ def t3_calibration(b: Budget, runs: Mapping[str, Run], folder: str | Path,
     for method in plots.ordered(list(runs)):
         r = runs[method].read_results()
         term = plots.OUTPUT_TERM.get(method, "loss")
-        rows.append({"method": method, "params": f"{r['params']:,}", "rho": r["rho"], "cos": r["cos"],
+        rows.append({"method": method, "params": _count(r["params"]), "rho": r["rho"], "cos": r["cos"],
                      "gap_mse": r["gap_mse"], "cond_mse": r["cond_mse"],
                      "uncond_mse": r["uncond_mse"], "final_loss": r["final_losses"].get(term)})
     return save_table(rows, T3_COLUMNS, folder, "T3_calibration",
@@ -178,12 +186,18 @@ def gap_heatmaps(b: Budget, models: Mapping[str, Artifact], timesteps: tuple[int
 
 # --- evaluation outputs -------------------------------------------------------------------
 
-def _pm(mean: float | None, std: float | None, digits: int = 3) -> str:
-    if mean is None or mean != mean:
-        return "–"
-    if std is None or std != std:
-        return f"{mean:.{digits}f}"
-    return f"{mean:.{digits}f} ± {std:.{digits}f}"
+def _pm(mean: float | None, std: float | None, digits: int = 3) -> MeanStd:
+    return MeanStd(mean, std, digits)
+
+
+def _count(n: int) -> Shown:
+    return Shown(n, f"{n:,}")
+
+
+def _fixed(x: float | None, digits: int = 2) -> Shown:
+    """x to `digits` decimals in Markdown/LaTeX ("–" when missing), the full number in the CSV."""
+    missing = x is None or x != x
+    return Shown(None if missing else x, "–" if missing else f"{x:.{digits}f}")
 
 
 def _summary(report: Any, guidance: str) -> dict[str, dict[str, Any]]:
@@ -204,11 +218,12 @@ def t1_main_results(b: Budget, report: Any, runs: Mapping[str, Run], folder: str
         r = rows_by[name]
         params = r.get("params_nonzero") if name == "pruning" else r["params"]
         rho = runs[name].read_results().get("rho") if name in runs else (1.0 if name == "teacher" else None)
-        rows.append({"model": name, "params": f"{params:,}", "compression": f"{teacher_params / params:.2f}x",
+        ratio = teacher_params / params
+        rows.append({"model": name, "params": _count(params), "compression": Shown(ratio, f"{ratio:.2f}x"),
                      "FID": _pm(r.get("fid_mean"), r.get("fid_std")),
                      "IS": _pm(r.get("isc_mean_mean"), r.get("isc_mean_std"), 2),
                      "accuracy": _pm(r.get("accuracy_mean"), r.get("accuracy_std")),
-                     "rho": "–" if rho is None or rho != rho else f"{rho:.2f}"})
+                     "rho": _fixed(rho)})
     feature = b.preset.eval.feature_extractor
     guidance = "TAG" if b.table_guidance == "tag" else f"w = {b.table_guidance}"
     return save_table(rows, T1_COLUMNS, folder, "T1_main_results",
@@ -248,7 +263,7 @@ def t4_efficiency(b: Budget, teacher: Artifact, student: Artifact, folder: str |
     rows = []
     for name, cost in (("teacher", e["teacher"]), ("dash student", e["student"])):
         is_teacher = name == "teacher"
-        rows.append({"model": name, "params": f"{cost['params']:,}",
+        rows.append({"model": name, "params": _count(cost["params"]),
                      T4_COLUMNS[2]: cost["flops"] / 1e9,
                      "latency (s)": cost.get("latency_s"),
                      "peak memory (MB)": (cost.get("peak_memory_bytes") or 0) / 2**20,
@@ -295,7 +310,7 @@ def t2_ablation(b: Budget, report: Any, runs: Mapping[str, Run], folder: str | P
                      "L_un": f"{cfg.un:g}" if dash else "0", "L_an": f"{cfg.an:g}" if dash else "0",
                      "TIRT": tirt, "FID": _pm(s.get("fid_mean"), s.get("fid_std")),
                      "accuracy": _pm(s.get("accuracy_mean"), s.get("accuracy_std")),
-                     "rho": f"{res['rho']:.2f}", "cos": f"{res['cos']:.2f}"})
+                     "rho": _fixed(res["rho"]), "cos": _fixed(res["cos"])})
     return save_table(rows, T2_COLUMNS, folder, "T2_ablation",
                       "DASH ablation: the additive path cond-only → +L_un → +L_an → +TIRT Transfer, "
                       "and leave-one-out variants (FID mean ± std over seeds)", ["C4", "C5"],

@@ -48,6 +48,15 @@ def _lw(name: str) -> float:
     return 2.6 if name in ("dash", "teacher") else 1.5
 
 
+def legend_beside(ax: Any, handles: Sequence[Any] | None = None,
+                  labels: Sequence[str] | None = None, **kwargs: Any) -> Any:
+    """A legend to the right of `ax`, outside the axes, so it never hides data."""
+    if handles is None or labels is None:
+        handles, labels = ax.get_legend_handles_labels()
+    return ax.legend(handles, labels, loc="upper left", bbox_to_anchor=(1.02, 1.0),
+                     borderaxespad=0.0, fontsize=8, **kwargs)
+
+
 # --- F1 ------------------------------------------------------------------------------
 
 def sample_grids(grids: Mapping[str, Tensor], subtitle: str = "") -> Figure:
@@ -94,7 +103,7 @@ def gap_calibration(calibrations: Mapping[str, Mapping[str, Any]]) -> Figure:
     ax_rho.set_yscale("log", base=2)  # 2x too large and 2x too small sit equally far from 1
     ax_rho.yaxis.set_major_formatter(matplotlib.ticker.FuncFormatter(lambda v, _: f"{v:g}"))
     ax_cos.set_ylim(-0.1, 1.05)
-    ax_rho.legend(fontsize=8, ncol=2)
+    legend_beside(ax_cos, *ax_rho.get_legend_handles_labels())
     fig.suptitle("Guidance-gap calibration across timesteps (held-out matched inputs)")
     fig.tight_layout()
     return fig
@@ -123,14 +132,15 @@ def guidance_sweep(rows: Sequence[Mapping[str, Any]], quality: str = "fid",
     the right. `rows` hold method, guidance ("0", "1", ..., "tag"), seed and metrics.
     A model without a null branch (single-head) ignores w: its curves are flat."""
     style()
-    fig, axes = plt.subplots(1, 2, figsize=(12, 4.6))
+    fig, axes = plt.subplots(1, 2, figsize=(13, 4.6))
     panels = ((axes[0], quality, f"{quality_label} (log scale, lower is better)"),
               (axes[1], fidelity, "accuracy on samples of the asked class"))
     for ax, key, label in panels:
         table = _by_method_guidance(rows, key)
         numeric = sorted({float(g) for m in table.values() for g in m if g != "tag"})
         tag_x = (max(numeric) + 1.0) if numeric else 0.0
-        for name in ordered(list(table)):
+        names = ordered(list(table))
+        for i, name in enumerate(names):
             xs = sorted(float(g) for g in table[name] if g != "tag")
             stats = [mean_std(table[name][f"{x:g}"]) for x in xs]
             if xs:
@@ -138,19 +148,21 @@ def guidance_sweep(rows: Sequence[Mapping[str, Any]], quality: str = "fid",
                             ms=4, lw=_lw(name), capsize=2, color=colour(name), label=name)
             if "tag" in table[name]:
                 m, s = mean_std(table[name]["tag"])
-                ax.errorbar([tag_x], [m], yerr=[s], marker="*", ms=11, color=colour(name),
-                            capsize=2, ls="none")
+                # spread the TAG stars sideways so methods with equal values stay visible
+                dx = 0.5 * (i - (len(names) - 1) / 2) / max(len(names), 1)
+                ax.errorbar([tag_x + dx], [m], yerr=[s], marker="*", ms=9, color=colour(name),
+                            capsize=2, ls="none", alpha=0.9)
         has_tag = any("tag" in m for m in table.values())
         ax.set_xticks(numeric + ([tag_x] if has_tag else []),
                       [f"{t:g}" for t in numeric] + (["TAG"] if has_tag else []))
         ax.set(xlabel="guidance scale w (★ = TAG schedule)", ylabel=label)
     axes[0].set_yscale("log")
     axes[1].set_ylim(0, 1.02)
-    if chance is not None:
-        axes[1].axhline(chance, color="grey", ls=":", lw=1)
-        axes[1].annotate("chance", (0, chance), xytext=(4, 4), textcoords="offset points",
-                         fontsize=8, color="grey")
-    axes[0].legend(fontsize=8, ncol=2)
+    handles, labels = axes[0].get_legend_handles_labels()
+    if chance is not None:  # named in the legend: a text label on the line hid the data
+        line = axes[1].axhline(chance, color="grey", ls=":", lw=1)
+        handles, labels = [*handles, line], [*labels, f"chance ({chance:.2g})"]
+    legend_beside(axes[1], handles, labels)
     fig.suptitle("Sample quality (left) and guidance fidelity (right) against guidance scale, "
                  "mean ± std over seeds")
     fig.tight_layout(rect=(0, 0, 1, 0.95))
@@ -224,8 +236,7 @@ def distillation_dynamics(logs: Mapping[str, Sequence[Mapping[str, Any]]]) -> Fi
     axes[1].set(xlabel="step", ylabel="rho", title="Gap magnitude (1 = teacher's)")
     axes[2].set(xlabel="step", ylabel="cos(δ_S, δ_T)", title="Gap direction")
     axes[1].axhline(1, color="black", ls="--", lw=1)
-    axes[0].legend(fontsize=7)
-    axes[2].legend(fontsize=7)
+    legend_beside(axes[2], *axes[0].get_legend_handles_labels(), title="method (loss term)")
     fig.suptitle("Distillation dynamics: a low loss can hide a broken gap")
     fig.tight_layout()
     return fig

@@ -4,7 +4,7 @@
 * ``digits``: the embedded default. scikit-learn's bundled 8x8 digits (no
   download), a teacher and a 5.8x smaller student of the paper's UNet family;
   trains on a laptop CPU in minutes. ``digits16`` is the same at 16x16.
-* ``cifar10`` / ``cifar100``: the paper's settings (PAPER.md 'Setup') exactly.
+* ``cifar10`` / ``cifar100``: the paper's settings (docs/paper.md 'Setup') exactly.
 
 Choices the paper leaves open, and what dash picks (documented in the README):
 the student keeps dropout 0.1; the EMA warms up as min(decay, (1+k)/(10+k));
@@ -41,7 +41,7 @@ def _cifar(name: str, num_classes: int) -> Preset:
                           num_classes=num_classes, norm_groups=32)
     return Preset(
         name=name,
-        description=f"PAPER.md settings on {name.upper()} 32x32 (GPU scale)",
+        description=f"docs/paper.md settings on {name.upper()} 32x32 (GPU scale)",
         data=DataConfig(name=name, image_size=32, data_root="data"),
         teacher=teacher,
         student=dataclasses.replace(teacher, ch=64, num_res_blocks=1),

@@ -1,6 +1,6 @@
 """Teacher training: epsilon-prediction with label dropout and TIRT learned jointly.
 
-Per sample (PAPER.md, 'Setup' and method 2):
+Per sample (docs/paper.md, 'Setup' and method 2):
 
     y' = null if dropped else y          (batch-level dropout by default, as the authors did)
     L_i = |eps_theta(x_t, t, y') - eps|^2   averaged over pixels

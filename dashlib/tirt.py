@@ -1,10 +1,10 @@
-"""Per-timestep loss weighting: TIRT (PAPER.md, method 2) and alternatives.
+"""Per-timestep loss weighting: TIRT (docs/paper.md, method 2) and alternatives.
 
 Every weighting turns per-sample losses L_i (B,) at timesteps t_i (B,) into
 one scalar (`reduce`) and reports its effective per-sample weights w_t
 (`weights`, unit mean over the batch). They share a learnable table of one
 value per timestep so a teacher's table can be transferred and frozen
-(PAPER.md, method 3: TIRT Transfer).
+(docs/paper.md, method 3: TIRT Transfer).
 
 * ``tirt`` (faithful): w_t = min(SNR_t, 5) * sigmoid(lambda_t), normalised to
   mean 1 over the batch, lambda_t initialised to 0 (Min-SNR-5) and learned by
@@ -58,7 +58,7 @@ class TimestepWeighting(nn.Module):
         raise NotImplementedError
 
     def weights(self, t: Tensor) -> Tensor:
-        """w_t (B,), normalised to mean 1 over the batch (PAPER.md method 2); under
+        """w_t (B,), normalised to mean 1 over the batch (docs/paper.md method 2); under
         torchrun the mean is over the global batch, every rank's rows."""
         w = self.raw(t, self.table[t])
         return w / batch_mean(w).clamp_min(1e-12)
@@ -122,7 +122,7 @@ WEIGHTINGS: Registry[type[TimestepWeighting]] = Registry("timestep weighting")
 
 @WEIGHTINGS.register("tirt")
 class TIRT(TimestepWeighting):
-    """w_t = min(SNR_t, 5) * sigmoid(lambda_t); table = lambda_t (PAPER.md)."""
+    """w_t = min(SNR_t, 5) * sigmoid(lambda_t); table = lambda_t (docs/paper.md)."""
 
     def raw(self, t: Tensor, table: Tensor) -> Tensor:
         return self.base[t] * torch.sigmoid(table)
@@ -171,7 +171,7 @@ def make_weighting(name: str, diffusion: Diffusion) -> TimestepWeighting:
 
 
 def transfer(source: TimestepWeighting, diffusion: Diffusion) -> TimestepWeighting:
-    """TIRT Transfer (PAPER.md method 3): a frozen copy of the teacher's table."""
+    """TIRT Transfer (docs/paper.md method 3): a frozen copy of the teacher's table."""
     copy = type(source)(diffusion)
     copy.load_state_dict(source.state_dict())
     return copy.freeze()

@@ -7,9 +7,9 @@ self-attention at the chosen resolutions, strided-conv downsampling and
 nearest+conv upsampling, `num_res_blocks` blocks per level on the way down and
 `num_res_blocks + 1` on the way up (each eating a skip). At ch=128,
 mult=(1,2,2,2), 2 blocks, attention at 16x16 this is 35.75M parameters; at
-ch=64 with 1 block, 6.08M (PAPER.md).
+ch=64 with 1 block, 6.08M (docs/paper.md).
 
-Class conditioning (PAPER.md 'Setup'): an embedding with num_classes + 1 rows
+Class conditioning (docs/paper.md 'Setup'): an embedding with num_classes + 1 rows
 (row `num_classes` is the null label) added to the timestep embedding. One
 network therefore has two branches, eps(x_t, t, y) and eps(x_t, t, null).
 """

@@ -47,3 +47,16 @@ def test_module_entry_point_runs():
     out = subprocess.run([sys.executable, "-m", "dashlib", "info", "--preset", "tiny"],
                          capture_output=True, text=True, check=True)
     assert json.loads(out.stdout)["dataset"] == "synthetic"
+
+
+def test_version_prints_the_package_version(capsys):
+    import dashlib
+
+    try:
+        main(["--version"])
+    except SystemExit as stop:
+        assert stop.code == 0
+    else:
+        raise AssertionError("--version must exit")
+    out = capsys.readouterr().out.strip()
+    assert out.startswith("dash ") and out.split()[1] == dashlib.__version__

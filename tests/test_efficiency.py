@@ -38,7 +38,7 @@ def test_student_flops_below_teacher(name):
 
 
 def test_cifar_flops_per_sample_match_the_papers_table():
-    # PAPER.md: 50-step CFG sampling costs 1247.8G (teacher) and 216.3G (student) FLOPs per image.
+    # docs/paper.md: 50-step CFG sampling costs 1247.8G (teacher) and 216.3G (student) FLOPs per image.
     preset = get_preset("cifar10")
     for cfg, paper in ((preset.teacher, 1247.8e9), (preset.student, 216.3e9)):
         assert 50 * forward_flops(build_unet(cfg, 0), batch=1) == pytest.approx(paper, rel=0.01)

@@ -204,3 +204,102 @@ def teacher_sample():
     from dashlib.presets import get_preset
 
     return get_preset("tiny").sample
+
+
+def _extreme_pixels(png, row, col):
+    """How many pixels of a gap tile sit at either end of the RdBu_r scale (saturated)."""
+    from matplotlib import colormaps
+
+    ends = {tuple(round(255 * c) for c in colormaps["RdBu_r"](v)[:3]) for v in (0.0, 1.0)}
+    pixels = _tile(png, row, col)
+    return sum(1 for i in range(0, len(pixels), 3) if tuple(pixels[i:i + 3]) in ends)
+
+
+def test_gap_scale_is_fixed_across_t_by_default_and_per_t_on_request(setup):
+    teacher, students, data = setup
+    ex = BranchExplorer(teacher, students, data, teacher_sample(), n_stats=4, debounce_s=0.0)
+    gap_col = COLUMNS.index("gap delta")
+    fixed, per_t = [], []
+    for t in ex.profile_t:
+        ex.set(t=t, per_t_scale=False)
+        fixed.append(_extreme_pixels(ex.image.value, 0, gap_col))
+        ex.set(per_t_scale=True)
+        per_t.append(_extreme_pixels(ex.image.value, 0, gap_col))
+    assert all(n > 0 for n in per_t), "per-t: the teacher's peak at every t is saturated"
+    assert min(fixed) == 0 and max(fixed) > 0, "fixed: only the t with the largest gap saturates"
+
+
+def test_profile_column_follows_each_models_gap_over_t(setup):
+    teacher, students, data = setup
+    ex = BranchExplorer(teacher, students, data, teacher_sample(), n_stats=4, debounce_s=0.0)
+    state = ex.state()
+    gaps = ex.profile(state)
+    assert gaps.timesteps == ex.profile_t and gaps.timesteps[0] == 0
+    assert gaps.timesteps[-1] == teacher.diffusion.T - 1
+    assert gaps.gap_abs["copy"] == gaps.gap_abs["teacher"]
+    assert gaps.gap_abs["other"] != gaps.gap_abs["teacher"]
+    assert all(math.isnan(v) for v in gaps.gap_abs["single-head"])
+    width = Image.open(io.BytesIO(ex.image.value)).size[0]
+    layout = Layout()
+    step = layout.tile + layout.pad
+    assert width == layout.label_width + step * (len(COLUMNS) - 1) + layout.profile_width
+    ex.set(t=gaps.timesteps[3], students=("copy",))
+    assert ex.profile(ex.state()) is gaps, "one profile per (class, seed), whatever t or students"
+    ex.set(y=1)
+    assert ex.profile(ex.state()) is not gaps
+
+
+def test_tag_disables_w_and_shows_w_of_t(setup):
+    teacher, students, data = setup
+    ex = BranchExplorer(teacher, students, data, teacher_sample(), n_stats=4, debounce_s=0.0,
+                        guidance="tag")
+    assert ex.controls["w"].disabled and "TAG: w(t" in ex.w_now.value
+    ex.set(guidance="constant", w=2.5)
+    assert not ex.controls["w"].disabled and "constant w = <b>2.50</b>" in ex.w_now.value
+    ex.set(guidance="tag")
+    assert ex.controls["w"].disabled
+
+
+def test_labels_use_three_significant_figures_and_teacher_row_is_itself():
+    from dashlib.explorer.render import fmt
+    from dashlib.explorer.widget import stats_table
+
+    assert [fmt(x) for x in (0.0031234, 1.0, 12.345, 0.0, 250.0)] == ["0.00312", "1.00", "12.3",
+                                                                       "0.00", "250"]
+    assert fmt(math.nan) == "-"
+    cond, uncond = torch.randn(4, 1, 4, 4), torch.randn(4, 1, 4, 4)
+    b = Branches(cond, uncond)
+    view = model_view("teacher", b, b, _probe_like(cond), Diffusion(teacher_preset().diffusion), 3.0)
+    table = stats_table([view], 4)
+    row = table.split("<tr><td>teacher</td>")[1].split("</tr>")[0]
+    assert ">-<" not in row and ">1.00<" in row and ">0.00<" in row
+
+
+def test_students_are_checkboxes_and_small_presets_get_a_banner(setup):
+    from dashlib.explorer.models import small_model_notice
+    from dashlib.presets import get_preset
+
+    teacher, students, data = setup
+    ex = BranchExplorer(teacher, students, data, teacher_sample(), n_stats=4, debounce_s=0.0,
+                        notice="too small")
+    boxes = [k for k in ex.controls if k.startswith("student:")]
+    assert len(boxes) == 3
+    ex.controls["student:other"].value = False
+    assert ex.state().students == ("copy", "single-head")
+    with pytest.raises(ValueError, match="unknown students"):
+        ex.set(students=("nobody",))
+    assert "too small" in ex.banner.value
+    assert small_model_notice(get_preset("tiny")) and not small_model_notice(get_preset("digits"))
+
+
+def teacher_preset():
+    from dashlib.presets import get_preset
+
+    return get_preset("tiny")
+
+
+def _probe_like(x):
+    from dashlib.explorer.probe import Probe
+
+    n = x.shape[0]
+    return Probe(ProbeKey(0, 5, 0), x, x, x, torch.full((n,), 5), torch.zeros(n, dtype=torch.long))

@@ -157,6 +157,9 @@ def run_explorer(page, expect, tmp_path):  # noqa: ANN001, ANN201
     expect(img).to_be_visible(timeout=30_000)
     expect(page.locator(".widget-html-content", has_text="redraw")).to_be_visible()
     expect(page.locator(".jp-OutputArea-output", has_text="redraws: median")).to_be_visible()
+    # tiny's models are a smoke test: the explorer must say so rather than mislead
+    expect(page.locator(".widget-html-content", has_text="smoke test")).to_be_visible()
+    expect(page.locator(".widget-checkbox", has_text="dash")).to_be_visible()
     img.scroll_into_view_if_needed()
     src, before = img.get_attribute("src"), img.screenshot()
 

@@ -97,6 +97,29 @@ def test_table_values_are_finite(executed):
                 assert all(math.isfinite(v) for v in _numbers(value or "")), (name, row)
 
 
+def test_table_csvs_hold_numbers_with_mean_and_std_apart(executed):
+    import pandas as pd
+
+    _, figures = executed
+    labels = {"model", "variant", "method", "TIRT"}
+    for name in TABLES:
+        df = pd.read_csv(figures / f"{name}.csv")
+        for column in set(df.columns) - labels:
+            assert df[column].dtype.kind in "if", (name, column, df[column].dtype)
+    t1 = pd.read_csv(figures / "T1_main_results.csv")
+    assert {"FID_mean", "FID_std", "accuracy_mean", "accuracy_std"} <= set(t1.columns)
+    assert "±" in (figures / "T1_main_results.md").read_text()
+
+
+def test_f1_sidecar_describes_what_was_drawn(executed):
+    from dashlib.presets import get_preset
+
+    _, figures = executed
+    record = json.loads((figures / "F1_samples.json").read_text())
+    assert record["seeds"] == [42]
+    assert record["steps"]["ddim"] == get_preset("tiny").sample.steps
+
+
 def test_notebooks_are_committed_clean_and_thin():
     for name in NOTEBOOKS:
         nb = nbformat.read(notebooks_dir() / f"{name}.ipynb", as_version=4)

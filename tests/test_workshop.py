@@ -38,7 +38,7 @@ TINY = TOY_BUDGETS.get("tiny")
 
 @pytest.fixture(scope="module")
 def shop():
-    return build_workshop(TINY)
+    return build_workshop(TINY, progress=False)
 
 
 def test_modes_interleave_on_a_circle_inside_the_unit_square():
@@ -178,3 +178,72 @@ def test_workshop_solutions_are_hidden_by_default():
         assert c["metadata"]["jupyter"] == {"source_hidden": True, "outputs_hidden": True}
     exercises = [c for c in cells if c["cell_type"] == "markdown" and "**Exercise" in "".join(c["source"])]
     assert len(exercises) == len(solutions)
+
+
+def test_build_workshop_shows_one_progress_bar_over_all_training(capsys):
+    config = dataclasses.replace(TINY, teacher_steps=4, student_steps=3)
+    shop = build_workshop(config, students=["output-level", "dash"], progress=True)
+    err = capsys.readouterr().err
+    assert "10/10" in err and "workshop" in err  # 4 teacher + 2 x 3 student steps
+    build_workshop(config, students=["dash"], progress=False)
+    assert capsys.readouterr().err == ""
+    shop.add_student("again", "dash")
+    assert "3/3" in capsys.readouterr().err
+
+
+def test_w0_has_a_class_legend_beside_the_axes():
+    from dashlib.workshop import plot_data
+
+    matplotlib.use("Agg")
+    fig = plot_data(TINY, n=60)
+    ax = fig.axes[0]
+    labels = [t.get_text() for t in ax.get_legend().get_texts()]
+    assert labels == [f"class {k}" for k in range(TINY.num_classes)]
+    fig.canvas.draw()
+    renderer = fig.canvas.get_renderer()
+    assert not ax.get_legend().get_window_extent(renderer).overlaps(ax.get_window_extent(renderer))
+
+
+def test_w_figures_get_sidecars_and_index_entries(tmp_path):
+    from dashlib.workshop import W_FIGURES, plot_data, workshop_provenance
+
+    matplotlib.use("Agg")
+    prov = workshop_provenance("tiny", False, TINY)
+    path = save_figure(plot_data(TINY, n=30), tmp_path, "W0_workshop_data", prov)
+    assert path == tmp_path / "W0_workshop_data.png" and (tmp_path / "W0_workshop_data.pdf").exists()
+    record = json.loads((tmp_path / "W0_workshop_data.json").read_text())
+    assert record["kind"] == "figure" and record["notebook"] == "07_workshop"
+    assert record["seeds"] == [TINY.seed] and record["steps"]["teacher"] == TINY.teacher_steps
+    assert record["title"] == W_FIGURES["W0_workshop_data"][0]
+    assert "W0_workshop_data" in (tmp_path / "README.md").read_text()
+    assert set(W_FIGURES) == {"W0_workshop_data", "W1_workshop_fields", "W2_workshop_samples",
+                              "W3_workshop_gap_profile"}
+    notebook = "".join("".join(c["source"]) for c in _cells("07_workshop.ipynb"))
+    assert all(f'"{name}", made_from)' in notebook for name in W_FIGURES)
+
+
+def test_solutions_run_only_with_run_solutions():
+    cells = _cells("07_workshop.ipynb")
+    params = next(c for c in cells if "parameters" in c["metadata"].get("tags", []))
+    assert "run_solutions = False" in "".join(params["source"])
+    for c in cells:
+        if "solution" in c["metadata"].get("tags", []):
+            body = ast.parse("".join(c["source"])).body
+            assert len(body) == 1 and isinstance(body[0], ast.If)
+            assert ast.unparse(body[0].test) == "run_solutions" and not body[0].orelse
+
+
+def test_the_notebook_with_solutions_runs_on_tiny(tmp_path):
+    """Every code cell of 07 in-process (no kernel) with run_solutions = True."""
+    matplotlib.use("Agg")
+    cells = [c for c in _cells("07_workshop.ipynb") if c["cell_type"] == "code"]
+    namespace: dict = {}
+    exec("".join(cells[0]["source"]), namespace)  # noqa: S102 (the notebook's own cells)
+    namespace.update(preset="tiny", figures_dir=str(tmp_path), run_solutions=True)
+    for c in cells[1:]:
+        exec("".join(c["source"]), namespace)  # noqa: S102
+    assert "dash-no-uncond" in namespace["shop"].models
+    assert {p.name for p in tmp_path.glob("W*.json")} == {f"{n}.json" for n in
+                                                          ("W0_workshop_data", "W1_workshop_fields",
+                                                           "W2_workshop_samples",
+                                                           "W3_workshop_gap_profile")}

@@ -1,6 +1,6 @@
 """Per-sample distillation losses, each (B,): the caller weights (TIRT) and reduces.
 
-Notation (PAPER.md): eps_S / eps_T are student / teacher predictions, "cond"
+Notation (docs/paper.md): eps_S / eps_T are student / teacher predictions, "cond"
 the branch at label y, "uncond" the branch at the null label, delta = cond -
 uncond the guidance gap, eps the true noise that made x_t.
 """

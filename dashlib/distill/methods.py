@@ -285,7 +285,7 @@ class SingleHead(DistillObjective):
 
 @METHODS.register("dash")
 class DASH(DistillObjective):
-    """Dual-branch supervision (PAPER.md, method 1):
+    """Dual-branch supervision (docs/paper.md, method 1):
     L_DASH = im L_im + un L_un + an L_an, with
     L_im = |eps_S(y) - eps_T(y)|^2, L_un = |eps_S(null) - eps_T(null)|^2,
     L_an = |eps_S(y) - eps|^2, default weights 1, 1, 0.1, each weighted per

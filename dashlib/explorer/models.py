@@ -47,16 +47,34 @@ def load_models(preset: Preset, methods: Sequence[str] = (),
     return teacher, students
 
 
+# Below these budgets the explorer's models show little of the paper's effect.
+MEANINGFUL_TEACHER_STEPS = 500
+MEANINGFUL_DISTILL_STEPS = 150
+
+
+def small_model_notice(preset: Preset) -> str:
+    """A warning when the preset's models are too small or too briefly trained for the
+    explorer's picture to mean much (e.g. `tiny`, a smoke test); "" otherwise."""
+    if preset.train.steps >= MEANINGFUL_TEACHER_STEPS and preset.distill.steps >= MEANINGFUL_DISTILL_STEPS:
+        return ""
+    return (f"preset {preset.name!r}: the teacher trained {preset.train.steps} steps and the students "
+            f"{preset.distill.steps}; models this small or this briefly trained are a smoke test, "
+            f"and every student may look collapsed (DASH included). Use the 'digits' preset "
+            f"(or larger) to see the effect the notebook describes.")
+
+
 def open_explorer(preset: str | Preset, methods: Sequence[str] = (),
                   student_runs: Mapping[str, str | Path] | None = None, device: str = "cpu",
-                  progress: bool = False, t_fraction: float = 0.5,
+                  progress: bool = True, t_fraction: float = 0.5,
                   **options: Any) -> BranchExplorer:
     """A `BranchExplorer` for a preset's teacher and students, first shown at timestep
-    round(t_fraction (T - 1)); `options` go to the explorer."""
+    round(t_fraction (T - 1)); `options` go to the explorer. Models trained on first use
+    show a progress bar (`progress`); small presets get a warning banner."""
     if not 0.0 <= t_fraction <= 1.0:
         raise ValueError(f"t_fraction = {t_fraction} must lie in [0, 1]")
     p = get_preset(preset) if isinstance(preset, str) else preset
     teacher, students = load_models(p, methods, student_runs, device, progress)
     t = round(t_fraction * (p.diffusion.T - 1))
+    options.setdefault("notice", small_model_notice(p))
     return BranchExplorer(teacher, students, load_dataset(p.data), p.sample,
                           title=f"[{p.name}]", t=t, **options)

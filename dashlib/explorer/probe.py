@@ -159,3 +159,52 @@ def model_view(name: str, branches: Branches, teacher: Branches, probe: Probe,
         eps_uncond=None if branches.eps_uncond is None else branches.eps_uncond[0],
         delta=None if delta is None else delta[0], x0_guided=x0_hat[0], w=w,
         stats=branch_stats(branches, teacher))
+
+
+def profile_timesteps(T: int, k: int = 16) -> tuple[int, ...]:
+    """k timesteps spread evenly over [0, T - 1] (the |delta|-against-t profile's grid)."""
+    return tuple(sorted({round(i * (T - 1) / (k - 1)) for i in range(k)}))
+
+
+@dataclass(frozen=True)
+class GapProfile:
+    """E|delta| over the first rows of the probe at each of `timesteps`, per model (NaN
+    without a null branch), and `peak`: the teacher's largest |channel-mean delta| of
+    row 0 over them, the heat map's scale fixed across t."""
+
+    timesteps: tuple[int, ...]
+    gap_abs: dict[str, tuple[float, ...]]
+    peak: float
+
+
+def model_gap_profile(model: nn.Module, probes: list[Probe], rows: int) -> Tensor | None:
+    """delta (K, rows, C, H, W) at K probes (timesteps) in ONE batched forward; None
+    for a model without a null branch."""
+    if not model.config.cfg:
+        return None
+    x_t = torch.cat([p.x_t[:rows] for p in probes])
+    t = torch.cat([p.t[:rows] for p in probes])
+    y = torch.cat([p.y[:rows] for p in probes])
+    cond, uncond = branch_outputs(model, x_t, t, y)
+    return (cond - uncond).unflatten(0, (len(probes), -1))
+
+
+def gap_profile(models: dict[str, nn.Module], split: Split, diffusion: Diffusion, y: int, seed: int,
+                n: int, rows: int, timesteps: tuple[int, ...], teacher: str) -> GapProfile:
+    """The |delta|-against-t profile of every model at class y and seed.
+
+    The probes are the explorer's own (n rows, so row 0 is the image it draws); the
+    profile uses their first `rows` rows, one forward per model for all timesteps.
+    """
+    probes = [make_probe(split, diffusion, ProbeKey(y, t, seed), n) for t in timesteps]
+    gap_abs: dict[str, tuple[float, ...]] = {}
+    peak = 1e-6
+    for name, model in models.items():
+        delta = model_gap_profile(model, probes, rows)
+        if delta is None:
+            gap_abs[name] = tuple(math.nan for _ in timesteps)
+            continue
+        gap_abs[name] = tuple(delta.abs().flatten(1).mean(1).tolist())
+        if name == teacher:
+            peak = max(peak, float(delta[:, 0].float().mean(1).abs().max()))
+    return GapProfile(tuple(timesteps), gap_abs, peak)

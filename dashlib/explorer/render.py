@@ -2,12 +2,17 @@
 
 One row per model, one column per quantity:
 
-    x_t | eps_cond | eps_uncond | delta (heat map) | guided x0_hat | DDIM sample
+    x_t | eps_cond | eps_uncond | delta (heat map) | guided x0_hat | DDIM sample | |delta| vs t
 
 Images (x_t, x0_hat, samples) map [-1, 1] to black..white; eps panels map
-[-3, 3]; the gap delta = eps_cond - eps_uncond is drawn as a diverging heat
-map (channel mean, red > 0 > blue) on ONE scale shared by every row, so a
-collapsed student gap (delta_S ~ 0) looks washed out next to the teacher's.
+[-2, 2] (two standard deviations of unit-variance noise, so most pixels keep
+their contrast); the gap delta = eps_cond - eps_uncond is drawn as a diverging
+heat map (channel mean, red > 0 > blue) on ONE scale shared by every row, so a
+collapsed student gap (delta_S ~ 0) looks washed out next to the teacher's. By
+default that scale is also fixed across t (the teacher's peak over the profile's
+timesteps), so moving t shows where the gap is large. The last column plots the
+row's E|delta| against t (the teacher's in grey) with a dot at the current t:
+below the grey line is collapse, above it explosion.
 """
 
 from __future__ import annotations
@@ -24,9 +29,13 @@ from torch import Tensor
 
 from dashlib.explorer.probe import ModelView
 
-COLUMNS = ("x_t", "eps_cond", "eps_uncond", "gap delta", "guided x0_hat", "DDIM sample")
+COLUMNS = ("x_t", "eps_cond", "eps_uncond", "gap delta", "guided x0_hat", "DDIM sample",
+           "|delta| vs t")
 NO_BRANCH = "no unconditional branch"
-EPS_RANGE = 3.0
+EPS_RANGE = 2.0  # eps ~ N(0, 1): +/-2 std keeps 95% of pixels unclipped and visibly grey
+TEACHER_LINE = (150, 150, 150)
+MODEL_LINE = (200, 40, 40)
+NOW_LINE = (240, 160, 40)
 
 
 @dataclass(frozen=True)
@@ -37,6 +46,7 @@ class Layout:
     pad: int = 8
     label_width: int = 150
     header: int = 34
+    profile_width: int = 150
 
 
 @lru_cache(maxsize=4)
@@ -94,21 +104,66 @@ def text_tile(text: str, layout: Layout) -> Image.Image:
 
 
 def fmt(value: float) -> str:
-    return "-" if math.isnan(value) else f"{value:.2f}"
+    """Three significant figures ("0.00312", "1.00", "12.3"); "-" for NaN."""
+    if math.isnan(value):
+        return "-"
+    return f"{value:#.3g}".rstrip(".") if abs(value) < 1000 else f"{value:.0f}"
 
 
-def row_label(view: ModelView, teacher: bool) -> list[str]:
+def row_label(view: ModelView) -> list[str]:
+    """Name, w, E|delta| and rho/cos against the teacher (the teacher's own row: 1.00)."""
     s = view.stats
-    lines = [view.name, f"w = {view.w:.2f}", f"|delta| = {fmt(s['student_gap_abs'])}"]
-    if not teacher:
-        lines.append(f"rho {fmt(s['rho'])}  cos {fmt(s['cos'])}")
-    return lines
+    return [view.name, f"w = {fmt(view.w)}", f"|delta| = {fmt(s['student_gap_abs'])}",
+            f"rho {fmt(s['rho'])}  cos {fmt(s['cos'])}"]
 
 
-def row_tiles(view: ModelView, sample: Tensor | None, scale: float, layout: Layout) -> list[Image.Image]:
-    """The six panels of one model."""
+@dataclass(frozen=True)
+class Profile:
+    """One row's |delta|-against-t curve: `values` at `timesteps`, the teacher's
+    `reference`, the current `t` and `now` (the row's E|delta| there), all on [0, ymax]."""
+
+    timesteps: tuple[int, ...]
+    values: tuple[float, ...]
+    reference: tuple[float, ...]
+    t: int
+    now: float
+    ymax: float
+
+
+def profile_tile(p: Profile, layout: Layout) -> Image.Image:
+    """A sparkline: the teacher's E|delta|(t) in grey, the row's in red, a dot at the current t."""
+    w, h, margin, bottom = layout.profile_width, layout.tile, 4, 14
+    img = Image.new("RGB", (w, h), (248, 248, 248))
+    draw = ImageDraw.Draw(img)
+    t_max = max(p.timesteps[-1], 1)
+
+    def xy(t: float, v: float) -> tuple[float, float]:
+        frac = min(max(v / p.ymax, 0.0), 1.0) if p.ymax > 0 else 0.0
+        return margin + (w - 2 * margin) * t / t_max, h - bottom - (h - bottom - margin) * frac
+
+    def curve(values: tuple[float, ...], fill: tuple[int, int, int], width: int) -> None:
+        points = [xy(t, v) for t, v in zip(p.timesteps, values) if not math.isnan(v)]
+        if len(points) > 1:
+            draw.line(points, fill=fill, width=width)
+
+    draw.line([xy(0, 0), xy(t_max, 0)], fill=(200, 200, 200))
+    x_now = xy(p.t, 0)[0]
+    draw.line([(x_now, margin), (x_now, h - bottom)], fill=NOW_LINE, width=1)
+    curve(p.reference, TEACHER_LINE, 2)
+    curve(p.values, MODEL_LINE, 2)
+    if not math.isnan(p.now):
+        cx, cy = xy(p.t, p.now)
+        draw.ellipse([cx - 3, cy - 3, cx + 3, cy + 3], fill=MODEL_LINE)
+    draw.text((margin, h - bottom + 1), "t=0", fill=(90, 90, 90), font=font(10))
+    draw.text((w - margin - 34, h - bottom + 1), f"{t_max}", fill=(90, 90, 90), font=font(10))
+    return img
+
+
+def row_tiles(view: ModelView, sample: Tensor | None, scale: float, layout: Layout,
+              profile: Profile | None = None) -> list[Image.Image]:
+    """The panels of one model (the profile only when `profile` is given)."""
     missing = text_tile(NO_BRANCH, layout)
-    return [
+    tiles = [
         tile_image(gray_or_rgb(view.x_t, -1, 1), layout),
         tile_image(gray_or_rgb(view.eps_cond, -EPS_RANGE, EPS_RANGE), layout),
         missing if view.eps_uncond is None
@@ -118,29 +173,46 @@ def row_tiles(view: ModelView, sample: Tensor | None, scale: float, layout: Layo
         text_tile("press Run DDIM", layout) if sample is None
         else tile_image(gray_or_rgb(sample, -1, 1), layout),
     ]
+    if profile is not None:
+        tiles.append(missing if view.delta is None else profile_tile(profile, layout))
+    return tiles
 
 
 def render_panels(views: list[ModelView], samples: list[Tensor | None], title: str = "",
-                  layout: Layout | None = None) -> Image.Image:
-    """The full grid; views[0] is the teacher. samples[i] is row i's DDIM sample or None."""
+                  layout: Layout | None = None, scale: float | None = None,
+                  profiles: list[Profile] | None = None) -> Image.Image:
+    """The full grid; views[0] is the teacher. samples[i] is row i's DDIM sample or None.
+
+    `scale`: the gap heat map's +/- range (default: the teacher's peak at this t);
+    `profiles[i]`: row i's |delta|-against-t curve (the last column, when given).
+    """
     lay = layout or Layout()
     step = lay.tile + lay.pad
-    width = lay.label_width + step * len(COLUMNS)
-    height = lay.header + step * len(views) + 18
+    columns = COLUMNS if profiles is not None else COLUMNS[:-1]
+    width = lay.label_width + step * (len(COLUMNS) - 1) + (lay.profile_width if profiles else 0)
+    height = lay.header + step * len(views) + 34
     img = Image.new("RGB", (width, height), "white")
     draw = ImageDraw.Draw(img)
-    scale = gap_scale(views)
-    for j, name in enumerate(COLUMNS):
+    per_t = scale is None
+    scale = gap_scale(views) if scale is None else scale
+    for j, name in enumerate(columns):
         draw.text((lay.label_width + j * step, lay.header - 16), name, fill="black", font=font())
     draw.text((4, 4), title, fill="black", font=font())
     for i, (view, sample) in enumerate(zip(views, samples)):
         top = lay.header + i * step
-        for k, line in enumerate(row_label(view, teacher=i == 0)):
+        for k, line in enumerate(row_label(view)):
             draw.text((4, top + 4 + 16 * k), line, fill="black", font=font())
-        for j, tile in enumerate(row_tiles(view, sample, scale, lay)):
+        profile = profiles[i] if profiles is not None else None
+        for j, tile in enumerate(row_tiles(view, sample, scale, lay, profile)):
             img.paste(tile, (lay.label_width + j * step, top))
-    legend = f"gap delta = eps_cond - eps_uncond: red > 0 > blue, one scale for all rows (+/-{scale:.2f})"
-    draw.text((lay.label_width, height - 16), legend, fill="black", font=font())
+    how = "the teacher's peak at this t" if per_t else "fixed across t"
+    legend = (f"gap delta = eps_cond - eps_uncond: red > 0 > blue, one scale for all rows, "
+              f"{how} (+/-{fmt(scale)})")
+    draw.text((lay.label_width, height - 32), legend, fill="black", font=font())
+    if profiles is not None:
+        draw.text((lay.label_width, height - 16), "|delta| vs t: grey = teacher, red = this row, "
+                  "dot = current t; below grey = collapse, above = explosion", fill="black",
+                  font=font())
     return img
 
 

@@ -17,7 +17,9 @@ import torch
 from matplotlib.figure import Figure
 from torch import Tensor
 
+from dashlib import report
 from dashlib.io import atomic_write_bytes
+from dashlib.report import Provenance
 from dashlib.workshop.analysis import (
     class_accuracy,
     field_on_grid,
@@ -114,12 +116,16 @@ def plot_samples(shop: Workshop, guidance: Sequence[str | float] = (0, 1, 3, "ta
 
 
 def plot_data(config: ToyConfig, n: int = 1500, seed: int = 0) -> Figure:
-    """The training data, coloured by class."""
+    """The training data, coloured by class, with a class legend beside the axes."""
     x, y = sample_data(config, n, torch.Generator().manual_seed(seed))
-    fig, ax = plt.subplots(figsize=(3.6, 3.6))
-    ax.scatter(x[:, 0], x[:, 1], s=3, c=[COLORS[c] for c in y.tolist()])
+    fig, ax = plt.subplots(figsize=(4.8, 3.6))
+    for k in range(config.num_classes):
+        pts = x[y == k]
+        ax.scatter(pts[:, 0], pts[:, 1], s=3, color=COLORS[k], label=f"class {k}")
     style(ax, 1.05)
     ax.set_title(f"{config.num_classes} classes x {config.modes_per_class} modes")
+    ax.legend(loc="upper left", bbox_to_anchor=(1.02, 1.0), borderaxespad=0.0, markerscale=4,
+              fontsize=9)
     fig.tight_layout()
     return fig
 
@@ -144,8 +150,37 @@ def plot_gap_profiles(shop: Workshop, timesteps: Sequence[int]) -> Figure:
     return fig
 
 
-def save_figure(fig: Figure, folder: str | Path, name: str) -> Path:
-    """Write `fig` as folder/name (PNG), atomically."""
+# Title and paper claims of each workshop figure, for its sidecar and figures/README.md.
+W_FIGURES: dict[str, tuple[str, tuple[str, ...]]] = {
+    "W0_workshop_data": ("Workshop toy data: classes of interleaved Gaussian modes", ()),
+    "W1_workshop_fields": ("Workshop: -eps_cond, -eps_uncond and -delta vector fields, teacher "
+                           "and students, one arrow scale per column", ("C3",)),
+    "W2_workshop_samples": ("Workshop: DDIM samples of every model under several guidance scales",
+                            ("C3",)),
+    "W3_workshop_gap_profile": ("Workshop: rho and cos of each student's gap against the teacher "
+                                "over timesteps", ("C3",)),
+}
+
+
+def workshop_provenance(preset: str, quick: bool, config: ToyConfig) -> Provenance:
+    """What the workshop figures were made from: the toy budget's steps and seed."""
+    budget = "tiny" if preset == "tiny" else "quick" if quick else "laptop"
+    return Provenance(preset, (config.seed,),
+                      {"teacher": config.teacher_steps, "student": config.student_steps,
+                       "ddim": config.ddim_steps},
+                      quick=quick, notebook="07_workshop",
+                      extra={"toy_budget": budget, "T": config.T,
+                             "samples_per_class": config.samples_per_class})
+
+
+def save_figure(fig: Figure, folder: str | Path, name: str,
+                provenance: Provenance | None = None) -> Path:
+    """Write `fig` as folder/<name>.png; with `provenance` (a W figure) also the PDF and
+    the JSON sidecar, and refresh the folder's README.md index (`dashlib.report`)."""
+    stem = name.removesuffix(".png")
+    if provenance is not None:
+        title, claims = W_FIGURES.get(stem, (stem, ()))
+        return report.save_figure(fig, folder, stem, title, list(claims), provenance)
     buf = io.BytesIO()
     fig.savefig(buf, format="png", dpi=110)
-    return atomic_write_bytes(Path(folder) / name, buf.getvalue())
+    return atomic_write_bytes(Path(folder) / f"{stem}.png", buf.getvalue())

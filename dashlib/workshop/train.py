@@ -4,7 +4,7 @@ Teacher (CFG training, label dropout p per sample):
 
     L = E |eps_theta(x_t, t, y') - eps|^2,   y' = null with probability p, else y
 
-Student, for (x_0, y), eps, t, x_t (PAPER.md, method 1):
+Student, for (x_0, y), eps, t, x_t (docs/paper.md, method 1):
 
     L = im |eps_S(x_t,t,y) - eps_T(x_t,t,y)|^2          imitation        L_im
       + un |eps_S(x_t,t,null) - eps_T(x_t,t,null)|^2    unconditional    L_un
@@ -21,6 +21,7 @@ import time
 from collections.abc import Callable, Iterable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
+from typing import Any
 
 import torch
 from torch import Tensor, nn
@@ -103,17 +104,20 @@ def one_thread() -> Iterator[None]:
 
 
 def fit(params: Iterable[nn.Parameter], loss_fn: Callable[[ToyBatch], Tensor], config: ToyConfig,
-        diffusion: Diffusion, steps: int, generator: torch.Generator) -> list[float]:
-    """Adam with a cosine decay to lr/10; returns the loss of every step."""
+        diffusion: Diffusion, steps: int, generator: torch.Generator,
+        on_step: Callable[[], object] | None = None) -> list[float]:
+    """Adam with a cosine decay to lr/10; returns the loss of every step. `on_step` is
+    called after each step (a progress bar's update)."""
     opt = torch.optim.Adam(list(params), lr=config.lr)
-    losses = []
+    losses: list[float] = []
     with one_thread():
-        _steps(opt, loss_fn, config, diffusion, steps, generator, losses)
+        _steps(opt, loss_fn, config, diffusion, steps, generator, losses, on_step)
     return losses
 
 
 def _steps(opt: torch.optim.Optimizer, loss_fn: Callable[[ToyBatch], Tensor], config: ToyConfig,
-           diffusion: Diffusion, steps: int, generator: torch.Generator, losses: list[float]) -> None:
+           diffusion: Diffusion, steps: int, generator: torch.Generator, losses: list[float],
+           on_step: Callable[[], object] | None) -> None:
     for step in range(steps):
         for group in opt.param_groups:
             group["lr"] = config.lr * (0.1 + 0.45 * (1 + math.cos(math.pi * step / steps)))
@@ -122,26 +126,37 @@ def _steps(opt: torch.optim.Optimizer, loss_fn: Callable[[ToyBatch], Tensor], co
         loss.backward()
         opt.step()
         losses.append(float(loss.detach()))
+        if on_step is not None:
+            on_step()
 
 
-def train_toy_teacher(config: ToyConfig, diffusion: Diffusion) -> tuple[ToyMLP, list[float]]:
+def progress_bar(total: int, desc: str, enabled: bool) -> Any:
+    """A tqdm bar (a widget in Jupyter, text elsewhere); disabled it draws nothing."""
+    from tqdm.auto import tqdm
+
+    return tqdm(total=total, desc=desc, disable=not enabled, unit="step")
+
+
+def train_toy_teacher(config: ToyConfig, diffusion: Diffusion,
+                      on_step: Callable[[], object] | None = None) -> tuple[ToyMLP, list[float]]:
     model = build_toy_mlp(ToyModelConfig(config.teacher_hidden, config.depth, config.num_classes),
                           seed=config.seed)
     g = torch.Generator().manual_seed(config.seed)
     losses = fit(model.parameters(), lambda b: teacher_loss(model, diffusion, b, config.label_dropout),
-                 config, diffusion, config.teacher_steps, g)
+                 config, diffusion, config.teacher_steps, g, on_step)
     return model.eval(), losses
 
 
 def train_toy_student(config: ToyConfig, diffusion: Diffusion, teacher: ToyMLP,
-                      loss: str | StudentLoss) -> tuple[ToyMLP, list[float]]:
+                      loss: str | StudentLoss,
+                      on_step: Callable[[], object] | None = None) -> tuple[ToyMLP, list[float]]:
     """A student of width `student_hidden` trained on the named (or given) loss weights."""
     weights = STUDENT_LOSSES.get(loss) if isinstance(loss, str) else loss
     model = build_toy_mlp(ToyModelConfig(config.student_hidden, config.depth, config.num_classes),
                           seed=config.seed + 1)
     g = torch.Generator().manual_seed(config.seed + 1)
     losses = fit(model.parameters(), lambda b: student_loss(model, teacher, diffusion, b, weights),
-                 config, diffusion, config.student_steps, g)
+                 config, diffusion, config.student_steps, g, on_step)
     return model.eval(), losses
 
 
@@ -159,21 +174,33 @@ class Workshop:
     def teacher(self) -> ToyMLP:
         return self.models["teacher"]
 
-    def add_student(self, name: str, loss: str | StudentLoss) -> ToyMLP:
+    def add_student(self, name: str, loss: str | StudentLoss, progress: bool = True,
+                    on_step: Callable[[], object] | None = None) -> ToyMLP:
+        """Train one more student (a progress bar unless `progress=False` or `on_step` is given)."""
         start = time.perf_counter()
-        model, losses = train_toy_student(self.config, self.diffusion, self.teacher, loss)
+        if on_step is None:
+            with progress_bar(self.config.student_steps, name, progress) as bar:
+                model, losses = train_toy_student(self.config, self.diffusion, self.teacher, loss,
+                                                  bar.update)
+        else:
+            model, losses = train_toy_student(self.config, self.diffusion, self.teacher, loss, on_step)
         self.models[name], self.losses[name] = model, losses
         self.seconds[name] = time.perf_counter() - start
         return model
 
 
-def build_workshop(config: ToyConfig, students: Iterable[str] = ("output-level", "dash")) -> Workshop:
-    """Train the teacher, then one student per named loss."""
+def build_workshop(config: ToyConfig, students: Iterable[str] = ("output-level", "dash"),
+                   progress: bool = True) -> Workshop:
+    """Train the teacher, then one student per named loss, under one progress bar."""
+    names = list(students)
     diffusion = Diffusion(config.diffusion)
-    start = time.perf_counter()
-    teacher, losses = train_toy_teacher(config, diffusion)
-    shop = Workshop(config, diffusion, {"teacher": teacher}, {"teacher": losses},
-                    {"teacher": time.perf_counter() - start})
-    for name in students:
-        shop.add_student(name, name)
+    total = config.teacher_steps + len(names) * config.student_steps
+    with progress_bar(total, "workshop: teacher + students", progress) as bar:
+        start = time.perf_counter()
+        teacher, losses = train_toy_teacher(config, diffusion, bar.update)
+        shop = Workshop(config, diffusion, {"teacher": teacher}, {"teacher": losses},
+                        {"teacher": time.perf_counter() - start})
+        for name in names:
+            bar.set_description(f"workshop: student {name}")
+            shop.add_student(name, name, on_step=bar.update)
     return shop

@@ -1,0 +1,53 @@
+"""The paper figures keep their legends off the data and their markers apart."""
+
+import matplotlib
+
+matplotlib.use("Agg")
+
+import pytest  # noqa: E402
+
+from dashlib import plots  # noqa: E402
+
+METHODS = ["teacher", "scratch", "cond-only", "fitnets", "dash"]
+
+
+def _legends_outside_every_axes(fig):
+    fig.canvas.draw()
+    renderer = fig.canvas.get_renderer()
+    legends = [ax.get_legend() for ax in fig.axes if ax.get_legend() is not None]
+    assert legends, "the figure should have a legend"
+    for legend in legends:
+        box = legend.get_window_extent(renderer)
+        for ax in fig.axes:
+            assert not box.overlaps(ax.get_window_extent(renderer)), "a legend covers an axes"
+
+
+def test_f2_legend_is_outside_the_axes():
+    edges = [0, 250, 500, 750, 1000]
+    cal = {m: {"bin_edges": edges, "per_bin": {"rho": [1.0 - 0.1 * i] * 4, "cos": [0.9] * 4}}
+           for i, m in enumerate(METHODS)}
+    fig = plots.gap_calibration(cal)
+    _legends_outside_every_axes(fig)
+    assert len(fig.axes[1].get_legend().get_texts()) == len(METHODS) + 1  # + teacher line
+
+
+def test_f3_legend_outside_tag_stars_apart_and_chance_in_the_legend():
+    rows = [{"method": m, "guidance": g, "seed": s, "fid": 1.0, "accuracy": 0.9}
+            for m in METHODS for g in ("0", "1", "3", "tag") for s in (1, 2)]
+    fig = plots.guidance_sweep(rows, chance=0.1)
+    _legends_outside_every_axes(fig)
+    for ax in fig.axes[:2]:
+        stars = [line.get_xdata()[0] for line in ax.get_lines() if line.get_marker() == "*"]
+        assert len(stars) == len(METHODS) and len(set(stars)) == len(METHODS), stars
+        assert max(stars) - min(stars) < 1.0, "TAG stars must stay in the TAG column"
+    labels = [t.get_text() for t in fig.axes[1].get_legend().get_texts()]
+    assert any(label.startswith("chance") for label in labels)
+    assert not any(t.get_text() == "chance" for t in fig.axes[1].texts)
+
+
+@pytest.mark.parametrize("steps", [5, 40])
+def test_f5_legend_is_outside_the_axes(steps):
+    logs = {m: [{"step": s, "im": 1.0 / (s + 1), "rho": 0.5, "cos": 0.5} for s in range(steps)]
+            for m in METHODS if m != "teacher"}
+    fig = plots.distillation_dynamics(logs)
+    _legends_outside_every_axes(fig)

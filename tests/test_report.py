@@ -1,0 +1,33 @@
+"""Tables: the CSV holds plain numbers (mean and std apart); Markdown/LaTeX keep "m ± s"."""
+
+import csv
+import json
+import math
+
+import pandas as pd
+
+from dashlib.report import MeanStd, Provenance, Shown, save_table
+
+
+def test_csv_splits_mean_and_std_into_numeric_columns(tmp_path):
+    rows = [{"model": "teacher", "params": Shown(1624577, "1,624,577"), "FID": MeanStd(0.4221, 0.0381),
+             "rho": Shown(1.0, "1.00")},
+            {"model": "dash", "params": Shown(280881, "280,881"), "FID": MeanStd(0.5, None),
+             "rho": Shown(None, "–")},
+            {"model": "broken", "params": Shown(1, "1"), "FID": MeanStd(math.nan, math.nan),
+             "rho": Shown(0.5, "0.50")}]
+    prov = Provenance("tiny", (42,), {"ddim": 5})
+    md = save_table(rows, ["model", "params", "FID", "rho"], tmp_path, "T9", "test", ["C1"], prov)
+    text = md.read_text()
+    assert "0.422 ± 0.038" in text and "1,624,577" in text and "| 0.500 |" in text
+    assert r"0.422 $\pm$ 0.038" in (tmp_path / "T9.tex").read_text()
+    with open(tmp_path / "T9.csv") as f:
+        header = next(csv.reader(f))
+    assert header == ["model", "params", "FID_mean", "FID_std", "rho"]
+    df = pd.read_csv(tmp_path / "T9.csv")
+    for column in ("params", "FID_mean", "FID_std", "rho"):
+        assert df[column].dtype.kind in "if", (column, df[column].dtype)
+    assert df["params"].tolist() == [1624577, 280881, 1]
+    assert df["FID_mean"][0] == 0.4221 and df["FID_std"][0] == 0.0381
+    assert math.isnan(df["FID_std"][1]) and math.isnan(df["FID_mean"][2]) and math.isnan(df["rho"][1])
+    assert json.loads((tmp_path / "T9.json").read_text())["files"][2] == "T9.csv"
