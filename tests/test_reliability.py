@@ -172,3 +172,105 @@ def test_truncated_checkpoint_gives_a_clear_error(tmp_path):
     path.write_bytes(path.read_bytes()[:500])
     with pytest.raises(CheckpointError, match="truncated or corrupt"):
         load_checkpoint(path)
+
+
+# --- the fidelity cache and the Inception weights are never unpickled unsafely ---------------
+
+@pytest.fixture
+def fidelity_space(tiny):
+    from dashlib.classifier import train_classifier
+    from dashlib.fidelity import make_extractor, reference_set
+
+    clf = train_classifier(tiny.data, tiny.eval, device="cpu", progress=False)
+    return make_extractor("classifier", clf), reference_set(tiny.data)
+
+
+def _stealth(path, marker):
+    """Keep a cache file's real tensors and add one entry whose unpickling runs `touch marker`."""
+    real = torch.load(path, weights_only=True) if path.is_file() else {"mu": torch.zeros(3)}
+    torch.save({**real, "extra": _Exploit(marker)}, path)
+
+
+def test_a_planted_fidelity_cache_payload_is_refused_and_never_runs(fidelity_space, tmp_path):
+    from dashlib.fidelity import fidelity_metrics, reference_cache_file
+
+    extractor, ref = fidelity_space
+    cache, marker = tmp_path / "cache", tmp_path / "pwned"
+    images = ref.images[:20]
+    clean = fidelity_metrics(images, ref, extractor, cache_root=cache)
+    # the issue's attack: torch-fidelity's own file names for this reference, real statistics kept
+    for suffix in ("features-features", "features-logits", "stat-fid-features"):
+        _stealth(cache / f"{ref.name}-{extractor.cache_id}-dash-classifier-{suffix}.pt", marker)
+    assert fidelity_metrics(images, ref, extractor, cache_root=cache) == clean  # never opened
+    assert not marker.exists()
+    # dash's own cache file with the payload added: refused, one clear error, nothing runs
+    _stealth(reference_cache_file(ref, extractor, cache), marker)
+    with pytest.raises(CheckpointError, match="refusing to load the fidelity cache file"):
+        fidelity_metrics(images, ref, extractor, cache_root=cache)
+    assert not marker.exists()
+
+
+@pytest.mark.parametrize("damage", ["empty", "truncated", "foreign"])
+def test_an_unreadable_fidelity_cache_is_recomputed_with_one_warning(fidelity_space, tmp_path, capsys,
+                                                                     damage):
+    from dashlib.fidelity import fidelity_metrics, reference_cache_file
+
+    extractor, ref = fidelity_space
+    cache = tmp_path / "cache"
+    clean = fidelity_metrics(ref.images[:20], ref, extractor, cache_root=cache)
+    path = reference_cache_file(ref, extractor, cache)
+    good = path.read_bytes()
+    if damage == "foreign":
+        torch.save({"w": torch.zeros(2)}, path)
+    else:
+        path.write_bytes(b"" if damage == "empty" else good[: len(good) // 2])
+    capsys.readouterr()
+    assert fidelity_metrics(ref.images[:20], ref, extractor, cache_root=cache) == clean
+    err = [ln for ln in capsys.readouterr().err.splitlines() if ln.strip()]
+    assert len(err) == 1 and err[0].startswith("dash: warning:") and str(path) in err[0], err
+    torch.load(path, weights_only=True)  # rewritten whole
+
+
+def _random_inception_file(path):
+    """A file shaped like torch-fidelity's Inception-v3 weights (random values, no download)."""
+    import io
+
+    from torch_fidelity.feature_extractor_inceptionv3 import FeatureExtractorInceptionV3
+
+    class Blank(FeatureExtractorInceptionV3):
+        def load_state_dict(self, state, *args, **kwargs):
+            return None
+
+    empty = io.BytesIO()
+    torch.save({}, empty)
+    empty.seek(0)
+    torch.save(Blank("blank", ["2048"], feature_extractor_weights_path=empty).state_dict(), path)
+
+
+def test_inception_weights_are_checked_once_and_never_reopened_by_torch_fidelity(tmp_path, monkeypatch):
+    from dashlib.fidelity import feature_extractor, make_extractor
+    from dashlib.inception import InceptionWeightsError
+
+    weights = tmp_path / "pt_inception.pth"
+    _random_inception_file(weights)
+    extractor = make_extractor("inception", None, str(weights))
+    unsafe = []
+    real_load = torch.load
+
+    def spy(f, *args, **kwargs):
+        if kwargs.get("weights_only") is False and not hasattr(f, "read"):
+            unsafe.append(f)  # an unsafe load of a file (torch-fidelity's own code path)
+        return real_load(f, *args, **kwargs)
+
+    monkeypatch.setattr(torch, "load", spy)
+    fe = feature_extractor(extractor, cuda=False)
+    assert unsafe == []
+    torch.testing.assert_close(fe.fc.weight, real_load(weights, weights_only=True)["fc.weight"])
+    # the file is swapped after dash checked it: refused, not loaded
+    evil = tmp_path / "evil.pth"
+    with open(evil, "wb") as f:
+        pickle.dump({"fc.weight": _Exploit(tmp_path / "pwned")}, f)
+    evil.replace(weights)
+    with pytest.raises(InceptionWeightsError, match="changed since dash checked it"):
+        feature_extractor(extractor, cuda=False)
+    assert not (tmp_path / "pwned").exists()
