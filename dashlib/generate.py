@@ -12,7 +12,7 @@ from dashlib.config import ConfigError, Preset, SampleConfig
 from dashlib.device import resolve_device
 from dashlib.distributed import barrier, is_main, sample_sharded
 from dashlib.images import save_grid
-from dashlib.io import atomic_torch_save
+from dashlib.io import atomic_torch_save, check_writable_dir
 from dashlib.runs import Run, RunStateError
 from dashlib.runtime import Runtime, inference_model
 from dashlib.sampling import DDIMSampler, balanced_labels
@@ -53,6 +53,7 @@ def sample_to_files(preset: Preset, run: str | Path | None, guidance: str | floa
     """Write a class-per-row PNG grid and a tensor file {samples, labels}; returns their paths."""
     src = model_run(preset, run)
     dev = resolve_device(device)
+    folder = check_writable_dir(Path(out) if out else src.path / "samples", "the samples folder (--out)")
     artifact = load_artifact(src, device=dev)
     config = preset.sample if guidance is None else preset.sample.with_guidance(guidance)
     k = artifact.model.config.num_classes
@@ -63,7 +64,6 @@ def sample_to_files(preset: Preset, run: str | Path | None, guidance: str | floa
     samples = generate(artifact, config, labels, seed, dev, runtime)
     tag = "tag" if config.guidance == "tag" else f"w{config.w:g}"
     stem = f"samples-{tag}-steps{config.steps}-n{n}-seed{seed}"
-    folder = Path(out) if out else src.path / "samples"
     png, tensor = folder / f"{stem}.png", folder / f"{stem}.pt"
     if is_main():  # under torchrun rank 0 writes, the others wait for the files
         save_grid(samples, labels, k, png)

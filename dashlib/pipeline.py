@@ -17,6 +17,7 @@ from typing import Any
 from dashlib.artifacts import Artifact, load_artifact
 from dashlib.config import ConfigError, Preset, override
 from dashlib.distill import METHODS, distill_many
+from dashlib.params import check_params
 from dashlib.presets import get_preset
 from dashlib.report import Provenance
 from dashlib.runs import Run
@@ -81,6 +82,7 @@ def budget(preset: str | Preset, quick: bool = False, workers: int = 2, device: 
     `changes` override the budget: `methods`, `widths`, or dotted preset keys
     such as `**{"distill.steps": 500}`.
     """
+    check_params(preset=preset, quick=quick, workers=workers, device=device, runs_dir=runs_dir)
     if not isinstance(workers, int) or workers < 1:
         raise ConfigError(f"budget workers = {workers!r} is invalid: must be an int >= 1 "
                           f"(parallel CPU processes; 1 disables parallelism)")

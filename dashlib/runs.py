@@ -16,7 +16,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from dashlib.io import _jsonable, atomic_write_json, read_json
+from dashlib.io import OutputPathError, _jsonable, atomic_write_json, make_dir, read_json_object
 
 
 class RunStateError(RuntimeError):
@@ -24,8 +24,22 @@ class RunStateError(RuntimeError):
 
 
 def runs_root() -> Path:
-    """`$DASH_RUNS` if set, else `runs/` in the working directory."""
-    return Path(os.environ.get("DASH_RUNS", "runs"))
+    """`$DASH_RUNS` if set, else `runs/` in the working directory; a file there is refused."""
+    root = Path(os.environ.get("DASH_RUNS") or "runs")
+    if root.exists() and not root.is_dir():
+        raise OutputPathError(f"the runs folder {root} (DASH_RUNS) is a file, not a folder; "
+                              f"point DASH_RUNS at a folder")
+    return root
+
+
+def remove_stale_temps(run: Run) -> list[Path]:
+    """Delete the temporary files atomic writes left in `run` when killed mid-save
+    (`.checkpoint.pt.<random>.tmp`: as large as a checkpoint). Only one process writes
+    a run folder, so any such file is stale once that process saves or resumes."""
+    stale = sorted(run.path.glob(".*.tmp")) if run.path.is_dir() else []
+    for path in stale:
+        path.unlink(missing_ok=True)
+    return stale
 
 
 def config_hash(payload: Mapping[str, Any]) -> str:
@@ -66,13 +80,13 @@ class Run:
     def read_config(self) -> dict[str, Any]:
         if not self.config.is_file():
             raise RunStateError(f"{self.path} is not a dash run folder (no config.json)")
-        return dict(read_json(self.config))
+        return read_json_object(self.config)
 
     def read_results(self) -> dict[str, Any]:
         if not self.results.is_file():
             raise RunStateError(f"{self.path} has not finished (no results.json); "
                                 f"run it to completion first (or --resume it)")
-        return dict(read_json(self.results))
+        return read_json_object(self.results)
 
 
 def make_run(preset: str, kind: str, payload: Mapping[str, Any], root: Path | None = None) -> Run:
@@ -98,7 +112,8 @@ def prepare(run: Run, payload: Mapping[str, Any], force: bool, resume: bool) -> 
             raise RunStateError(
                 f"{run.path} holds an unfinished run; pass --resume to continue it "
                 f"or --force to start over")
+        remove_stale_temps(run)
         return "resume"
-    run.path.mkdir(parents=True, exist_ok=True)
+    make_dir(run.path, "the run folder, under $DASH_RUNS or ./runs")
     atomic_write_json(run.config, payload)
     return "fresh"

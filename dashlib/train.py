@@ -15,6 +15,7 @@ from __future__ import annotations
 import json
 import math
 import os
+import shutil
 import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
@@ -40,7 +41,7 @@ from dashlib.distributed import (
 )
 from dashlib.ema import EMA
 from dashlib.io import atomic_torch_save, check_config_match, load_checkpoint
-from dashlib.runs import Run
+from dashlib.runs import Run, remove_stale_temps
 from dashlib.runtime import Runtime, compile_unets, to_channels_last
 
 
@@ -200,6 +201,7 @@ class Trainer:
         if self.rank == 0:
             state = self.state() if rank_rng is None else {**self.state(), "rank_rng": rank_rng}
             atomic_torch_save(state, self.run.checkpoint)
+            remove_stale_temps(self.run)  # a kill mid-save elsewhere left them; this save supersedes
         self.last_ckpt_step = self.step
 
     def load_checkpoint(self) -> None:
@@ -237,7 +239,19 @@ class Trainer:
 
     # --- the loop -------------------------------------------------------
     def fit(self, resume: bool = False) -> dict[str, float]:
-        """Train to `loop.steps`; returns the last logged record."""
+        """Train to `loop.steps`; returns the last logged record.
+
+        A fresh run that fails (or is interrupted) before its first checkpoint
+        removes its folder: it holds nothing to resume, only a config and a log.
+        """
+        try:
+            return self._fit(resume)
+        except BaseException:
+            if not resume and self.rank == 0 and not self.run.checkpoint.exists():
+                shutil.rmtree(self.run.path, ignore_errors=True)
+            raise
+
+    def _fit(self, resume: bool) -> dict[str, float]:
         if resume:
             self.load_checkpoint()
         else:
@@ -286,11 +300,14 @@ class Trainer:
             loss, logs = self.forward(batch)
         checked = mean_over_ranks({"loss": loss})["loss"]  # every rank stops together
         if not torch.isfinite(checked):
+            kept = (f"The last good checkpoint (step {self.last_ckpt_step}) is kept in "
+                    f"{self.run.checkpoint}. Lower the learning rate or check the data, then "
+                    f"continue with --resume or start over with --force."
+                    if self.run.checkpoint.exists() else
+                    "No checkpoint was saved yet, so nothing is kept. Lower the learning rate "
+                    "or check the data, then rerun.")
             raise NonFiniteLossError(
-                f"the loss became {float(checked)} at step {self.step + 1}; training stopped. "
-                f"The last good checkpoint (step {self.last_ckpt_step}) is kept in "
-                f"{self.run.checkpoint}. Lower the learning rate or check the data, then "
-                f"continue with --resume or start over with --force.")
+                f"the loss became {float(checked)} at step {self.step + 1}; training stopped. {kept}")
         self.optimizer.zero_grad(set_to_none=True)
         self.scaler.scale(loss).backward()
         self.scaler.unscale_(self.optimizer)

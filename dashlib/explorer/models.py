@@ -11,6 +11,7 @@ from dashlib.artifacts import Artifact, load_artifact
 from dashlib.config import Preset
 from dashlib.data import load_dataset
 from dashlib.explorer.widget import BranchExplorer
+from dashlib.params import ParameterError, check_params
 from dashlib.presets import get_preset
 from dashlib.runs import runs_root
 from dashlib.teacher import train_teacher
@@ -53,8 +54,10 @@ def open_explorer(preset: str | Preset, methods: Sequence[str] = (),
                   **options: Any) -> BranchExplorer:
     """A `BranchExplorer` for a preset's teacher and students, first shown at timestep
     round(t_fraction (T - 1)); `options` go to the explorer."""
+    check_params(preset=preset, methods=methods, student_runs=student_runs, device=device,
+                 t_fraction=t_fraction, **options)
     if not 0.0 <= t_fraction <= 1.0:
-        raise ValueError(f"t_fraction = {t_fraction} must lie in [0, 1]")
+        raise ParameterError(f"t_fraction = {t_fraction} must lie in [0, 1]")
     p = get_preset(preset) if isinstance(preset, str) else preset
     teacher, students = load_models(p, methods, student_runs, device, progress)
     t = round(t_fraction * (p.diffusion.T - 1))
