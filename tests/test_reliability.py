@@ -274,3 +274,33 @@ def test_inception_weights_are_checked_once_and_never_reopened_by_torch_fidelity
     with pytest.raises(InceptionWeightsError, match="changed since dash checked it"):
         feature_extractor(extractor, cuda=False)
     assert not (tmp_path / "pwned").exists()
+
+
+def _declared(text):
+    import re
+
+    names = re.findall(r'"([A-Za-z0-9_.\-]+)\s*(?:[<>=!~;\[]|")', text)
+    return {re.sub(r"[-_.]+", "-", n).lower() for n in names}
+
+
+def test_every_package_dashlib_imports_is_declared():
+    """pyproject.toml and environment.yml name every distribution dashlib imports directly."""
+    import ast
+    import importlib.metadata
+    import re
+
+    root = Path(__file__).resolve().parent.parent
+    modules = set()
+    for path in (root / "dashlib").rglob("*.py"):
+        for node in ast.walk(ast.parse(path.read_text())):
+            if isinstance(node, ast.Import):
+                modules |= {a.name.split(".")[0] for a in node.names}
+            elif isinstance(node, ast.ImportFrom) and node.level == 0 and node.module:
+                modules.add(node.module.split(".")[0])
+    dists = importlib.metadata.packages_distributions()
+    needed = {re.sub(r"[-_.]+", "-", dists[m][0]).lower() for m in modules
+              if m not in sys.stdlib_module_names and m != "dashlib" and m in dists}
+    assert {"pillow", "ipython", "torch", "torch-fidelity"} <= needed
+    for spec in ("pyproject.toml", "environment.yml"):
+        missing = needed - _declared((root / spec).read_text())
+        assert not missing, f"{spec} does not declare {sorted(missing)}"
