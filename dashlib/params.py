@@ -30,7 +30,7 @@ PARAMETERS: dict[str, tuple[tuple[type, ...], str]] = {
     "figures_dir": ((str, Path), "a folder path (text)"),
     "runs_dir": ((str, Path, type(None)), "a folder path (text) or None"),
     "methods": ((list, tuple), 'a list of method names, e.g. ["dash"]'),
-    "student_runs": ((dict,), "a dict of display name -> run folder"),
+    "student_runs": ((dict, type(None)), "a dict of display name -> run folder"),
     "label": ((int,), "a class index (whole number)"),
     "y": ((int,), "a class index (whole number)"),
     "t_fraction": ((int, float), "a number in [0, 1]"),

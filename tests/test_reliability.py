@@ -304,3 +304,150 @@ def test_every_package_dashlib_imports_is_declared():
     for spec in ("pyproject.toml", "environment.yml"):
         missing = needed - _declared((root / spec).read_text())
         assert not missing, f"{spec} does not declare {sorted(missing)}"
+
+
+# --- interrupted and failing runs leave nothing stale -------------------------------------------
+
+def _stop_at(step, error):
+    from dashlib.train import Trainer
+
+    original = Trainer.train_step
+
+    def stop(self):
+        if self.step == step:
+            raise error
+        return original(self)
+
+    return stop
+
+
+def test_a_fresh_run_that_dies_before_its_first_checkpoint_leaves_no_folder(tiny, monkeypatch):
+    from dashlib.teacher import teacher_run, train_teacher
+    from dashlib.train import Trainer
+
+    oom = RuntimeError("DefaultCPUAllocator: can't allocate memory: you tried to allocate 8 GB")
+    monkeypatch.setattr(Trainer, "train_step", _stop_at(1, oom))
+    with pytest.raises(RuntimeError, match="allocate"):
+        train_teacher(tiny, progress=False)
+    assert not teacher_run(tiny).path.exists()
+
+
+def test_out_of_memory_is_one_error_line(monkeypatch, capsys):
+    import dashlib.presets
+    from dashlib.cli import main
+
+    def oom(*args, **kwargs):
+        raise torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 80.00 GiB")
+
+    monkeypatch.setattr(dashlib.presets, "get_preset", oom)
+    assert main(["info", "--preset", "tiny"]) == 2
+    err = [ln for ln in capsys.readouterr().err.splitlines() if ln.strip()]
+    assert len(err) == 1 and err[0].startswith("dash: error: out of memory") and "batch" in err[0]
+
+    def bug(*args, **kwargs):
+        raise RuntimeError("a genuine bug")
+
+    monkeypatch.setattr(dashlib.presets, "get_preset", bug)
+    with pytest.raises(RuntimeError, match="genuine bug"):  # not swallowed
+        main(["info", "--preset", "tiny"])
+
+
+def test_stale_checkpoint_temp_files_go_on_resume_and_on_the_next_save(tiny, monkeypatch):
+    from dashlib.config import override
+    from dashlib.runs import prepare
+    from dashlib.teacher import teacher_payload, teacher_run, train_teacher
+    from dashlib.train import Trainer
+
+    preset = override(tiny, **{"train.steps": 20, "train.ckpt_every": 5})
+    run = teacher_run(preset)
+    # the next save: a fresh folder that already holds a killed save's temp file
+    run.path.mkdir(parents=True)
+    stale = run.path / ".checkpoint.pt.k1ll3d.tmp"
+    stale.write_bytes(b"\0" * 1000)
+    monkeypatch.setattr(Trainer, "train_step", _stop_at(7, KeyboardInterrupt()))
+    with pytest.raises(KeyboardInterrupt):
+        train_teacher(preset, progress=False)
+    assert run.checkpoint.is_file() and not stale.exists()
+    # resume: a kill mid-save left another one
+    stale.write_bytes(b"\0" * 1000)
+    other = run.path / ".final.pt.x9.tmp"
+    other.write_bytes(b"\0")
+    assert prepare(run, teacher_payload(preset), force=False, resume=True) == "resume"
+    assert not stale.exists() and not other.exists()
+    assert run.checkpoint.is_file()
+
+
+def test_cuda_on_a_host_without_it_is_a_config_error(monkeypatch):
+    from dashlib.config import ConfigError
+    from dashlib.device import resolve_device
+
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    with pytest.raises(ConfigError, match="CUDA is not available here"):
+        resolve_device("cuda")
+    assert resolve_device("auto").type == "cpu"
+
+
+@pytest.mark.parametrize("value, expected",
+                         [("-1", -1.0), ("-0.5", -0.5), ("-1e-3", -1e-3), ("-2E+1", -20.0)])
+def test_negative_numbers_are_option_values(value, expected):
+    from dashlib.cli import build_parser
+
+    assert build_parser().parse_args(["sample", "--w", value]).w == expected
+    parsed = build_parser().parse_args(["evaluate", "--run", "r", "--w", value, "tag"])
+    assert parsed.w == [f"{expected:g}", "tag"]
+
+
+def test_negative_infinity_reaches_the_finiteness_check():
+    import math
+
+    from dashlib.cli import build_parser
+
+    assert math.isinf(build_parser().parse_args(["sample", "--w", "-inf"]).w)
+
+
+# --- notebook parameters are checked by type --------------------------------------------------
+
+@pytest.mark.parametrize("params, phrase", [
+    ({"quick": "no"}, "quick = 'no' is a str; it must be True or False"),
+    ({"quick": 1}, "quick = 1 is a int"),
+    ({"device": 3}, "device = 3 is a int"),
+    ({"workers": True}, "workers = True is a bool"),
+    ({"preset": 7}, "preset = 7"),
+    ({"runs_dir": 5}, "runs_dir = 5"),
+])
+def test_budget_refuses_mistyped_notebook_parameters(params, phrase):
+    from dashlib.params import ParameterError
+    from dashlib.pipeline import budget
+
+    with pytest.raises(ParameterError, match=phrase.replace("(", r"\(")):
+        budget(**{"preset": "tiny", **params})
+
+
+@pytest.mark.parametrize("params, phrase", [
+    ({"device": 3}, "device = 3"),
+    ({"methods": "dash"}, "methods = 'dash' is a str"),
+    ({"methods": [1]}, "must list method names"),
+    ({"student_runs": {"a": 1}}, "student_runs"),
+    ({"t_fraction": "half"}, "t_fraction = 'half'"),
+    ({"seed": 1.5}, "seed = 1.5 is a float"),
+    ({"y": "0"}, "y = '0' is a str"),
+    ({"n_stats": None}, "n_stats = None"),
+])
+def test_the_explorer_refuses_mistyped_parameters_before_loading_anything(params, phrase, monkeypatch):
+    import dashlib.explorer.models as models
+    from dashlib.params import ParameterError
+
+    monkeypatch.setattr(models, "load_models", lambda *a, **k: pytest.fail("loaded models"))
+    with pytest.raises(ParameterError, match=phrase):
+        models.open_explorer("tiny", **params)
+
+
+def test_the_workshop_refuses_mistyped_parameters():
+    from dashlib.params import ParameterError, check_params
+    from dashlib.workshop.toy import toy_config_for
+
+    with pytest.raises(ParameterError, match="quick = 'no'"):
+        toy_config_for("digits", quick="no")
+    with pytest.raises(ParameterError, match="guidance_scales"):
+        check_params(guidance_scales=[0, "3"])
+    assert toy_config_for("digits", quick=True) != toy_config_for("digits", quick=False)
