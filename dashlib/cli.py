@@ -190,7 +190,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         if not is_out_of_memory(err):
             raise
         print(f"dash: error: out of memory ({str(err).splitlines()[0][:200]}); lower the batch size "
-              f"(--set train.batch_size / distill.batch_size) or --n", file=sys.stderr)
+              f"(--set train.batch_size / distill.batch_size), --n or the model size", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         print("dash: interrupted; rerun with --resume to continue from the last checkpoint",

@@ -48,7 +48,7 @@ from dashlib.artifacts import Artifact, load_artifact
 from dashlib.classifier import Classifier, load_classifier, predict, train_classifier
 from dashlib.config import ConfigError, DataConfig, EvalConfig, SampleConfig, from_dict, to_dict
 from dashlib.data import load_dataset, to_uint8
-from dashlib.device import resolve_device
+from dashlib.device import check_batch_fits, resolve_device
 from dashlib.fidelity import (
     METRIC_KEYS,
     PRC_NEIGHBORHOOD,
@@ -455,6 +455,8 @@ def evaluate_runs(runs: Sequence[Run | str | Path], config: EvalConfig,
     specs = [run_spec(r, sample, data_root) for r in runs]
     steps = tuple(steps) if steps is not None else (config.ddim_steps,)
     check_request(specs, config, steps)
+    size = max(int(s.data["image_size"]) for s in specs)  # one channel: a lower bound of what sampling needs
+    check_batch_fits(config.n_samples, (1, size, size), dev, "--n (EvalConfig.n_samples)")
     if workers is not None and (isinstance(workers, bool) or not isinstance(workers, int) or workers < 1):
         raise ConfigError(f"workers = {workers!r} is invalid: at least 1 worker process is needed")
     spaces = prepare_spaces(specs, config, dev, progress)

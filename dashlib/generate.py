@@ -9,7 +9,7 @@ from torch import Tensor
 
 from dashlib.artifacts import Artifact, load_artifact
 from dashlib.config import ConfigError, Preset, SampleConfig
-from dashlib.device import resolve_device
+from dashlib.device import check_batch_fits, resolve_device
 from dashlib.distributed import barrier, is_main, sample_sharded
 from dashlib.images import save_grid
 from dashlib.io import atomic_torch_save, check_writable_dir
@@ -60,6 +60,8 @@ def sample_to_files(preset: Preset, run: str | Path | None, guidance: str | floa
     if n < k:
         raise ConfigError(f"--n = {n} is too small: the grid has one row per class, so ask for "
                           f"at least {k} samples (a multiple of {k} fills every row equally)")
+    shape = (artifact.model.config.in_channels, *(2 * (artifact.model.config.image_size,)))
+    check_batch_fits(n, shape, dev, "--n")
     labels = balanced_labels(n, k)
     samples = generate(artifact, config, labels, seed, dev, runtime)
     tag = "tag" if config.guidance == "tag" else f"w{config.w:g}"

@@ -63,6 +63,8 @@ def inception_weights_path(path: str | None, download: bool = False) -> Path:
     """
     if path is not None:
         file = Path(path).expanduser()
+        if file.is_dir():
+            raise InceptionWeightsError(how_to_get(f"--inception-weights {file} is a folder, not the file"))
         if not file.is_file():
             raise InceptionWeightsError(how_to_get(f"--inception-weights {file} does not exist"))
     else:

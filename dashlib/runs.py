@@ -11,7 +11,8 @@ import hashlib
 import json
 import os
 import shutil
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -87,6 +88,28 @@ class Run:
             raise RunStateError(f"{self.path} has not finished (no results.json); "
                                 f"run it to completion first (or --resume it)")
         return read_json_object(self.results)
+
+
+@contextmanager
+def removed_if_unstarted(run: Run, owner: bool = True) -> Iterator[None]:
+    """If the block fails (or is interrupted) while `run` holds nothing to resume (no
+    checkpoint.pt, no final.pt: only config.json and a log), delete its folder, so a run
+    that died before its first checkpoint leaves nothing half-made. `owner`: this process
+    writes the folder (rank 0 under torchrun)."""
+    try:
+        yield
+    except BaseException:
+        if owner and _unstarted(run):
+            shutil.rmtree(run.path, ignore_errors=True)
+        raise
+
+
+def _unstarted(run: Run) -> bool:
+    """The folder holds only what a fresh run writes before its first checkpoint."""
+    if not run.path.is_dir():
+        return False
+    names = {p.name for p in run.path.iterdir() if not p.name.endswith(".tmp")}
+    return names <= {run.config.name, run.log.name}
 
 
 def make_run(preset: str, kind: str, payload: Mapping[str, Any], root: Path | None = None) -> Run:

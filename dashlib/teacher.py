@@ -95,12 +95,12 @@ def train_teacher(preset: Preset, force: bool = False, resume: bool = False,
     dev = resolve_device(device)
     data = load_dataset(preset.data)  # a missing dataset fails here, before anything is written
     check_batch_fits(preset.train.batch_size, data.train.x.shape[1:], dev, "train.batch_size")
-    state = on_main(lambda: prepare(run, payload, force=force, resume=resume))
     diffusion = Diffusion(preset.diffusion)
-    model = build_unet(preset.teacher, seed=preset.train.seed)
+    model = build_unet(preset.teacher, seed=preset.train.seed)  # too large a model fails before any file
     weighting = make_weighting(preset.train.weighting, diffusion)
     objective = TeacherObjective(model, weighting, diffusion, preset.train)
     loop = LoopConfig.from_config(preset.train)
+    state = on_main(lambda: prepare(run, payload, force=force, resume=resume))
     trainer = Trainer(objective, data.train, diffusion, loop, run, payload, dev,
                       hooks={max(loop.steps // 40, 1): tirt_hook(weighting)}, progress=progress,
                       desc=f"teacher[{preset.name}]", runtime=runtime)

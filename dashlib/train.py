@@ -15,7 +15,6 @@ from __future__ import annotations
 import json
 import math
 import os
-import shutil
 import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
@@ -41,7 +40,7 @@ from dashlib.distributed import (
 )
 from dashlib.ema import EMA
 from dashlib.io import atomic_torch_save, check_config_match, load_checkpoint
-from dashlib.runs import Run, remove_stale_temps
+from dashlib.runs import Run, remove_stale_temps, removed_if_unstarted
 from dashlib.runtime import Runtime, compile_unets, to_channels_last
 
 
@@ -151,27 +150,28 @@ class Trainer:
                  hooks: Mapping[int, Hook] | None = None, progress: bool = True,
                  desc: str = "train", runtime: Runtime | None = None) -> None:
         self.rank, self.world = rank_world()
-        self.rows = rank_rows(loop.batch_size, self.rank, self.world)
-        self.runtime = runtime or Runtime()
-        self.objective = to_channels_last(objective.to(device), self.runtime, device)
-        self.data, self.diffusion, self.loop, self.run = data, diffusion, loop, run
-        self.payload, self.device, self.progress, self.desc = dict(payload), device, progress, desc
-        self.hooks = dict(hooks or {})
-        groups = objective.param_groups(loop.lr, loop.weight_decay)
-        for g in groups:
-            g["base_lr"] = g["lr"]
-        self.optimizer = torch.optim.AdamW(groups, lr=loop.lr, weight_decay=loop.weight_decay)
-        self.ema = EMA(objective.model, loop.ema_decay)
-        compile_unets(self.objective, self.runtime)  # after the EMA's deepcopy
-        self.forward = wrap_objective(self.objective, device)
-        self.dtype = amp_dtype(device, loop.amp)
-        self.scaler = torch.amp.GradScaler(device.type, enabled=self.dtype == torch.float16)
-        self.data_gen = torch.Generator().manual_seed(loop.seed)
-        self.noise_gen = torch.Generator().manual_seed(loop.seed + 1)
-        self.stream = BatchStream(data, diffusion, loop.batch_size, self.data_gen, self.noise_gen,
-                                  self.runtime.loader_workers, pin_memory=device.type == "cuda")
-        self.step = 0
-        self.last_ckpt_step = 0
+        with removed_if_unstarted(run, owner=self.rank == 0):  # e.g. out of memory moving the model
+            self.rows = rank_rows(loop.batch_size, self.rank, self.world)
+            self.runtime = runtime or Runtime()
+            self.objective = to_channels_last(objective.to(device), self.runtime, device)
+            self.data, self.diffusion, self.loop, self.run = data, diffusion, loop, run
+            self.payload, self.device, self.progress, self.desc = dict(payload), device, progress, desc
+            self.hooks = dict(hooks or {})
+            groups = objective.param_groups(loop.lr, loop.weight_decay)
+            for g in groups:
+                g["base_lr"] = g["lr"]
+            self.optimizer = torch.optim.AdamW(groups, lr=loop.lr, weight_decay=loop.weight_decay)
+            self.ema = EMA(objective.model, loop.ema_decay)
+            compile_unets(self.objective, self.runtime)  # after the EMA's deepcopy
+            self.forward = wrap_objective(self.objective, device)
+            self.dtype = amp_dtype(device, loop.amp)
+            self.scaler = torch.amp.GradScaler(device.type, enabled=self.dtype == torch.float16)
+            self.data_gen = torch.Generator().manual_seed(loop.seed)
+            self.noise_gen = torch.Generator().manual_seed(loop.seed + 1)
+            self.stream = BatchStream(data, diffusion, loop.batch_size, self.data_gen, self.noise_gen,
+                                      self.runtime.loader_workers, pin_memory=device.type == "cuda")
+            self.step = 0
+            self.last_ckpt_step = 0
 
     # --- randomness -----------------------------------------------------
     def draw_batch(self) -> Batch:
@@ -244,12 +244,8 @@ class Trainer:
         A fresh run that fails (or is interrupted) before its first checkpoint
         removes its folder: it holds nothing to resume, only a config and a log.
         """
-        try:
+        with removed_if_unstarted(self.run, owner=self.rank == 0):
             return self._fit(resume)
-        except BaseException:
-            if not resume and self.rank == 0 and not self.run.checkpoint.exists():
-                shutil.rmtree(self.run.path, ignore_errors=True)
-            raise
 
     def _fit(self, resume: bool) -> dict[str, float]:
         if resume:

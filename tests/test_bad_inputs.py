@@ -96,6 +96,18 @@ CASES = [
      "is a file, not a folder"),
     ("unknown command", ["frobnicate"], "invalid choice: 'frobnicate'"),
     ("option without its value", ["info", "--preset"], "argument --preset: expected one argument"),
+    ("more samples than memory", ["sample", "--preset", "tiny", "--n", "1000000000"],
+     "--n = 1000000000 cannot fit"),
+    ("more eval samples than memory", ["evaluate", "--run", RUNS + "/teacher", "--n", "1000000000"],
+     "cannot fit"),
+    ("Inception weights are a folder", ["evaluate", "--run", RUNS + "/teacher", "--extractor", "inception",
+                                        "--inception-weights", RUNS], "is a folder, not the file"),
+    ("empty Inception weights", ["evaluate", "--run", RUNS + "/teacher", "--extractor", "inception",
+                                 "--inception-weights", RUNS + "/empty.pth"], "truncated or corrupt"),
+    ("guidance beyond float32 via --set", ["sample", "--preset", "tiny", "--set", "sample.w=1e39"],
+     "float32"),
+    ("boolean seed", ["train-teacher", "--preset", "tiny", "--set", "train.seed=true"],
+     "TrainConfig.seed = True is invalid: must be of type int"),
     ("efficiency --out is a folder", ["efficiency", "--preset", "tiny", "--repeats", "0", "--out", RUNS],
      "it is a folder"),
 ]
@@ -157,6 +169,7 @@ def prepared(tmp_path_factory):
             (root / name / target).write_text(text)
             if name == "listresults":
                 (root / name / "config.json").unlink()
+        (root / "empty.pth").write_bytes(b"")
         for name, payload in (("corrupt", None), ("pickled", "evil")):
             folder = root / name
             shutil.copytree(run.path, folder)

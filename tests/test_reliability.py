@@ -332,6 +332,30 @@ def test_a_fresh_run_that_dies_before_its_first_checkpoint_leaves_no_folder(tiny
     assert not teacher_run(tiny).path.exists()
 
 
+def test_a_run_that_runs_out_of_memory_while_setting_up_leaves_no_folder(tiny, monkeypatch):
+    from dashlib.teacher import teacher_run, train_teacher
+
+    def oom(*args, **kwargs):
+        raise torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 80.00 GiB")
+
+    monkeypatch.setattr(torch.optim, "AdamW", oom)
+    with pytest.raises(torch.OutOfMemoryError):
+        train_teacher(tiny, progress=False)
+    assert not teacher_run(tiny).path.exists()
+
+
+def test_a_failing_run_never_deletes_a_folder_holding_more_than_a_fresh_run(tmp_path):
+    from dashlib.runs import Run, removed_if_unstarted
+
+    run = Run(tmp_path / "mine")
+    run.path.mkdir()
+    (run.path / "config.json").write_text("{}")
+    (run.path / "notes.txt").write_text("precious")
+    with pytest.raises(RuntimeError), removed_if_unstarted(run):
+        raise RuntimeError("boom")
+    assert (run.path / "notes.txt").exists()
+
+
 def test_out_of_memory_is_one_error_line(monkeypatch, capsys):
     import dashlib.presets
     from dashlib.cli import main
