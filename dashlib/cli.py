@@ -128,8 +128,14 @@ def runtime_from_args(args: argparse.Namespace) -> Any:
 def add_training(p: argparse.ArgumentParser) -> None:
     p.add_argument("--steps", type=int, help="training steps (default: the preset's)")
     p.add_argument("--seed", type=seed_arg, help="random seed (default: the preset's)")
-    p.add_argument("--force", action="store_true", help="retrain even if a finished run exists")
-    p.add_argument("--resume", action="store_true", help="continue an interrupted run exactly")
+    add_force_resume(p)
+
+
+def add_force_resume(p: argparse.ArgumentParser) -> None:
+    """--force (start over) and --resume (continue) contradict each other: one at most."""
+    g = p.add_mutually_exclusive_group()
+    g.add_argument("--force", action="store_true", help="retrain even if a finished run exists")
+    g.add_argument("--resume", action="store_true", help="continue an interrupted run exactly")
 
 
 def preset_from_args(args: argparse.Namespace, **extra: Any) -> Any:

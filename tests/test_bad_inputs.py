@@ -108,6 +108,12 @@ CASES = [
      "float32"),
     ("boolean seed", ["train-teacher", "--preset", "tiny", "--set", "train.seed=true"],
      "TrainConfig.seed = True is invalid: must be of type int"),
+    ("same seed twice", ["distill", "--preset", "tiny", "--seed", "1", "1"],
+     "the same run is requested twice"),
+    ("--force with --resume", ["train-teacher", "--preset", "tiny", "--force", "--resume"],
+     "argument --resume: not allowed with argument --force"),
+    ("distill --force with --resume", ["distill", "--preset", "tiny", "--resume", "--force"],
+     "not allowed with argument"),
     ("efficiency --out is a folder", ["efficiency", "--preset", "tiny", "--repeats", "0", "--out", RUNS],
      "it is a folder"),
 ]

@@ -456,6 +456,10 @@ def test_budget_refuses_mistyped_notebook_parameters(params, phrase):
     ({"seed": 1.5}, "seed = 1.5 is a float"),
     ({"y": "0"}, "y = '0' is a str"),
     ({"n_stats": None}, "n_stats = None"),
+    ({"y": 99}, r"label \(y\) = 99 is not a class"),
+    ({"guidance": "cfg"}, "guidance = 'cfg' is invalid"),
+    ({"n_stats": 0}, "n_stats = 0 is invalid"),
+    ({"seed": -1}, "seed = -1 is invalid"),
 ])
 def test_the_explorer_refuses_mistyped_parameters_before_loading_anything(params, phrase, monkeypatch):
     import dashlib.explorer.models as models

@@ -6,6 +6,7 @@ import argparse
 import sys
 
 from dashlib.cli import (
+    add_force_resume,
     add_preset,
     add_runtime,
     command,
@@ -25,8 +26,7 @@ def _args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--steps", type=int, help="distillation steps (default: the preset's)")
     p.add_argument("--workers", type=workers_arg, default=1,
                    help="parallel single-threaded worker processes for several runs (default 1)")
-    p.add_argument("--force", action="store_true", help="retrain even if a finished run exists")
-    p.add_argument("--resume", action="store_true", help="continue an interrupted run exactly")
+    add_force_resume(p)
     add_runtime(p)
 
 

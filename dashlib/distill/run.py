@@ -189,6 +189,11 @@ def run_jobs(jobs: Sequence[tuple[Preset, str, int | None, int | None]], force: 
     beat one 2-thread one). Interrupted runs are resumed; finished ones reused."""
     for _, m, _, _ in jobs:
         METHODS.get(m)  # fail fast on a typo, before any training
+    runs = [distill_run(*j).path for j in jobs]
+    twice = sorted({str(r) for r in runs if runs.count(r) > 1})
+    if twice:  # two processes would train one folder at once
+        raise ConfigError(f"the same run is requested twice ({', '.join(twice)}): a method or seed "
+                          f"is repeated; list each once")
     if workers > 1 and rank_world()[1] > 1:
         raise ConfigError("--workers > 1 starts its own processes; under torchrun the runs "
                           "already share the processes, so use --workers 1")
