@@ -229,7 +229,7 @@ def _fails_clearly(prepared, monkeypatch, capsys, case, runs, argv, phrase):
 
 
 def test_at_least_twenty_cases():
-    assert len(CASES) + len(ENV_CASES) >= 46
+    assert len(CASES) + len(ENV_CASES) >= 57
 
 
 @pytest.mark.parametrize("params, phrase", [
