@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import re
 import sys
 import typing
 from collections.abc import Callable, Sequence
@@ -23,12 +24,13 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from dashlib.config import ConfigError
+from dashlib.config import MAX_SEED, ConfigError
 from dashlib.data import DataNotFoundError
+from dashlib.device import is_out_of_memory
 from dashlib.distributed import session
 from dashlib.errors import EvaluationError
 from dashlib.inception import InceptionWeightsError
-from dashlib.io import CheckpointError
+from dashlib.io import CheckpointError, CorruptFileError, OutputPathError
 from dashlib.registry import Registry, UnknownNameError
 from dashlib.reproduce import ReproduceError
 from dashlib.runs import RunStateError
@@ -37,7 +39,8 @@ from dashlib.train import NonFiniteLossError
 
 KNOWN_ERRORS: tuple[type[BaseException], ...] = (
     ConfigError, DataNotFoundError, CheckpointError, RunStateError, NonFiniteLossError,
-    UnknownNameError, InceptionWeightsError, FileNotFoundError, ReproduceError, EvaluationError,
+    UnknownNameError, InceptionWeightsError, FileNotFoundError, ReproduceError, OutputPathError,
+    CorruptFileError, EvaluationError,
 )
 
 
@@ -62,6 +65,28 @@ def command(name: str, help: str, add_arguments: Callable[[argparse.ArgumentPars
 
 
 # --- shared options ------------------------------------------------------------
+
+def seed_arg(text: str) -> int:
+    """argparse type of --seed/--seeds: an integer in [0, 2**32 - 1]."""
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not an integer") from None
+    if not 0 <= value <= MAX_SEED:
+        raise argparse.ArgumentTypeError(f"{text} is out of range: seeds lie in [0, {MAX_SEED}]")
+    return value
+
+
+def workers_arg(text: str) -> int:
+    """argparse type of --workers: a whole number of processes, at least 1."""
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not an integer") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"{value} is invalid: at least 1 worker process is needed")
+    return value
+
 
 def parse_set(items: Sequence[str]) -> dict[str, Any]:
     """`--set train.lr=3e-4 --set data.data_root=/data` -> {"train.lr": 3e-4, ...}."""
@@ -130,9 +155,15 @@ def runtime_from_args(args: argparse.Namespace) -> Any:
 
 def add_training(p: argparse.ArgumentParser) -> None:
     p.add_argument("--steps", type=int, help="training steps (default: the preset's)")
-    p.add_argument("--seed", type=int, help="random seed (default: the preset's)")
-    p.add_argument("--force", action="store_true", help="retrain even if a finished run exists")
-    p.add_argument("--resume", action="store_true", help="continue an interrupted run exactly")
+    p.add_argument("--seed", type=seed_arg, help="random seed (default: the preset's)")
+    add_force_resume(p)
+
+
+def add_force_resume(p: argparse.ArgumentParser) -> None:
+    """--force (start over) and --resume (continue) contradict each other: one at most."""
+    g = p.add_mutually_exclusive_group()
+    g.add_argument("--force", action="store_true", help="retrain even if a finished run exists")
+    g.add_argument("--resume", action="store_true", help="continue an interrupted run exactly")
 
 
 def preset_from_args(args: argparse.Namespace, **extra: Any) -> Any:
@@ -145,11 +176,21 @@ def preset_from_args(args: argparse.Namespace, **extra: Any) -> Any:
 
 # --- entry point --------------------------------------------------------------
 
+#: Option values that are negative numbers, including -inf/-nan and exponents ("-1e-3"),
+#: so `--w -inf` reaches the value checks instead of reading as an unknown option.
+NEGATIVE_NUMBER = re.compile(r"^-(\d+\.?\d*|\.\d+)(e[+-]?\d+)?$|^-(inf|infinity|nan)$", re.IGNORECASE)
+
+
 class DashArgumentParser(argparse.ArgumentParser):
     """argparse, with usage errors as the same single `dash: error:` line (exit 2)."""
 
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        # argparse's own pattern knows only "-1" and "-.5"; no dash option looks like a number
+        self._negative_number_matcher = NEGATIVE_NUMBER
+
     def error(self, message: str) -> typing.NoReturn:
-        print(f"dash: error: {self.prog}: {message} (see `{self.prog} --help`)", file=sys.stderr)
+        print(f"dash: error: {message} (see `{self.prog} --help`)", file=sys.stderr)
         sys.exit(2)
 
 
@@ -195,6 +236,12 @@ def main(argv: Sequence[str] | None = None) -> int:
             return int(args.func(args))
     except KNOWN_ERRORS as err:
         print(f"dash: error: {err}", file=sys.stderr)
+        return 2
+    except RuntimeError as err:  # torch reports running out of memory as a RuntimeError
+        if not is_out_of_memory(err):
+            raise
+        print(f"dash: error: out of memory ({str(err).splitlines()[0][:200]}); lower the batch size "
+              f"(--set train.batch_size / distill.batch_size), --n or the model size", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         print("dash: interrupted; rerun with --resume to continue from the last checkpoint",

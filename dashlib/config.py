@@ -18,6 +18,13 @@ from typing import Any, TypeVar
 C = TypeVar("C")
 
 
+#: Values that reach float32 tensors (guidance scales) must fit one.
+FLOAT32_MAX = 3.4028234663852886e38
+#: Seeds lie in [0, 2**32 - 1] (torch and numpy generators both take them; derived
+#: seeds such as seed + 1 or seed + 7919 * step stay far inside torch's 64 bits).
+MAX_SEED = 2**32 - 1
+
+
 class ConfigError(ValueError):
     """A configuration value is invalid; the message names field and fix."""
 
@@ -72,6 +79,8 @@ class Validated:
                 value = getattr(self, f.name)
             if not _type_ok(value, hints[f.name]):
                 fail(self, f.name, value, f"must be of type {_describe(hints[f.name])}")
+            if f.name.endswith("seed") or f.name.endswith("seeds"):
+                seed_range(self, f.name)
         self.validate()
 
     def validate(self) -> None:
@@ -101,8 +110,16 @@ def one_of(obj: object, name: str, allowed: Iterable[str]) -> None:
 
 def finite(obj: object, name: str) -> None:
     value = getattr(obj, name)
-    if not math.isfinite(value):
-        fail(obj, name, value, "must be a finite number")
+    if not math.isfinite(value) or abs(value) > FLOAT32_MAX:
+        fail(obj, name, value, "must be a finite number (|x| <= 3.4e38, float32's range)")
+
+
+def seed_range(obj: object, name: str) -> None:
+    """A seed field (int, or a tuple of them) must lie in [0, MAX_SEED]."""
+    value = getattr(obj, name)
+    for seed in value if isinstance(value, tuple) else (value,):
+        if isinstance(seed, int) and not 0 <= seed <= MAX_SEED:
+            fail(obj, name, value, f"seeds must lie in [0, {MAX_SEED}] (2**32 - 1)")
 
 
 @dataclass(frozen=True)
@@ -346,7 +363,7 @@ def _guidance_spec_ok(spec: str) -> bool:
     if spec == "tag":
         return True
     try:
-        return math.isfinite(float(spec))
+        return math.isfinite(float(spec)) and abs(float(spec)) <= FLOAT32_MAX
     except ValueError:
         return False
 

@@ -49,7 +49,7 @@ from dashlib.artifacts import Artifact, load_artifact
 from dashlib.classifier import Classifier, load_classifier, predict, train_classifier
 from dashlib.config import ConfigError, DataConfig, EvalConfig, SampleConfig, from_dict, to_dict
 from dashlib.data import load_dataset, to_uint8
-from dashlib.device import resolve_device
+from dashlib.device import check_batch_fits, resolve_device
 from dashlib.errors import EvaluationError
 from dashlib.fidelity import (
     METRIC_KEYS,
@@ -65,7 +65,13 @@ from dashlib.fidelity import (
 )
 from dashlib.generate import generate
 from dashlib.inception import inception_weights_path
-from dashlib.io import atomic_torch_save, atomic_write_json, load_checkpoint, read_json
+from dashlib.io import (
+    CorruptFileError,
+    atomic_torch_save,
+    atomic_write_json,
+    load_checkpoint,
+    read_json_object,
+)
 from dashlib.runs import Run, RunStateError, config_hash
 from dashlib.sampling import balanced_labels
 from dashlib.unet import count_params
@@ -161,7 +167,7 @@ def run_preset(run: Run | str | Path) -> str:
     run = run if isinstance(run, Run) else Run(Path(run))
     for source in (run.config, run.results):
         if source.is_file():
-            name = read_json(source).get("preset")
+            name = read_json_object(source).get("preset")
             if name:
                 return str(name)
     if run.final.is_file():
@@ -183,7 +189,7 @@ def run_spec(run: Run | str | Path, sample: SampleConfig | None = None,
     preset_name = run_preset(run)
     preset = get_preset(preset_name)
     artifact = load_artifact(run)
-    results = read_json(run.results) if run.results.is_file() else {}
+    results = read_json_object(run.results) if run.results.is_file() else {}
     kind = str(load_checkpoint(run.final).get("kind", "model"))
     data = from_dict(DataConfig, artifact.config["data"]) if "data" in artifact.config else preset.data
     own_sample = artifact.config.get("sample")
@@ -270,10 +276,9 @@ class CellEvaluator:
 
     def measure(self, task: Task) -> dict[str, Any]:
         """Metrics of one task's cell: from its cache file, or computed and cached."""
-        if task.cell_file.is_file():
-            cached = dict(read_json(task.cell_file))
-            if cached.get("key") == task.key:
-                return {**cached, "cached": True}
+        cached = cached_cell(task)
+        if cached is not None:
+            return {**cached, "cached": True}
         device = resolve_device(task.device)
         images, labels, sample_time = self.samples(task, device)
         start = time.perf_counter()
@@ -288,6 +293,17 @@ class CellEvaluator:
                   "sample_time_s": sample_time, "metric_time_s": time.perf_counter() - start}
         atomic_write_json(task.cell_file, result)
         return {**result, "cached": False}
+
+
+def cached_cell(task: Task) -> dict[str, Any] | None:
+    """A task's cached metrics, or None when missing, for another key, or corrupt (recomputed)."""
+    if not task.cell_file.is_file():
+        return None
+    try:
+        cached = read_json_object(task.cell_file)
+    except CorruptFileError:
+        return None
+    return cached if cached.get("key") == task.key else None
 
 
 _WORKER: CellEvaluator | None = None
@@ -450,6 +466,10 @@ def evaluate_runs(runs: Sequence[Run | str | Path], config: EvalConfig,
     specs = [run_spec(r, sample, data_root) for r in runs]
     steps = tuple(steps) if steps is not None else (config.ddim_steps,)
     check_request(specs, config, steps)
+    size = max(int(s.data["image_size"]) for s in specs)  # one channel: a lower bound of what sampling needs
+    check_batch_fits(config.n_samples, (1, size, size), dev, "--n (EvalConfig.n_samples)")
+    if workers is not None and (isinstance(workers, bool) or not isinstance(workers, int) or workers < 1):
+        raise ConfigError(f"workers = {workers!r} is invalid: at least 1 worker process is needed")
     spaces = prepare_spaces(specs, config, dev, progress)
     tasks = []
     for cell in cells(specs, config.guidance, steps, config.seeds, config.n_samples):
@@ -489,7 +509,7 @@ def measure_all(tasks: Sequence[Task], workers: int, progress: bool) -> dict[str
     results: dict[str, dict[str, Any]] = {}
     todo = []
     for task in tasks:
-        if task.cell_file.is_file() and read_json(task.cell_file).get("key") == task.key:
+        if cached_cell(task) is not None:
             results[task.key] = evaluator.measure(task)
         else:
             todo.append(task)

@@ -1,6 +1,6 @@
 """torch-fidelity glue: image sets, feature extractors, the reference cache, the metrics.
 
-Every image metric goes through `torch_fidelity.calculate_metrics`:
+Every image metric is torch-fidelity's own code (its feature extractors and metric functions):
 
     FID  = |mu_g - mu_r|^2 + Tr(S_g + S_r - 2 (S_g S_r)^(1/2))     (Heusel et al. 2017)
     IS   = exp E_x KL(p(y|x) || p(y)), over `isc_splits(N)` splits   (Salimans et al. 2016)
@@ -19,7 +19,12 @@ in one of two feature spaces (`Extractor`):
   dataset; numbers are comparable only under the same classifier.
 
 Reference features and FID statistics of the train split are computed once per
-(dataset, extractor) by torch-fidelity and cached under `<runs>/fidelity-cache/`.
+(dataset, extractor) and cached by dash itself under `<runs>/fidelity-cache/`
+as plain tensors, read back with weights_only=True: torch-fidelity's own cache
+unpickles with weights_only=False (any planted file would run code), so dash
+never hands it a cache folder, and never lets it open a weights file
+(`VerifiedInceptionV3`). An unreadable (truncated, empty, stale) cache file is
+recomputed with one warning line; one holding anything but tensors is refused.
 Generated images go in as uint8 (3, H, W) tensors; one-channel images are
 repeated to three (the classifier reads one back).
 """
@@ -27,6 +32,9 @@ repeated to three (the classifier reads one back).
 from __future__ import annotations
 
 import hashlib
+import io
+import pickle
+import sys
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -36,18 +44,27 @@ import torch_fidelity
 from torch import Tensor
 from torch.utils.data import Dataset as TorchDataset
 from torch_fidelity.feature_extractor_base import FeatureExtractorBase
+from torch_fidelity.feature_extractor_inceptionv3 import FeatureExtractorInceptionV3
+from torch_fidelity.metric_fid import fid_features_to_statistics, fid_statistics_to_metric
+from torch_fidelity.metric_isc import isc_featuresdict_to_metric
+from torch_fidelity.metric_kid import kid_featuresdict_to_metric
+from torch_fidelity.metric_prc import prc_featuresdict_to_metric
 from torch_fidelity.registry import FEATURE_EXTRACTORS_REGISTRY
+from torch_fidelity.utils import get_featuresdict_from_dataset
 
 from dashlib.classifier import load_classifier
 from dashlib.config import IMAGE_METRICS, ConfigError, DataConfig, to_dict
 from dashlib.data import balanced_subset, load_dataset, to_uint8
 from dashlib.images import save_png
-from dashlib.inception import inception_weights_path
+from dashlib.inception import inception_weights_path, load_inception_state
+from dashlib.io import CheckpointError, atomic_torch_save
 from dashlib.registry import Registry
 from dashlib.runs import Run, config_hash, runs_root
 
 CLASSIFIER_EXTRACTOR = "dash-classifier"
-INCEPTION_EXTRACTOR = "inception-v3-compat"
+INCEPTION_EXTRACTOR = "dash-inception-v3"
+CACHE_VERSION = 1
+METRICS = IMAGE_METRICS  # the metric groups every extractor must serve
 PRC_NEIGHBORHOOD = 3
 KID_SUBSET_SIZE = 1000
 RNG_SEED = 2020  # torch-fidelity's default: KID subsets and the IS shuffle
@@ -142,20 +159,43 @@ class ClassifierFeatures(FeatureExtractorBase):
         return tuple(out[name] for name in self.features_list)
 
 
-if CLASSIFIER_EXTRACTOR not in FEATURE_EXTRACTORS_REGISTRY:
-    torch_fidelity.register_feature_extractor(CLASSIFIER_EXTRACTOR, ClassifierFeatures)
+class VerifiedInceptionV3(FeatureExtractorInceptionV3):
+    """torch-fidelity's Inception-v3 built from weights dash checked, never re-read by torch-fidelity.
+
+    `load_inception_state` reads the file once, checks its sha256 against the
+    digest dash recorded (`weights_digest`) and loads it with weights_only=True.
+    torch-fidelity's constructor always calls torch.load(weights_only=False)
+    on what it is given, so it gets bytes dash serialised itself, here, from
+    those tensors: nothing it unpickles comes from a file.
+    """
+
+    def __init__(self, name: str, features_list: list[str], feature_extractor_weights_path: str | None = None,
+                 weights_digest: str | None = None, **kwargs: object) -> None:
+        if feature_extractor_weights_path is None:
+            raise ValueError(f"the {INCEPTION_EXTRACTOR!r} extractor needs feature_extractor_weights_path")
+        own = io.BytesIO()
+        torch.save(load_inception_state(feature_extractor_weights_path, weights_digest), own)
+        own.seek(0)
+        super().__init__(name, features_list, feature_extractor_weights_path=own, **kwargs)
+
+
+for _name, _cls in ((CLASSIFIER_EXTRACTOR, ClassifierFeatures), (INCEPTION_EXTRACTOR, VerifiedInceptionV3)):
+    if _name not in FEATURE_EXTRACTORS_REGISTRY:
+        torch_fidelity.register_feature_extractor(_name, _cls)
 
 
 # --- extractors and Inception weights ---------------------------------------------
 
 @dataclass(frozen=True)
 class Extractor:
-    """One feature space: how results are prefixed, torch-fidelity's name, its weights, a cache id."""
+    """One feature space: how results are prefixed, torch-fidelity's name, its weights, a cache id,
+    and the sha256 prefix of the weights file when dash checked it (re-checked on every load)."""
 
     kind: str
     name: str
     weights: str
     cache_id: str
+    digest: str | None = None
 
 
 def file_digest(path: str | Path, length: int = 16) -> str:
@@ -185,7 +225,9 @@ def inception_extractor(classifier: Run, inception_weights: str | None = None,
                         download: bool = False) -> Extractor:
     """torch-fidelity's Inception-v3 (weights resolved by `inception_weights_path`)."""
     file = inception_weights_path(inception_weights, download)
-    return Extractor("inception", INCEPTION_EXTRACTOR, str(file), f"incv3{file_digest(file)}")
+    digest = file_digest(file)
+    load_inception_state(file, digest)  # the file hashed is the file checked
+    return Extractor("inception", INCEPTION_EXTRACTOR, str(file), f"incv3{digest}", digest)
 
 
 def make_extractor(kind: str, classifier: Run, inception_weights: str | None = None,
@@ -216,7 +258,7 @@ def reference_set(data: DataConfig, max_reference: int | None = None, seed: int 
 
 
 def fidelity_cache_root() -> Path:
-    """torch-fidelity's cache for reference features/statistics: `<runs>/fidelity-cache`."""
+    """dash's cache of reference features/statistics: `<runs>/fidelity-cache`."""
     return runs_root() / "fidelity-cache"
 
 
@@ -235,14 +277,84 @@ def isc_splits(n: int) -> int:
     return max(1, min(10, n // 10))
 
 
+def feature_extractor(extractor: Extractor, cuda: bool) -> FeatureExtractorBase:
+    """The torch-fidelity extractor of `extractor`, with the features every metric reads."""
+    cls = FEATURE_EXTRACTORS_REGISTRY[extractor.name]
+    layers = sorted({cls.get_default_feature_layer_for_metric(m) for m in METRICS})
+    extra = {"weights_digest": extractor.digest} if extractor.digest else {}
+    fe = cls(extractor.name, layers, feature_extractor_weights_path=extractor.weights, **extra)
+    fe.requires_grad_(False).eval()
+    return fe.cuda() if cuda else fe
+
+
+def features(images: Tensor, fe: FeatureExtractorBase, cuda: bool) -> dict[str, Tensor]:
+    """layer name -> (N, D) float32 features of uint8 `images` (N, C, H, W)."""
+    return dict(get_featuresdict_from_dataset(ImageSet(images), fe, FEATURE_BATCH, cuda, True, False))
+
+
+def reference_cache_file(reference: Reference, extractor: Extractor, cache_root: str | Path) -> Path:
+    return Path(cache_root) / f"{reference.name}-{extractor.cache_id}-v{CACHE_VERSION}.pt"
+
+
+def _warn(message: str) -> None:
+    print(f"dash: warning: {message}", file=sys.stderr, flush=True)
+
+
+def read_reference_cache(path: Path, n_ref: int, layers: list[str]) -> dict[str, Tensor] | None:
+    """A cache file's tensors, or None (with one warning) when it is unreadable or stale.
+
+    Loaded with weights_only=True: a file holding anything but tensors and plain
+    containers is refused (CheckpointError), never unpickled.
+    """
+    try:
+        obj = torch.load(path, map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError as err:
+        raise CheckpointError(
+            f"refusing to load the fidelity cache file {path}: it holds objects other than tensors, so "
+            f"loading it could run arbitrary code ({str(err).splitlines()[0]}). dash never writes such a "
+            f"file; delete it (dash recomputes it) and check who wrote it") from None
+    except (RuntimeError, EOFError, OSError, ValueError) as err:
+        _warn(f"discarding unreadable fidelity cache file {path} ({type(err).__name__}: truncated or "
+              f"corrupt); recomputing it")
+        return None
+    wanted = [*layers, "fid_mu", "fid_sigma"]
+    if not (isinstance(obj, dict) and obj.get("version") == CACHE_VERSION
+            and all(isinstance(obj.get(k), Tensor) for k in wanted)
+            and all(obj[k].ndim == 2 and len(obj[k]) == n_ref for k in layers)):
+        _warn(f"discarding fidelity cache file {path} (not this version's reference features for "
+              f"{n_ref} images); recomputing it")
+        return None
+    return {k: obj[k] for k in wanted}
+
+
+def reference_features(reference: Reference, extractor: Extractor, fe: FeatureExtractorBase, cuda: bool,
+                       cache_root: str | Path, fid_layer: str) -> dict[str, Tensor]:
+    """The reference's features per layer, plus its FID statistics "fid_mu" (D,) and "fid_sigma" (D, D).
+
+    Read from dash's cache file when it is valid, else computed and written
+    there (atomically: concurrent evaluations never see half a file).
+    """
+    path = reference_cache_file(reference, extractor, cache_root)
+    if path.is_file():
+        cached = read_reference_cache(path, len(reference.images), list(fe.features_list))
+        if cached is not None:
+            return cached
+    out = features(reference.images, fe, cuda)
+    stats = fid_features_to_statistics(out[fid_layer])
+    out.update(fid_mu=torch.from_numpy(stats["mu"]), fid_sigma=torch.from_numpy(stats["sigma"]))
+    atomic_torch_save({"version": CACHE_VERSION, **out}, path)
+    return out
+
+
 def fidelity_metrics(samples: Tensor, reference: Reference, extractor: Extractor,
                      device: torch.device | str = "cpu", cache_root: str | Path | None = None,
                      metrics: tuple[str, ...] = IMAGE_METRICS) -> dict[str, float]:
     """FID, IS, KID, precision/recall of uint8 `samples` (N, C, H, W) against `reference`.
 
     KID subsets hold min(1000, N, N_ref) images (`kid_subsets`); PRC uses k = 3 neighbours,
-    so N >= 5 is required. Returns the `METRIC_KEYS` of the groups in `metrics`
-    (all four by default; {} when `metrics` is empty).
+    so N >= 5 is required. Returns the `METRIC_KEYS` of the groups in `metrics` (all four by
+    default; {} when it is empty), as torch_fidelity.calculate_metrics would (same functions
+    and settings), with the reference from dash's safe cache.
     """
     if not metrics:
         return {}
@@ -251,15 +363,22 @@ def fidelity_metrics(samples: Tensor, reference: Reference, extractor: Extractor
         raise ConfigError(f"{min(n, n_ref)} images are too few for the metrics; use at least "
                           f"{PRC_NEIGHBORHOOD + 2} (precision/recall uses k = {PRC_NEIGHBORHOOD} neighbours)")
     cache = Path(cache_root) if cache_root is not None else fidelity_cache_root()
-    cache.mkdir(parents=True, exist_ok=True)
-    raw = torch_fidelity.calculate_metrics(
-        input1=ImageSet(samples), input2=ImageSet(reference.images),
-        input2_cache_name=f"{reference.name}-{extractor.cache_id}", cache_root=str(cache), cache=True,
-        feature_extractor=extractor.name, feature_extractor_weights_path=extractor.weights,
-        fid="fid" in metrics, isc="isc" in metrics, kid="kid" in metrics, prc="prc" in metrics,
-        isc_splits=isc_splits(n),
-        kid_subsets=kid_subsets(n), kid_subset_size=min(KID_SUBSET_SIZE, n, n_ref),
-        prc_neighborhood=PRC_NEIGHBORHOOD, prc_batch_size=PRC_BATCH, rng_seed=RNG_SEED,
-        batch_size=FEATURE_BATCH,
-        cuda=torch.device(device).type == "cuda", save_cpu_ram=True, verbose=False)
+    cuda = torch.device(device).type == "cuda"
+    fe = feature_extractor(extractor, cuda)
+    layer = {m: fe.get_default_feature_layer_for_metric(m) for m in METRICS}
+    real = reference_features(reference, extractor, fe, cuda, cache, layer["fid"])
+    fake = features(samples, fe, cuda)
+    settings = {"isc_splits": isc_splits(n), "samples_shuffle": True, "rng_seed": RNG_SEED,
+                "kid_subsets": kid_subsets(n), "kid_subset_size": min(KID_SUBSET_SIZE, n, n_ref),
+                "prc_neighborhood": PRC_NEIGHBORHOOD, "prc_batch_size": PRC_BATCH, "save_cpu_ram": True,
+                "verbose": False}
+    groups = {
+        "isc": lambda: isc_featuresdict_to_metric(fake, layer["isc"], **settings),
+        "fid": lambda: fid_statistics_to_metric(
+            fid_features_to_statistics(fake[layer["fid"]]),
+            {"mu": real["fid_mu"].numpy(), "sigma": real["fid_sigma"].numpy()}, False),
+        "kid": lambda: kid_featuresdict_to_metric(fake, real, layer["kid"], **settings),
+        "prc": lambda: prc_featuresdict_to_metric(fake, real, layer["prc"], **settings),
+    }
+    raw = {k: v for m in metrics for k, v in groups[m]().items()}
     return {short: float(raw[long]) for long, short in METRIC_NAMES.items() if long in raw}

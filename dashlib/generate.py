@@ -9,10 +9,10 @@ from torch import Tensor
 
 from dashlib.artifacts import Artifact, load_artifact
 from dashlib.config import ConfigError, Preset, SampleConfig
-from dashlib.device import resolve_device
+from dashlib.device import check_batch_fits, resolve_device
 from dashlib.distributed import barrier, is_main, sample_sharded
 from dashlib.images import save_grid
-from dashlib.io import atomic_torch_save
+from dashlib.io import atomic_torch_save, check_writable_dir
 from dashlib.runs import Run, RunStateError
 from dashlib.runtime import Runtime, inference_model
 from dashlib.sampling import DDIMSampler, balanced_labels
@@ -53,17 +53,19 @@ def sample_to_files(preset: Preset, run: str | Path | None, guidance: str | floa
     """Write a class-per-row PNG grid and a tensor file {samples, labels}; returns their paths."""
     src = model_run(preset, run)
     dev = resolve_device(device)
+    folder = check_writable_dir(Path(out) if out else src.path / "samples", "the samples folder (--out)")
     artifact = load_artifact(src, device=dev)
     config = preset.sample if guidance is None else preset.sample.with_guidance(guidance)
     k = artifact.model.config.num_classes
     if n < k:
         raise ConfigError(f"--n = {n} is too small: the grid has one row per class, so ask for "
                           f"at least {k} samples (a multiple of {k} fills every row equally)")
+    shape = (artifact.model.config.in_channels, *(2 * (artifact.model.config.image_size,)))
+    check_batch_fits(n, shape, dev, "--n")
     labels = balanced_labels(n, k)
     samples = generate(artifact, config, labels, seed, dev, runtime)
     tag = "tag" if config.guidance == "tag" else f"w{config.w:g}"
     stem = f"samples-{tag}-steps{config.steps}-n{n}-seed{seed}"
-    folder = Path(out) if out else src.path / "samples"
     png, tensor = folder / f"{stem}.png", folder / f"{stem}.pt"
     if is_main():  # under torchrun rank 0 writes, the others wait for the files
         save_grid(samples, labels, k, png)

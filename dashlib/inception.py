@@ -11,14 +11,15 @@ the CLI can name its error without paying for that import.
 
 from __future__ import annotations
 
+import hashlib
+import io
+import pickle
 from pathlib import Path
 from urllib.error import URLError
 from urllib.parse import urlparse
 
 import torch
 from torch import Tensor
-
-from dashlib.io import CheckpointError, load_checkpoint
 
 
 class InceptionWeightsError(FileNotFoundError):
@@ -57,11 +58,13 @@ def _download(file: Path) -> None:
 def inception_weights_path(path: str | None, download: bool = False) -> Path:
     """The local Inception-v3 weights: `path`, else torch.hub's cache, else (if allowed) a download.
 
-    The file is checked with a weights_only load (torch-fidelity itself loads
-    it without that guard) and must hold the 1008-way `fc` of the ported net.
+    The file is checked by `load_inception_state` (a weights_only load that
+    must hold the 1008-way `fc` of the ported net).
     """
     if path is not None:
         file = Path(path).expanduser()
+        if file.is_dir():
+            raise InceptionWeightsError(how_to_get(f"--inception-weights {file} is a folder, not the file"))
         if not file.is_file():
             raise InceptionWeightsError(how_to_get(f"--inception-weights {file} does not exist"))
     else:
@@ -71,12 +74,38 @@ def inception_weights_path(path: str | None, download: bool = False) -> Path:
         if not file.is_file():
             raise InceptionWeightsError(how_to_get(
                 f"no --inception-weights given, and torch-fidelity's cache has no {file}"))
+    load_inception_state(file)
+    return file
+
+
+def load_inception_state(file: str | Path, digest: str | None = None) -> dict[str, Tensor]:
+    """The Inception-v3 state dict of `file`, read ONCE into memory and loaded from those bytes.
+
+    The bytes are hashed (sha256) and must start with `digest` when one is given
+    (the digest dash recorded when it first checked the file), then loaded with
+    weights_only=True, so what was checked is exactly what is used; torch-fidelity
+    never opens the file itself (`dashlib.fidelity.VerifiedInceptionV3`).
+    """
+    file = Path(file)
     try:
-        state = load_checkpoint(file)
-    except CheckpointError as err:
-        raise InceptionWeightsError(f"{file} is not usable Inception-v3 weights: {err}") from None
-    fc = state.get("fc.weight")
+        data = file.read_bytes()
+    except OSError as err:
+        raise InceptionWeightsError(f"cannot read Inception-v3 weights {file}: {err.strerror}") from None
+    found = hashlib.sha256(data).hexdigest()
+    if digest is not None and not found.startswith(digest):
+        raise InceptionWeightsError(f"{file} changed since dash checked it (sha256 {found[:len(digest)]}, "
+                                    f"expected {digest}); rerun to check the new file")
+    try:
+        state = torch.load(io.BytesIO(data), map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError as err:
+        raise InceptionWeightsError(
+            f"refusing to load {file}: it holds objects other than tensors, so loading it could run "
+            f"arbitrary code ({str(err).splitlines()[0]})") from None
+    except (RuntimeError, EOFError, ValueError) as err:
+        raise InceptionWeightsError(f"{file} is not usable Inception-v3 weights (truncated or corrupt: "
+                                    f"{type(err).__name__})") from None
+    fc = state.get("fc.weight") if isinstance(state, dict) else None
     if not isinstance(fc, Tensor) or tuple(fc.shape) != (1008, 2048):
         raise InceptionWeightsError(how_to_get(
             f"{file} is not torch-fidelity's Inception-v3 file (no 1008x2048 fc.weight)"))
-    return file
+    return dict(state)

@@ -26,11 +26,56 @@ class CheckpointError(RuntimeError):
     """A checkpoint is missing, corrupt, unsafe or from another configuration."""
 
 
-def atomic_write(path: str | Path, write: Callable[[io.BufferedWriter], None]) -> Path:
-    """Call `write(f)` on a temporary file, fsync it, then rename it to `path`."""
+class OutputPathError(OSError):
+    """A file or folder dash must write cannot be made there; the message names it and why."""
+
+
+def _reason(err: OSError) -> str:
+    """`[Errno 20] Not a directory: 'x'` -> "x: not a directory" (the path that failed, and why)."""
+    what = (err.strerror or type(err).__name__).lower()
+    return f"{err.filename}: {what}" if err.filename else what
+
+
+def make_dir(path: str | Path, what: str) -> Path:
+    """mkdir -p `path`, or an OutputPathError naming it, `what` it is for, and the reason."""
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    if path.exists() and not path.is_dir():
+        raise OutputPathError(f"cannot use {path} as {what}: it is a file, not a folder")
+    try:
+        path.mkdir(parents=True, exist_ok=True)
+    except OSError as err:
+        raise OutputPathError(f"cannot create {path} ({what}): {_reason(err)}") from None
+    return path
+
+
+def check_writable_dir(path: str | Path, what: str) -> Path:
+    """Refuse, writing nothing, a folder that could not be created or written: `path` is a
+    file, or its nearest existing ancestor is a file or not writable."""
+    path = Path(path)
+    if path.exists() and not path.is_dir():
+        raise OutputPathError(f"cannot use {path} as {what}: it is a file, not a folder")
+    ancestor = next((p for p in (path, *path.parents) if p.exists()), Path("."))
+    if not ancestor.is_dir():
+        raise OutputPathError(f"cannot create {path} ({what}): {ancestor} is a file, not a folder")
+    if not os.access(ancestor, os.W_OK | os.X_OK):
+        raise OutputPathError(f"cannot create {path} ({what}): {ancestor} is not writable")
+    return path
+
+
+def atomic_write(path: str | Path, write: Callable[[io.BufferedWriter], None]) -> Path:
+    """Call `write(f)` on a temporary file, fsync it, then rename it to `path`.
+
+    Any OSError (no folder, a file where a folder should be, no permission, disk
+    full) becomes an OutputPathError naming `path`; the previous version stays.
+    """
+    path = Path(path)
+    make_dir(path.parent, f"the folder for {path.name}")
+    if path.is_dir():
+        raise OutputPathError(f"cannot write {path}: it is a folder")
+    try:
+        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    except OSError as err:
+        raise OutputPathError(f"cannot write {path} ({_reason(err)})") from None
     try:
         with os.fdopen(fd, "wb") as f:
             write(f)
@@ -38,8 +83,10 @@ def atomic_write(path: str | Path, write: Callable[[io.BufferedWriter], None]) -
             os.fsync(f.fileno())
         os.chmod(tmp, 0o666 & ~_umask())  # mkstemp makes 0600; give what open() would
         os.replace(tmp, path)
-    except BaseException:
+    except BaseException as err:
         Path(tmp).unlink(missing_ok=True)
+        if isinstance(err, OSError) and not isinstance(err, OutputPathError):
+            raise OutputPathError(f"cannot write {path} ({_reason(err)})") from err
         raise
     return path
 
@@ -81,9 +128,28 @@ def atomic_torch_save(obj: Any, path: str | Path) -> Path:
     return atomic_write(path, lambda f: torch.save(obj, f))
 
 
+class CorruptFileError(RuntimeError):
+    """A JSON file dash wrote is no longer valid JSON (or not the object it should be)."""
+
+
 def read_json(path: str | Path) -> Any:
-    with open(path) as f:
-        return json.load(f)
+    """A JSON file's content; a CorruptFileError naming the file when it is not valid JSON."""
+    try:
+        with open(path, encoding="utf-8") as f:
+            return json.load(f)
+    except (json.JSONDecodeError, UnicodeDecodeError) as err:
+        raise CorruptFileError(f"{path} is corrupt: not valid JSON ({type(err).__name__}: "
+                               f"{str(err).splitlines()[0][:120]}); restore it, or delete the run "
+                               f"folder and rerun") from None
+
+
+def read_json_object(path: str | Path) -> dict[str, Any]:
+    """`read_json` for files that hold one JSON object (config.json, results.json)."""
+    data = read_json(path)
+    if not isinstance(data, dict):
+        raise CorruptFileError(f"{path} is corrupt: it holds a JSON {type(data).__name__}, not an "
+                               f"object; restore it, or delete the run folder and rerun")
+    return data
 
 
 def load_checkpoint(path: str | Path) -> dict[str, Any]:

@@ -17,6 +17,7 @@ from typing import Any
 from dashlib.artifacts import Artifact, load_artifact
 from dashlib.config import ConfigError, Preset, override
 from dashlib.distill import METHODS, distill_many
+from dashlib.params import check_params
 from dashlib.presets import fit_to_data, get_preset
 from dashlib.report import Provenance
 from dashlib.runs import Run
@@ -137,6 +138,8 @@ def budget(preset: str | Preset, quick: bool = False, workers: int = 2, device: 
     """
     from dashlib.threads import use_threads
 
+    check_params(preset=preset, quick=quick, workers=workers, device=device, runs_dir=runs_dir,
+                 overrides=overrides, threads=threads)
     if isinstance(workers, bool) or not isinstance(workers, int) or workers < 1:
         raise ConfigError(f"budget workers = {workers!r} is invalid: must be an int >= 1 "
                           f"(parallel CPU processes; 1 disables parallelism)")

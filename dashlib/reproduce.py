@@ -14,6 +14,7 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
+from dashlib.io import check_writable_dir
 from dashlib.runs import runs_root
 
 NOTEBOOKS = ("00_quickstart", "01_teacher", "02_distillation", "03_evaluation", "04_ablations",
@@ -113,6 +114,8 @@ def reproduce(preset: str = DEFAULT_PRESET, quick: bool = False, only: Sequence[
     """
     from dashlib.threads import default_threads
 
+    if figures is not None:  # a file there would fail in the first notebook that saves a figure
+        check_writable_dir(figures_dir(preset, quick, figures, overrides), "the figures folder (--figures)")
     names = list(only) if only else list(NOTEBOOKS)
     unknown = [n for n in names if n not in NOTEBOOKS]
     if unknown:

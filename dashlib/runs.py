@@ -11,12 +11,13 @@ import hashlib
 import json
 import os
 import shutil
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from dashlib.io import _jsonable, atomic_write_json, read_json
+from dashlib.io import OutputPathError, _jsonable, atomic_write_json, make_dir, read_json_object
 
 
 class RunStateError(RuntimeError):
@@ -24,8 +25,22 @@ class RunStateError(RuntimeError):
 
 
 def runs_root() -> Path:
-    """`$DASH_RUNS` if set, else `runs/` in the working directory."""
-    return Path(os.environ.get("DASH_RUNS", "runs"))
+    """`$DASH_RUNS` if set, else `runs/` in the working directory; a file there is refused."""
+    root = Path(os.environ.get("DASH_RUNS") or "runs")
+    if root.exists() and not root.is_dir():
+        raise OutputPathError(f"the runs folder {root} (DASH_RUNS) is a file, not a folder; "
+                              f"point DASH_RUNS at a folder")
+    return root
+
+
+def remove_stale_temps(run: Run) -> list[Path]:
+    """Delete the temporary files atomic writes left in `run` when killed mid-save
+    (`.checkpoint.pt.<random>.tmp`: as large as a checkpoint). Only one process writes
+    a run folder, so any such file is stale once that process saves or resumes."""
+    stale = sorted(run.path.glob(".*.tmp")) if run.path.is_dir() else []
+    for path in stale:
+        path.unlink(missing_ok=True)
+    return stale
 
 
 def config_hash(payload: Mapping[str, Any]) -> str:
@@ -66,13 +81,35 @@ class Run:
     def read_config(self) -> dict[str, Any]:
         if not self.config.is_file():
             raise RunStateError(f"{self.path} is not a dash run folder (no config.json)")
-        return dict(read_json(self.config))
+        return read_json_object(self.config)
 
     def read_results(self) -> dict[str, Any]:
         if not self.results.is_file():
             raise RunStateError(f"{self.path} has not finished (no results.json); "
                                 f"run it to completion first (or --resume it)")
-        return dict(read_json(self.results))
+        return read_json_object(self.results)
+
+
+@contextmanager
+def removed_if_unstarted(run: Run, owner: bool = True) -> Iterator[None]:
+    """If the block fails (or is interrupted) while `run` holds nothing to resume (no
+    checkpoint.pt, no final.pt: only config.json and a log), delete its folder, so a run
+    that died before its first checkpoint leaves nothing half-made. `owner`: this process
+    writes the folder (rank 0 under torchrun)."""
+    try:
+        yield
+    except BaseException:
+        if owner and _unstarted(run):
+            shutil.rmtree(run.path, ignore_errors=True)
+        raise
+
+
+def _unstarted(run: Run) -> bool:
+    """The folder holds only what a fresh run writes before its first checkpoint."""
+    if not run.path.is_dir():
+        return False
+    names = {p.name for p in run.path.iterdir() if not p.name.endswith(".tmp")}
+    return names <= {run.config.name, run.log.name}
 
 
 #: DataConfig fields that say where the data is, not what it is: never part of a run's identity.
@@ -120,7 +157,8 @@ def prepare(run: Run, payload: Mapping[str, Any], force: bool, resume: bool) -> 
             raise RunStateError(
                 f"{run.path} holds an unfinished run; pass --resume to continue it "
                 f"or --force to start over")
+        remove_stale_temps(run)
         return "resume"
-    run.path.mkdir(parents=True, exist_ok=True)
+    make_dir(run.path, "the run folder, under $DASH_RUNS or ./runs")
     atomic_write_json(run.config, payload)
     return "fresh"

@@ -18,7 +18,7 @@ from torch import Tensor
 from dashlib.artifacts import save_artifact
 from dashlib.config import Preset, to_dict
 from dashlib.data import load_dataset
-from dashlib.device import resolve_device
+from dashlib.device import check_batch_fits, resolve_device
 from dashlib.diffusion import Diffusion
 from dashlib.distributed import barrier, is_main, on_main
 from dashlib.io import atomic_write_json
@@ -94,12 +94,13 @@ def train_teacher(preset: Preset, force: bool = False, resume: bool = False,
         return run
     dev = resolve_device(device)
     data = load_dataset(preset.data)  # a missing dataset fails here, before anything is written
-    state = on_main(lambda: prepare(run, payload, force=force, resume=resume))
+    check_batch_fits(preset.train.batch_size, data.train.x.shape[1:], dev, "train.batch_size")
     diffusion = Diffusion(preset.diffusion)
-    model = build_unet(preset.teacher, seed=preset.train.seed)
+    model = build_unet(preset.teacher, seed=preset.train.seed)  # too large a model fails before any file
     weighting = make_weighting(preset.train.weighting, diffusion)
     objective = TeacherObjective(model, weighting, diffusion, preset.train)
     loop = LoopConfig.from_config(preset.train)
+    state = on_main(lambda: prepare(run, payload, force=force, resume=resume))
     trainer = Trainer(objective, data.train, diffusion, loop, run, payload, dev,
                       hooks={max(loop.steps // 40, 1): tirt_hook(weighting)}, progress=progress,
                       desc=f"teacher[{preset.name}]", runtime=runtime)

@@ -40,7 +40,7 @@ from dashlib.distributed import (
 )
 from dashlib.ema import EMA
 from dashlib.io import atomic_torch_save, check_config_match, load_checkpoint
-from dashlib.runs import Run
+from dashlib.runs import Run, remove_stale_temps, removed_if_unstarted
 from dashlib.runtime import Runtime, compile_unets, to_channels_last
 
 
@@ -150,27 +150,28 @@ class Trainer:
                  hooks: Mapping[int, Hook] | None = None, progress: bool = True,
                  desc: str = "train", runtime: Runtime | None = None) -> None:
         self.rank, self.world = rank_world()
-        self.rows = rank_rows(loop.batch_size, self.rank, self.world)
-        self.runtime = runtime or Runtime()
-        self.objective = to_channels_last(objective.to(device), self.runtime, device)
-        self.data, self.diffusion, self.loop, self.run = data, diffusion, loop, run
-        self.payload, self.device, self.progress, self.desc = dict(payload), device, progress, desc
-        self.hooks = dict(hooks or {})
-        groups = objective.param_groups(loop.lr, loop.weight_decay)
-        for g in groups:
-            g["base_lr"] = g["lr"]
-        self.optimizer = torch.optim.AdamW(groups, lr=loop.lr, weight_decay=loop.weight_decay)
-        self.ema = EMA(objective.model, loop.ema_decay)
-        compile_unets(self.objective, self.runtime)  # after the EMA's deepcopy
-        self.forward = wrap_objective(self.objective, device)
-        self.dtype = amp_dtype(device, loop.amp)
-        self.scaler = torch.amp.GradScaler(device.type, enabled=self.dtype == torch.float16)
-        self.data_gen = torch.Generator().manual_seed(loop.seed)
-        self.noise_gen = torch.Generator().manual_seed(loop.seed + 1)
-        self.stream = BatchStream(data, diffusion, loop.batch_size, self.data_gen, self.noise_gen,
-                                  self.runtime.loader_workers, pin_memory=device.type == "cuda")
-        self.step = 0
-        self.last_ckpt_step = 0
+        with removed_if_unstarted(run, owner=self.rank == 0):  # e.g. out of memory moving the model
+            self.rows = rank_rows(loop.batch_size, self.rank, self.world)
+            self.runtime = runtime or Runtime()
+            self.objective = to_channels_last(objective.to(device), self.runtime, device)
+            self.data, self.diffusion, self.loop, self.run = data, diffusion, loop, run
+            self.payload, self.device, self.progress, self.desc = dict(payload), device, progress, desc
+            self.hooks = dict(hooks or {})
+            groups = objective.param_groups(loop.lr, loop.weight_decay)
+            for g in groups:
+                g["base_lr"] = g["lr"]
+            self.optimizer = torch.optim.AdamW(groups, lr=loop.lr, weight_decay=loop.weight_decay)
+            self.ema = EMA(objective.model, loop.ema_decay)
+            compile_unets(self.objective, self.runtime)  # after the EMA's deepcopy
+            self.forward = wrap_objective(self.objective, device)
+            self.dtype = amp_dtype(device, loop.amp)
+            self.scaler = torch.amp.GradScaler(device.type, enabled=self.dtype == torch.float16)
+            self.data_gen = torch.Generator().manual_seed(loop.seed)
+            self.noise_gen = torch.Generator().manual_seed(loop.seed + 1)
+            self.stream = BatchStream(data, diffusion, loop.batch_size, self.data_gen, self.noise_gen,
+                                      self.runtime.loader_workers, pin_memory=device.type == "cuda")
+            self.step = 0
+            self.last_ckpt_step = 0
 
     # --- randomness -----------------------------------------------------
     def draw_batch(self) -> Batch:
@@ -200,6 +201,7 @@ class Trainer:
         if self.rank == 0:
             state = self.state() if rank_rng is None else {**self.state(), "rank_rng": rank_rng}
             atomic_torch_save(state, self.run.checkpoint)
+            remove_stale_temps(self.run)  # a kill mid-save elsewhere left them; this save supersedes
         self.last_ckpt_step = self.step
 
     def load_checkpoint(self) -> None:
@@ -237,7 +239,15 @@ class Trainer:
 
     # --- the loop -------------------------------------------------------
     def fit(self, resume: bool = False) -> dict[str, float]:
-        """Train to `loop.steps`; returns the last logged record."""
+        """Train to `loop.steps`; returns the last logged record.
+
+        A fresh run that fails (or is interrupted) before its first checkpoint
+        removes its folder: it holds nothing to resume, only a config and a log.
+        """
+        with removed_if_unstarted(self.run, owner=self.rank == 0):
+            return self._fit(resume)
+
+    def _fit(self, resume: bool) -> dict[str, float]:
         if resume:
             self.load_checkpoint()
         else:
@@ -286,11 +296,14 @@ class Trainer:
             loss, logs = self.forward(batch)
         checked = mean_over_ranks({"loss": loss})["loss"]  # every rank stops together
         if not torch.isfinite(checked):
+            kept = (f"The last good checkpoint (step {self.last_ckpt_step}) is kept in "
+                    f"{self.run.checkpoint}. Lower the learning rate or check the data, then "
+                    f"continue with --resume or start over with --force."
+                    if self.run.checkpoint.exists() else
+                    "No checkpoint was saved yet, so nothing is kept. Lower the learning rate "
+                    "or check the data, then rerun.")
             raise NonFiniteLossError(
-                f"the loss became {float(checked)} at step {self.step + 1}; training stopped. "
-                f"The last good checkpoint (step {self.last_ckpt_step}) is kept in "
-                f"{self.run.checkpoint}. Lower the learning rate or check the data, then "
-                f"continue with --resume or start over with --force.")
+                f"the loss became {float(checked)} at step {self.step + 1}; training stopped. {kept}")
         self.optimizer.zero_grad(set_to_none=True)
         self.scaler.scale(loss).backward()
         self.scaler.unscale_(self.optimizer)

@@ -65,6 +65,65 @@ CASES = [
     ("reproduce unknown preset", ["reproduce", "--preset", "imagenet"], "unknown preset 'imagenet'"),
     ("unfinished run without --resume", ["train-teacher", "--preset", "tiny", "--set", "train.steps=40"],
      "pass --resume to continue it or --force to start over"),
+    # issue 13
+    ("guidance beyond float32", ["sample", "--preset", "tiny", "--w", "1e308"], "float32"),
+    ("negative infinite guidance", ["sample", "--preset", "tiny", "--w", "-inf"],
+     "SampleConfig.w = -inf is invalid: must be a finite number"),
+    ("batch larger than memory", ["train-teacher", "--preset", "tiny", "--set", "train.batch_size=1000000000",
+                                  "--force"], "train.batch_size = 1000000000 cannot fit"),
+    ("distill batch larger than memory", ["distill", "--preset", "tiny",
+                                          "--set", "distill.batch_size=1000000000"], "cannot fit"),
+    ("--out is a file", ["sample", "--preset", "tiny", "--out", RUNS + "/teacher/config.json"],
+     "is a file, not a folder"),
+    ("--out under /proc", ["sample", "--preset", "tiny", "--out", "/proc/x"], "cannot create /proc/x (the"),
+    ("unknown device type", ["sample", "--preset", "tiny", "--device", "tpu"], "'tpu' is not a device name"),
+    ("device torch knows, dash does not", ["sample", "--preset", "tiny", "--device", "meta"],
+     "dash runs on cpu or cuda only"),
+    ("missing GPU", ["sample", "--preset", "tiny", "--device", "cuda:99"], "'cuda:99' asked for"),
+    ("seed beyond 64 bits", ["sample", "--preset", "tiny", "--seed", "99999999999999999999999"],
+     "out of range"),
+    ("negative seed", ["train-teacher", "--preset", "tiny", "--seed", "-1"], "out of range"),
+    ("seed beyond range in --set", ["train-teacher", "--preset", "tiny",
+                                    "--set", "train.seed=99999999999999999999999"], "seeds must lie in"),
+    ("garbage config.json", ["evaluate", "--run", RUNS + "/garbage"], "config.json is corrupt"),
+    ("results.json not an object", ["evaluate", "--run", RUNS + "/listresults"],
+     "results.json is corrupt: it holds a JSON list"),
+    ("zero distill workers", ["distill", "--preset", "tiny", "--workers", "0"], "at least 1 worker"),
+    ("negative eval workers", ["evaluate", "--run", RUNS + "/teacher", "--workers", "-2"],
+     "at least 1 worker"),
+    ("reproduce --figures is a file", ["reproduce", "--preset", "tiny", "--only", "00_quickstart",
+                                       "--figures", RUNS + "/teacher/config.json"],
+     "is a file, not a folder"),
+    ("unknown command", ["frobnicate"], "invalid choice: 'frobnicate'"),
+    ("option without its value", ["info", "--preset"], "argument --preset: expected one argument"),
+    ("more samples than memory", ["sample", "--preset", "tiny", "--n", "1000000000"],
+     "--n = 1000000000 cannot fit"),
+    ("more eval samples than memory", ["evaluate", "--run", RUNS + "/teacher", "--n", "1000000000"],
+     "cannot fit"),
+    ("Inception weights are a folder", ["evaluate", "--run", RUNS + "/teacher", "--extractor", "inception",
+                                        "--inception-weights", RUNS], "is a folder, not the file"),
+    ("empty Inception weights", ["evaluate", "--run", RUNS + "/teacher", "--extractor", "inception",
+                                 "--inception-weights", RUNS + "/empty.pth"], "truncated or corrupt"),
+    ("guidance beyond float32 via --set", ["sample", "--preset", "tiny", "--set", "sample.w=1e39"],
+     "float32"),
+    ("boolean seed", ["train-teacher", "--preset", "tiny", "--set", "train.seed=true"],
+     "TrainConfig.seed = True is invalid: must be of type int"),
+    ("same seed twice", ["distill", "--preset", "tiny", "--seed", "1", "1"],
+     "the same run is requested twice"),
+    ("--force with --resume", ["train-teacher", "--preset", "tiny", "--force", "--resume"],
+     "argument --resume: not allowed with argument --force"),
+    ("distill --force with --resume", ["distill", "--preset", "tiny", "--resume", "--force"],
+     "not allowed with argument"),
+    ("efficiency --out is a folder", ["efficiency", "--preset", "tiny", "--repeats", "0", "--out", RUNS],
+     "it is a folder"),
+]
+
+#: (id, DASH_RUNS, argv, phrase): the runs folder itself is bad.
+ENV_CASES = [
+    ("DASH_RUNS is a file", RUNS + "/teacher/config.json", ["train-teacher", "--preset", "tiny"],
+     "(DASH_RUNS) is a file, not a folder"),
+    ("DASH_RUNS under /proc", "/proc/x", ["train-teacher", "--preset", "tiny"],
+     "cannot create /proc/x/tiny"),
 ]
 
 
@@ -110,6 +169,13 @@ def prepared(tmp_path_factory):
         finally:
             Trainer.train_step = original
         assert teacher_run(unfinished).checkpoint.exists()
+        for name, text in (("garbage", '{"preset": "ti'), ("listresults", "[1, 2]")):
+            shutil.copytree(run.path, root / name)
+            target = "config.json" if name == "garbage" else "results.json"
+            (root / name / target).write_text(text)
+            if name == "listresults":
+                (root / name / "config.json").unlink()
+        (root / "empty.pth").write_bytes(b"")
         for name, payload in (("corrupt", None), ("pickled", "evil")):
             folder = root / name
             shutil.copytree(run.path, folder)
@@ -134,7 +200,17 @@ class _Evil:
 
 @pytest.mark.parametrize("case, argv, phrase", CASES, ids=[c[0] for c in CASES])
 def test_bad_input_fails_clearly_and_touches_nothing(prepared, monkeypatch, capsys, case, argv, phrase):
-    monkeypatch.setenv("DASH_RUNS", str(prepared))
+    _fails_clearly(prepared, monkeypatch, capsys, case, str(prepared), argv, phrase)
+
+
+@pytest.mark.parametrize("case, runs, argv, phrase", ENV_CASES, ids=[c[0] for c in ENV_CASES])
+def test_bad_runs_folder_fails_clearly_and_touches_nothing(prepared, monkeypatch, capsys, case, runs, argv,
+                                                           phrase):
+    _fails_clearly(prepared, monkeypatch, capsys, case, runs.replace(RUNS, str(prepared)), argv, phrase)
+
+
+def _fails_clearly(prepared, monkeypatch, capsys, case, runs, argv, phrase):
+    monkeypatch.setenv("DASH_RUNS", runs)
     argv = [a.replace(RUNS, str(prepared)) for a in argv]
     before = _snapshot(prepared)
     try:
@@ -147,17 +223,19 @@ def test_bad_input_fails_clearly_and_touches_nothing(prepared, monkeypatch, caps
     errors = [ln for ln in lines if ln.startswith("dash: error:")]
     assert len(errors) == 1, f"{case}: expected one error line, got {lines}"
     assert phrase in errors[0], f"{case}: {errors[0]!r} lacks {phrase!r}"
+    assert not errors[0].startswith("dash: error: dash"), f"{case}: two prefixes: {errors[0]!r}"
     assert "Traceback" not in captured.err and "this must never run" not in captured.out
     assert _snapshot(prepared) == before, f"{case}: files were changed or created"
 
 
 def test_at_least_twenty_cases():
-    assert len(CASES) >= 20
+    assert len(CASES) + len(ENV_CASES) >= 57
 
 
 @pytest.mark.parametrize("params, phrase", [
     ({"preset": "nope"}, "unknown preset 'nope'"),
     ({"preset": "tiny", "workers": 0}, "workers"),
+    ({"preset": "tiny", "quick": "no"}, "quick = 'no' is a str; it must be True or False"),
 ])
 def test_bad_notebook_parameters_name_notebook_cell_and_fix(tmp_path, monkeypatch, params, phrase):
     from dashlib.reproduce import ReproduceError, notebooks_dir, run_notebook

@@ -51,7 +51,7 @@ def test_reference_statistics_are_cached_once(tiny_space, tmp_path):
     cache = tmp_path / "cache"
     fidelity_metrics(ref.images[:20], ref, extractor, cache_root=cache)
     files = {p.name: p.stat().st_mtime_ns for p in cache.iterdir()}
-    assert any("stat-fid" in f for f in files) and all(ref.name in f for f in files)
+    assert len(files) == 1 and all(ref.name in f and extractor.cache_id in f for f in files)
     fidelity_metrics(ref.images[20:40], ref, extractor, cache_root=cache)
     assert {p.name: p.stat().st_mtime_ns for p in cache.iterdir()} == files  # read, not rewritten
 

@@ -172,3 +172,310 @@ def test_truncated_checkpoint_gives_a_clear_error(tmp_path):
     path.write_bytes(path.read_bytes()[:500])
     with pytest.raises(CheckpointError, match="truncated or corrupt"):
         load_checkpoint(path)
+
+
+# --- the fidelity cache and the Inception weights are never unpickled unsafely ---------------
+
+@pytest.fixture
+def fidelity_space(tiny):
+    from dashlib.classifier import train_classifier
+    from dashlib.fidelity import make_extractor, reference_set
+
+    clf = train_classifier(tiny.data, tiny.eval, device="cpu", progress=False)
+    return make_extractor("classifier", clf), reference_set(tiny.data)
+
+
+def _stealth(path, marker):
+    """Keep a cache file's real tensors and add one entry whose unpickling runs `touch marker`."""
+    real = torch.load(path, weights_only=True) if path.is_file() else {"mu": torch.zeros(3)}
+    torch.save({**real, "extra": _Exploit(marker)}, path)
+
+
+def test_a_planted_fidelity_cache_payload_is_refused_and_never_runs(fidelity_space, tmp_path):
+    from dashlib.fidelity import fidelity_metrics, reference_cache_file
+
+    extractor, ref = fidelity_space
+    cache, marker = tmp_path / "cache", tmp_path / "pwned"
+    images = ref.images[:20]
+    clean = fidelity_metrics(images, ref, extractor, cache_root=cache)
+    # the issue's attack: torch-fidelity's own file names for this reference, real statistics kept
+    for suffix in ("features-features", "features-logits", "stat-fid-features"):
+        _stealth(cache / f"{ref.name}-{extractor.cache_id}-dash-classifier-{suffix}.pt", marker)
+    assert fidelity_metrics(images, ref, extractor, cache_root=cache) == clean  # never opened
+    assert not marker.exists()
+    # dash's own cache file with the payload added: refused, one clear error, nothing runs
+    _stealth(reference_cache_file(ref, extractor, cache), marker)
+    with pytest.raises(CheckpointError, match="refusing to load the fidelity cache file"):
+        fidelity_metrics(images, ref, extractor, cache_root=cache)
+    assert not marker.exists()
+
+
+@pytest.mark.parametrize("damage", ["empty", "truncated", "foreign"])
+def test_an_unreadable_fidelity_cache_is_recomputed_with_one_warning(fidelity_space, tmp_path, capsys,
+                                                                     damage):
+    from dashlib.fidelity import fidelity_metrics, reference_cache_file
+
+    extractor, ref = fidelity_space
+    cache = tmp_path / "cache"
+    clean = fidelity_metrics(ref.images[:20], ref, extractor, cache_root=cache)
+    path = reference_cache_file(ref, extractor, cache)
+    good = path.read_bytes()
+    if damage == "foreign":
+        torch.save({"w": torch.zeros(2)}, path)
+    else:
+        path.write_bytes(b"" if damage == "empty" else good[: len(good) // 2])
+    capsys.readouterr()
+    assert fidelity_metrics(ref.images[:20], ref, extractor, cache_root=cache) == clean
+    err = [ln for ln in capsys.readouterr().err.splitlines() if ln.strip()]
+    assert len(err) == 1 and err[0].startswith("dash: warning:") and str(path) in err[0], err
+    torch.load(path, weights_only=True)  # rewritten whole
+
+
+def _random_inception_file(path):
+    """A file shaped like torch-fidelity's Inception-v3 weights (random values, no download)."""
+    import io
+
+    from torch_fidelity.feature_extractor_inceptionv3 import FeatureExtractorInceptionV3
+
+    class Blank(FeatureExtractorInceptionV3):
+        def load_state_dict(self, state, *args, **kwargs):
+            return None
+
+    empty = io.BytesIO()
+    torch.save({}, empty)
+    empty.seek(0)
+    torch.save(Blank("blank", ["2048"], feature_extractor_weights_path=empty).state_dict(), path)
+
+
+def test_inception_weights_are_checked_once_and_never_reopened_by_torch_fidelity(tmp_path, monkeypatch):
+    from dashlib.fidelity import feature_extractor, make_extractor
+    from dashlib.inception import InceptionWeightsError
+
+    weights = tmp_path / "pt_inception.pth"
+    _random_inception_file(weights)
+    extractor = make_extractor("inception", None, str(weights))
+    unsafe = []
+    real_load = torch.load
+
+    def spy(f, *args, **kwargs):
+        if kwargs.get("weights_only") is False and not hasattr(f, "read"):
+            unsafe.append(f)  # an unsafe load of a file (torch-fidelity's own code path)
+        return real_load(f, *args, **kwargs)
+
+    monkeypatch.setattr(torch, "load", spy)
+    fe = feature_extractor(extractor, cuda=False)
+    assert unsafe == []
+    torch.testing.assert_close(fe.fc.weight, real_load(weights, weights_only=True)["fc.weight"])
+    # the file is swapped after dash checked it: refused, not loaded
+    evil = tmp_path / "evil.pth"
+    with open(evil, "wb") as f:
+        pickle.dump({"fc.weight": _Exploit(tmp_path / "pwned")}, f)
+    evil.replace(weights)
+    with pytest.raises(InceptionWeightsError, match="changed since dash checked it"):
+        feature_extractor(extractor, cuda=False)
+    assert not (tmp_path / "pwned").exists()
+
+
+def _declared(text):
+    import re
+
+    names = re.findall(r'"([A-Za-z0-9_.\-]+)\s*(?:[<>=!~;\[]|")', text)
+    return {re.sub(r"[-_.]+", "-", n).lower() for n in names}
+
+
+def test_every_package_dashlib_imports_is_declared():
+    """pyproject.toml and environment.yml name every distribution dashlib imports directly."""
+    import ast
+    import importlib.metadata
+    import re
+
+    root = Path(__file__).resolve().parent.parent
+    modules = set()
+    for path in (root / "dashlib").rglob("*.py"):
+        for node in ast.walk(ast.parse(path.read_text())):
+            if isinstance(node, ast.Import):
+                modules |= {a.name.split(".")[0] for a in node.names}
+            elif isinstance(node, ast.ImportFrom) and node.level == 0 and node.module:
+                modules.add(node.module.split(".")[0])
+    dists = importlib.metadata.packages_distributions()
+    needed = {re.sub(r"[-_.]+", "-", dists[m][0]).lower() for m in modules
+              if m not in sys.stdlib_module_names and m != "dashlib" and m in dists}
+    assert {"pillow", "ipython", "torch", "torch-fidelity"} <= needed
+    for spec in ("pyproject.toml", "environment.yml"):
+        missing = needed - _declared((root / spec).read_text())
+        assert not missing, f"{spec} does not declare {sorted(missing)}"
+
+
+# --- interrupted and failing runs leave nothing stale -------------------------------------------
+
+def _stop_at(step, error):
+    from dashlib.train import Trainer
+
+    original = Trainer.train_step
+
+    def stop(self):
+        if self.step == step:
+            raise error
+        return original(self)
+
+    return stop
+
+
+def test_a_fresh_run_that_dies_before_its_first_checkpoint_leaves_no_folder(tiny, monkeypatch):
+    from dashlib.teacher import teacher_run, train_teacher
+    from dashlib.train import Trainer
+
+    oom = RuntimeError("DefaultCPUAllocator: can't allocate memory: you tried to allocate 8 GB")
+    monkeypatch.setattr(Trainer, "train_step", _stop_at(1, oom))
+    with pytest.raises(RuntimeError, match="allocate"):
+        train_teacher(tiny, progress=False)
+    assert not teacher_run(tiny).path.exists()
+
+
+def test_a_run_that_runs_out_of_memory_while_setting_up_leaves_no_folder(tiny, monkeypatch):
+    from dashlib.teacher import teacher_run, train_teacher
+
+    def oom(*args, **kwargs):
+        raise torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 80.00 GiB")
+
+    monkeypatch.setattr(torch.optim, "AdamW", oom)
+    with pytest.raises(torch.OutOfMemoryError):
+        train_teacher(tiny, progress=False)
+    assert not teacher_run(tiny).path.exists()
+
+
+def test_a_failing_run_never_deletes_a_folder_holding_more_than_a_fresh_run(tmp_path):
+    from dashlib.runs import Run, removed_if_unstarted
+
+    run = Run(tmp_path / "mine")
+    run.path.mkdir()
+    (run.path / "config.json").write_text("{}")
+    (run.path / "notes.txt").write_text("precious")
+    with pytest.raises(RuntimeError), removed_if_unstarted(run):
+        raise RuntimeError("boom")
+    assert (run.path / "notes.txt").exists()
+
+
+def test_out_of_memory_is_one_error_line(monkeypatch, capsys):
+    import dashlib.presets
+    from dashlib.cli import main
+
+    def oom(*args, **kwargs):
+        raise torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 80.00 GiB")
+
+    monkeypatch.setattr(dashlib.presets, "get_preset", oom)
+    assert main(["info", "--preset", "tiny"]) == 2
+    err = [ln for ln in capsys.readouterr().err.splitlines() if ln.strip()]
+    assert len(err) == 1 and err[0].startswith("dash: error: out of memory") and "batch" in err[0]
+
+    def bug(*args, **kwargs):
+        raise RuntimeError("a genuine bug")
+
+    monkeypatch.setattr(dashlib.presets, "get_preset", bug)
+    with pytest.raises(RuntimeError, match="genuine bug"):  # not swallowed
+        main(["info", "--preset", "tiny"])
+
+
+def test_stale_checkpoint_temp_files_go_on_resume_and_on_the_next_save(tiny, monkeypatch):
+    from dashlib.config import override
+    from dashlib.runs import prepare
+    from dashlib.teacher import teacher_payload, teacher_run, train_teacher
+    from dashlib.train import Trainer
+
+    preset = override(tiny, **{"train.steps": 20, "train.ckpt_every": 5})
+    run = teacher_run(preset)
+    # the next save: a fresh folder that already holds a killed save's temp file
+    run.path.mkdir(parents=True)
+    stale = run.path / ".checkpoint.pt.k1ll3d.tmp"
+    stale.write_bytes(b"\0" * 1000)
+    monkeypatch.setattr(Trainer, "train_step", _stop_at(7, KeyboardInterrupt()))
+    with pytest.raises(KeyboardInterrupt):
+        train_teacher(preset, progress=False)
+    assert run.checkpoint.is_file() and not stale.exists()
+    # resume: a kill mid-save left another one
+    stale.write_bytes(b"\0" * 1000)
+    other = run.path / ".final.pt.x9.tmp"
+    other.write_bytes(b"\0")
+    assert prepare(run, teacher_payload(preset), force=False, resume=True) == "resume"
+    assert not stale.exists() and not other.exists()
+    assert run.checkpoint.is_file()
+
+
+def test_cuda_on_a_host_without_it_is_a_config_error(monkeypatch):
+    from dashlib.config import ConfigError
+    from dashlib.device import resolve_device
+
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    with pytest.raises(ConfigError, match="CUDA is not available here"):
+        resolve_device("cuda")
+    assert resolve_device("auto").type == "cpu"
+
+
+@pytest.mark.parametrize("value, expected",
+                         [("-1", -1.0), ("-0.5", -0.5), ("-1e-3", -1e-3), ("-2E+1", -20.0)])
+def test_negative_numbers_are_option_values(value, expected):
+    from dashlib.cli import build_parser
+
+    assert build_parser().parse_args(["sample", "--w", value]).w == expected
+    parsed = build_parser().parse_args(["evaluate", "--run", "r", "--w", value, "tag"])
+    assert parsed.w == [f"{expected:g}", "tag"]
+
+
+def test_negative_infinity_reaches_the_finiteness_check():
+    import math
+
+    from dashlib.cli import build_parser
+
+    assert math.isinf(build_parser().parse_args(["sample", "--w", "-inf"]).w)
+
+
+# --- notebook parameters are checked by type --------------------------------------------------
+
+@pytest.mark.parametrize("params, phrase", [
+    ({"quick": "no"}, "quick = 'no' is a str; it must be True or False"),
+    ({"quick": 1}, "quick = 1 is a int"),
+    ({"device": 3}, "device = 3 is a int"),
+    ({"workers": True}, "workers = True is a bool"),
+    ({"preset": 7}, "preset = 7"),
+    ({"runs_dir": 5}, "runs_dir = 5"),
+])
+def test_budget_refuses_mistyped_notebook_parameters(params, phrase):
+    from dashlib.params import ParameterError
+    from dashlib.pipeline import budget
+
+    with pytest.raises(ParameterError, match=phrase.replace("(", r"\(")):
+        budget(**{"preset": "tiny", **params})
+
+
+@pytest.mark.parametrize("params, phrase", [
+    ({"device": 3}, "device = 3"),
+    ({"methods": "dash"}, "methods = 'dash' is a str"),
+    ({"methods": [1]}, "must list method names"),
+    ({"student_runs": {"a": 1}}, "student_runs"),
+    ({"t_fraction": "half"}, "t_fraction = 'half'"),
+    ({"seed": 1.5}, "seed = 1.5 is a float"),
+    ({"y": "0"}, "y = '0' is a str"),
+    ({"n_stats": None}, "n_stats = None"),
+    ({"y": 99}, r"label \(y\) = 99 is not a class"),
+    ({"guidance": "cfg"}, "guidance = 'cfg' is invalid"),
+    ({"n_stats": 0}, "n_stats = 0 is invalid"),
+    ({"seed": -1}, "seed = -1 is invalid"),
+])
+def test_the_explorer_refuses_mistyped_parameters_before_loading_anything(params, phrase, monkeypatch):
+    import dashlib.explorer.models as models
+    from dashlib.params import ParameterError
+
+    monkeypatch.setattr(models, "load_models", lambda *a, **k: pytest.fail("loaded models"))
+    with pytest.raises(ParameterError, match=phrase):
+        models.open_explorer("tiny", **params)
+
+
+def test_the_workshop_refuses_mistyped_parameters():
+    from dashlib.params import ParameterError, check_params
+    from dashlib.workshop.toy import toy_config_for
+
+    with pytest.raises(ParameterError, match="quick = 'no'"):
+        toy_config_for("digits", quick="no")
+    with pytest.raises(ParameterError, match="guidance_scales"):
+        check_params(guidance_scales=[0, "3"])
+    assert toy_config_for("digits", quick=True) != toy_config_for("digits", quick=False)

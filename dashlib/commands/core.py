@@ -13,6 +13,7 @@ from dashlib.cli import (
     command,
     preset_from_args,
     runtime_from_args,
+    seed_arg,
 )
 
 
@@ -63,7 +64,7 @@ def _sample_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--steps", type=int, help="DDIM steps (default: the preset's, 50)")
     p.add_argument("--n", type=int, default=100, help="number of samples, balanced over classes")
     p.add_argument("--eta", type=float, help="DDIM eta (default 0: deterministic)")
-    p.add_argument("--seed", type=int, default=0, help="sampling seed")
+    p.add_argument("--seed", type=seed_arg, default=0, help="sampling seed")
     p.add_argument("--out", help="output folder (default: <run>/samples)")
     add_runtime(p)
 

@@ -5,7 +5,16 @@ from __future__ import annotations
 import argparse
 import sys
 
-from dashlib.cli import add_preset, add_runtime, command, preset_from_args, runtime_from_args
+from dashlib.cli import (
+    add_force_resume,
+    add_preset,
+    add_runtime,
+    command,
+    preset_from_args,
+    runtime_from_args,
+    seed_arg,
+    workers_arg,
+)
 
 
 def _args(p: argparse.ArgumentParser) -> None:
@@ -13,12 +22,11 @@ def _args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--method", default="dash",
                    help="a method (scratch, cond-only, composite, multi-w-composite, fitnets, "
                         "gap-match, pruning, single-head, dash) or 'all' (default: dash)")
-    p.add_argument("--seed", type=int, nargs="+", help="seed(s) (default: the preset's)")
+    p.add_argument("--seed", type=seed_arg, nargs="+", help="seed(s) (default: the preset's)")
     p.add_argument("--steps", type=int, help="distillation steps (default: the preset's)")
-    p.add_argument("--workers", type=int, default=1,
+    p.add_argument("--workers", type=workers_arg, default=1,
                    help="parallel single-threaded worker processes for several runs (default 1)")
-    p.add_argument("--force", action="store_true", help="retrain even if a finished run exists")
-    p.add_argument("--resume", action="store_true", help="continue an interrupted run exactly")
+    add_force_resume(p)
     add_runtime(p)
 
 

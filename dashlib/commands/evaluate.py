@@ -9,7 +9,16 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from dashlib.cli import add_preset, add_runtime, command, parse_set, preset_from_args
+from dashlib.cli import (
+    add_preset,
+    add_runtime,
+    command,
+    parse_set,
+    preset_from_args,
+    seed_arg,
+    workers_arg,
+)
+from dashlib.config import FLOAT32_MAX
 
 
 def _guidance(value: str) -> str:
@@ -20,15 +29,16 @@ def _guidance(value: str) -> str:
         number = float(value)
     except ValueError:
         raise argparse.ArgumentTypeError(f"{value!r} is neither a number nor 'tag'") from None
-    if not math.isfinite(number):
-        raise argparse.ArgumentTypeError(f"{value!r} is not a finite number")
+    if not math.isfinite(number) or abs(number) > FLOAT32_MAX:
+        raise argparse.ArgumentTypeError(f"{value!r} is not a finite number (|w| <= 3.4e38, float32)")
     return f"{number:g}"
 
 
 def _evaluate_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--run", required=True, help="run folder of the model to evaluate (teacher or student)")
     p.add_argument("--n", type=int, help="samples per cell, balanced over classes (default: the preset's)")
-    p.add_argument("--seeds", type=int, nargs="+", help="sampling seeds (default: the preset's, 42 123 456)")
+    p.add_argument("--seeds", type=seed_arg, nargs="+",
+                   help="sampling seeds (default: the preset's, 42 123 456)")
     p.add_argument("--w", type=_guidance, nargs="+", metavar="W|tag",
                    help="guidance settings: constant scales and/or 'tag' (default: the preset's)")
     p.add_argument("--steps", type=int, nargs="+", help="DDIM steps (default: the preset's eval.ddim_steps)")
@@ -38,7 +48,8 @@ def _evaluate_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--download-weights", action="store_true",
                    help="allow downloading the Inception-v3 weights when they are not found locally")
     p.add_argument("--data-root", help="where the dataset lives now (CIFAR)")
-    p.add_argument("--workers", type=int, help="worker processes (default: one per CPU core; 1 on CUDA)")
+    p.add_argument("--workers", type=workers_arg,
+                   help="worker processes (default: one per CPU core; 1 on CUDA)")
     p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
                    help="override a preset field, e.g. --set eval.classifier_steps=300 (repeatable)")
     add_runtime(p)

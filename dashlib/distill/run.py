@@ -21,7 +21,7 @@ from dashlib.artifacts import Artifact, load_artifact, save_artifact
 from dashlib.calibration import Calibrator, matched_inputs
 from dashlib.config import ConfigError, DistillConfig, Preset, to_dict
 from dashlib.data import load_dataset
-from dashlib.device import resolve_device
+from dashlib.device import check_batch_fits, resolve_device
 from dashlib.diffusion import Diffusion
 from dashlib.distill.methods import METHODS, DistillObjective
 from dashlib.distill.targets import compute_targets, fits, load_targets, targets_path
@@ -105,6 +105,7 @@ def distill(preset: Preset, method: str | None = None, seed: int | None = None,
     dev = resolve_device(device)
     teacher = load_artifact(teacher_folder, expect=preset.teacher, device=dev)
     data = load_dataset(preset.data)
+    check_batch_fits(config.batch_size, data.train.x.shape[1:], dev, "distill.batch_size")
     state = on_main(lambda: prepare(run, payload, force=force, resume=resume))
     diffusion = teacher.diffusion
     cls = METHODS.get(config.method)
@@ -188,6 +189,11 @@ def run_jobs(jobs: Sequence[tuple[Preset, str, int | None, int | None]], force: 
     beat one 2-thread one). Interrupted runs are resumed; finished ones reused."""
     for _, m, _, _ in jobs:
         METHODS.get(m)  # fail fast on a typo, before any training
+    runs = [distill_run(*j).path for j in jobs]
+    twice = sorted({str(r) for r in runs if runs.count(r) > 1})
+    if twice:  # two processes would train one folder at once
+        raise ConfigError(f"the same run is requested twice ({', '.join(twice)}): a method or seed "
+                          f"is repeated; list each once")
     if workers > 1 and rank_world()[1] > 1:
         raise ConfigError("--workers > 1 starts its own processes; under torchrun the runs "
                           "already share the processes, so use --workers 1")
@@ -229,6 +235,8 @@ def distill_many(preset: Preset, methods: Sequence[str], seeds: Sequence[int | N
                  steps: int | None = None, force: bool = False, device: str = "auto",
                  workers: int = 1, progress: bool = True) -> dict[tuple[str, int | None], Run]:
     """Distil every (method, seed) of one preset; returns {(method, seed): run}."""
+    if isinstance(workers, bool) or not isinstance(workers, int) or workers < 1:
+        raise ConfigError(f"workers = {workers!r} is invalid: at least 1 worker process is needed")
     keys = [(m, s) for m in methods for s in seeds]
     runs = run_jobs([(preset, m, s, steps) for m, s in keys], force, device, workers, progress)
     return dict(zip(keys, runs))

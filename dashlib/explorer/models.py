@@ -8,9 +8,10 @@ from pathlib import Path
 from typing import Any
 
 from dashlib.artifacts import Artifact, load_artifact
-from dashlib.config import Preset
+from dashlib.config import MAX_SEED, Preset
 from dashlib.data import load_dataset
 from dashlib.explorer.widget import BranchExplorer
+from dashlib.params import ParameterError, check_params
 from dashlib.presets import get_preset
 from dashlib.runs import runs_root
 from dashlib.teacher import train_teacher
@@ -63,6 +64,19 @@ def small_model_notice(preset: Preset) -> str:
             f"(or larger) to see the effect the notebook describes.")
 
 
+def check_options(p: Preset, options: Mapping[str, Any]) -> None:
+    """The explorer's first state must be one its controls can show (checked before loading)."""
+    k, y = p.teacher.num_classes, options.get("y", 0)
+    if not 0 <= y < k:
+        raise ParameterError(f"label (y) = {y} is not a class of preset {p.name!r}: choose 0 ... {k - 1}")
+    if options.get("guidance", "tag") not in ("tag", "constant"):
+        raise ParameterError(f"guidance = {options['guidance']!r} is invalid: choose \"tag\" or \"constant\"")
+    if options.get("n_stats", 16) < 1:
+        raise ParameterError(f"n_stats = {options['n_stats']} is invalid: at least 1 held-out image")
+    if not 0 <= options.get("seed", 0) <= MAX_SEED:
+        raise ParameterError(f"seed = {options['seed']} is invalid: seeds lie in [0, {MAX_SEED}]")
+
+
 def open_explorer(preset: str | Preset, methods: Sequence[str] = (),
                   student_runs: Mapping[str, str | Path] | None = None, device: str = "cpu",
                   progress: bool = True, t_fraction: float = 0.5,
@@ -70,9 +84,12 @@ def open_explorer(preset: str | Preset, methods: Sequence[str] = (),
     """A `BranchExplorer` for a preset's teacher and students, first shown at timestep
     round(t_fraction (T - 1)); `options` go to the explorer. Models trained on first use
     show a progress bar (`progress`); small presets get a warning banner."""
+    check_params(preset=preset, methods=methods, student_runs=student_runs, device=device,
+                 t_fraction=t_fraction, **options)
     if not 0.0 <= t_fraction <= 1.0:
-        raise ValueError(f"t_fraction = {t_fraction} must lie in [0, 1]")
+        raise ParameterError(f"t_fraction = {t_fraction} must lie in [0, 1]")
     p = get_preset(preset) if isinstance(preset, str) else preset
+    check_options(p, options)
     teacher, students = load_models(p, methods, student_runs, device, progress)
     t = round(t_fraction * (p.diffusion.T - 1))
     options.setdefault("notice", small_model_notice(p))

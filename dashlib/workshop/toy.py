@@ -19,6 +19,7 @@ import torch
 from torch import Tensor
 
 from dashlib.config import DiffusionConfig, Validated, fail, in_range, positive
+from dashlib.params import check_params
 from dashlib.registry import Registry
 
 
@@ -71,6 +72,7 @@ def toy_config_for(preset: str, quick: bool = False, **changes: Any) -> ToyConfi
     """The `tiny` preset (tests, papermill smoke runs) gets the tiny budget, a
     `quick` reproduction a shorter one; every other case the laptop budget the
     workshop is written for. `changes` replace fields (e.g. seed=1)."""
+    check_params(preset=preset, quick=quick)
     name = "tiny" if preset == "tiny" else "quick" if quick else "laptop"
     return dataclasses.replace(TOY_BUDGETS.get(name), **changes)
 
