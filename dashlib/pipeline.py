@@ -133,7 +133,8 @@ def budget(preset: str | Preset, quick: bool = False, workers: int = 2, device: 
     `overrides` are dotted preset keys, as `--set` ({"data.name": "imagefolder",
     "data.data_root": DIR, "train.steps": 500}); they apply on top of the quick
     rule. `threads` sets this process's CPU threads (`dashlib.threads`; default:
-    the available cores) and caps `workers` on CPU. `changes` override the
+    the available cores, capped by OMP_NUM_THREADS); `workers` are separate
+    single-threaded processes for independent runs. `changes` override the
     budget itself: `methods`, `widths`, or dotted keys as `overrides`.
     """
     from dashlib.threads import use_threads
@@ -146,9 +147,7 @@ def budget(preset: str | Preset, quick: bool = False, workers: int = 2, device: 
     if overrides is not None and not isinstance(overrides, dict):
         raise ConfigError(f"overrides = {overrides!r} is invalid: must be a dict of dotted preset keys, "
                           f"e.g. {{'train.steps': 500}}")
-    threads = use_threads(threads)
-    if device in ("auto", "cpu"):
-        workers = min(workers, threads)
+    use_threads(threads)
     if runs_dir is not None:
         os.environ["DASH_RUNS"] = str(Path(runs_dir).resolve())
     overrides = resolve_data_root(dict(overrides or {}), Path(__file__).resolve().parent.parent)

@@ -195,7 +195,7 @@ def test_relative_data_roots(tmp_path, monkeypatch):
     assert b.preset.data.data_root == str(REPO / "data")
 
 
-def test_threads_default_and_cap_workers(monkeypatch):
+def test_threads_default_and_set(monkeypatch):
     from dashlib.pipeline import budget
     from dashlib.threads import available_cores, default_threads
 
@@ -203,7 +203,7 @@ def test_threads_default_and_cap_workers(monkeypatch):
     assert default_threads() == 1
     monkeypatch.delenv("OMP_NUM_THREADS")
     assert default_threads() == available_cores()
-    assert budget("tiny", workers=2, threads=1).workers == 1
+    assert budget("tiny", workers=2, threads=1).workers == 2  # workers are single-threaded processes
     assert torch.get_num_threads() == 1
     with pytest.raises(ConfigError, match="threads"):
         budget("tiny", threads=0)

@@ -17,8 +17,7 @@ def _args(p: argparse.ArgumentParser) -> None:
                    help="run only these notebooks, e.g. 01_teacher 02_distillation")
     p.add_argument("--figures", help="figures folder (default: figures/, per preset)")
     p.add_argument("--workers", type=int, default=2,
-                   help="parallel single-threaded processes for independent runs (default 2, "
-                        "at most --threads)")
+                   help="parallel single-threaded processes for independent runs (default 2)")
     p.add_argument("--device", default="auto", help="auto (CUDA if present), cpu, cuda, ...")
     p.add_argument("--no-progress", action="store_true", help="hide progress bars")
 
