@@ -36,6 +36,13 @@ def timeit_many(fns: dict[str, Callable[[], Any]], repeat: int = 5,
     """Median wall time of each function, timed in interleaved rounds (the order rotates
     every round), so load that drifts during the run biases none of them: use it for
     ratios between functions."""
+    return {n: statistics.median(t) for n, t in interleaved_rounds(fns, repeat, warmup).items()}
+
+
+def interleaved_rounds(fns: dict[str, Callable[[], Any]], repeat: int = 5,
+                       warmup: int = 2) -> dict[str, list[float]]:
+    """Wall times of each function in `repeat` interleaved rounds (one call of each per
+    round, the order rotating), so round i of every function saw about the same load."""
     for fn in fns.values():
         for _ in range(warmup):
             fn()
@@ -48,7 +55,24 @@ def timeit_many(fns: dict[str, Callable[[], Any]], repeat: int = 5,
             fns[name]()
             sync()
             times[name].append(time.perf_counter() - t0)
-    return {n: statistics.median(t) for n, t in times.items()}
+    return times
+
+
+def ratio_stats(numer: list[float], denom: list[float]) -> dict[str, float]:
+    """Per-round ratios numer[i] / denom[i]: median, min, max and spread
+    ((max - min) / median), so readers see how much the load moved them."""
+    r = sorted(a / b for a, b in zip(numer, denom, strict=True))
+    med = statistics.median(r)
+    return {"median": med, "min": r[0], "max": r[-1], "spread": (r[-1] - r[0]) / med,
+            "rounds": len(r)}
+
+
+def load_average() -> list[float]:
+    """The 1, 5 and 15 minute load averages (empty where the OS has none)."""
+    try:
+        return [round(v, 2) for v in os.getloadavg()]
+    except OSError:
+        return []
 
 
 def sync() -> None:
