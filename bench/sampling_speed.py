@@ -18,7 +18,10 @@ With `--sample-amp` the models run under autocast on CUDA (default: fp32, as
 `dash sample`); `--compile` adds torch.compile (its compile time, the first
 call's, is reported). Each (thread count, preset) row also holds the per-round
 speedup_over_flops (median, min, max, spread = (max - min) / median) and the
-JSON the load average at start and end. On CPU the cifar sizes run
+JSON the load average at start and end. Latencies are wall-clock medians; the
+speedups use the process's CPU clock at one thread on CPU (it leaves out the
+time spent waiting for a core on a shared machine; `clock` in each row says
+which), the wall clock otherwise. On CPU the cifar sizes run
 `--steps-cifar` DDIM steps (default 2: 50 steps of the teacher at 128 rows take
 ~20 minutes on 2 cores); the ratios are per UNet forward and do not depend on
 the step count. Writes bench/results/sampling_speed.json.
@@ -27,6 +30,7 @@ the step count. Writes bench/results/sampling_speed.json.
 from __future__ import annotations
 
 import argparse
+import statistics
 import time
 from collections.abc import Callable
 
@@ -61,7 +65,7 @@ def first_call_s(fn: Callable[[], object]) -> float:
 
 
 def compare(name: str, batch: int, steps: int, device: torch.device, runtime: Runtime,
-            repeat: int) -> dict[str, float]:
+            repeat: int, cpu_clock: bool) -> dict[str, float]:
     preset = get_preset(name)
     diffusion = Diffusion(preset.diffusion)
     sample = SampleConfig(steps=steps, guidance="tag", batch_size=batch)
@@ -76,23 +80,28 @@ def compare(name: str, batch: int, steps: int, device: torch.device, runtime: Ru
     if runtime.compile:
         for role, run in runs.items():
             cost[role]["first_call_s"] = first_call_s(run)
-    times = interleaved_rounds(runs, repeat=repeat, warmup=1)
-    for role, seconds in times.items():
-        cost[role]["latency_s"] = sorted(seconds)[len(seconds) // 2]
+    clocks = interleaved_rounds(runs, repeat=repeat, warmup=1)
+    clock = "cpu" if cpu_clock else "wall"
+    times = clocks[clock]
+    for role in runs:
+        cost[role]["latency_s"] = statistics.median(clocks["wall"][role])
+        cost[role]["cpu_s"] = statistics.median(clocks["cpu"][role])
     out = {f"{role}_{k}": v for role, c in cost.items() for k, v in c.items()}
     out.update({f"{role}_flops_per_sample": c["flops"] / batch for role, c in cost.items()})
-    r = ratios(cost["teacher"], cost["student"])
+    key = "cpu_s" if cpu_clock else "latency_s"
+    r = ratios(*({**cost[role], "latency_s": cost[role][key]} for role in ("teacher", "student")))
     per_round = ratio_stats(times["teacher"], times["student"])
     over = {k: (v / r["flops_ratio"] if k in ("median", "min", "max") else v)
             for k, v in per_round.items()}
-    out.update(speedup=r["speedup"], flops_ratio=r["flops_ratio"],
+    out.update(clock=clock, speedup=r["speedup"], flops_ratio=r["flops_ratio"],
                speedup_over_flops=r["speedup_over_flops_ratio"], speedup_over_flops_rounds=over)
     return out
 
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--presets", nargs="+", help="default: digits (CPU), digits cifar10 (CUDA)")
+    ap.add_argument("--presets", nargs="+", default=["digits", "digits16", "cifar10"],
+                    help="default: every preset size (cifar100 differs by 90 class rows only)")
     ap.add_argument("--batch", type=int, default=64)
     ap.add_argument("--steps", type=int, default=50)
     ap.add_argument("--repeat", type=int, default=5)
@@ -101,13 +110,16 @@ def main() -> None:
     ap.add_argument("--threads", type=int, nargs="+", default=[0],
                     help="torch thread counts to run at (0: leave torch's default)")
     ap.add_argument("--compile", action="store_true", help="torch.compile both UNets")
+    ap.add_argument("--channels-last", default="auto", choices=("auto", "on", "off"),
+                    help="layout (default auto: dashlib.runtime's rule table)")
     ap.add_argument("--sample-amp", default="none", choices=("none", "auto", "bf16", "fp16"))
     ap.add_argument("--device", default="auto")
     ap.add_argument("--name", default="sampling_speed", help="JSON file name in bench/results")
     args = ap.parse_args()
     device = resolve_device(args.device)
-    runtime = Runtime(sample_amp=args.sample_amp, compile=args.compile)
-    presets = args.presets or (["digits", "cifar10"] if device.type == "cuda" else ["digits"])
+    runtime = Runtime(sample_amp=args.sample_amp, compile=args.compile,
+                      channels_last=args.channels_last)
+    presets = args.presets
     big_steps = args.steps_cifar or (args.steps if device.type == "cuda" else 2)
     load_start, rows = load_average(), []
     for threads in args.threads:
@@ -115,9 +127,11 @@ def main() -> None:
             torch.set_num_threads(threads)
         for name in presets:
             steps = big_steps if get_preset(name).teacher.image_size >= 32 else args.steps
-            r = compare(name, args.batch, steps, device, runtime, args.repeat)
+            cpu_clock = device.type == "cpu" and torch.get_num_threads() == 1
+            r = compare(name, args.batch, steps, device, runtime, args.repeat, cpu_clock)
             rows.append({"preset": name, "threads": torch.get_num_threads(), "batch": args.batch,
                          "steps": steps, "sample_amp": args.sample_amp, "compile": args.compile,
+                         "channels_last": args.channels_last,
                          **r})
             o = r["speedup_over_flops_rounds"]
             print(f"{torch.get_num_threads()} thr {name:8s} teacher {r['teacher_latency_s']:.2f} s, "
