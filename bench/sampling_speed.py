@@ -30,12 +30,13 @@ the step count. Writes bench/results/sampling_speed.json.
 from __future__ import annotations
 
 import argparse
+import json
 import statistics
 import time
 from collections.abc import Callable
 
 import torch
-from common import interleaved_rounds, load_average, ratio_stats, write
+from common import RESULTS, interleaved_rounds, load_average, ratio_stats, write
 
 from dashlib.config import SampleConfig
 from dashlib.device import resolve_device
@@ -115,6 +116,8 @@ def main() -> None:
     ap.add_argument("--sample-amp", default="none", choices=("none", "auto", "bf16", "fp16"))
     ap.add_argument("--device", default="auto")
     ap.add_argument("--name", default="sampling_speed", help="JSON file name in bench/results")
+    ap.add_argument("--append", action="store_true",
+                    help="keep the rows already in the JSON (another run's presets or threads)")
     args = ap.parse_args()
     device = resolve_device(args.device)
     runtime = Runtime(sample_amp=args.sample_amp, compile=args.compile,
@@ -122,6 +125,8 @@ def main() -> None:
     presets = args.presets
     big_steps = args.steps_cifar or (args.steps if device.type == "cuda" else 2)
     load_start, rows = load_average(), []
+    if args.append and (RESULTS / f"{args.name}.json").exists():
+        rows = json.loads((RESULTS / f"{args.name}.json").read_text())["rows"]
     for threads in args.threads:
         if threads:
             torch.set_num_threads(threads)
