@@ -90,14 +90,16 @@ def _distill(d: dict[str, Any]) -> tuple[list[str], dict[str, Any]]:
 
 
 def _speed(d: dict[str, Any]) -> tuple[list[str], dict[str, Any]]:
-    lines = ["| preset | threads | batch x steps | teacher (s) | student (s) | speedup | FLOPs ratio | "
-             "speedup / FLOPs ratio (rounds: median [min, max]) |", "|---|---|---|---|---|---|---|---|"]
+    lines = ["| preset | threads (clock) | batch x steps | teacher (s) | student (s) | speedup | "
+             "FLOPs ratio | speedup / FLOPs ratio (rounds: median [min, max]) |",
+             "|---|---|---|---|---|---|---|---|"]
     rows = _rows(d)
     for r in rows:
         o = r.get("speedup_over_flops_rounds")
         per_round = (f"{o['median']:.2f} [{o['min']:.2f}, {o['max']:.2f}]" if o
                      else f"{r['speedup_over_flops']:.2f}")
-        lines.append(f"| {r['preset']} | {r.get('threads', '')} | {r['batch']} x {r['steps']} | "
+        lines.append(f"| {r['preset']} | {r.get('threads', '')} ({r.get('clock', 'wall')}) | "
+                     f"{r['batch']} x {r['steps']} | "
                      f"{r['teacher_latency_s']:.2f} | {r['student_latency_s']:.2f} | "
                      f"{r['speedup']:.2f}x | {r['flops_ratio']:.2f}x | {per_round} |")
 
@@ -110,14 +112,15 @@ def _speed(d: dict[str, Any]) -> tuple[list[str], dict[str, Any]]:
 
 
 def _train_step(d: dict[str, Any]) -> tuple[list[str], dict[str, Any]]:
-    lines = ["| model | params | batch | threads | default / old step (rounds: median [min, max]) | "
+    lines = ["| model | params | batch | threads (clock) | default / old step (rounds: median [min, max]) | "
              "channels-last alone | fused AdamW alone |", "|---|---|---|---|---|---|---|"]
     ratios = {}
     for r in _rows(d):
         q = r["ratio_to_old"]
         dflt = q["default"]
         lines.append(f"| {r['preset']} {r['role']} | {r['params'] / 1e6:.2f}M | {r['batch']} | "
-                     f"{r['threads']} | {dflt['median']:.2f} [{dflt['min']:.2f}, {dflt['max']:.2f}] | "
+                     f"{r['threads']} ({r['clock']}) | "
+                     f"{dflt['median']:.2f} [{dflt['min']:.2f}, {dflt['max']:.2f}] | "
                      f"{q['channels_last_only']['median']:.2f} | {q['fused_only']['median']:.2f} |")
         ratios[f"{r['preset']}/{r['role']}@{r['threads']}"] = dflt["median"]
     return lines, {"default_over_old": ratios}
