@@ -36,19 +36,52 @@ def timeit_many(fns: dict[str, Callable[[], Any]], repeat: int = 5,
     """Median wall time of each function, timed in interleaved rounds (the order rotates
     every round), so load that drifts during the run biases none of them: use it for
     ratios between functions."""
+    wall = interleaved_rounds(fns, repeat, warmup)["wall"]
+    return {n: statistics.median(t) for n, t in wall.items()}
+
+
+def interleaved_rounds(fns: dict[str, Callable[[], Any]], repeat: int = 5,
+                       warmup: int = 2) -> dict[str, dict[str, list[float]]]:
+    """Times of each function in `repeat` interleaved rounds (one call of each per round,
+    the order rotating), so round i of every function saw about the same load.
+
+    Two clocks: "wall" (perf_counter) and "cpu" (this process's CPU time, all threads).
+    On a shared machine the CPU clock leaves out the time the process waited for a core,
+    so at one thread its ratios are far steadier than wall-clock ones; with more threads
+    it also counts threads spinning while they wait for each other.
+    """
     for fn in fns.values():
         for _ in range(warmup):
             fn()
     names = list(fns)
-    times: dict[str, list[float]] = {n: [] for n in names}
+    times: dict[str, dict[str, list[float]]] = {"wall": {n: [] for n in names},
+                                                 "cpu": {n: [] for n in names}}
     for i in range(repeat):
         for name in names[i % len(names):] + names[:i % len(names)]:
             sync()
-            t0 = time.perf_counter()
+            t0, c0 = time.perf_counter(), time.process_time()
             fns[name]()
             sync()
-            times[name].append(time.perf_counter() - t0)
-    return {n: statistics.median(t) for n, t in times.items()}
+            times["wall"][name].append(time.perf_counter() - t0)
+            times["cpu"][name].append(time.process_time() - c0)
+    return times
+
+
+def ratio_stats(numer: list[float], denom: list[float]) -> dict[str, float]:
+    """Per-round ratios numer[i] / denom[i]: median, min, max and spread
+    ((max - min) / median), so readers see how much the load moved them."""
+    r = sorted(a / b for a, b in zip(numer, denom, strict=True))
+    med = statistics.median(r)
+    return {"median": med, "min": r[0], "max": r[-1], "spread": (r[-1] - r[0]) / med,
+            "rounds": len(r)}
+
+
+def load_average() -> list[float]:
+    """The 1, 5 and 15 minute load averages (empty where the OS has none)."""
+    try:
+        return [round(v, 2) for v in os.getloadavg()]
+    except OSError:
+        return []
 
 
 def sync() -> None:

@@ -90,14 +90,40 @@ def _distill(d: dict[str, Any]) -> tuple[list[str], dict[str, Any]]:
 
 
 def _speed(d: dict[str, Any]) -> tuple[list[str], dict[str, Any]]:
-    lines = ["| preset | batch x steps | teacher (s) | student (s) | speedup | FLOPs ratio | "
-             "GFLOPs/sample T / S |", "|---|---|---|---|---|---|---|"]
-    lines += [f"| {r['preset']} | {r['batch']} x {r['steps']} | {r['teacher_latency_s']:.2f} | "
-              f"{r['student_latency_s']:.2f} | {r['speedup']:.2f}x | {r['flops_ratio']:.2f}x | "
-              f"{r['teacher_flops_per_sample'] / 1e9:.1f} / {r['student_flops_per_sample'] / 1e9:.1f} |"
-              for r in _rows(d)]
-    return lines, {"speedup": {r["preset"]: r["speedup"] for r in _rows(d)},
-                   "flops_ratio": {r["preset"]: r["flops_ratio"] for r in _rows(d)}}
+    lines = ["| preset | threads (clock) | batch x steps | teacher (s) | student (s) | speedup | "
+             "FLOPs ratio | speedup / FLOPs ratio (rounds: median [min, max]) |",
+             "|---|---|---|---|---|---|---|---|"]
+    rows = _rows(d)
+    for r in rows:
+        o = r.get("speedup_over_flops_rounds")
+        per_round = (f"{o['median']:.2f} [{o['min']:.2f}, {o['max']:.2f}]" if o
+                     else f"{r['speedup_over_flops']:.2f}")
+        lines.append(f"| {r['preset']} | {r.get('threads', '')} ({r.get('clock', 'wall')}) | "
+                     f"{r['batch']} x {r['steps']} | "
+                     f"{r['teacher_latency_s']:.2f} | {r['student_latency_s']:.2f} | "
+                     f"{r['speedup']:.2f}x | {r['flops_ratio']:.2f}x | {per_round} |")
+
+    def key(r: dict[str, Any]) -> str:
+        return f"{r['preset']}@{r['threads']}" if "threads" in r else r["preset"]
+
+    return lines, {"speedup": {key(r): r["speedup"] for r in rows},
+                   "flops_ratio": {key(r): r["flops_ratio"] for r in rows},
+                   "speedup_over_flops": {key(r): r["speedup_over_flops"] for r in rows}}
+
+
+def _train_step(d: dict[str, Any]) -> tuple[list[str], dict[str, Any]]:
+    lines = ["| model | params | batch | threads (clock) | default / old step (rounds: median [min, max]) | "
+             "channels-last alone | fused AdamW alone |", "|---|---|---|---|---|---|---|"]
+    ratios = {}
+    for r in _rows(d):
+        q = r["ratio_to_old"]
+        dflt = q["default"]
+        lines.append(f"| {r['preset']} {r['role']} | {r['params'] / 1e6:.2f}M | {r['batch']} | "
+                     f"{r['threads']} ({r['clock']}) | "
+                     f"{dflt['median']:.2f} [{dflt['min']:.2f}, {dflt['max']:.2f}] | "
+                     f"{q['channels_last_only']['median']:.2f} | {q['fused_only']['median']:.2f} |")
+        ratios[f"{r['preset']}/{r['role']}@{r['threads']}"] = dflt["median"]
+    return lines, {"default_over_old": ratios}
 
 
 def _memory(d: dict[str, Any]) -> tuple[list[str], dict[str, Any]]:
@@ -126,6 +152,7 @@ def _reproduce(d: dict[str, Any]) -> tuple[list[str], dict[str, Any]]:
 FORMATTERS: dict[str, Callable[[dict[str, Any]], tuple[list[str], dict[str, Any]]]] = {
     "train_throughput": _throughput, "sampler_overhead": _overhead, "distill_step": _distill,
     "sampling_speed": _speed, "peak_memory": _memory, "gpu_hours": _gpu_hours,
+    "train_step_speed": _train_step, "train_step_speed_small": _train_step,
     "reproduce_time": _reproduce, "reproduce_quick_time": _reproduce,
 }
 

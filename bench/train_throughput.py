@@ -1,9 +1,10 @@
 """Training throughput (images/s) of teacher and student at the digits and cifar sizes.
 
 One step = forward, backward and AdamW update on a batch of 64, as in training.
-On CUDA the step runs as training does there: autocast at the preset's
-`train.amp` (bf16 when supported for "auto") and channels-last; `--compile`
-adds torch.compile. Writes bench/results/train_throughput.json.
+The step runs as training does: the runtime's rules for channels-last and the
+AdamW kernel (dashlib.runtime), and on CUDA autocast at the preset's
+`train.amp` (bf16 when supported for "auto"); `--compile` adds torch.compile.
+Writes bench/results/train_throughput.json.
 """
 
 from __future__ import annotations
@@ -15,7 +16,7 @@ from common import timeit, write
 
 from dashlib.device import amp_dtype, autocast, resolve_device
 from dashlib.presets import get_preset
-from dashlib.runtime import Runtime, compile_unets, to_channels_last
+from dashlib.runtime import Runtime, adamw_options, compile_unets, to_channels_last
 from dashlib.unet import UNet, count_params
 
 
@@ -25,7 +26,7 @@ def throughput(cfg, batch: int, device: torch.device, repeat: int, amp: str = "n
     model = to_channels_last(UNet(cfg).to(device), runtime, device)
     compile_unets(model, runtime)
     dtype = amp_dtype(device, amp)
-    opt = torch.optim.AdamW(model.parameters(), lr=1e-4)
+    opt = torch.optim.AdamW(model.parameters(), lr=1e-4, **adamw_options(device))
     g = torch.Generator().manual_seed(0)
     x = torch.randn(batch, cfg.in_channels, cfg.image_size, cfg.image_size, generator=g).to(device)
     t = torch.randint(0, 1000, (batch,), generator=g).to(device)

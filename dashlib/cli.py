@@ -138,7 +138,7 @@ def add_runtime(p: argparse.ArgumentParser) -> None:
     p.add_argument("--no-progress", action="store_true", help="hide progress bars")
     p.add_argument("--compile", action="store_true", help="torch.compile the UNets (slow start)")
     p.add_argument("--channels-last", default="auto", choices=("auto", "on", "off"),
-                   help="NHWC memory layout (default auto: on CUDA only)")
+                   help="NHWC memory layout (default auto: by the measured rule table in dashlib.runtime)")
     p.add_argument("--loader-workers", type=int, default=0,
                    help="DataLoader workers gathering and pinning training batches (default 0)")
     p.add_argument("--sample-amp", default="none", choices=("none", "auto", "bf16", "fp16"),

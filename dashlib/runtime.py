@@ -3,11 +3,15 @@
 `Runtime` is deliberately NOT part of a run's payload (its hash), because
 none of these options changes what is trained, only how fast:
 
-* ``channels_last``: "auto" (default) uses the NHWC memory layout on CUDA
-  only, where cuDNN's convolutions and tensor cores prefer it; "on"/"off"
+* ``channels_last``: "auto" (default) applies the rule table
+  `CHANNELS_LAST_MIN_CH` (device type -> smallest UNet base width `ch` for which
+  the NHWC layout measured faster, docs/scaling.md "Speed rules"); "on"/"off"
   force it.
 * ``compile``: `torch.compile` every UNet (in place, so state_dict keys and
-  checkpoints are unchanged). Off by default: compiling takes minutes.
+  checkpoints are unchanged). Off by default: on a 2-core CPU compiling one UNet
+  took longer than the time it saves in a `make reproduce` (docs/scaling.md).
+* The optimiser's implementation (not an option): `adamw_options` picks the
+  fused AdamW kernel on the device types in `FUSED_ADAMW_DEVICES`.
 * ``loader_workers``: DataLoader worker processes that gather the (already drawn)
   batch rows and, on CUDA, pin them for asynchronous copies (0 = in the
   training loop itself; see `dashlib.batches`).
@@ -41,10 +45,33 @@ class Runtime(Validated):
         one_of(self, "sample_amp", ("none", "auto", "bf16", "fp16"))
 
 
-def uses_channels_last(runtime: Runtime, device: torch.device) -> bool:
-    if runtime.channels_last == "auto":
-        return device.type == "cuda"
-    return runtime.channels_last == "on"
+# Speed rules, measured (bench/train_step_speed.py, bench/sampling_speed.py; the
+# measurements and how to redo them for a new device: docs/scaling.md "Speed rules").
+# Channels-last: device type -> smallest UNet base width `ch` from which the NHWC
+# layout is used under "auto". On CUDA cuDNN and tensor cores prefer NHWC at every
+# width; on CPU oneDNN's NHWC convolutions skip the per-call layout reorders: the
+# forward measured 0.98x (digits student, ch=16) to 0.81x (cifar teacher, ch=128) of
+# NCHW, the training step 0.96-0.99x. Below the smallest measured width (the tiny
+# test preset) the layout is left alone.
+# Device types not listed keep NCHW.
+CHANNELS_LAST_MIN_CH: dict[str, int] = {"cuda": 1, "cpu": 16}
+# Device types whose fused AdamW kernel (one pass over all parameters instead of a
+# Python loop of per-tensor ops) is used: on CPU the training step measured 0.90-0.98x
+# of the for-loop one (digits teacher 1.02x, within its spread); standard on CUDA.
+FUSED_ADAMW_DEVICES: tuple[str, ...] = ("cpu", "cuda")
+
+
+def uses_channels_last(runtime: Runtime, device: torch.device, ch: int | None = None) -> bool:
+    """Whether a UNet of base width `ch` (None: any width) runs channels-last on `device`."""
+    if runtime.channels_last != "auto":
+        return runtime.channels_last == "on"
+    min_ch = CHANNELS_LAST_MIN_CH.get(device.type)
+    return min_ch is not None and (ch is None or ch >= min_ch)
+
+
+def adamw_options(device: torch.device) -> dict[str, bool]:
+    """Keyword arguments choosing torch.optim.AdamW's implementation on `device`."""
+    return {"fused": True} if device.type in FUSED_ADAMW_DEVICES else {}
 
 
 def _with_frozen(module: nn.Module) -> list[nn.Module]:
@@ -53,10 +80,17 @@ def _with_frozen(module: nn.Module) -> list[nn.Module]:
     return [module, teacher] if isinstance(teacher, nn.Module) else [module]
 
 
+def _base_width(module: nn.Module) -> int | None:
+    """The widest UNet base width `ch` inside `module` (None: no UNet inside)."""
+    widths = [m.config.ch for m in module.modules() if isinstance(m, UNet)]
+    return max(widths) if widths else None
+
+
 def to_channels_last(module: nn.Module, runtime: Runtime, device: torch.device) -> nn.Module:
-    """Convert 4-D weights in place (and a frozen teacher's) when channels-last applies."""
-    if uses_channels_last(runtime, device):
-        for m in _with_frozen(module):
+    """Convert 4-D weights in place (and a frozen teacher's) when channels-last applies,
+    decided per top module by its widest UNet."""
+    for m in _with_frozen(module):
+        if uses_channels_last(runtime, device, _base_width(m)):
             m.to(memory_format=torch.channels_last)
     return module
 

@@ -41,7 +41,7 @@ from dashlib.distributed import (
 from dashlib.ema import EMA
 from dashlib.io import atomic_torch_save, check_config_match, load_checkpoint
 from dashlib.runs import Run, remove_stale_temps, removed_if_unstarted
-from dashlib.runtime import Runtime, compile_unets, to_channels_last
+from dashlib.runtime import Runtime, adamw_options, compile_unets, to_channels_last
 
 
 class NonFiniteLossError(FloatingPointError):
@@ -160,7 +160,8 @@ class Trainer:
             groups = objective.param_groups(loop.lr, loop.weight_decay)
             for g in groups:
                 g["base_lr"] = g["lr"]
-            self.optimizer = torch.optim.AdamW(groups, lr=loop.lr, weight_decay=loop.weight_decay)
+            self.optimizer = torch.optim.AdamW(groups, lr=loop.lr, weight_decay=loop.weight_decay,
+                                               **adamw_options(device))
             self.ema = EMA(objective.model, loop.ema_decay)
             compile_unets(self.objective, self.runtime)  # after the EMA's deepcopy
             self.forward = wrap_objective(self.objective, device)

@@ -71,10 +71,10 @@ class AttnBlock(nn.Module):
 
     def forward(self, x: Tensor) -> Tensor:
         b, c, h, w = x.shape
-        q, k, v = self.qkv(self.norm(x)).reshape(b, 3, c, h * w).unbind(1)
-        out = F.scaled_dot_product_attention(
-            q.transpose(1, 2)[:, None], k.transpose(1, 2)[:, None], v.transpose(1, 2)[:, None]
-        )[:, 0]
+        # (3, B, 1 head, H*W, C), made contiguous: given transposed (strided) q/k/v,
+        # scaled_dot_product_attention falls back to its slower math kernel on CPU.
+        qkv = self.qkv(self.norm(x)).reshape(b, 3, 1, c, h * w).permute(1, 0, 2, 4, 3).contiguous()
+        out = F.scaled_dot_product_attention(qkv[0], qkv[1], qkv[2])[:, 0]  # (B, H*W, C)
         return x + self.proj(out.transpose(1, 2).reshape(b, c, h, w))
 
 

@@ -1,0 +1,100 @@
+"""Where a UNet forward spends its time, teacher against student: what limits small models.
+
+For each preset size, one no-grad forward of 2 x batch rows (a CFG sampling
+step) of the teacher and of the student, profiled with torch.profiler over
+`--iters` calls: self CPU time per operator family (convolution, group norm,
+SiLU, attention, copies/cat/add, the rest), operator calls per forward, and the
+convolutions' achieved GFLOP/s (FLOPs from torch.utils.flop_counter). If the
+student were as efficient as the teacher, its time share per FLOP would match;
+`conv_gflops_per_s` and `us_per_op` show why it is not. Threads: `--threads`
+(default 1, where profiler times are not blurred by threads waiting for each
+other); each model is profiled `--rounds` times, alternating, and its fastest
+round kept, since other load on a shared machine only adds time.
+Writes bench/results/forward_profile.json.
+"""
+
+from __future__ import annotations
+
+import argparse
+from collections import defaultdict
+
+import torch
+from common import load_average, write
+from torch.profiler import ProfilerActivity, profile
+from torch.utils.flop_counter import FlopCounterMode
+
+from dashlib.presets import get_preset
+from dashlib.runtime import Runtime, to_channels_last
+from dashlib.unet import build_unet
+
+FAMILIES = {  # operator name fragment -> family (first match wins)
+    "convolution": "conv", "group_norm": "group_norm", "silu": "silu",
+    "scaled_dot_product": "attention", "copy_": "copy/cat/add", "cat": "copy/cat/add",
+    "add": "copy/cat/add", "addmm": "linear",
+}
+
+
+def family(op: str) -> str:
+    return next((f for frag, f in FAMILIES.items() if frag in op), "other")
+
+
+def profile_forward(cfg, rows: int, iters: int) -> dict:
+    model = to_channels_last(build_unet(cfg, 0).eval(), Runtime(), torch.device("cpu"))
+    g = torch.Generator().manual_seed(0)
+    x = torch.randn(rows, cfg.in_channels, cfg.image_size, cfg.image_size, generator=g)
+    t = torch.randint(0, 1000, (rows,), generator=g)
+    y = torch.randint(0, cfg.num_classes, (rows,), generator=g)
+    with torch.inference_mode():
+        with FlopCounterMode(display=False) as counter:
+            model(x, t, y)
+        conv_flops = sum(v for k, v in counter.get_flop_counts()["Global"].items() if "convolution" in str(k))
+        for _ in range(2):
+            model(x, t, y)
+        with profile(activities=[ProfilerActivity.CPU]) as prof:
+            for _ in range(iters):
+                model(x, t, y)
+    us: dict[str, float] = defaultdict(float)
+    calls = 0
+    for e in prof.key_averages():
+        if e.key.startswith("aten::") and e.self_cpu_time_total > 0:
+            us[family(e.key)] += e.self_cpu_time_total / iters
+            calls += e.count / iters
+    total = sum(us.values())
+    return {"ms_per_forward": total / 1e3, "share": {k: v / total for k, v in sorted(us.items())},
+            "aten_calls_per_forward": calls, "us_per_op": total / calls,
+            "flops": counter.get_total_flops(),
+            "conv_gflops_per_s": conv_flops / (us["conv"] * 1e-6) / 1e9}
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--presets", nargs="+", default=["digits", "digits16", "cifar10"])
+    ap.add_argument("--batch", type=int, default=64, help="samples; the forward has 2x rows (CFG)")
+    ap.add_argument("--iters", type=int, default=5)
+    ap.add_argument("--threads", type=int, default=1)
+    ap.add_argument("--rounds", type=int, default=3,
+                    help="profiles per model, alternating; the fastest is kept (load only adds time)")
+    args = ap.parse_args()
+    torch.set_num_threads(args.threads)
+    load_start, rows = load_average(), []
+    for name in args.presets:
+        p = get_preset(name)
+        r = {}
+        for _ in range(args.rounds):  # alternating; keep each role's fastest round
+            for role in ("teacher", "student"):
+                new = profile_forward(getattr(p, role), 2 * args.batch, args.iters)
+                if role not in r or new["ms_per_forward"] < r[role]["ms_per_forward"]:
+                    r[role] = new
+        ratio = {"flops_ratio": r["teacher"]["flops"] / r["student"]["flops"],
+                 "time_ratio": r["teacher"]["ms_per_forward"] / r["student"]["ms_per_forward"]}
+        rows.append({"preset": name, "rows": 2 * args.batch, **r, **ratio})
+        print(f"{name}: teacher {r['teacher']['ms_per_forward']:.1f} ms, student "
+              f"{r['student']['ms_per_forward']:.1f} ms (FLOPs ratio {ratio['flops_ratio']:.2f}); conv "
+              f"GFLOP/s {r['teacher']['conv_gflops_per_s']:.0f} vs {r['student']['conv_gflops_per_s']:.0f}",
+              flush=True)
+    write("forward_profile", {"device": "cpu", "threads": args.threads, "load_average_start": load_start,
+                              "load_average_end": load_average(), "rows": rows})
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,66 @@
+"""Channels-last (NHWC) against NCHW for a UNet forward, per model width: the data
+behind `dashlib.runtime.CHANNELS_LAST_MIN_CH` on this device.
+
+One no-grad forward of 2 x batch rows (a CFG sampling step) of the teacher and
+the student of each preset size, in both layouts, timed in interleaved rounds
+(CPU clock at one thread on CPU, where it leaves out time spent waiting for a
+core; wall clock otherwise). For the training step, bench/train_step_speed.py
+has the same lever ("channels_last_only"). Writes bench/results/layout_speed.json.
+"""
+
+from __future__ import annotations
+
+import argparse
+
+import torch
+from common import interleaved_rounds, load_average, ratio_stats, write
+
+from dashlib.presets import get_preset
+from dashlib.runtime import Runtime, to_channels_last
+from dashlib.unet import build_unet
+
+
+def forward(cfg, rows: int, layout: str, device: torch.device):
+    model = to_channels_last(build_unet(cfg, 0).to(device).eval(), Runtime(channels_last=layout), device)
+    g = torch.Generator().manual_seed(0)
+    x = torch.randn(rows, cfg.in_channels, cfg.image_size, cfg.image_size, generator=g).to(device)
+    t = torch.randint(0, 1000, (rows,), generator=g).to(device)
+    y = torch.randint(0, cfg.num_classes, (rows,), generator=g).to(device)
+
+    def run() -> None:
+        with torch.inference_mode():
+            model(x, t, y)
+
+    return run
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--models", nargs="+", default=["digits:student", "digits:teacher", "digits16:student",
+                                                    "digits16:teacher", "cifar10:student", "cifar10:teacher"])
+    ap.add_argument("--batch", type=int, default=64, help="samples; the forward has 2x rows (CFG)")
+    ap.add_argument("--threads", type=int, default=1)
+    ap.add_argument("--repeat", type=int, default=7)
+    ap.add_argument("--device", default="cpu")
+    args = ap.parse_args()
+    torch.set_num_threads(args.threads)
+    device = torch.device(args.device)
+    clock = "cpu" if device.type == "cpu" and args.threads == 1 else "wall"
+    load_start, rows = load_average(), []
+    for spec in args.models:
+        preset, role = spec.split(":")
+        cfg = getattr(get_preset(preset), role)
+        runs = {layout: forward(cfg, 2 * args.batch, layout, device) for layout in ("off", "on")}
+        times = interleaved_rounds(runs, repeat=args.repeat, warmup=1)[clock]
+        r = ratio_stats(times["on"], times["off"])
+        rows.append({"preset": preset, "role": role, "ch": cfg.ch, "rows": 2 * args.batch,
+                     "clock": clock, "nhwc_over_nchw": r})
+        print(f"{spec:18s} ch={cfg.ch:3d}: NHWC / NCHW {r['median']:.3f} [{r['min']:.3f}, {r['max']:.3f}]",
+              flush=True)
+        write("layout_speed", {"device": str(device), "threads": args.threads,
+                               "load_average_start": load_start, "load_average_end": load_average(),
+                               "rows": rows})
+
+
+if __name__ == "__main__":
+    main()
