@@ -1,0 +1,171 @@
+"""F8 and the per-budget claims tables, from a claims sweep's results (`dashlib.claims`).
+
+* F8: FID, accuracy and rho against the distillation budget, mean and seed
+  spread (± one sample std) per variant, one column of panels per resolution;
+  the teacher's FID and accuracy as dashed lines, rho = 1 (the teacher's gap) dotted.
+* T8a (`T8_claims_sweep`): every variant's FID / accuracy / rho per budget.
+* T8b (`T8_claims_verdicts`): every comparison's verdict per budget (a claim
+  holds only where its margin exceeds the seed spread; `dashlib.claims.verdict`).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+from dashlib.report import Provenance, save_figure, save_table
+
+PANELS = (("fid", "FID (classifier features)", True), ("accuracy", "accuracy", False),
+          ("rho", "rho (gap ratio)", True))
+
+
+def _pm(mean: float | None, std: float | None, digits: int = 3) -> str:
+    if mean is None:
+        return "–"
+    return f"{mean:.{digits}f}" if std is None else f"{mean:.{digits}f} ± {std:.{digits}f}"
+
+
+def figure(state: Mapping[str, Any]) -> Any:
+    """F8: rows FID / accuracy / rho, one column per resolution (preset)."""
+    import matplotlib.pyplot as plt
+
+    from dashlib import plots
+
+    plots.style()
+    summary = state["summary"]
+    presets = [p["preset"] for p in state["plan"] if any(e["preset"] == p["preset"] for e in summary)]
+    presets = presets or [p["preset"] for p in state["plan"]][:1]
+    fig, axes = plt.subplots(len(PANELS), len(presets), figsize=(4.6 * len(presets), 9.0),
+                             squeeze=False, sharex="col")
+    for col, preset in enumerate(presets):
+        entries = [e for e in summary if e["preset"] == preset]
+        variants = list(dict.fromkeys(e["variant"] for e in entries))
+        teacher = state["teachers"].get(preset, {})
+        for row, (metric, label, log) in enumerate(PANELS):
+            ax = axes[row][col]
+            for v in variants:
+                pts = sorted((e["budget"], e[f"{metric}_mean"], e[f"{metric}_std"] or 0.0)
+                             for e in entries if e["variant"] == v and e[f"{metric}_mean"] is not None)
+                if not pts:
+                    continue
+                x, m, s = zip(*pts)
+                c = plots.colour(v)
+                ls = "--" if v.startswith("dash-") else "-"
+                ax.plot(x, m, ls, marker="o", ms=4, color=c, lw=2.4 if v == "dash" else 1.4, label=v)
+                ax.fill_between(x, [a - b for a, b in zip(m, s)], [a + b for a, b in zip(m, s)],
+                                color=c, alpha=0.12, lw=0)
+            if metric in ("fid", "accuracy") and teacher.get(metric) is not None:
+                ax.axhline(teacher[metric], color="black", ls=":", lw=1.2, label="teacher")
+            if metric == "rho":
+                ax.axhline(1.0, color="black", ls=":", lw=1.2, label="teacher (rho = 1)")
+            ax.set_xscale("log")
+            if log:
+                ax.set_yscale("log")
+            ax.set_ylabel(label)
+            if row == 0:
+                ax.set_title(f"{preset}")
+            if row == len(PANELS) - 1:
+                ax.set_xlabel("distillation budget (steps)")
+                budgets = sorted({e["budget"] for e in entries})
+                if budgets:
+                    ax.set_xticks(budgets)
+                    ax.set_xticklabels([str(b) for b in budgets])
+    handles, labels = axes[0][0].get_legend_handles_labels()
+    for ax in axes.flat:
+        for h, lab in zip(*ax.get_legend_handles_labels()):
+            if lab not in labels:
+                handles.append(h)
+                labels.append(lab)
+    fig.legend(handles, labels, loc="lower center", ncol=min(5, len(labels)), frameon=False,
+               bbox_to_anchor=(0.5, -0.06))
+    note = "" if state.get("complete") else f" (partial: {len(state.get('missing', []))} cells missing)"
+    fig.suptitle(f"F8: students against the distillation budget, mean ± std over seeds{note}")
+    fig.tight_layout()
+    return fig
+
+
+def sweep_rows(state: Mapping[str, Any]) -> list[dict[str, Any]]:
+    """T8a: one row per (preset, variant, budget)."""
+    return [{"preset": e["preset"], "variant": e["variant"], "budget": e["budget"],
+             "seeds": ", ".join(map(str, e["seeds"])),
+             "FID": _pm(e["fid_mean"], e["fid_std"]), "accuracy": _pm(e["accuracy_mean"], e["accuracy_std"]),
+             "rho": _pm(e["rho_mean"], e["rho_std"])} for e in state["summary"]]
+
+
+def verdict_rows(state: Mapping[str, Any]) -> list[dict[str, Any]]:
+    """T8b: one row per (preset, comparison), one column per budget."""
+    budgets = sorted({v["budget"] for v in state["verdicts"]})
+    rows: dict[tuple[str, str], dict[str, Any]] = {}
+    for v in state["verdicts"]:
+        row = rows.setdefault((v["preset"], v["comparison"]),
+                              {"preset": v["preset"], "comparison": v["comparison"]})
+        margin = "" if v["margin"] is None else f" ({v['margin']:+.3f}"
+        spread = "" if v["margin"] is None else (f" vs {v['spread']:.3f})" if v["spread"] is not None
+                                                 else ")")
+        row[str(v["budget"])] = f"{v['verdict']}{margin}{spread}"
+    return [{**r, **{str(b): r.get(str(b), "–") for b in budgets}} for r in rows.values()]
+
+
+def provenance(state: Mapping[str, Any], quick: bool, notebook: str = "08_claims") -> Provenance:
+    parts = state["plan"]
+    return Provenance(",".join(p["preset"] for p in parts),
+                      tuple(sorted({s for p in parts for s in p["seeds"]})),
+                      {f"{p['preset']}_budgets": ",".join(map(str, p["budgets"])) for p in parts},
+                      quick=quick, notebook=notebook,
+                      extra={"complete": state["complete"], "missing": state["missing"],
+                             "total_cpu_s": state["total_cpu_s"], "eval": [p["eval"] for p in parts],
+                             "classifier_test_accuracy": _classifier_accuracy(state),
+                             "distill_seeds_note": "seeds are distillation seeds; one eval seed each"})
+
+
+def _classifier_accuracy(state: Mapping[str, Any]) -> float | None:
+    values = [c.get("classifier_test_accuracy") for c in [*state["cells"].values(),
+                                                           *state["teachers"].values()]]
+    values = [v for v in values if v is not None]
+    return min(values) if values else None
+
+
+def save_all(state: Mapping[str, Any], folder: str | Path, quick: bool = False) -> list[Path]:
+    """Write F8, T8_claims_sweep and T8_claims_verdicts into `folder`; returns their paths."""
+    import matplotlib.pyplot as plt
+
+    prov = provenance(state, quick)
+    fig = figure(state)
+    f8 = save_figure(fig, folder, "F8_claims_budget", "FID, accuracy and rho against the "
+                     "distillation budget (mean ± std over distillation seeds)",
+                     ["C2", "C3", "C5"], prov, data=state["summary"])
+    plt.close(fig)
+    rows = sweep_rows(state)
+    ta = save_table(rows, ["preset", "variant", "budget", "seeds", "FID", "accuracy", "rho"], folder,
+                    "T8_claims_sweep", "every variant per budget (mean ± std over seeds)",
+                    ["C2", "C3", "C5"], prov)
+    vrows = verdict_rows(state)
+    budgets = sorted({v["budget"] for v in state["verdicts"]})
+    tb = save_table(vrows, ["preset", "comparison", *map(str, budgets)], folder, "T8_claims_verdicts",
+                    "claims per budget: holds only where the margin exceeds the seed spread",
+                    ["C2", "C3", "C5"], prov)
+    return [f8, ta, tb]
+
+
+def markdown(state: Mapping[str, Any], preset: str) -> str:
+    """The README's claims-per-budget table for one preset (verdict and margin vs spread)."""
+    rows = [r for r in verdict_rows(state) if r["preset"] == preset]
+    budgets = sorted({v["budget"] for v in state["verdicts"] if v["preset"] == preset})
+    lines = ["| comparison | " + " | ".join(f"{b} steps" for b in budgets) + " |",
+             "|---|" + "---|" * len(budgets)]
+    lines += ["| " + r["comparison"] + " | " + " | ".join(r[str(b)] for b in budgets) + " |"
+              for r in rows]
+    return "\n".join(lines)
+
+
+def missing_text(state: Mapping[str, Any], parts: Sequence[str] | None = None) -> str:
+    """Which planned cells are missing, grouped by (preset, budget)."""
+    groups: dict[tuple[str, int], list[str]] = {}
+    for key in state["missing"]:
+        preset, variant, budget, seed = key.split("/")
+        if parts is None or preset in parts:
+            groups.setdefault((preset, int(budget)), []).append(f"{variant}@{seed}")
+    if not groups:
+        return "none"
+    return "; ".join(f"{p} {b} steps: {len(v)} cells" for (p, b), v in sorted(groups.items()))
