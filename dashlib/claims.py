@@ -31,6 +31,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from dashlib.adequacy import report_accuracy
 from dashlib.config import ConfigError, EvalConfig, Preset, override
 from dashlib.io import atomic_write_json, read_json
 from dashlib.presets import get_preset
@@ -176,12 +177,6 @@ def _student_record(run: Any, row: Mapping[str, Any]) -> dict[str, Any]:
             "classifier_test_accuracy": row.get("classifier_test_accuracy")}
 
 
-def _classifier_accuracy(report: Any) -> float | None:
-    values = [c.get("test_accuracy") for c in report.meta.get("classifiers", {}).values()]
-    values = [v for v in values if v is not None]
-    return min(values) if values else None
-
-
 def run_stage(part: SweepPart, budget: int, seed: int, workers: int, device: str,
               progress: bool) -> dict[str, dict[str, Any]]:
     """Train (or reuse) and evaluate every variant of one (budget, seed); {cell key: record}."""
@@ -194,7 +189,7 @@ def run_stage(part: SweepPart, budget: int, seed: int, workers: int, device: str
     runs = run_jobs(jobs, device=device, workers=workers, progress=progress)
     report = evaluate_runs(runs, sweep_eval(base), workers=workers, device=device, progress=progress)
     by_run = {r["run"]: r for r in report.summary}
-    clf = _classifier_accuracy(report)
+    clf = report_accuracy(report)
     out = {}
     for v, run in zip(part.variants, runs):
         s = by_run[str(run.path)]
@@ -219,7 +214,7 @@ def teacher_record(part: SweepPart, workers: int, device: str, progress: bool) -
     return {"preset": part.preset, "run": str(run.path), "fid": s.get("fid_mean"),
             "accuracy": s.get("accuracy_mean"), "steps": base.train.steps,
             "wall_time_s": run.read_results().get("wall_time_s"),
-            "classifier_test_accuracy": _classifier_accuracy(report)}
+            "classifier_test_accuracy": report_accuracy(report)}
 
 
 def planned_cells(parts: Sequence[SweepPart]) -> list[str]:

@@ -143,5 +143,10 @@ def write_index(folder: str | Path) -> Path:
         lines.append(f"| {r['name']} | {r['title']} | {claims} | {files} | {r['preset']} | "
                      f"{', '.join(map(str, r['seeds']))} | {'yes' if r['quick'] else 'no'} | "
                      f"{r['git_commit']} | {r['date']} |")
+    from dashlib.adequacy import records_warning
+
+    warn = records_warning(records)
+    if warn:
+        lines[2:2] = [f"**{warn}**", ""]
     lines += ["", "Claims:", ""] + [f"- **{k}**: {v}" for k, v in CLAIMS.items()]
     return atomic_write_text(folder / "README.md", "\n".join(lines) + "\n")

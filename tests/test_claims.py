@@ -112,3 +112,17 @@ def test_sweep_is_resumable_and_reuses_finished_cells(tmp_path, monkeypatch):
     assert len(runs) == 4
     rows = claims_report.verdict_rows(second)
     assert rows and all("2" in r for r in rows)
+
+
+def test_a_weak_classifier_is_flagged_in_the_figures_index(tmp_path):
+    from dashlib.adequacy import ADEQUATE_ACCURACY, warning
+    from dashlib.report import Provenance, save_table
+
+    assert warning(ADEQUATE_ACCURACY) is None and warning(None) is None
+    assert "0.770" in warning(0.77)
+    good = Provenance("p", (0,), {}, extra={"classifier_test_accuracy": 0.99})
+    save_table([{"a": 1}], ["a"], tmp_path, "T_good", "t", [], good)
+    assert "Warning" not in (tmp_path / "README.md").read_text()
+    weak = Provenance("p", (0,), {}, extra={"classifier_test_accuracy": 0.77})
+    save_table([{"a": 1}], ["a"], tmp_path, "T_weak", "t", [], weak)
+    assert "only 0.770 test accuracy" in (tmp_path / "README.md").read_text()
