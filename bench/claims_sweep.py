@@ -51,6 +51,8 @@ def parse(argv: list[str] | None = None) -> argparse.Namespace:
     ap.add_argument("--max-stages", type=int, default=None)
     ap.add_argument("--out", default=str(RESULTS / "claims_sweep.json"))
     ap.add_argument("--figures", default="", help="also write F8 and the T8 tables here")
+    ap.add_argument("--report-only", action="store_true",
+                    help="train nothing: write --figures from the JSON as it is (a partial sweep)")
     ap.add_argument("--no-progress", action="store_true")
     return ap.parse_args(argv)
 
@@ -83,6 +85,13 @@ def main(argv: list[str] | None = None) -> int:
         print(f"[claims] {done} cells done, {len(state['missing'])} missing, "
               f"cpu {state['total_cpu_s']:.0f} s", file=sys.stderr, flush=True)
 
+    if args.report_only:
+        from dashlib.io import read_json
+
+        state = read_json(args.out)
+        for path in claims_report.save_all(state, args.figures, quick=args.quick):
+            print(path)
+        return 0
     state = claims.run_sweep(parts, args.out, workers=args.workers, device=args.device,
                              progress=not args.no_progress, max_stages=args.max_stages,
                              on_stage=report)

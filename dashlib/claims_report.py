@@ -16,6 +16,10 @@ from typing import Any
 
 from dashlib.report import Provenance, save_figure, save_table
 
+#: The DASH variants' own colours (the methods keep `plots.colour`'s).
+VARIANT_COLOURS = {"dash-no-tirt": "#9467bd", "dash-relearned-tirt": "#e377c2",
+                   "dash-principled": "#17becf", "dash-uniform": "#bcbd22"}
+
 PANELS = (("fid", "FID (classifier features)", True), ("accuracy", "accuracy", False),
           ("rho", "rho (gap ratio)", True))
 
@@ -29,6 +33,7 @@ def _pm(mean: float | None, std: float | None, digits: int = 3) -> str:
 def figure(state: Mapping[str, Any]) -> Any:
     """F8: rows FID / accuracy / rho, one column per resolution (preset)."""
     import matplotlib.pyplot as plt
+    import matplotlib.ticker as ticker
 
     from dashlib import plots
 
@@ -50,7 +55,7 @@ def figure(state: Mapping[str, Any]) -> Any:
                 if not pts:
                     continue
                 x, m, s = zip(*pts)
-                c = plots.colour(v)
+                c = VARIANT_COLOURS.get(v) or plots.colour(v)
                 ls = "--" if v.startswith("dash-") else "-"
                 ax.plot(x, m, ls, marker="o", ms=4, color=c, lw=2.4 if v == "dash" else 1.4, label=v)
                 ax.fill_between(x, [a - b for a, b in zip(m, s)], [a + b for a, b in zip(m, s)],
@@ -60,8 +65,12 @@ def figure(state: Mapping[str, Any]) -> Any:
             if metric == "rho":
                 ax.axhline(1.0, color="black", ls=":", lw=1.2, label="teacher (rho = 1)")
             ax.set_xscale("log")
+            ax.xaxis.set_minor_formatter(ticker.NullFormatter())
             if log:
                 ax.set_yscale("log")
+                ax.yaxis.set_major_locator(ticker.LogLocator(subs=(1.0, 2.0, 5.0)))
+                ax.yaxis.set_major_formatter(ticker.FormatStrFormatter("%g"))
+                ax.yaxis.set_minor_formatter(ticker.NullFormatter())
             ax.set_ylabel(label)
             if row == 0:
                 ax.set_title(f"{preset}")

@@ -125,4 +125,8 @@ def test_a_weak_classifier_is_flagged_in_the_figures_index(tmp_path):
     assert "Warning" not in (tmp_path / "README.md").read_text()
     weak = Provenance("p", (0,), {}, extra={"classifier_test_accuracy": 0.77})
     save_table([{"a": 1}], ["a"], tmp_path, "T_weak", "t", [], weak)
-    assert "only 0.770 test accuracy" in (tmp_path / "README.md").read_text()
+    index = (tmp_path / "README.md").read_text()
+    assert "only 0.770 test accuracy" in index and "smoke test" not in index
+    quick = Provenance("p", (0,), {}, quick=True)
+    save_table([{"a": 1}], ["a"], tmp_path, "T_quick", "t", [], quick)
+    assert "smoke test" in (tmp_path / "README.md").read_text()
