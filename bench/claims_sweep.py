@@ -1,7 +1,8 @@
 """The paper's claims as curves: budgets x distillation seeds x variants x resolutions.
 
 Trains every student of the sweep (`dashlib.claims.sweep_plan`: at digits, 7
-variants x budgets 200/500/1000/2000 x seeds 0/1/2, and digits16 for
+variants and the `dash-uniform` diagnostic x budgets 200/500/1000/2000 x seeds
+0/1/2, and digits16 for
 cond-only, DASH and DASH without TIRT at 500 and 2000), each from its
 resolution's one teacher, evaluates each once (TAG, the first evaluation seed,
 the preset's samples and DDIM steps), and writes per-budget verdicts.

@@ -68,9 +68,11 @@ VARIANTS.add("dash-principled", Variant("dash", {"tirt": "uncertainty"},
 VARIANTS.add("dash-uniform", Variant("dash", {"tirt": "uniform"},
                                      "DASH with w_t = 1 (diagnostic: no timestep weighting)"))
 
-#: The variants of the issue's digits sweep (`dash-uniform` is a diagnostic, added by hand).
+#: The variants of the issue's digits sweep.
 CLAIM_VARIANTS = ("scratch", "cond-only", "gap-match", "dash", "dash-no-tirt",
                   "dash-relearned-tirt", "dash-principled")
+#: The small-budget diagnosis (docs/choices.md): DASH with w_t = 1, at every digits budget.
+DIAGNOSTIC_VARIANTS = ("dash-uniform",)
 
 
 @dataclass(frozen=True)
@@ -113,7 +115,8 @@ def _rule_part(preset: str, quick: bool) -> SweepPart:
 
 def sweep_plan(preset: str, quick: bool = False,
                overrides: Mapping[str, Any] | None = None) -> list[SweepPart]:
-    """The issue's grid: digits (7 variants x budgets 200-2000 x seeds 0-2) and digits16
+    """The issue's grid: digits (7 variants, plus the `dash-uniform` diagnostic, x budgets
+    200-2000 x seeds 0-2) and digits16
     (cond-only, DASH, DASH without TIRT at 500 and 2000); `tiny` the same shape in seconds.
     `quick` keeps the two smallest budgets and two seeds (a smoke test, not the claims);
     `overrides` (dotted preset keys, as `--set`) apply to every part."""
@@ -125,7 +128,8 @@ def sweep_plan(preset: str, quick: bool = False,
 
 def _plan(preset: str, quick: bool) -> list[SweepPart]:
     if preset == "digits":
-        parts = [SweepPart("digits", (200, 500, 1000, 2000), (0, 1, 2), CLAIM_VARIANTS),
+        parts = [SweepPart("digits", (200, 500, 1000, 2000), (0, 1, 2),
+                           CLAIM_VARIANTS + DIAGNOSTIC_VARIANTS),
                  SweepPart("digits16", (500, 2000), (0, 1, 2), ("cond-only", "dash", "dash-no-tirt"))]
     elif preset == "tiny":
         parts = [SweepPart("tiny", (2, 4), (0, 1), CLAIM_VARIANTS)]
@@ -342,6 +346,8 @@ COMPARISONS = (
     Comparison("C5: TIRT Transfer beats relearned TIRT (FID)", "C5", "dash", "dash-relearned-tirt",
                "fid"),
     Comparison("principled weighting beats TIRT Transfer (FID)", "C5", "dash-principled", "dash", "fid"),
+    Comparison("diagnostic: DASH with w_t = 1 beats TIRT Transfer (FID)", "C5", "dash-uniform", "dash",
+               "fid"),
 )
 
 

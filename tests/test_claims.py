@@ -52,7 +52,7 @@ def test_sweep_plan_is_the_issue_grid():
     digits, digits16 = claims.sweep_plan("digits")
     assert digits.budgets == (200, 500, 1000, 2000) and digits.seeds == (0, 1, 2)
     assert set(digits.variants) == {"scratch", "cond-only", "gap-match", "dash", "dash-no-tirt",
-                                    "dash-relearned-tirt", "dash-principled"}
+                                    "dash-relearned-tirt", "dash-principled", "dash-uniform"}
     assert digits16.preset == "digits16" and digits16.budgets == (500, 2000)
     assert set(digits16.variants) == {"cond-only", "dash", "dash-no-tirt"}
     quick = claims.sweep_plan("digits", quick=True)[0]
