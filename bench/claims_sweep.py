@@ -52,6 +52,7 @@ def parse(argv: list[str] | None = None) -> argparse.Namespace:
     ap.add_argument("--max-stages", type=int, default=None)
     ap.add_argument("--out", default=str(RESULTS / "claims_sweep.json"))
     ap.add_argument("--figures", default="", help="also write F8 and the T8 tables here")
+    ap.add_argument("--readme", default="", help="fill the claims block of this README from the JSON")
     ap.add_argument("--report-only", action="store_true",
                     help="train nothing: write --figures from the JSON as it is (a partial sweep)")
     ap.add_argument("--no-progress", action="store_true")
@@ -87,11 +88,18 @@ def main(argv: list[str] | None = None) -> int:
               f"cpu {state['total_cpu_s']:.0f} s", file=sys.stderr, flush=True)
 
     if args.report_only:
-        from dashlib.io import read_json
+        from dashlib.io import atomic_write_json, read_json
 
         state = read_json(args.out)
-        for path in claims_report.save_all(state, args.figures, quick=args.quick):
-            print(path)
+        claims.refresh(state, parts)  # verdicts and what is missing against this plan
+        atomic_write_json(args.out, state)
+        if args.figures:
+            for path in claims_report.save_all(state, args.figures, quick=args.quick):
+                print(path)
+        if args.readme:
+            readme = Path(args.readme)
+            readme.write_text(claims_report.fill_readme(readme.read_text(), state))
+            print(readme)
         return 0
     state = claims.run_sweep(parts, args.out, workers=args.workers, device=args.device,
                              progress=not args.no_progress, max_stages=args.max_stages,

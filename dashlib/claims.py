@@ -244,7 +244,7 @@ def run_sweep(parts: Sequence[SweepPart], out: str | Path, workers: int = 1, dev
 
     def save() -> None:
         session.update(wall_s=time.perf_counter() - t0, cpu_s=cpu_seconds() - c0)
-        _finish(state, parts)
+        refresh(state, parts)
         if on_stage is not None:  # may add keys (the bench's environment) before the write
             on_stage(state)
         atomic_write_json(out, state)
@@ -276,8 +276,8 @@ def _load(out: Path, parts: Sequence[SweepPart]) -> dict[str, Any]:
     return state
 
 
-def _finish(state: dict[str, Any], parts: Sequence[SweepPart]) -> None:
-    """Totals, the plan and what of it is missing, and the per-budget verdicts."""
+def refresh(state: dict[str, Any], parts: Sequence[SweepPart]) -> None:
+    """Totals, the plan and what of it is missing, and the per-budget verdicts (in place)."""
     from dashlib.report import git_commit
 
     planned = planned_cells(parts)
@@ -338,7 +338,7 @@ class Comparison:
 COMPARISONS = (
     Comparison("C2: DASH beats scratch (FID)", "C2", "dash", "scratch", "fid"),
     Comparison("C2: DASH beats scratch (accuracy)", "C2", "dash", "scratch", "accuracy", True),
-    Comparison("C3: DASH keeps the gap better than cond-only (|log rho|)", "C3", "dash", "cond-only",
+    Comparison("C3: DASH keeps the gap better than cond-only (abs log rho)", "C3", "dash", "cond-only",
                "gap_error"),
     Comparison("DASH beats cond-only (FID)", "C3", "dash", "cond-only", "fid"),
     Comparison("DASH beats gap-match (FID)", "C3", "dash", "gap-match", "fid"),

@@ -39,8 +39,7 @@ def figure(state: Mapping[str, Any]) -> Any:
 
     plots.style()
     summary = state["summary"]
-    presets = [p["preset"] for p in state["plan"] if any(e["preset"] == p["preset"] for e in summary)]
-    presets = presets or [p["preset"] for p in state["plan"]][:1]
+    presets = list(dict.fromkeys(p["preset"] for p in state["plan"]))
     fig, axes = plt.subplots(len(PANELS), len(presets), figsize=(4.6 * len(presets), 9.0),
                              squeeze=False, sharex="col")
     for col, preset in enumerate(presets):
@@ -49,17 +48,21 @@ def figure(state: Mapping[str, Any]) -> Any:
         teacher = state["teachers"].get(preset, {})
         for row, (metric, label, log) in enumerate(PANELS):
             ax = axes[row][col]
-            for v in variants:
+            for i, v in enumerate(variants):
                 pts = sorted((e["budget"], e[f"{metric}_mean"], e[f"{metric}_std"] or 0.0)
                              for e in entries if e["variant"] == v and e[f"{metric}_mean"] is not None)
                 if not pts:
                     continue
                 x, m, s = zip(*pts)
+                # a small per-variant offset along the (log) budget axis keeps error bars apart
+                x = [b * (1 + 0.025 * (i - (len(variants) - 1) / 2)) for b in x]
                 c = VARIANT_COLOURS.get(v) or plots.colour(v)
                 ls = "--" if v.startswith("dash-") else "-"
-                ax.plot(x, m, ls, marker="o", ms=4, color=c, lw=2.4 if v == "dash" else 1.4, label=v)
-                ax.fill_between(x, [a - b for a, b in zip(m, s)], [a + b for a, b in zip(m, s)],
-                                color=c, alpha=0.12, lw=0)
+                ax.errorbar(x, m, yerr=s, fmt=ls, marker="o", ms=4, color=c, capsize=2.5,
+                            lw=2.4 if v == "dash" else 1.4, label=v)
+            if not entries:
+                ax.text(0.5, 0.7, "not run yet", transform=ax.transAxes, ha="center", va="center",
+                        color="grey")
             if metric in ("fid", "accuracy") and teacher.get(metric) is not None:
                 ax.axhline(teacher[metric], color="black", ls=":", lw=1.2, label="teacher")
             if metric == "rho":
@@ -76,8 +79,10 @@ def figure(state: Mapping[str, Any]) -> Any:
                 ax.set_title(f"{preset}")
             if row == len(PANELS) - 1:
                 ax.set_xlabel("distillation budget (steps)")
-                budgets = sorted({e["budget"] for e in entries})
+                planned = [p["budgets"] for p in state["plan"] if p["preset"] == preset]
+                budgets = sorted({e["budget"] for e in entries} | set(planned[0] if planned else ()))
                 if budgets:
+                    ax.set_xlim(min(budgets) / 1.3, max(budgets) * 1.3)
                     ax.set_xticks(budgets)
                     ax.set_xticklabels([str(b) for b in budgets])
     handles, labels = axes[0][0].get_legend_handles_labels()
@@ -178,3 +183,29 @@ def missing_text(state: Mapping[str, Any], parts: Sequence[str] | None = None) -
     if not groups:
         return "none"
     return "; ".join(f"{p} {b} steps: {len(v)} cells" for (p, b), v in sorted(groups.items()))
+
+
+README_START, README_END = "<!-- claims-budget-table -->", "<!-- /claims-budget-table -->"
+
+
+def readme_block(state: Mapping[str, Any]) -> str:
+    """The README's generated block: per preset, the per-budget verdicts and what is missing."""
+    lines = [README_START]
+    for part in state["plan"]:
+        preset = part["preset"]
+        done = sorted({c["budget"] for c in state["cells"].values() if c["preset"] == preset})
+        lines += ["", f"**{preset}** (budgets run: {', '.join(map(str, done)) or 'none'}; "
+                      f"missing cells: {missing_text(state, [preset])})"]
+        if done:
+            lines += ["", markdown(state, preset)]
+    status = "complete" if state["complete"] else "**partial**"
+    lines += ["", f"Sweep {status}: {len(state['cells'])} students, total CPU time "
+                  f"{state['total_cpu_s'] / 60:.0f} min over {len(state['sessions'])} session(s) "
+                  f"(commit {state['git_commit']}; bench/results/claims_sweep.json).", README_END]
+    return "\n".join(lines)
+
+
+def fill_readme(text: str, state: Mapping[str, Any]) -> str:
+    """`text` with the block between the README markers replaced by `readme_block(state)`."""
+    start, end = text.index(README_START), text.index(README_END) + len(README_END)
+    return text[:start] + readme_block(state) + text[end:]

@@ -130,3 +130,20 @@ def test_a_weak_classifier_is_flagged_in_the_figures_index(tmp_path):
     quick = Provenance("p", (0,), {}, quick=True)
     save_table([{"a": 1}], ["a"], tmp_path, "T_quick", "t", [], quick)
     assert "smoke test" in (tmp_path / "README.md").read_text()
+
+
+def test_readme_block_is_replaced_between_its_markers():
+    cells = {f"p/{v}/10/{s}": {"preset": "p", "variant": v, "budget": 10, "seed": s, "run": "x",
+                               "fid": f + 0.01 * s, "accuracy": 0.5, "rho": 1.0, "cos": 1.0,
+                               "cond_mse": 0.0, "uncond_mse": 0.0}
+             for v, f in (("dash", 1.0), ("scratch", 2.0)) for s in (0, 1)}
+    summary = claims.summarize(cells.values())
+    state = {"plan": [{"preset": "p"}], "cells": cells, "summary": summary,
+             "verdicts": claims.verdicts(summary), "complete": False, "missing": ["p/dash/20/0"],
+             "total_cpu_s": 120.0, "sessions": [{}], "git_commit": "abc"}
+    text = f"before\n{claims_report.README_START}\nOLDTEXT\n{claims_report.README_END}\nafter\n"
+    out = claims_report.fill_readme(text, state)
+    assert out.startswith("before\n") and out.endswith("\nafter\n") and "OLDTEXT" not in out
+    assert "| C2: DASH beats scratch (FID) | holds (+1.000 vs 0.014) |" in out
+    assert "**partial**" in out and "p 20 steps: 1 cells" in out
+    assert claims_report.fill_readme(out, state) == out  # idempotent
