@@ -303,7 +303,9 @@ class DistillConfig(Validated):
 
     `im`, `un`, `an` weight DASH's imitation, unconditional and anchor terms;
     `tirt` is "transfer" (teacher's lambda_t, frozen), "uniform" (w_t = 1),
-    "relearn" (lambda_t learned again by the student) or "auto" (the method's
+    "relearn" (lambda_t learned again by the student), "min-snr" (the fixed
+    Min-SNR-5 prior: TIRT without lambda_t), "uncertainty" (the principled
+    EDM2 weighting, learned by the student from zero) or "auto" (the method's
     default: transfer for DASH, uniform for every baseline). `w_train` is the
     composite/single-head training scale; `w_range` the multi-w range.
     `null_rows` feeds the null label to output-level students during training.
@@ -344,7 +346,7 @@ class DistillConfig(Validated):
             positive(self, name, strict=False)
         positive(self, "grad_clip")
         in_range(self, "ema_decay", 0.0, 0.999999)
-        one_of(self, "tirt", ("auto", "transfer", "uniform", "relearn"))
+        one_of(self, "tirt", ("auto", "transfer", "uniform", "relearn", "min-snr", "uncertainty"))
         finite(self, "w_train")
         lo, hi = self.w_range
         if not (math.isfinite(lo) and math.isfinite(hi) and lo <= hi):

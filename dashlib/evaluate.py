@@ -375,6 +375,7 @@ def summarize(rows: Sequence[dict[str, Any]], columns: Sequence[str]) -> list[di
         entry = {k: first[k] for k in ("run", "name", "kind", "method", "preset", "guidance", "w",
                                        "guidance_applied", "ddim_steps", "n", "params", "params_nonzero")}
         entry["seeds"] = [r["seed"] for r in group]
+        entry["classifier_test_accuracy"] = first.get("classifier_test_accuracy")
         for col in columns:
             values = [float(r[col]) for r in group if r.get(col) is not None]
             entry[f"{col}_mean"] = statistics.fmean(values) if values else None
@@ -480,7 +481,9 @@ def evaluate_runs(runs: Sequence[Run | str | Path], config: EvalConfig,
     unique = {t.key: t for t in tasks}
     n_workers = workers if workers is not None else default_workers(dev, len(unique))
     measured = measure_all(list(unique.values()), n_workers, progress)
-    rows = [row(t.cell, measured[t.key], config.feature_extractor) for t in tasks]
+    adequacy = {k: sp.describe()["test_accuracy"] for k, sp in spaces.items()}  # dashlib.adequacy
+    rows = [{**row(t.cell, measured[t.key], config.feature_extractor),
+             "classifier_test_accuracy": adequacy[config_hash(t.cell.run.data)]} for t in tasks]
     meta = {"config": to_dict(config), "ddim_steps": list(steps), "primary": config.feature_extractor,
             "device": str(dev), "workers": n_workers, "torch_threads": torch.get_num_threads(),
             "classifiers": {sp.classifier.path.name: sp.describe() for sp in spaces.values()},

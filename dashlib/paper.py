@@ -230,7 +230,17 @@ def t1_main_results(b: Budget, report: Any, runs: Mapping[str, Run], folder: str
                       f"Main results ({guidance}, {b.preset.eval.ddim_steps} DDIM steps, "
                       f"{b.preset.eval.n_samples} samples; FID/IS in the {feature} feature space; "
                       f"mean ± std over seeds {', '.join(map(str, b.seeds))})",
-                      ["C1", "C2", "C3"], b.provenance(notebook))
+                      ["C1", "C2", "C3"], _with_classifier(b.provenance(notebook), report))
+
+
+def _with_classifier(prov: Any, report: Any) -> Any:
+    """The provenance with the feature classifier's test accuracy (dashlib.adequacy)."""
+    import dataclasses
+
+    from dashlib.adequacy import report_accuracy
+
+    return dataclasses.replace(prov, extra={**prov.extra,
+                                            "classifier_test_accuracy": report_accuracy(report)})
 
 
 def f3_guidance_sweep(b: Budget, report: Any, folder: str | Path,

@@ -203,5 +203,12 @@ def write_index(folder: str | Path) -> Path:
         lines.append(f"| {r['name']} | {r['title']} | {claims} | {files} | {r['preset']} | "
                      f"{', '.join(map(str, r['seeds']))} | {'yes' if r['quick'] else 'no'} | "
                      f"{r['git_commit']} | {r['date']} |")
+    from dashlib.adequacy import records_warning
+
+    notes = [records_warning(records)]
+    if any(r.get("quick") for r in records):
+        notes.append("Quick run: a smoke test at reduced budgets (dash reproduce --quick); its "
+                     "numbers and verdicts are not the paper's claims.")
+    lines[2:2] = [line for note in notes if note for line in (f"**{note}**", "")]
     lines += ["", "Claims:", ""] + [f"- **{k}**: {v}" for k, v in CLAIMS.items()]
     return atomic_write_text(folder / "README.md", "\n".join(lines) + "\n")

@@ -46,6 +46,9 @@ def test_rows_summary_and_single_head_reuse(tiny, small_eval):
     assert by[t, "0", 1]["classifier_fid"] != by[t, "0", 2]["classifier_fid"]  # seeds matter
     clf = report.meta["classifiers"]
     assert len(clf) == 1 and 0 <= next(iter(clf.values()))["test_accuracy"] <= 1
+    # every row and summary entry says how good its feature classifier is (dashlib.adequacy)
+    acc = next(iter(clf.values()))["test_accuracy"]
+    assert all(r["classifier_test_accuracy"] == acc for r in report.rows + report.summary)
     real = next(iter(clf.values()))["test_split_metrics"]["classifier"]
     assert 0 <= real["fid"] < min(r["fid"] for r in report.rows)  # held-out data beats untrained models
 

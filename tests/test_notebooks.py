@@ -16,7 +16,7 @@ from pathlib import Path
 import nbformat
 import pytest
 
-from dashlib.reproduce import NOTEBOOKS, ReproduceError, notebooks_dir, reproduce
+from dashlib.reproduce import EXTRA_NOTEBOOKS, NOTEBOOKS, ReproduceError, notebooks_dir, reproduce
 
 FIGURES = ["F1_samples", "F2_gap_calibration", "F3_guidance_sweep", "F4_tirt_curriculum",
            "F5_dynamics", "F6_ablation", "F7_steps_compression"]
@@ -121,7 +121,7 @@ def test_f1_sidecar_describes_what_was_drawn(executed):
 
 
 def test_notebooks_are_committed_clean_and_thin():
-    for name in NOTEBOOKS:
+    for name in NOTEBOOKS + EXTRA_NOTEBOOKS:
         nb = nbformat.read(notebooks_dir() / f"{name}.ipynb", as_version=4)
         assert nb.cells[0].cell_type == "markdown"
         params = [c for c in nb.cells if "parameters" in c.metadata.get("tags", [])]
@@ -143,11 +143,28 @@ def test_notebooks_are_committed_clean_and_thin():
 def test_every_notebook_takes_preset_and_quick():
     """`dash reproduce --quick` only reaches notebooks that declare `quick`; one that did
     not (06 once) silently trained the full-budget teacher inside a quick run."""
-    for name in NOTEBOOKS:
+    for name in NOTEBOOKS + EXTRA_NOTEBOOKS:
         nb = nbformat.read(notebooks_dir() / f"{name}.ipynb", as_version=4)
         params = next(c for c in nb.cells if "parameters" in c.metadata.get("tags", []))
         declared = {line.split("=")[0].strip() for line in params.source.splitlines() if "=" in line}
         assert {"preset", "quick"} <= declared, name
+
+
+def test_claims_notebook_runs_only_when_named(tmp_path, monkeypatch):
+    """08_claims is not in the default reproduction; `--only 08_claims` runs it (tiny: seconds)."""
+    assert "08_claims" not in NOTEBOOKS
+    monkeypatch.setenv("DASH_RUNS", str(tmp_path / "runs"))
+    (path,) = reproduce("tiny", only=["08_claims"], figures=tmp_path / "figs", device="cpu",
+                        progress=False, workers=1)
+    figures = tmp_path / "figs" / "tiny"
+    assert (figures / "F8_claims_budget.png").stat().st_size > 1000
+    record = json.loads((figures / "F8_claims_budget.json").read_text())
+    assert record["preset"] == "tiny" and record["complete"] and not record["missing"]
+    assert record["total_cpu_s"] > 0 and {"fid_mean", "rho_mean"} <= set(record["data"][0])
+    with open(figures / "T8_claims_verdicts.csv") as f:
+        rows = list(csv.DictReader(f))
+    assert rows and all(r["2"] and r["4"] for r in rows)
+    assert (tmp_path / "runs" / "tiny" / "claims_sweep.json").is_file()  # the resumable state
 
 
 def test_a_failing_notebook_names_itself_and_the_cell(tmp_path, monkeypatch):

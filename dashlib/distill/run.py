@@ -68,9 +68,16 @@ def distill_run(preset: Preset, method: str | None = None, seed: int | None = No
     return make_run(preset.name, f"distill-{config.method}", distill_payload(preset, config))
 
 
+#: `DistillConfig.tirt` values that name a weighting of their own (dashlib.tirt), not the teacher's.
+OWN_WEIGHTINGS = ("min-snr", "uncertainty")
+
+
 def make_weighting_for(config: DistillConfig, teacher: Artifact,
                        diffusion: Diffusion) -> TimestepWeighting:
-    """TIRT Transfer (frozen copy of the teacher's), uniform, or relearned from zero."""
+    """TIRT Transfer (frozen copy of the teacher's), uniform, relearned from zero, or a
+    named weighting of the student's own (fixed Min-SNR-5; uncertainty, learned from zero)."""
+    if config.tirt in OWN_WEIGHTINGS:
+        return make_weighting(config.tirt, diffusion)
     if config.tirt == "uniform" or teacher.weighting is None:
         return make_weighting("uniform", diffusion)
     if config.tirt == "transfer":
@@ -146,6 +153,8 @@ def ensure_targets(preset: Preset, config: DistillConfig, teacher: torch.nn.Modu
 
 
 def _weighting_name(config: DistillConfig, teacher: Artifact) -> str:
+    if config.tirt in OWN_WEIGHTINGS:
+        return config.tirt
     if config.tirt == "uniform" or teacher.weighting is None:
         return "uniform"
     return str(teacher.config["train"]["weighting"])
@@ -166,7 +175,8 @@ def write_results(run: Run, preset: Preset, config: DistillConfig, objective: Di
         "calibration": calibration,
         "final_losses": {k: last.get(k) for k in ["loss", *terms]},
         "tirt": config.tirt, "null_init": config.null_init, "null_rows": config.null_rows,
-        "tirt_drift": drift_report(objective.weighting) if config.tirt == "relearn" else None,
+        "tirt_drift": (drift_report(objective.weighting)
+                       if config.tirt in ("relearn", "uncertainty") else None),
         "wall_time_s": wall, "run": str(run.path)})
 
 

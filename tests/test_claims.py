@@ -1,0 +1,149 @@
+"""The claims sweep (dashlib.claims): grid, variants, verdicts, resumable runs."""
+
+from __future__ import annotations
+
+import math
+import os
+
+import pytest
+
+from dashlib import claims, claims_report
+from dashlib.config import ConfigError, DistillConfig
+from dashlib.diffusion import Diffusion
+from dashlib.distill.run import make_weighting_for
+from dashlib.presets import get_preset
+from dashlib.tirt import MinSNR, UncertaintyWeighting
+
+
+def test_verdict_needs_the_margin_to_exceed_the_spread():
+    lower = False
+    assert claims.verdict((1.0, 0.1), (2.0, 0.1), lower)["verdict"] == "holds"
+    assert claims.verdict((2.0, 0.1), (1.0, 0.1), lower)["verdict"] == "refuted"
+    # a margin of 1.0 against a spread of 0.6 + 0.6: not decided
+    within = claims.verdict((1.0, 0.6), (2.0, 0.6), lower)
+    assert within["verdict"] == "within spread" and within["margin"] == pytest.approx(1.0)
+    assert within["spread"] == pytest.approx(1.2)
+    # higher is better (accuracy): the sign flips
+    assert claims.verdict((0.9, 0.01), (0.5, 0.01), True)["verdict"] == "holds"
+    assert claims.verdict((0.9, None), (0.5, 0.01), True)["verdict"] == "no spread (one seed)"
+    assert claims.verdict((None, None), (0.5, 0.01), True)["verdict"] == "missing"
+
+
+def test_gap_error_is_the_distance_of_rho_from_one():
+    near, far = {"rho_mean": 0.95, "rho_std": 0.01}, {"rho_mean": 3.0, "rho_std": 0.01}
+    assert claims._metric(near, "gap_error")[0] < claims._metric(far, "gap_error")[0]
+    collapsed = {"rho_mean": 1 / 3.0, "rho_std": 0.01}  # as far below 1 as `far` is above
+    assert claims._metric(collapsed, "gap_error")[0] == pytest.approx(claims._metric(far, "gap_error")[0])
+
+
+def test_verdicts_per_budget_from_cells():
+    cells = [{"preset": "p", "variant": v, "budget": b, "seed": s, "fid": f + 0.01 * s, "accuracy": 0.5,
+              "rho": 1.0, "cos": 1.0, "cond_mse": 0.0, "uncond_mse": 0.0}
+             for b, (dash, scratch) in {10: (1.0, 2.0), 20: (2.0, 1.0)}.items()
+             for v, f in (("dash", dash), ("scratch", scratch)) for s in (0, 1, 2)]
+    out = claims.verdicts(claims.summarize(cells))
+    c2 = {v["budget"]: v["verdict"] for v in out if v["comparison"] == "C2: DASH beats scratch (FID)"}
+    assert c2 == {10: "holds", 20: "refuted"}
+    missing = [v for v in out if v["comparison"].startswith("DASH beats cond-only")]
+    assert missing and all(v["verdict"] == "missing" for v in missing)
+
+
+def test_sweep_plan_is_the_issue_grid():
+    digits, digits16 = claims.sweep_plan("digits")
+    assert digits.budgets == (200, 500, 1000, 2000) and digits.seeds == (0, 1, 2)
+    assert set(digits.variants) == {"scratch", "cond-only", "gap-match", "dash", "dash-no-tirt",
+                                    "dash-relearned-tirt", "dash-principled", "dash-uniform"}
+    assert digits16.preset == "digits16" and digits16.budgets == (500, 2000)
+    assert set(digits16.variants) == {"cond-only", "dash", "dash-no-tirt"}
+    quick = claims.sweep_plan("digits", quick=True)[0]
+    assert quick.budgets == (200, 500) and quick.seeds == (0, 1)
+    (tiny,) = claims.sweep_plan("tiny", overrides={"distill.lr": 1e-3})
+    assert max(tiny.budgets) <= 10 and tiny.base().distill.lr == 1e-3
+    assert tiny.stages()[0][0] == min(tiny.budgets)  # smallest budgets first
+
+
+def test_bad_grids_are_refused():
+    with pytest.raises(ConfigError, match="budgets"):
+        claims.SweepPart("tiny", (), (0,), ("dash",))
+    with pytest.raises(ConfigError, match="steps must be >= 1"):
+        claims.SweepPart("tiny", (0,), (0,), ("dash",))
+    with pytest.raises(KeyError, match="nope"):
+        claims.SweepPart("tiny", (2,), (0,), ("nope",))
+
+
+def test_variants_set_the_students_weighting():
+    base = get_preset("tiny")
+    p = claims.VARIANTS.get("dash-no-tirt").preset(base, budget=7, seed=3)
+    assert (p.distill.tirt, p.distill.steps, p.distill.seed) == ("min-snr", 7, 3)
+    assert p.teacher == base.teacher and p.train == base.train  # one teacher for every variant
+    diffusion = Diffusion(base.diffusion)
+
+    class Teacher:  # only what make_weighting_for reads
+        weighting = object()
+        config = {"train": {"weighting": "tirt"}}
+
+    w = make_weighting_for(DistillConfig(tirt="min-snr"), Teacher(), diffusion)
+    assert isinstance(w, MinSNR) and w.frozen
+    u = make_weighting_for(DistillConfig(tirt="uncertainty"), Teacher(), diffusion)
+    assert isinstance(u, UncertaintyWeighting) and not u.frozen
+    with pytest.raises(ConfigError):
+        DistillConfig(tirt="minsnr")
+
+
+def test_sweep_is_resumable_and_reuses_finished_cells(tmp_path, monkeypatch):
+    monkeypatch.setenv("DASH_RUNS", str(tmp_path / "runs"))
+    part = claims.SweepPart("tiny", (2,), (0, 1), ("cond-only", "dash-no-tirt"))
+    out = tmp_path / "sweep.json"
+    first = claims.run_sweep([part], out, workers=1, device="cpu", progress=False, max_stages=1)
+    assert len(first["cells"]) == 2 and len(first["missing"]) == 2 and not first["complete"]
+    finals = {k: (c["run"], os.stat(c["run"] + "/final.pt").st_mtime_ns)
+              for k, c in first["cells"].items()}
+    second = claims.run_sweep([part], out, workers=1, device="cpu", progress=False)
+    assert second["complete"] and len(second["cells"]) == 4 and len(second["sessions"]) == 2
+    for k, (run, mtime) in finals.items():  # not retrained
+        assert os.stat(run + "/final.pt").st_mtime_ns == mtime
+        assert second["cells"][k]["fid"] == first["cells"][k]["fid"]
+    assert second["total_cpu_s"] >= first["total_cpu_s"] > 0
+    for c in second["cells"].values():
+        assert math.isfinite(c["fid"]) and 0 <= c["accuracy"] <= 1 and c["rho"] > 0
+        assert 0 < c["classifier_test_accuracy"] <= 1
+    # different seeds really are different students
+    runs = {c["run"] for c in second["cells"].values()}
+    assert len(runs) == 4
+    rows = claims_report.verdict_rows(second)
+    assert rows and all("2" in r for r in rows)
+
+
+def test_a_weak_classifier_is_flagged_in_the_figures_index(tmp_path):
+    from dashlib.adequacy import ADEQUATE_ACCURACY, warning
+    from dashlib.report import Provenance, save_table
+
+    assert warning(ADEQUATE_ACCURACY) is None and warning(None) is None
+    assert "0.770" in warning(0.77)
+    good = Provenance("p", (0,), {}, extra={"classifier_test_accuracy": 0.99})
+    save_table([{"a": 1}], ["a"], tmp_path, "T_good", "t", [], good)
+    assert "Warning" not in (tmp_path / "README.md").read_text()
+    weak = Provenance("p", (0,), {}, extra={"classifier_test_accuracy": 0.77})
+    save_table([{"a": 1}], ["a"], tmp_path, "T_weak", "t", [], weak)
+    index = (tmp_path / "README.md").read_text()
+    assert "only 0.770 test accuracy" in index and "smoke test" not in index
+    quick = Provenance("p", (0,), {}, quick=True)
+    save_table([{"a": 1}], ["a"], tmp_path, "T_quick", "t", [], quick)
+    assert "smoke test" in (tmp_path / "README.md").read_text()
+
+
+def test_readme_block_is_replaced_between_its_markers():
+    cells = {f"p/{v}/10/{s}": {"preset": "p", "variant": v, "budget": 10, "seed": s, "run": "x",
+                               "fid": f + 0.01 * s, "accuracy": 0.5, "rho": 1.0, "cos": 1.0,
+                               "cond_mse": 0.0, "uncond_mse": 0.0}
+             for v, f in (("dash", 1.0), ("scratch", 2.0)) for s in (0, 1)}
+    summary = claims.summarize(cells.values())
+    state = {"plan": [{"preset": "p"}], "cells": cells, "summary": summary,
+             "verdicts": claims.verdicts(summary), "complete": False, "missing": ["p/dash/20/0"],
+             "total_cpu_s": 120.0, "sessions": [{}], "git_commit": "abc"}
+    text = f"before\n{claims_report.README_START}\nOLDTEXT\n{claims_report.README_END}\nafter\n"
+    out = claims_report.fill_readme(text, state)
+    assert out.startswith("before\n") and out.endswith("\nafter\n") and "OLDTEXT" not in out
+    assert "| C2: DASH beats scratch (FID) | holds (+1.000 vs 0.014) |" in out
+    assert "**partial**" in out and "p 20 steps: 1 cells" in out
+    assert claims_report.fill_readme(out, state) == out  # idempotent
