@@ -66,12 +66,16 @@ def command(name: str, help: str, add_arguments: Callable[[argparse.ArgumentPars
 
 # --- shared options ------------------------------------------------------------
 
-def seed_arg(text: str) -> int:
-    """argparse type of --seed/--seeds: an integer in [0, 2**32 - 1]."""
+def _int_arg(text: str) -> int:
     try:
-        value = int(text)
+        return int(text)
     except ValueError:
         raise argparse.ArgumentTypeError(f"{text!r} is not an integer") from None
+
+
+def seed_arg(text: str) -> int:
+    """argparse type of --seed/--seeds: an integer in [0, 2**32 - 1]."""
+    value = _int_arg(text)
     if not 0 <= value <= MAX_SEED:
         raise argparse.ArgumentTypeError(f"{text} is out of range: seeds lie in [0, {MAX_SEED}]")
     return value
@@ -79,10 +83,7 @@ def seed_arg(text: str) -> int:
 
 def workers_arg(text: str) -> int:
     """argparse type of --workers: a whole number of processes, at least 1."""
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"{text!r} is not an integer") from None
+    value = _int_arg(text)
     if value < 1:
         raise argparse.ArgumentTypeError(f"{value} is invalid: at least 1 worker process is needed")
     return value

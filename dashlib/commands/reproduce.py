@@ -4,19 +4,19 @@ from __future__ import annotations
 
 import argparse
 
-from dashlib.cli import add_preset, command, data_overrides
+from dashlib.cli import add_preset, command, data_overrides, seed_arg, workers_arg
 
 
 def _args(p: argparse.ArgumentParser) -> None:
     add_preset(p)
-    p.add_argument("--seeds", type=int, nargs="+",
+    p.add_argument("--seeds", type=seed_arg, nargs="+",
                    help="evaluation seeds (default: the preset's, 42 123 456; --quick: the first)")
     p.add_argument("--quick", action="store_true",
                    help="reduced budgets (one seed, shorter training); outputs marked quick")
     p.add_argument("--only", nargs="+", metavar="NOTEBOOK",
                    help="run only these notebooks, e.g. 01_teacher 02_distillation")
     p.add_argument("--figures", help="figures folder (default: figures/, per preset)")
-    p.add_argument("--workers", type=int, default=2,
+    p.add_argument("--workers", type=workers_arg, default=2,
                    help="parallel single-threaded processes for independent runs (default 2)")
     p.add_argument("--device", default="auto", help="auto (CUDA if present), cpu, cuda, ...")
     p.add_argument("--no-progress", action="store_true", help="hide progress bars")
