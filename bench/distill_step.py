@@ -35,7 +35,7 @@ from dashlib.guidance import branches
 from dashlib.presets import get_preset
 from dashlib.runs import Run
 from dashlib.tirt import make_weighting, transfer
-from dashlib.train import LoopConfig, Trainer
+from dashlib.train import Trainer
 from dashlib.unet import build_unet
 
 TARGET = 1.1
@@ -54,10 +54,10 @@ def measure(preset_name: str, batch: int, device: torch.device, repeat: int) -> 
     teacher = build_unet(preset.teacher, seed=0).to(device)
     student = build_unet(preset.student, seed=1)
     weighting = transfer(make_weighting("tirt", diffusion), diffusion)
-    objective = METHODS.get("dash")(student, teacher, weighting, diffusion, config, preset.sample)
+    objective = METHODS.get("dash").from_config(student, teacher, weighting, diffusion, config, preset.sample)
     with tempfile.TemporaryDirectory() as tmp:
         trainer = Trainer(objective, random_split(preset.student), diffusion,
-                          LoopConfig.from_config(config), Run(Path(tmp)), {}, device, progress=False)
+                          config, Run(Path(tmp)), {}, device, progress=False)
         dtype = amp_dtype(device, config.amp)
         batch_ = trainer.draw_batch()
         x_t = diffusion.q_sample(batch_.x0, batch_.t, batch_.eps)

@@ -39,7 +39,7 @@ from dashlib.runs import Run
 from dashlib.sampling import DDIMSampler, balanced_labels
 from dashlib.teacher import TeacherObjective
 from dashlib.tirt import make_weighting, transfer
-from dashlib.train import LoopConfig, Trainer
+from dashlib.train import Trainer
 from dashlib.unet import build_unet
 
 
@@ -49,7 +49,7 @@ def _train(objective, preset, loop_cfg, device: torch.device) -> Callable[[], No
 
     def run() -> None:
         trainer = Trainer(objective, random_split(objective.model.config), diffusion,
-                          LoopConfig.from_config(loop_cfg), Run(Path(tmp)), {}, device,
+                          loop_cfg, Run(Path(tmp)), {}, device,
                           progress=False)
         for _ in range(2):
             trainer.train_step()
@@ -68,7 +68,7 @@ def build(name: str, scenario: str, batch: int, device: torch.device) -> Callabl
     teacher = build_unet(preset.teacher, seed=0).to(device).eval()
     if scenario == "dash_distill":
         config = resolve_config(preset, "dash")
-        dash = METHODS.get("dash")(build_unet(preset.student, seed=1), teacher,
+        dash = METHODS.get("dash").from_config(build_unet(preset.student, seed=1), teacher,
                                    transfer(make_weighting("tirt", diffusion), diffusion),
                                    diffusion, config, preset.sample)
         return _train(dash, preset, config, device)

@@ -3,6 +3,11 @@
 Every config checks its own fields on construction and raises `ConfigError`
 naming the class, the field, the bad value and what is allowed, so a typo in a
 notebook's parameters cell or on the command line fails at once and readably.
+
+This module imports nothing from dashlib: it is the bottom floor. Checks that
+need another module (a name in a registry such as `DataConfig.name`, whether the
+student is smaller than the teacher) are made once per preset by
+`dashlib.presets.check`, with the same `ConfigError` messages.
 """
 
 from __future__ import annotations
@@ -173,9 +178,6 @@ class DiffusionConfig(Validated):
     T: int = 1000
 
     def validate(self) -> None:
-        from dashlib.diffusion import SCHEDULES
-
-        one_of(self, "schedule", SCHEDULES.names())
         if self.T < 2:
             fail(self, "T", self.T, "must be >= 2")
 
@@ -203,9 +205,6 @@ class DataConfig(Validated):
     channels: int = 0
 
     def validate(self) -> None:
-        from dashlib.data import DATASETS
-
-        one_of(self, "name", DATASETS.names())
         positive(self, "image_size")
         in_range(self, "holdout_fraction", 0.01, 0.9)
         positive(self, "synthetic_size")
@@ -214,9 +213,19 @@ class DataConfig(Validated):
         one_of(self, "channels", (0, 1, 3))
 
 
+#: `OptimConfig.amp` choices.
+AMP_MODES = ("auto", "none", "bf16", "fp16")
+
+
 @dataclass(frozen=True)
-class TrainConfig(Validated):
-    """The teacher's training loop (and `scratch`'s): docs/paper.md 'Setup'."""
+class OptimConfig(Validated):
+    """One training loop, shared by the teacher (`TrainConfig`) and distillation
+    (`DistillConfig`) and read by `dashlib.train.Trainer`: `steps` of AdamW(`lr`,
+    `weight_decay`) on `batch_size` rows, linear warm-up over `warmup_steps` then cosine
+    decay to `lr_min`, gradients clipped at `grad_clip`, an EMA of the weights
+    (`ema_decay`), mixed precision `amp` ("auto": fp16/bf16 on CUDA only), a checkpoint
+    every `ckpt_every` and a log line every `log_every` steps, all randomness from `seed`.
+    """
 
     steps: int = 1000
     batch_size: int = 64
@@ -226,35 +235,41 @@ class TrainConfig(Validated):
     weight_decay: float = 0.0
     ema_decay: float = 0.9999
     grad_clip: float = 1.0
-    label_dropout: float = 0.1
-    label_dropout_mode: str = "batch"
-    weighting: str = "tirt"
-    tirt_lr: float | None = None
     amp: str = "auto"
     ckpt_every: int = 200
     log_every: int = 25
     seed: int = 0
 
     def validate(self) -> None:
-        from dashlib.tirt import WEIGHTINGS
-
-        for name in ("steps", "batch_size", "lr", "ckpt_every", "log_every"):
+        for name in ("steps", "batch_size", "lr", "ckpt_every", "log_every", "grad_clip"):
             positive(self, name)
-        positive(self, "lr_min", strict=False)
-        positive(self, "weight_decay", strict=False)
-        positive(self, "warmup_steps", strict=False)
-        positive(self, "grad_clip")
+        for name in ("lr_min", "weight_decay", "warmup_steps"):
+            positive(self, name, strict=False)
         if self.lr_min > self.lr:
             fail(self, "lr_min", self.lr_min, f"must be <= lr ({self.lr})")
         in_range(self, "ema_decay", 0.0, 1.0)
         if self.ema_decay == 1.0:
             fail(self, "ema_decay", self.ema_decay, "must be < 1 (1 would never update the EMA)")
+        one_of(self, "amp", AMP_MODES)
+
+
+@dataclass(frozen=True)
+class TrainConfig(OptimConfig):
+    """The teacher's training (and `scratch`'s): docs/paper.md 'Setup'. Adds CFG label
+    dropout and the timestep weighting (`weighting`: a `dashlib.tirt.WEIGHTINGS` name,
+    checked by `presets.check`) to the shared loop."""
+
+    label_dropout: float = 0.1
+    label_dropout_mode: str = "batch"
+    weighting: str = "tirt"
+    tirt_lr: float | None = None
+
+    def validate(self) -> None:
+        super().validate()
         in_range(self, "label_dropout", 0.0, 1.0)
         one_of(self, "label_dropout_mode", ("batch", "sample"))
-        one_of(self, "weighting", WEIGHTINGS.names())
         if self.tirt_lr is not None:
             positive(self, "tirt_lr", strict=False)
-        one_of(self, "amp", ("auto", "none", "bf16", "fp16"))
 
 
 @dataclass(frozen=True)
@@ -279,16 +294,11 @@ class SampleConfig(Validated):
     spacing: str = "linspace"
 
     def validate(self) -> None:
-        from dashlib.guidance import GUIDANCE
-        from dashlib.sampling import SPACINGS
-
         positive(self, "steps")
         in_range(self, "eta", 0.0, 1.0)
-        one_of(self, "guidance", GUIDANCE.names())
         for name in ("w", "w_min", "w_max", "beta"):
             finite(self, name)
         positive(self, "batch_size")
-        one_of(self, "spacing", SPACINGS.names())
 
     def with_guidance(self, spec: str | float) -> SampleConfig:
         """`"tag"` selects TAG; a number selects constant guidance at that w."""
@@ -298,7 +308,7 @@ class SampleConfig(Validated):
 
 
 @dataclass(frozen=True)
-class DistillConfig(Validated):
+class DistillConfig(OptimConfig):
     """One distillation run: the method and its knobs (see `dashlib.distill`).
 
     `im`, `un`, `an` weight DASH's imitation, unconditional and anchor terms;
@@ -309,16 +319,14 @@ class DistillConfig(Validated):
     default: transfer for DASH, uniform for every baseline). `w_train` is the
     composite/single-head training scale; `w_range` the multi-w range.
     `null_rows` feeds the null label to output-level students during training.
+    `method` names a `dashlib.distill.METHODS` objective, which checks the knobs it
+    reads (`presets.check`); the loop's fields are `OptimConfig`'s.
     """
 
-    method: str = "dash"
-    steps: int = 1000
-    batch_size: int = 64
     lr: float = 1e-4
-    lr_min: float = 1e-6
     weight_decay: float = 1e-3
     ema_decay: float = 0.999
-    grad_clip: float = 1.0
+    method: str = "dash"
     im: float = 1.0
     un: float = 1.0
     an: float = 0.1
@@ -333,20 +341,14 @@ class DistillConfig(Validated):
     label_dropout: float = 0.1
     calib_every: int = 100
     calib_samples: int = 256
-    amp: str = "auto"
-    ckpt_every: int = 200
-    log_every: int = 25
-    seed: int = 0
 
     def validate(self) -> None:
-        for name in ("steps", "batch_size", "lr", "ckpt_every", "log_every",
-                     "calib_every", "calib_samples"):
+        super().validate()
+        for name in ("calib_every", "calib_samples"):
             positive(self, name)
-        for name in ("lr_min", "weight_decay", "im", "un", "an", "feature_weight"):
+        for name in ("im", "un", "an", "feature_weight"):
             positive(self, name, strict=False)
-        positive(self, "grad_clip")
-        in_range(self, "ema_decay", 0.0, 0.999999)
-        one_of(self, "tirt", ("auto", "transfer", "uniform", "relearn", "min-snr", "uncertainty"))
+        one_of(self, "tirt", TIRT_CHOICES)
         finite(self, "w_train")
         lo, hi = self.w_range
         if not (math.isfinite(lo) and math.isfinite(hi) and lo <= hi):
@@ -355,10 +357,10 @@ class DistillConfig(Validated):
         in_range(self, "single_head_fraction", 0.01, 1.0)
         one_of(self, "null_init", ("random", "zero", "mean"))
         in_range(self, "label_dropout", 0.0, 1.0)
-        one_of(self, "amp", ("auto", "none", "bf16", "fp16"))
-        if self.method == "dash" and not (self.im or self.un or self.an):
-            fail(self, "im", self.im, "im, un and an are all 0, so DASH has no loss; "
-                                      "give at least one term a positive weight")
+
+
+#: `DistillConfig.tirt` choices (see its docstring).
+TIRT_CHOICES = ("auto", "transfer", "uniform", "relearn", "min-snr", "uncertainty")
 
 
 def _guidance_spec_ok(spec: str) -> bool:
@@ -479,19 +481,6 @@ class Preset(Validated):
             if steps > T:
                 fail(self, name, steps, f"DDIM cannot take more steps than the {T} diffusion "
                                         f"timesteps (diffusion.T); choose at most {T}")
-        self._check_student_smaller()
-
-    def _check_student_smaller(self) -> None:
-        import torch
-
-        from dashlib.unet import UNet, count_params
-
-        with torch.device("meta"):  # counts parameters without allocating them
-            t, s = count_params(UNet(self.teacher)), count_params(UNet(self.student))
-        if s >= t:
-            fail(self, "student", f"{s:,} parameters",
-                 f"the student must be smaller than the teacher ({t:,} parameters); "
-                 f"lower student.ch or student.num_res_blocks")
 
 
 def to_dict(cfg: object) -> dict[str, Any]:

@@ -17,7 +17,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from dashlib.config import DataConfig
+from dashlib.config import DataConfig, one_of
 from dashlib.imagefolder import FolderImages, folder_channels, folder_classes, read_split, split_folders
 from dashlib.registry import Registry
 
@@ -74,10 +74,17 @@ class DatasetSource:
 DATASETS: Registry[DatasetSource] = Registry("dataset")
 
 
+def source(config: DataConfig) -> DatasetSource:
+    """The registered source of `config.name`; an unknown name is a `ConfigError`
+    naming `DataConfig.name` and the choices."""
+    one_of(config, "name", DATASETS.names())
+    return DATASETS.get(config.name)
+
+
 def load_dataset(config: DataConfig) -> Dataset:
     """Load (from disk or memory) the dataset a config names, resized to its image_size
     and converted to `config.channels` (when not 0)."""
-    data = DATASETS.get(config.name).load(config)
+    data = source(config).load(config)
     if config.channels and config.channels != data.channels:
         data = Dataset(data.name, _convert(data.train, config.channels),
                        _convert(data.test, config.channels), data.num_classes, data.class_names)
@@ -86,7 +93,7 @@ def load_dataset(config: DataConfig) -> Dataset:
 
 def dataset_info(config: DataConfig) -> DatasetInfo:
     """Class and channel count of the dataset a config names (after `config.channels`)."""
-    info = DATASETS.get(config.name).info(config)
+    info = source(config).info(config)
     return DatasetInfo(info.num_classes, config.channels or info.channels)
 
 

@@ -17,6 +17,7 @@ import torch
 
 from dashlib import plots
 from dashlib.artifacts import Artifact, load_artifact
+from dashlib.distill.methods import METHODS, counts_nonzero
 from dashlib.images import grid_image
 from dashlib.pipeline import Budget
 from dashlib.report import MeanStd, Provenance, Shown, save_figure, save_table
@@ -216,7 +217,7 @@ def t1_main_results(b: Budget, report: Any, runs: Mapping[str, Run], folder: str
     rows = []
     for name in plots.ordered(list(rows_by)):
         r = rows_by[name]
-        params = r.get("params_nonzero") if name == "pruning" else r["params"]
+        params = r["params_nonzero"] if counts_nonzero(name) else r["params"]
         rho = runs[name].read_results().get("rho") if name in runs else (1.0 if name == "teacher" else None)
         ratio = teacher_params / params
         rows.append({"model": name, "params": _count(params), "compression": Shown(ratio, f"{ratio:.2f}x"),
@@ -313,11 +314,11 @@ def t2_ablation(b: Budget, report: Any, runs: Mapping[str, Run], folder: str | P
     rows = []
     for v in PATH + LEAVE_ONE_OUT:
         res, s = runs[v.name].read_results(), summary[v.name]
-        cfg = v.preset(b.preset).distill
-        dash = v.method == "dash"
+        p = v.preset(b.preset)
+        method = METHODS.get(v.method)
+        weights = method.term_weights(method.hyperparameters(p.distill, p.sample))
         tirt = res.get("tirt", "uniform")
-        rows.append({"variant": v.name, "L_im": "1" if not dash else f"{cfg.im:g}",
-                     "L_un": f"{cfg.un:g}" if dash else "0", "L_an": f"{cfg.an:g}" if dash else "0",
+        rows.append({"variant": v.name, **{f"L_{k}": f"{weights.get(k, 0.0):g}" for k in ("im", "un", "an")},
                      "TIRT": tirt, "FID": _pm(s.get("fid_mean"), s.get("fid_std")),
                      "accuracy": _pm(s.get("accuracy_mean"), s.get("accuracy_std")),
                      "rho": _fixed(res["rho"]), "cos": _fixed(res["cos"])})

@@ -17,6 +17,8 @@ from __future__ import annotations
 import dataclasses
 from typing import Any
 
+import torch
+
 from dashlib.config import (
     ConfigError,
     DataConfig,
@@ -27,10 +29,19 @@ from dashlib.config import (
     Preset,
     SampleConfig,
     TrainConfig,
+    Validated,
+    fail,
+    one_of,
     override,
 )
-from dashlib.data import dataset_info
+from dashlib.data import DATASETS, dataset_info
+from dashlib.diffusion import SCHEDULES
+from dashlib.distill.methods import METHODS
+from dashlib.guidance import GUIDANCE
 from dashlib.registry import Registry, UnknownNameError
+from dashlib.sampling import SPACINGS
+from dashlib.tirt import WEIGHTINGS
+from dashlib.unet import UNet, count_params
 
 PRESETS: Registry[Preset] = Registry("preset")
 
@@ -122,15 +133,47 @@ PRESETS.add("tiny", Preset(
 ))
 
 
+#: (section of the preset, field, registry): every config field that names a registry entry.
+NAMED_FIELDS: tuple[tuple[str, str, Registry[Any]], ...] = (
+    ("data", "name", DATASETS),
+    ("diffusion", "schedule", SCHEDULES),
+    ("train", "weighting", WEIGHTINGS),
+    ("sample", "guidance", GUIDANCE),
+    ("sample", "spacing", SPACINGS),
+    ("distill", "method", METHODS),
+)
+
+
+def check(preset: Preset) -> Preset:
+    """`preset` itself, once the checks the configs cannot make alone have passed: every
+    registry name (`NAMED_FIELDS`), the distillation method's own knobs
+    (`DistillObjective.check`) and a student smaller than the teacher. Raises
+    `ConfigError` naming the field, as the configs' own checks do."""
+    for section, name, registry in NAMED_FIELDS:
+        config: Validated = getattr(preset, section)
+        one_of(config, name, registry.names())
+    METHODS.get(preset.distill.method).check(preset.distill)
+    _check_student_smaller(preset)
+    return preset
+
+
+def _check_student_smaller(preset: Preset) -> None:
+    with torch.device("meta"):  # counts parameters without allocating them
+        t, s = count_params(UNet(preset.teacher)), count_params(UNet(preset.student))
+    if s >= t:
+        fail(preset, "student", f"{s:,} parameters",
+             f"the student must be smaller than the teacher ({t:,} parameters); "
+             f"lower student.ch or student.num_res_blocks")
+
+
 def get_preset(name: str, **overrides: Any) -> Preset:
-    """A registered preset, with dotted-key overrides ("train.steps": 10), fitted to its data."""
+    """A registered preset, with dotted-key overrides ("train.steps": 10), fitted to its
+    data and checked (`check`)."""
     try:
         preset = PRESETS.get(name)
     except UnknownNameError:
         raise ConfigError(f"unknown preset {name!r}; choose one of: {', '.join(PRESETS.names())}") from None
-    if not overrides:
-        return preset
-    return fit_to_data(override(preset, **overrides))
+    return check(fit_to_data(override(preset, **overrides)) if overrides else preset)
 
 
 def fit_to_data(preset: Preset) -> Preset:

@@ -25,7 +25,7 @@ from dashlib.io import atomic_write_json
 from dashlib.runs import Run, make_run, prepare
 from dashlib.runtime import Runtime
 from dashlib.tirt import TimestepWeighting, bin_mean, drift_report, make_weighting
-from dashlib.train import Batch, LoopConfig, Objective, Trainer
+from dashlib.train import Batch, Objective, Trainer
 from dashlib.unet import UNet, build_unet, count_params
 
 
@@ -99,7 +99,7 @@ def train_teacher(preset: Preset, force: bool = False, resume: bool = False,
     model = build_unet(preset.teacher, seed=preset.train.seed)  # too large a model fails before any file
     weighting = make_weighting(preset.train.weighting, diffusion)
     objective = TeacherObjective(model, weighting, diffusion, preset.train)
-    loop = LoopConfig.from_config(preset.train)
+    loop = preset.train
     state = on_main(lambda: prepare(run, payload, force=force, resume=resume))
     trainer = Trainer(objective, data.train, diffusion, loop, run, payload, dev,
                       hooks={max(loop.steps // 40, 1): tirt_hook(weighting)}, progress=progress,

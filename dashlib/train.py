@@ -25,6 +25,7 @@ from torch import Tensor, nn
 from tqdm import tqdm
 
 from dashlib.batches import BatchStream
+from dashlib.config import OptimConfig
 from dashlib.data import Split
 from dashlib.device import amp_dtype, autocast
 from dashlib.diffusion import Diffusion
@@ -46,29 +47,6 @@ from dashlib.runtime import Runtime, adamw_options, compile_unets, to_channels_l
 
 class NonFiniteLossError(FloatingPointError):
     """Training produced a NaN or infinite loss."""
-
-
-@dataclass(frozen=True)
-class LoopConfig:
-    """The optimisation settings of one loop (built from TrainConfig or DistillConfig)."""
-
-    steps: int
-    batch_size: int
-    lr: float
-    lr_min: float
-    weight_decay: float
-    ema_decay: float
-    grad_clip: float
-    amp: str
-    ckpt_every: int
-    log_every: int
-    seed: int
-    warmup_steps: int = 0
-
-    @classmethod
-    def from_config(cls, cfg: Any) -> LoopConfig:
-        names = cls.__dataclass_fields__
-        return cls(**{k: getattr(cfg, k) for k in names if hasattr(cfg, k)})
 
 
 @dataclass
@@ -128,7 +106,7 @@ class Objective(nn.Module):
 Hook = Callable[[int], Mapping[str, float]]
 
 
-def cosine_lr(step: int, loop: LoopConfig) -> float:
+def cosine_lr(step: int, loop: OptimConfig) -> float:
     """Linear warm-up, then cosine decay from lr to lr_min over the run."""
     if step < loop.warmup_steps:
         return loop.lr * (step + 1) / loop.warmup_steps
@@ -145,7 +123,7 @@ class Trainer:
     checkpoints; `runtime` holds speed options (channels-last, compile, loader workers).
     """
 
-    def __init__(self, objective: Objective, data: Split, diffusion: Diffusion, loop: LoopConfig,
+    def __init__(self, objective: Objective, data: Split, diffusion: Diffusion, loop: OptimConfig,
                  run: Run, payload: Mapping[str, Any], device: torch.device,
                  hooks: Mapping[int, Hook] | None = None, progress: bool = True,
                  desc: str = "train", runtime: Runtime | None = None) -> None:

@@ -25,13 +25,16 @@ from dashlib.presets import PRESETS, get_preset
     (lambda: ModelConfig(dropout=1.5), "dropout"),
     (lambda: TrainConfig(lr=-1e-3), "lr"),
     (lambda: TrainConfig(lr=float("nan")), "lr"),
-    (lambda: TrainConfig(weighting="snr"), "weighting"),
+    (lambda: get_preset("tiny", **{"train.weighting": "snr"}), "weighting"),
     (lambda: TrainConfig(label_dropout_mode="row"), "label_dropout_mode"),
     (lambda: TrainConfig(ema_decay=1.0), "ema_decay"),
     (lambda: SampleConfig(w=float("inf")), "w"),
-    (lambda: SampleConfig(guidance="cosine"), "guidance"),
+    (lambda: get_preset("tiny", **{"sample.guidance": "cosine"}), "guidance"),
     (lambda: SampleConfig(eta=2.0), "eta"),
-    (lambda: DataConfig(name="imagenet"), "name"),
+    (lambda: get_preset("tiny", **{"data.name": "imagenet"}), "name"),
+    (lambda: get_preset("tiny", **{"sample.spacing": "cubic"}), "spacing"),
+    (lambda: get_preset("tiny", **{"diffusion.schedule": "sqrt"}), "schedule"),
+    (lambda: get_preset("tiny", **{"distill.method": "dasj"}), "method"),
 ])
 def test_bad_values_name_the_field(make, field):
     with pytest.raises(ConfigError) as err:

@@ -13,6 +13,7 @@ from dashlib.distill import METHODS, distill, distill_run, resolve_config
 from dashlib.distill.methods import single_head_config
 from dashlib.distill.pruning import magnitude_prune
 from dashlib.io import load_checkpoint
+from dashlib.presets import check
 from dashlib.teacher import train_teacher
 from dashlib.tirt import make_weighting
 from dashlib.train import Batch
@@ -54,8 +55,8 @@ def test_loss_is_zero_when_the_student_is_the_teacher(tiny, tiny_model, method, 
     diffusion = Diffusion(tiny.diffusion)
     cfg = dataclasses.replace(resolve_config(tiny, method), **config)
     weighting = make_weighting("tirt", diffusion)
-    objective = METHODS.get(method)(copy.deepcopy(tiny_model), tiny_model, weighting, diffusion,
-                                    cfg, tiny.sample)
+    objective = METHODS.get(method).from_config(copy.deepcopy(tiny_model), tiny_model, weighting,
+                                                diffusion, cfg, tiny.sample)
     loss, terms = objective.loss(_batch(tiny))
     assert float(loss.detach()) == pytest.approx(0.0, abs=1e-10)
     # ... and a perturbed student has a positive loss (the test can fail)
@@ -68,8 +69,9 @@ def test_loss_is_zero_when_the_student_is_the_teacher(tiny, tiny_model, method, 
 def test_dash_anchor_is_the_data_term(tiny, tiny_model):
     diffusion = Diffusion(tiny.diffusion)
     cfg = dataclasses.replace(resolve_config(tiny, "dash"), im=0.0, un=0.0, an=1.0)
-    objective = METHODS.get("dash")(copy.deepcopy(tiny_model), tiny_model,
-                                    make_weighting("uniform", diffusion), diffusion, cfg, tiny.sample)
+    objective = METHODS.get("dash").from_config(copy.deepcopy(tiny_model), tiny_model,
+                                                make_weighting("uniform", diffusion), diffusion, cfg,
+                                                tiny.sample)
     batch = _batch(tiny)
     x_t = diffusion.q_sample(batch.x0, batch.t, batch.eps)
     with torch.no_grad():
@@ -79,8 +81,12 @@ def test_dash_anchor_is_the_data_term(tiny, tiny_model):
 
 
 def test_dash_with_no_terms_is_refused(tiny):
+    silent = override(tiny, **{"distill.method": "scratch", "distill.im": 0.0, "distill.un": 0.0,
+                               "distill.an": 0.0})
     with pytest.raises(ConfigError, match="no loss"):
-        dataclasses.replace(resolve_config(tiny, "dash"), im=0.0, un=0.0, an=0.0)
+        resolve_config(silent, "dash")
+    with pytest.raises(ConfigError, match="no loss"):
+        check(override(silent, **{"distill.method": "dash"}))
 
 
 def test_transferred_tirt_stays_frozen_through_distillation(tiny):

@@ -6,7 +6,7 @@ import argparse
 import json
 import sys
 
-from dashlib.cli import (
+from dashlib.cliargs import (
     add_preset,
     add_runtime,
     add_training,

@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 import sys
 
-from dashlib.cli import (
+from dashlib.cliargs import (
     add_force_resume,
     add_preset,
     add_runtime,

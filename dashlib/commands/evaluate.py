@@ -9,7 +9,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from dashlib.cli import (
+from dashlib.cliargs import (
     add_preset,
     add_runtime,
     command,

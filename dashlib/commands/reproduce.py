@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import argparse
 
-from dashlib.cli import add_preset, command, data_overrides, seed_arg, workers_arg
+from dashlib.cliargs import add_preset, command, data_overrides, seed_arg, workers_arg
 
 
 def _args(p: argparse.ArgumentParser) -> None:

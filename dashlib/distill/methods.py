@@ -17,12 +17,13 @@ from __future__ import annotations
 
 import dataclasses
 import math
+from collections.abc import Mapping
 from typing import Any, ClassVar
 
 import torch
 from torch import Tensor, nn
 
-from dashlib.config import DistillConfig, ModelConfig, Preset, SampleConfig
+from dashlib.config import DistillConfig, ModelConfig, Preset, SampleConfig, fail
 from dashlib.diffusion import Diffusion
 from dashlib.distill import losses
 from dashlib.distill.pruning import apply_masks, magnitude_prune, prunable
@@ -36,19 +37,59 @@ from dashlib.unet import UNet, build_unet, count_params, feature_channels
 
 
 class DistillObjective(Objective):
-    """Base class: a trainable student, a frozen teacher, a timestep weighting."""
+    """Base class: a trainable student, a frozen teacher, a timestep weighting, and the
+    method's own hyperparameters (`defaults`, overridden by keyword, e.g.
+    `DASH(student, teacher, weighting, diffusion, im=1.0, un=1.0, an=0.1)`).
+
+    What a method is, the pipeline reads from these attributes, never from its name:
+    `default_tirt` (the weighting of `DistillConfig.tirt="auto"`), `uses_teacher`,
+    `uses_targets` (reads the teacher's branches at the batch's own labels, so the
+    precomputed `TeacherTargets` can stand in), `has_uncond_branch` (the student keeps
+    a null row), `reads_sampling_guidance` (the target depends on the preset's sampling
+    guidance, which then belongs to the run's identity) and `params_counted` ("all", or
+    "nonzero" for a student that keeps the teacher's dense shapes)."""
 
     default_tirt: ClassVar[str] = "uniform"
     uses_teacher: ClassVar[bool] = True
-    uses_targets: ClassVar[bool] = False  # reads the teacher's branches on the batch's own labels
+    uses_targets: ClassVar[bool] = False
+    has_uncond_branch: ClassVar[bool] = True
+    reads_sampling_guidance: ClassVar[bool] = False
+    params_counted: ClassVar[str] = "all"
+    #: The method's hyperparameters and their defaults; each is the `DistillConfig` field
+    #: of the same name unless `hyperparameters` says otherwise.
+    defaults: ClassVar[Mapping[str, Any]] = {}
 
     def __init__(self, student: UNet, teacher: UNet, weighting: TimestepWeighting,
-                 diffusion: Diffusion, config: DistillConfig, sample: SampleConfig) -> None:
+                 diffusion: Diffusion, **hyper: Any) -> None:
         super().__init__()
+        unknown = set(hyper) - set(self.defaults)
+        if unknown:
+            raise TypeError(f"{type(self).__name__} has no hyperparameter(s) {sorted(unknown)}; "
+                            f"it takes {sorted(self.defaults)}")
         self.model, self.weighting, self.diffusion = student, weighting, diffusion
-        self.config, self.sample = config, sample
+        self.hyper: dict[str, Any] = {**self.defaults, **hyper}
         self._frozen = [teacher.eval().requires_grad_(False)]  # a list: not a submodule
         self.targets: TeacherTargets | None = None  # precomputed teacher outputs, if available
+
+    @classmethod
+    def from_config(cls, student: UNet, teacher: UNet, weighting: TimestepWeighting,
+                    diffusion: Diffusion, config: DistillConfig, sample: SampleConfig) -> DistillObjective:
+        """The objective with its hyperparameters read from the run's configuration."""
+        return cls(student, teacher, weighting, diffusion, **cls.hyperparameters(config, sample))
+
+    @classmethod
+    def hyperparameters(cls, config: DistillConfig, sample: SampleConfig) -> dict[str, Any]:
+        """This method's hyperparameters as `config` sets them."""
+        return {name: getattr(config, name) for name in cls.defaults}
+
+    @classmethod
+    def term_weights(cls, hyper: Mapping[str, Any]) -> dict[str, float]:
+        """Weight of each named loss term in the total, given the hyperparameters."""
+        return {}
+
+    @classmethod
+    def check(cls, config: DistillConfig) -> None:
+        """Refuse a configuration this method cannot train (`ConfigError`)."""
 
     @property
     def teacher(self) -> UNet:
@@ -66,7 +107,7 @@ class DistillObjective(Objective):
 
     def coefficients(self) -> dict[str, float]:
         """Weight of each named term in the total loss."""
-        return {}
+        return self.term_weights(self.hyper)
 
     def terms(self, batch: Batch, x_t: Tensor) -> dict[str, Tensor]:
         raise NotImplementedError
@@ -103,10 +144,14 @@ class DistillObjective(Objective):
 
     def labels(self, batch: Batch) -> Tensor:
         """y, with null at rate `label_dropout` when `null_rows` is on (per sample)."""
-        if not self.config.null_rows:
+        if not self.hyper["null_rows"]:
             return batch.y
-        return drop_labels(batch.y, self.model.null_label, self.config.label_dropout,
+        return drop_labels(batch.y, self.model.null_label, self.hyper["label_dropout"],
                            batch.u[:, 0], batch.u_batch[0], "sample")
+
+
+#: Hyperparameters of the output-level methods that may feed null rows (`labels`).
+NULL_ROWS = {"null_rows": False, "label_dropout": 0.1}
 
 
 METHODS: Registry[type[DistillObjective]] = Registry("distillation method")
@@ -121,12 +166,14 @@ class Scratch(DistillObjective):
     (batch-level, like the teacher)."""
 
     uses_teacher = False
+    defaults = {"label_dropout": 0.1}
 
-    def coefficients(self) -> dict[str, float]:
+    @classmethod
+    def term_weights(cls, hyper: Mapping[str, Any]) -> dict[str, float]:
         return {"data": 1.0}
 
     def terms(self, batch: Batch, x_t: Tensor) -> dict[str, Tensor]:
-        y = drop_labels(batch.y, self.model.null_label, self.config.label_dropout, batch.u[:, 0],
+        y = drop_labels(batch.y, self.model.null_label, self.hyper["label_dropout"], batch.u[:, 0],
                         batch.u_batch[0], "batch")
         return {"data": mse_per_sample(self.model(x_t, batch.t, y), batch.eps)}
 
@@ -138,8 +185,10 @@ class CondOnly(DistillObjective):
     supervised (unless `null_rows`, which swaps y for null on some rows)."""
 
     uses_targets = True
+    defaults = NULL_ROWS
 
-    def coefficients(self) -> dict[str, float]:
+    @classmethod
+    def term_weights(cls, hyper: Mapping[str, Any]) -> dict[str, float]:
         return {"im": 1.0}
 
     def terms(self, batch: Batch, x_t: Tensor) -> dict[str, Tensor]:
@@ -155,12 +204,14 @@ class Composite(DistillObjective):
     Only this mix of the branches is constrained; the gap itself is not."""
 
     uses_targets = True
+    defaults = {"w_train": 4.0}
 
-    def coefficients(self) -> dict[str, float]:
+    @classmethod
+    def term_weights(cls, hyper: Mapping[str, Any]) -> dict[str, float]:
         return {"composite": 1.0}
 
     def guidance(self, batch: Batch) -> Tensor | float:
-        return self.config.w_train
+        return float(self.hyper["w_train"])
 
     def terms(self, batch: Batch, x_t: Tensor) -> dict[str, Tensor]:
         cond_t, uncond_t = self.teacher_branches(batch, x_t)
@@ -174,8 +225,10 @@ class MultiWComposite(Composite):
     """Composite matching with w drawn per sample, w ~ U(w_range):
     L = |eps~_S(w_i) - eps~_T(w_i)|^2."""
 
+    defaults = {"w_range": (1.0, 5.0)}
+
     def guidance(self, batch: Batch) -> Tensor:
-        lo, hi = self.config.w_range
+        lo, hi = self.hyper["w_range"]
         return lo + (hi - lo) * batch.u[:, 1]
 
 
@@ -187,14 +240,17 @@ class FitNets(DistillObjective):
     pass), A_l a learned 1x1 conv from student to teacher width, beta =
     `feature_weight`."""
 
-    def __init__(self, student: UNet, teacher: UNet, *args: Any) -> None:
-        super().__init__(student, teacher, *args)
+    defaults = {**NULL_ROWS, "feature_weight": 1.0}
+
+    def __init__(self, student: UNet, teacher: UNet, *parts: Any, **hyper: Any) -> None:
+        super().__init__(student, teacher, *parts, **hyper)
         self.adapters = nn.ModuleList(
             nn.Conv2d(cs, ct, 1) for cs, ct in
             zip(feature_channels(student.config), feature_channels(teacher.config)))
 
-    def coefficients(self) -> dict[str, float]:
-        return {"im": 1.0, "feat": self.config.feature_weight}
+    @classmethod
+    def term_weights(cls, hyper: Mapping[str, Any]) -> dict[str, float]:
+        return {"im": 1.0, "feat": hyper["feature_weight"]}
 
     def terms(self, batch: Batch, x_t: Tensor) -> dict[str, Tensor]:
         y = self.labels(batch)
@@ -212,7 +268,8 @@ class GapMatch(DistillObjective):
 
     uses_targets = True
 
-    def coefficients(self) -> dict[str, float]:
+    @classmethod
+    def term_weights(cls, hyper: Mapping[str, Any]) -> dict[str, float]:
         return {"im": 1.0, "gap": 1.0}
 
     def terms(self, batch: Batch, x_t: Tensor) -> dict[str, Tensor]:
@@ -236,9 +293,10 @@ class Pruning(Scratch):
     """
 
     uses_teacher = True
+    params_counted = "nonzero"
 
-    def __init__(self, student: UNet, *args: Any) -> None:
-        super().__init__(student, *args)
+    def __init__(self, student: UNet, *parts: Any, **hyper: Any) -> None:
+        super().__init__(student, *parts, **hyper)
         # The pruned weights are exactly zero; the kept ones are not.
         self.masks = {name: w.detach() != 0 for name, w in prunable(student).items()}
 
@@ -266,8 +324,16 @@ class SingleHead(DistillObjective):
     paper: 8.99M of 35.75M), since it runs one pass per step instead of two."""
 
     uses_targets = True
+    has_uncond_branch = False
+    reads_sampling_guidance = True
+    defaults = {"sample": SampleConfig()}
 
-    def coefficients(self) -> dict[str, float]:
+    @classmethod
+    def hyperparameters(cls, config: DistillConfig, sample: SampleConfig) -> dict[str, Any]:
+        return {"sample": sample}
+
+    @classmethod
+    def term_weights(cls, hyper: Mapping[str, Any]) -> dict[str, float]:
         return {"guided": 1.0}
 
     @classmethod
@@ -276,7 +342,7 @@ class SingleHead(DistillObjective):
 
     def terms(self, batch: Batch, x_t: Tensor) -> dict[str, Tensor]:
         cond_t, uncond_t = self.teacher_branches(batch, x_t)
-        w = guidance_scale(self.sample, batch.t, self.diffusion.T)
+        w = guidance_scale(self.hyper["sample"], batch.t, self.diffusion.T)
         target = cfg_combine(cond_t, uncond_t, w)
         return {"guided": mse_per_sample(self.model(x_t, batch.t, batch.y), target)}
 
@@ -295,9 +361,17 @@ class DASH(DistillObjective):
 
     default_tirt = "transfer"
     uses_targets = True
+    defaults = {"im": 1.0, "un": 1.0, "an": 0.1}
 
-    def coefficients(self) -> dict[str, float]:
-        return {"im": self.config.im, "un": self.config.un, "an": self.config.an}
+    @classmethod
+    def term_weights(cls, hyper: Mapping[str, Any]) -> dict[str, float]:
+        return {"im": hyper["im"], "un": hyper["un"], "an": hyper["an"]}
+
+    @classmethod
+    def check(cls, config: DistillConfig) -> None:
+        if not (config.im or config.un or config.an):
+            fail(config, "im", config.im, "im, un and an are all 0, so DASH has no loss; "
+                                          "give at least one term a positive weight")
 
     def terms(self, batch: Batch, x_t: Tensor) -> dict[str, Tensor]:
         cond_t, uncond_t = self.teacher_branches(batch, x_t)
@@ -319,9 +393,16 @@ def single_head_config(preset: Preset, fraction: float) -> ModelConfig:
         for ch in range(2, 4 * preset.teacher.ch + 1, 2):
             if math.gcd(ch, groups) < min(4, groups):
                 continue
-            cfg = dataclasses.replace(preset.student, ch=ch, cfg=False, norm_groups=math.gcd(ch, groups))
+            cfg = dataclasses.replace(preset.student, ch=ch, cfg=SingleHead.has_uncond_branch,
+                                      norm_groups=math.gcd(ch, groups))
             gap = abs(count_params(UNet(cfg)) - target)
             if best is None or gap < best[0]:
                 best = (gap, cfg)
     assert best is not None
     return best[1]
+
+
+def counts_nonzero(name: str) -> bool:
+    """Whether the model called `name` (a method, or "teacher") is sized by its nonzero
+    parameters (`params_counted`): a pruned student keeps the teacher's dense shapes."""
+    return name in METHODS and METHODS.get(name).params_counted == "nonzero"

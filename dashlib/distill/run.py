@@ -31,7 +31,7 @@ from dashlib.runs import Run, make_run, prepare, run_id
 from dashlib.runtime import Runtime
 from dashlib.teacher import teacher_payload, train_teacher
 from dashlib.tirt import TimestepWeighting, drift_report, make_weighting, transfer
-from dashlib.train import LoopConfig, Trainer
+from dashlib.train import Trainer
 from dashlib.unet import count_params
 
 CALIB_SEED = 1234  # the matched inputs are the same for every method and seed
@@ -46,6 +46,7 @@ def resolve_config(preset: Preset, method: str | None = None, seed: int | None =
                                {"method": method, "seed": seed, "steps": steps}.items() if v is not None}
     cfg = dataclasses.replace(cfg, **changes)
     cls = METHODS.get(cfg.method)
+    cls.check(cfg)
     if cfg.tirt == "auto":
         cfg = dataclasses.replace(cfg, tirt=cls.default_tirt)
     return cfg
@@ -58,7 +59,7 @@ def distill_payload(preset: Preset, config: DistillConfig) -> dict[str, Any]:
             "teacher": run_id(teacher_payload(preset)),
             "student": to_dict(cls.architecture(preset, config)), "distill": to_dict(config),
             "data": to_dict(preset.data), "diffusion": to_dict(preset.diffusion),
-            "sample": to_dict(preset.sample) if config.method == "single-head" else None}
+            "sample": to_dict(preset.sample) if cls.reads_sampling_guidance else None}
 
 
 def distill_run(preset: Preset, method: str | None = None, seed: int | None = None,
@@ -117,16 +118,15 @@ def distill(preset: Preset, method: str | None = None, seed: int | None = None,
     diffusion = teacher.diffusion
     cls = METHODS.get(config.method)
     student = cls.build_student(preset, config, teacher.model)
-    objective = cls(student, teacher.model, make_weighting_for(config, teacher, diffusion),
-                    diffusion, config, preset.sample)
+    objective = cls.from_config(student, teacher.model, make_weighting_for(config, teacher, diffusion),
+                                diffusion, config, preset.sample)
     if targets and cls.uses_targets and fits(preset, config):
         path = on_main(lambda: ensure_targets(preset, config, teacher.model, data, diffusion, progress))
         objective.targets = load_targets(path)
     calibrator = Calibrator(teacher.model, diffusion,
                             matched_inputs(data.test, diffusion, config.calib_samples,
                                            torch.Generator().manual_seed(CALIB_SEED)))
-    loop = LoopConfig.from_config(config)
-    trainer = Trainer(objective, data.train, diffusion, loop, run, payload, dev,
+    trainer = Trainer(objective, data.train, diffusion, config, run, payload, dev,
                       hooks={config.calib_every: calibration_hook(calibrator, objective)},
                       progress=progress, desc=f"{config.method}[{preset.name}]", runtime=runtime)
     start = time.perf_counter()
@@ -163,7 +163,7 @@ def _weighting_name(config: DistillConfig, teacher: Artifact) -> str:
 def write_results(run: Run, preset: Preset, config: DistillConfig, objective: DistillObjective,
                   calibration: dict[str, Any], last: dict[str, Any], wall: float,
                   teacher_params: int) -> None:
-    nonzero = config.method == "pruning"
+    nonzero = objective.params_counted == "nonzero"
     params = count_params(objective.model, nonzero=nonzero)
     terms = list(objective.coefficients())
     atomic_write_json(run.results, {

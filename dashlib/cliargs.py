@@ -1,0 +1,153 @@
+"""The building blocks of the `dash` command line: the `COMMANDS` registry and its
+`@command` decorator, and the options several subcommands share (`add_preset`,
+`add_runtime`, `add_training`, `preset_from_args`, ...).
+
+The subcommands (`dashlib.commands.*`) import this module and `dashlib.cli`
+imports them, so the command line has no import circle.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from dashlib.config import MAX_SEED, ConfigError
+from dashlib.registry import Registry
+
+
+@dataclass(frozen=True)
+class Command:
+    help: str
+    add_arguments: Callable[[argparse.ArgumentParser], None]
+    run: Callable[[argparse.Namespace], int]
+    distributed: bool = False  # may run under torchrun with several processes
+
+
+COMMANDS: Registry[Command] = Registry("command")
+
+
+def command(name: str, help: str, add_arguments: Callable[[argparse.ArgumentParser], None],
+            distributed: bool = False) -> Callable[..., Any]:
+    def decorator(run: Callable[[argparse.Namespace], int]) -> Callable[[argparse.Namespace], int]:
+        COMMANDS.add(name, Command(help, add_arguments, run, distributed))
+        return run
+
+    return decorator
+
+
+# --- shared options ------------------------------------------------------------
+
+def _int_arg(text: str) -> int:
+    try:
+        return int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not an integer") from None
+
+
+def seed_arg(text: str) -> int:
+    """argparse type of --seed/--seeds: an integer in [0, 2**32 - 1]."""
+    value = _int_arg(text)
+    if not 0 <= value <= MAX_SEED:
+        raise argparse.ArgumentTypeError(f"{text} is out of range: seeds lie in [0, {MAX_SEED}]")
+    return value
+
+
+def workers_arg(text: str) -> int:
+    """argparse type of --workers: a whole number of processes, at least 1."""
+    value = _int_arg(text)
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"{value} is invalid: at least 1 worker process is needed")
+    return value
+
+
+def parse_set(items: Sequence[str]) -> dict[str, Any]:
+    """`--set train.lr=3e-4 --set data.data_root=/data` -> {"train.lr": 3e-4, ...}."""
+    out: dict[str, Any] = {}
+    for item in items:
+        key, sep, raw = item.partition("=")
+        if not sep or not key:
+            raise ConfigError(f"--set expects KEY=VALUE (e.g. train.lr=3e-4), got {item!r}")
+        try:
+            out[key] = json.loads(raw)
+        except json.JSONDecodeError:
+            out[key] = raw
+    return out
+
+
+def add_preset(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--preset", default="digits", help="preset name (default: digits)")
+    add_overrides(p)
+    add_data(p)
+
+
+def add_overrides(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
+                   help="override a preset field, e.g. --set train.lr=3e-4 (repeatable)")
+
+
+def add_data(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--data-root", help="where the dataset lives (relative to this directory); "
+                                       "the same as --set data.data_root=DIR")
+    p.add_argument("--download", action="store_true",
+                   help="allow torchvision to download the dataset (--set data.download=true)")
+
+
+def data_overrides(args: argparse.Namespace) -> dict[str, Any]:
+    """--set, --data-root and --download as one dict of dotted overrides; a relative
+    data root is made absolute against the caller's working directory."""
+    overrides = parse_set(getattr(args, "overrides", []))
+    if getattr(args, "data_root", None):
+        overrides["data.data_root"] = args.data_root
+    if getattr(args, "download", False):
+        overrides["data.download"] = True
+    if isinstance(overrides.get("data.data_root"), str):
+        overrides["data.data_root"] = str(Path(overrides["data.data_root"]).expanduser().resolve())
+    return overrides
+
+
+def add_runtime(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--device", default="auto", help="auto (CUDA if present), cpu, cuda, cuda:1, ...")
+    p.add_argument("--no-progress", action="store_true", help="hide progress bars")
+    p.add_argument("--compile", action="store_true", help="torch.compile the UNets (slow start)")
+    p.add_argument("--channels-last", default="auto", choices=("auto", "on", "off"),
+                   help="NHWC memory layout (default auto: by the measured rule table in dashlib.runtime)")
+    p.add_argument("--loader-workers", type=int, default=0,
+                   help="DataLoader workers gathering and pinning training batches (default 0)")
+    p.add_argument("--sample-amp", default="none", choices=("none", "auto", "bf16", "fp16"),
+                   help="autocast while sampling on CUDA (default none: fp32)")
+
+
+def runtime_from_args(args: argparse.Namespace) -> Any:
+    """The speed options of `add_runtime` as a `dashlib.runtime.Runtime`."""
+    from dashlib.runtime import Runtime
+
+    return Runtime(compile=args.compile, channels_last=args.channels_last,
+                   loader_workers=args.loader_workers, sample_amp=args.sample_amp)
+
+
+def add_training(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--steps", type=int, help="training steps (default: the preset's)")
+    p.add_argument("--seed", type=seed_arg, help="random seed (default: the preset's)")
+    add_force_resume(p)
+
+
+def add_force_resume(p: argparse.ArgumentParser) -> None:
+    """--force (start over) and --resume (continue) contradict each other: one at most."""
+    g = p.add_mutually_exclusive_group()
+    g.add_argument("--force", action="store_true", help="retrain even if a finished run exists")
+    g.add_argument("--resume", action="store_true", help="continue an interrupted run exactly")
+
+
+def preset_from_args(args: argparse.Namespace, **extra: Any) -> Any:
+    from dashlib.presets import get_preset
+
+    overrides = data_overrides(args)
+    overrides.update({k: v for k, v in extra.items() if v is not None})
+    return get_preset(args.preset, **overrides)
+
+
+# --- entry point --------------------------------------------------------------
