@@ -22,16 +22,12 @@ from dashlib.device import check_batch_fits, resolve_device
 from dashlib.diffusion import Diffusion
 from dashlib.distributed import barrier, is_main, on_main
 from dashlib.io import atomic_write_json
+from dashlib.losses import mse_per_sample
 from dashlib.runs import Run, make_run, prepare
 from dashlib.runtime import Runtime
 from dashlib.tirt import TimestepWeighting, bin_mean, drift_report, make_weighting
 from dashlib.train import Batch, LoopConfig, Objective, Trainer
 from dashlib.unet import UNet, build_unet, count_params
-
-
-def mse_per_sample(pred: Tensor, target: Tensor) -> Tensor:
-    """|pred - target|^2 averaged over all but the batch dim: (B, ...) -> (B,)."""
-    return (pred.float() - target.float()).pow(2).flatten(1).mean(1)
 
 
 def drop_labels(y: Tensor, null: int, p: float, u: Tensor, u_batch: Tensor, mode: str) -> Tensor:

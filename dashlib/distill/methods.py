@@ -28,8 +28,9 @@ from dashlib.distill import losses
 from dashlib.distill.pruning import apply_masks, magnitude_prune, prunable
 from dashlib.distill.targets import TeacherTargets
 from dashlib.guidance import branches, cfg_combine, guidance_scale
+from dashlib.losses import mse_per_sample
 from dashlib.registry import Registry
-from dashlib.teacher import drop_labels, mse_per_sample
+from dashlib.teacher import drop_labels
 from dashlib.tirt import TimestepWeighting
 from dashlib.train import Batch, Objective
 from dashlib.unet import UNet, build_unet, count_params, feature_channels
