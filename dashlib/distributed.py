@@ -1,7 +1,7 @@
 """Running under `torchrun --nproc_per_node N`: process group, ranks, DDP, sharded sampling.
 
 Everything here is a no-op in one process: `rank_world()` is (0, 1),
-`wrap_objective` returns the objective itself, `batch_sum` is `x.sum()`,
+`wrap_objective` returns the objective itself, `GlobalBatch(1)` sums locally,
 `sample_sharded` is `sampler.sample`. So library code calls these helpers
 unconditionally and stays bit-for-bit what it was without torchrun.
 
@@ -12,8 +12,9 @@ How training stays equal to one process (see docs/scaling.md):
 * DistributedDataParallel averages the per-rank gradients of per-rank means,
   which is the gradient of the global mean because the shares are equal;
 * batch statistics inside a loss (TIRT's weight normalisation, the loss-bin
-  tracker) use `batch_sum`/`batch_mean`, which inside `global_batch()` sum
-  over every rank, with a backward pass that sums the gradients too;
+  tracker) go through the `GlobalBatch` reduction the Trainer passes to the
+  objective, which sums over every rank, with a backward pass that sums the
+  gradients too;
 * dropout draws from each rank's own global RNG (seed + 2 + 1000 * rank), so
   equality holds only with dropout 0.
 
@@ -188,26 +189,11 @@ def shard(n: int, rank: int, world: int) -> slice:
 
 # --- batch statistics across ranks --------------------------------------------
 
-_GLOBAL_BATCH = False
-
-
-@contextlib.contextmanager
-def global_batch() -> Iterator[None]:
-    """Inside: `batch_sum`/`batch_mean` span every rank's rows (the Trainer's step).
-
-    Outside (evaluation, notebooks, hooks one rank runs alone) they are local,
-    so nothing can wait on a collective that other ranks never join.
-    """
-    global _GLOBAL_BATCH
-    previous, _GLOBAL_BATCH = _GLOBAL_BATCH, True
-    try:
-        yield
-    finally:
-        _GLOBAL_BATCH = previous
-
-
-def _spans_ranks() -> bool:
-    return _GLOBAL_BATCH and rank_world()[1] > 1
+def all_reduce_sum(x: Tensor) -> Tensor:
+    """x summed elementwise over every rank (a new tensor; x is left as it is)."""
+    out = x.clone()
+    dist.all_reduce(out)
+    return out
 
 
 class _SumOverRanks(torch.autograd.Function):
@@ -215,36 +201,45 @@ class _SumOverRanks(torch.autograd.Function):
     gradient for x is the sum over ranks of the incoming gradients."""
 
     @staticmethod
-    def forward(ctx: Any, x: Tensor) -> Tensor:
-        y = x.clone()
-        dist.all_reduce(y)
-        return y
+    def forward(ctx: Any, x: Tensor, sum_ranks: Callable[[Tensor], Tensor]) -> Tensor:
+        ctx.sum_ranks = sum_ranks
+        return sum_ranks(x)
 
     @staticmethod
-    def backward(ctx: Any, grad: Tensor) -> Tensor:
-        grad = grad.clone()
-        dist.all_reduce(grad)
-        return grad
+    def backward(ctx: Any, grad: Tensor) -> tuple[Tensor, None]:
+        return ctx.sum_ranks(grad), None
 
 
-def batch_sum(x: Tensor) -> Tensor:
-    """x summed over its first dim (B, ...) -> (...), and over every rank inside
-    `global_batch()`; differentiable (the backward sums gradients over ranks)."""
-    local = x.sum(0)
-    if not _spans_ranks():
-        return local
-    if x.requires_grad:
-        return _SumOverRanks.apply(local)  # type: ignore[no-any-return]
-    out = local.clone()
-    dist.all_reduce(out)
-    return out
+@dataclass(frozen=True)
+class GlobalBatch:
+    """Batch statistics over the global batch, every rank's equal share of rows: a
+    `dashlib.tirt.BatchReduce` that the Trainer passes to its objective each step.
 
+    Only the Trainer's step uses it; evaluation, notebooks and hooks one rank
+    runs alone keep the local default, so nothing waits on a collective that
+    other ranks never join. With `world` 1 it is exactly the local reduction.
+    `sum_ranks` is the all-reduce (swappable, e.g. threads standing in for ranks
+    in tests).
+    """
 
-def batch_mean(x: Tensor) -> Tensor:
-    """The mean of x (B,) over the global batch (equal shares on every rank)."""
-    if not _spans_ranks():
-        return x.mean()
-    return batch_sum(x) / (x.shape[0] * rank_world()[1])
+    world: int
+    sum_ranks: Callable[[Tensor], Tensor] = all_reduce_sum
+
+    def sum(self, x: Tensor) -> Tensor:
+        """x summed over its first dim (B, ...) -> (...) and over every rank;
+        differentiable (the backward sums gradients over ranks)."""
+        local = x.sum(0)
+        if self.world == 1:
+            return local
+        if x.requires_grad:
+            return _SumOverRanks.apply(local, self.sum_ranks)  # type: ignore[no-any-return]
+        return self.sum_ranks(local)
+
+    def mean(self, x: Tensor) -> Tensor:
+        """The mean of x (B,) over the global batch (equal shares on every rank)."""
+        if self.world == 1:
+            return x.mean()
+        return self.sum(x) / (x.shape[0] * self.world)
 
 
 def mean_over_ranks(values: Mapping[str, Tensor]) -> dict[str, Tensor]:

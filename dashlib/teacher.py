@@ -22,16 +22,12 @@ from dashlib.device import check_batch_fits, resolve_device
 from dashlib.diffusion import Diffusion
 from dashlib.distributed import barrier, is_main, on_main
 from dashlib.io import atomic_write_json
+from dashlib.losses import mse_per_sample
 from dashlib.runs import Run, make_run, prepare
 from dashlib.runtime import Runtime
-from dashlib.tirt import TimestepWeighting, bin_mean, drift_report, make_weighting
+from dashlib.tirt import LOCAL_ROWS, BatchReduce, TimestepWeighting, bin_mean, drift_report, make_weighting
 from dashlib.train import Batch, Objective, Trainer
 from dashlib.unet import UNet, build_unet, count_params
-
-
-def mse_per_sample(pred: Tensor, target: Tensor) -> Tensor:
-    """|pred - target|^2 averaged over all but the batch dim: (B, ...) -> (B,)."""
-    return (pred.float() - target.float()).pow(2).flatten(1).mean(1)
 
 
 def drop_labels(y: Tensor, null: int, p: float, u: Tensor, u_batch: Tensor, mode: str) -> Tensor:
@@ -50,13 +46,13 @@ class DiffusionObjective(Objective):
         self.model, self.weighting, self.diffusion = model, weighting, diffusion
         self.label_dropout, self.dropout_mode = label_dropout, dropout_mode
 
-    def loss(self, batch: Batch) -> tuple[Tensor, dict[str, Tensor]]:
+    def loss(self, batch: Batch, over: BatchReduce = LOCAL_ROWS) -> tuple[Tensor, dict[str, Tensor]]:
         y = drop_labels(batch.y, self.model.null_label, self.label_dropout, batch.u[:, 0],
                         batch.u_batch[0], self.dropout_mode)
         x_t = self.diffusion.q_sample(batch.x0, batch.t, batch.eps)
         per_sample = mse_per_sample(self.model(x_t, batch.t, y), batch.eps)
-        self.weighting.observe(batch.t, per_sample)
-        return self.weighting.reduce(batch.t, per_sample), {"mse": per_sample.detach().mean()}
+        self.weighting.observe(batch.t, per_sample, over=over)
+        return self.weighting.reduce(batch.t, per_sample, over), {"mse": per_sample.detach().mean()}
 
 
 def teacher_payload(preset: Preset) -> dict[str, Any]:

@@ -19,21 +19,50 @@ value per timestep so a teacher's table can be transferred and frozen
   easiest one; the +u_t term is the regulariser TIRT lacks.
 * ``min-snr``: the fixed Min-SNR-5 prior (TIRT with lambda_t frozen at 0).
 * ``uniform``: w_t = 1.
+
+Batch statistics (the mean that normalises w_t, the loss tracker's per-bin
+sums) go through a `BatchReduce` the caller passes: by default this process's
+rows (`LOCAL_ROWS`); the Trainer passes one that spans every rank's rows under
+torchrun (`dashlib.distributed.GlobalBatch`). The maths here never knows
+whether it runs distributed.
 """
 
 from __future__ import annotations
 
 import math
+from typing import Protocol
 
 import torch
 from torch import Tensor, nn
 
 from dashlib.diffusion import Diffusion
-from dashlib.distributed import batch_mean, batch_sum
 from dashlib.registry import Registry
 
 SNR_GAMMA = 5.0
 LOSS_BINS = 20
+
+
+class BatchReduce(Protocol):
+    """Which rows a batch statistic covers: `sum` (B, ...) -> (...) over the rows,
+    `mean` (B,) -> () per row. The distributed one (dashlib.distributed.GlobalBatch)
+    adds every rank's share and must stay differentiable."""
+
+    def sum(self, x: Tensor) -> Tensor: ...
+
+    def mean(self, x: Tensor) -> Tensor: ...
+
+
+class LocalRows:
+    """Batch statistics over the rows this process holds (one process, evaluation)."""
+
+    def sum(self, x: Tensor) -> Tensor:
+        return x.sum(0)
+
+    def mean(self, x: Tensor) -> Tensor:
+        return x.mean()
+
+
+LOCAL_ROWS = LocalRows()
 
 
 class TimestepWeighting(nn.Module):
@@ -57,15 +86,17 @@ class TimestepWeighting(nn.Module):
         """Unnormalised weights (B,) at timesteps t (B,) given table values (B,)."""
         raise NotImplementedError
 
-    def weights(self, t: Tensor) -> Tensor:
-        """w_t (B,), normalised to mean 1 over the batch (docs/paper.md method 2); under
-        torchrun the mean is over the global batch, every rank's rows."""
+    def weights(self, t: Tensor, over: BatchReduce = LOCAL_ROWS) -> Tensor:
+        """w_t (B,), normalised to mean 1 over the batch `over` covers (docs/paper.md
+        method 2): this process's rows, or the global batch under torchrun."""
         w = self.raw(t, self.table[t])
-        return w / batch_mean(w).clamp_min(1e-12)
+        return w / over.mean(w).clamp_min(1e-12)
 
-    def reduce(self, t: Tensor, loss: Tensor) -> Tensor:
-        """Scalar training objective from per-sample losses (B,)."""
-        return (self.weights(t) * loss).mean()
+    def reduce(self, t: Tensor, loss: Tensor, over: BatchReduce = LOCAL_ROWS) -> Tensor:
+        """Scalar training objective from per-sample losses (B,); the weights are
+        normalised `over` the batch, the final mean is over local rows (DDP averages
+        the equal shares' gradients)."""
+        return (self.weights(t, over) * loss).mean()
 
     def freeze(self) -> TimestepWeighting:
         self.table.requires_grad_(False)
@@ -76,13 +107,16 @@ class TimestepWeighting(nn.Module):
         return not self.table.requires_grad
 
     @torch.no_grad()
-    def observe(self, t: Tensor, loss: Tensor, momentum: float = 0.98) -> None:
-        """Track per-bin raw loss (B,) with an exponential moving average."""
+    def observe(self, t: Tensor, loss: Tensor, momentum: float = 0.98,
+                over: BatchReduce = LOCAL_ROWS) -> None:
+        """Track per-bin raw loss (B,) with an exponential moving average; the bin
+        means pool the rows `over` covers, so every rank keeps the same buffer."""
         bins = bin_of(t.to(self.loss_ema.device), self.T)
         loss = loss.detach().float().to(self.loss_ema.device)
         total = torch.zeros_like(self.loss_ema).index_add_(0, bins, loss)
         count = torch.zeros_like(self.loss_ema).index_add_(0, bins, torch.ones_like(loss))
-        total, count = batch_sum(torch.stack([total, count])[None])  # all ranks' rows
+        # one row of local sums; `over` adds every rank's row (identity in one process)
+        total, count = over.sum(torch.stack([total, count])[None])
         mean = total / count.clamp_min(1)
         present, seen = count > 0, self.loss_seen > 0
         blended = torch.where(seen, momentum * self.loss_ema + (1 - momentum) * mean, mean)
@@ -139,9 +173,9 @@ class UncertaintyWeighting(TimestepWeighting):
     def raw(self, t: Tensor, table: Tensor) -> Tensor:
         return self.base[t] * torch.exp(-table)
 
-    def reduce(self, t: Tensor, loss: Tensor) -> Tensor:
+    def reduce(self, t: Tensor, loss: Tensor, over: BatchReduce = LOCAL_ROWS) -> Tensor:
         if self.frozen:
-            return super().reduce(t, loss)
+            return super().reduce(t, loss, over)
         u = self.table[t]
         return (self.base[t] * loss * torch.exp(-u) + u).mean()
 

@@ -30,9 +30,9 @@ from dashlib.data import Split
 from dashlib.device import amp_dtype, autocast
 from dashlib.diffusion import Diffusion
 from dashlib.distributed import (
+    GlobalBatch,
     dropout_seed,
     gather_rng_states,
-    global_batch,
     mean_over_ranks,
     rank_rows,
     rank_world,
@@ -43,6 +43,7 @@ from dashlib.ema import EMA
 from dashlib.io import atomic_torch_save, check_config_match, load_checkpoint
 from dashlib.runs import Run, remove_stale_temps, removed_if_unstarted
 from dashlib.runtime import Runtime, adamw_options, compile_unets, to_channels_last
+from dashlib.tirt import LOCAL_ROWS, BatchReduce
 
 
 class NonFiniteLossError(FloatingPointError):
@@ -86,13 +87,14 @@ class Objective(nn.Module):
 
     model: nn.Module
 
-    def loss(self, batch: Batch) -> tuple[Tensor, dict[str, Tensor]]:
-        """(scalar loss to minimise, named scalar tensors to log)."""
+    def loss(self, batch: Batch, over: BatchReduce = LOCAL_ROWS) -> tuple[Tensor, dict[str, Tensor]]:
+        """(scalar loss to minimise, named scalar tensors to log); batch statistics
+        inside the loss (TIRT's normalisation) are taken `over` those rows."""
         raise NotImplementedError
 
-    def forward(self, batch: Batch) -> tuple[Tensor, dict[str, Tensor]]:
+    def forward(self, batch: Batch, over: BatchReduce = LOCAL_ROWS) -> tuple[Tensor, dict[str, Tensor]]:
         """The loss; what DistributedDataParallel calls (it syncs gradients only via forward)."""
-        return self.loss(batch)
+        return self.loss(batch, over)
 
     def param_groups(self, lr: float, weight_decay: float) -> list[dict[str, Any]]:
         """Optimizer groups; by default every trainable parameter at `lr`."""
@@ -143,6 +145,8 @@ class Trainer:
             self.ema = EMA(objective.model, loop.ema_decay)
             compile_unets(self.objective, self.runtime)  # after the EMA's deepcopy
             self.forward = wrap_objective(self.objective, device)
+            # batch statistics in the step's loss span every rank's rows (identity in one process)
+            self.global_batch = GlobalBatch(self.world)
             self.dtype = amp_dtype(device, loop.amp)
             self.scaler = torch.amp.GradScaler(device.type, enabled=self.dtype == torch.float16)
             self.data_gen = torch.Generator().manual_seed(loop.seed)
@@ -271,8 +275,8 @@ class Trainer:
         for g in self.optimizer.param_groups:
             g["lr"] = g["base_lr"] * cosine_lr(self.step, self.loop) / self.loop.lr
         batch = self.draw_batch()
-        with autocast(self.device, self.dtype), global_batch():
-            loss, logs = self.forward(batch)
+        with autocast(self.device, self.dtype):
+            loss, logs = self.forward(batch, self.global_batch)
         checked = mean_over_ranks({"loss": loss})["loss"]  # every rank stops together
         if not torch.isfinite(checked):
             kept = (f"The last good checkpoint (step {self.last_ckpt_step}) is kept in "

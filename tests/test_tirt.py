@@ -1,9 +1,13 @@
+import copy
+import threading
+
 import pytest
 import torch
 
 from dashlib.config import DiffusionConfig
 from dashlib.diffusion import Diffusion
-from dashlib.tirt import LOSS_BINS, WEIGHTINGS, drift_report, make_weighting, transfer
+from dashlib.distributed import GlobalBatch
+from dashlib.tirt import LOCAL_ROWS, LOSS_BINS, WEIGHTINGS, drift_report, make_weighting, transfer
 
 
 @pytest.fixture
@@ -102,3 +106,99 @@ def test_drift_report_is_nan_until_every_bin_is_seen(diffusion):
     assert torch.isnan(torch.tensor(drift_report(w)["drift"]))
     w.observe(torch.arange(0, 1000, 1000 // LOSS_BINS), torch.ones(LOSS_BINS))
     assert drift_report(w)["drift"] == pytest.approx(0.0)
+
+
+class ThreadRanks:
+    """`world` threads standing in for torchrun's ranks; `sum_ranks` is their
+    all-reduce: every rank's tensor added in rank order, the same sum on every rank."""
+
+    def __init__(self, world):
+        self.world = world
+        self.barrier = threading.Barrier(world, timeout=30)
+        self.slots = [None] * world
+        self.local = threading.local()
+
+    def sum_ranks(self, x):
+        self.slots[self.local.rank] = x.detach().clone()
+        self.barrier.wait()
+        total = self.slots[0].clone()
+        for other in self.slots[1:]:
+            total = total + other
+        self.barrier.wait()  # no rank refills its slot before every rank has read them all
+        return total
+
+    def run(self, fn):
+        """fn(rank) on every rank at once; the results in rank order."""
+        results, errors = [None] * self.world, []
+
+        def target(rank):
+            self.local.rank = rank
+            try:
+                results[rank] = fn(rank)
+            except BaseException as err:  # surfaced below, after the other rank is released
+                errors.append(err)
+                self.barrier.abort()
+
+        threads = [threading.Thread(target=target, args=(r,)) for r in range(self.world)]
+        for th in threads:
+            th.start()
+        for th in threads:
+            th.join()
+        if errors:
+            raise errors[0]
+        return results
+
+
+def _step(w, t, loss, over):
+    """One training step's use of a weighting: weights, objective (and its table
+    gradient when learned), the loss tracker; batch statistics taken `over`."""
+    weights = w.weights(t, over).detach()
+    objective = w.reduce(t, loss, over)
+    if objective.requires_grad:
+        objective.backward()
+    w.observe(t, loss, over=over)
+    return weights, objective.detach(), w.table.grad
+
+
+@pytest.mark.parametrize("frozen", [False, True])
+@pytest.mark.parametrize("name", WEIGHTINGS.names())
+def test_two_ranks_reduce_like_one_process_on_the_whole_batch(name, frozen, diffusion):
+    """A batch split over two ranks whose GlobalBatch all-reduce adds the halves gives
+    the one-process weights, loss (mean of the equal shares), table gradient (DDP's
+    average) and loss tracker. Normalising each rank's rows alone fails: the halves
+    hold low and high t, whose raw weights min(SNR, 5) sigmoid(lambda) differ ~30x."""
+    g = torch.Generator().manual_seed(0)
+    one = make_weighting(name, diffusion)
+    with torch.no_grad():
+        one.table.normal_(generator=g)
+    if frozen:
+        one.freeze()
+    half = 8
+    t = torch.cat([torch.randint(0, 100, (half,), generator=g),
+                   torch.randint(600, 1000, (half,), generator=g)])
+    loss = torch.rand(2 * half, generator=g) + 0.5
+    replicas = [copy.deepcopy(one) for _ in range(2)]
+    ranks = ThreadRanks(2)
+    rows = [slice(r * half, (r + 1) * half) for r in range(2)]
+    split = ranks.run(lambda r: _step(replicas[r], t[rows[r]], loss[rows[r]],
+                                      GlobalBatch(2, ranks.sum_ranks)))
+    weights, objective, grad = _step(one, t, loss, LOCAL_ROWS)
+
+    close = {"rtol": 1e-5, "atol": 1e-6}
+    torch.testing.assert_close(torch.cat([s[0] for s in split]), weights, **close)
+    torch.testing.assert_close((split[0][1] + split[1][1]) / 2, objective, **close)
+    assert (grad is None) == (not one.table.requires_grad)
+    if grad is not None:
+        assert grad.abs().max() > 0
+        torch.testing.assert_close((split[0][2] + split[1][2]) / 2, grad, **close)
+    for name_ in ("loss_ema", "loss_seen"):
+        a, b, ref = (getattr(w, name_) for w in (*replicas, one))
+        assert torch.equal(a, b)  # every rank keeps the same tracker
+        torch.testing.assert_close(a, ref, **close)
+    assert int((one.loss_seen > 0).sum()) >= 4  # the tracker saw several bins
+
+
+def test_one_rank_global_batch_is_the_local_reduction():
+    x = torch.rand(7, 3, generator=torch.Generator().manual_seed(1))
+    assert torch.equal(GlobalBatch(1).sum(x), LOCAL_ROWS.sum(x))
+    assert torch.equal(GlobalBatch(1).mean(x[:, 0]), LOCAL_ROWS.mean(x[:, 0]))

@@ -63,9 +63,9 @@ def test_non_finite_loss_stops_and_keeps_last_good_checkpoint(preset, monkeypatc
     original = DiffusionObjective.loss
     calls = {"n": 0}
 
-    def poisoned(self, batch):
+    def poisoned(self, batch, *over):
         calls["n"] += 1
-        loss, logs = original(self, batch)
+        loss, logs = original(self, batch, *over)
         return (loss * float("nan"), logs) if calls["n"] == 8 else (loss, logs)
 
     monkeypatch.setattr(DiffusionObjective, "loss", poisoned)

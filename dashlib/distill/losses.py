@@ -10,7 +10,7 @@ from __future__ import annotations
 from torch import Tensor
 
 from dashlib.guidance import cfg_combine
-from dashlib.teacher import mse_per_sample
+from dashlib.losses import mse_per_sample
 
 
 def imitation(cond_s: Tensor, cond_t: Tensor) -> Tensor:

@@ -29,9 +29,10 @@ from dashlib.distill import losses
 from dashlib.distill.pruning import apply_masks, magnitude_prune, prunable
 from dashlib.distill.targets import TeacherTargets
 from dashlib.guidance import branches, cfg_combine, guidance_scale
+from dashlib.losses import mse_per_sample
 from dashlib.registry import Registry
-from dashlib.teacher import drop_labels, mse_per_sample
-from dashlib.tirt import TimestepWeighting
+from dashlib.teacher import drop_labels
+from dashlib.tirt import LOCAL_ROWS, BatchReduce, TimestepWeighting
 from dashlib.train import Batch, Objective
 from dashlib.unet import UNet, build_unet, count_params, feature_channels
 
@@ -112,12 +113,13 @@ class DistillObjective(Objective):
     def terms(self, batch: Batch, x_t: Tensor) -> dict[str, Tensor]:
         raise NotImplementedError
 
-    def loss(self, batch: Batch) -> tuple[Tensor, dict[str, Tensor]]:
+    def loss(self, batch: Batch, over: BatchReduce = LOCAL_ROWS) -> tuple[Tensor, dict[str, Tensor]]:
         x_t = self.diffusion.q_sample(batch.x0, batch.t, batch.eps)
         terms = self.terms(batch, x_t)
         coef = self.coefficients()
-        total = sum(coef[k] * self.weighting.reduce(batch.t, v) for k, v in terms.items() if coef[k])
-        self.weighting.observe(batch.t, sum(coef[k] * v for k, v in terms.items()))
+        total = sum(coef[k] * self.weighting.reduce(batch.t, v, over) for k, v in terms.items()
+                    if coef[k])
+        self.weighting.observe(batch.t, sum(coef[k] * v for k, v in terms.items()), over=over)
         return total, {k: v.detach().mean() for k, v in terms.items()}  # type: ignore[return-value]
 
     def _cached(self, batch: Batch) -> bool:

@@ -28,8 +28,8 @@ from torch import Tensor, nn
 
 from dashlib.diffusion import Diffusion
 from dashlib.guidance import branches
+from dashlib.losses import mse_per_sample
 from dashlib.registry import Registry
-from dashlib.teacher import mse_per_sample
 from dashlib.workshop.mlp import ToyMLP, ToyModelConfig, build_toy_mlp
 from dashlib.workshop.toy import ToyConfig, sample_data
 
