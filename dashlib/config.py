@@ -290,12 +290,6 @@ class SampleConfig(Validated):
         positive(self, "batch_size")
         one_of(self, "spacing", SPACINGS.names())
 
-    def with_guidance(self, spec: str | float) -> SampleConfig:
-        """`"tag"` selects TAG; a number selects constant guidance at that w."""
-        if spec == "tag":
-            return dataclasses.replace(self, guidance="tag")
-        return dataclasses.replace(self, guidance="constant", w=float(spec))
-
 
 @dataclass(frozen=True)
 class DistillConfig(Validated):
@@ -361,13 +355,21 @@ class DistillConfig(Validated):
                                       "give at least one term a positive weight")
 
 
-def _guidance_spec_ok(spec: str) -> bool:
-    if spec == "tag":
+def guidance_spec_ok(spec: object) -> bool:
+    """Whether `spec` names a guidance setting: "tag", or a constant w given as a number
+    or as its text ("3") that is finite and fits float32 (`dashlib.guidance.Guidance.parse`)."""
+    if isinstance(spec, str) and spec == "tag":
         return True
-    try:
-        return math.isfinite(float(spec)) and abs(float(spec)) <= FLOAT32_MAX
-    except ValueError:
+    if isinstance(spec, bool) or not isinstance(spec, (str, int, float)):
         return False
+    try:
+        w = float(spec)
+    except (ValueError, OverflowError):
+        return False
+    return math.isfinite(w) and abs(w) <= FLOAT32_MAX
+
+
+_guidance_spec_ok = guidance_spec_ok  # the name EvalConfig.validate calls
 
 
 #: torch-fidelity's metric groups: FID, Inception Score, KID, precision/recall.

@@ -27,7 +27,7 @@ from dashlib.diffusion import Diffusion
 from dashlib.distill import losses
 from dashlib.distill.pruning import apply_masks, magnitude_prune, prunable
 from dashlib.distill.targets import TeacherTargets
-from dashlib.guidance import branches, cfg_combine, guidance_scale
+from dashlib.guidance import Guidance, branches, cfg_combine
 from dashlib.registry import Registry
 from dashlib.teacher import drop_labels, mse_per_sample
 from dashlib.tirt import TimestepWeighting
@@ -276,7 +276,7 @@ class SingleHead(DistillObjective):
 
     def terms(self, batch: Batch, x_t: Tensor) -> dict[str, Tensor]:
         cond_t, uncond_t = self.teacher_branches(batch, x_t)
-        w = guidance_scale(self.sample, batch.t, self.diffusion.T)
+        w = Guidance.from_config(self.sample).scale(batch.t, self.diffusion.T)
         target = cfg_combine(cond_t, uncond_t, w)
         return {"guided": mse_per_sample(self.model(x_t, batch.t, batch.y), target)}
 
