@@ -300,12 +300,6 @@ class SampleConfig(Validated):
             finite(self, name)
         positive(self, "batch_size")
 
-    def with_guidance(self, spec: str | float) -> SampleConfig:
-        """`"tag"` selects TAG; a number selects constant guidance at that w."""
-        if spec == "tag":
-            return dataclasses.replace(self, guidance="tag")
-        return dataclasses.replace(self, guidance="constant", w=float(spec))
-
 
 @dataclass(frozen=True)
 class DistillConfig(OptimConfig):
@@ -363,13 +357,18 @@ class DistillConfig(OptimConfig):
 TIRT_CHOICES = ("auto", "transfer", "uniform", "relearn", "min-snr", "uncertainty")
 
 
-def _guidance_spec_ok(spec: str) -> bool:
-    if spec == "tag":
+def guidance_spec_ok(spec: object) -> bool:
+    """Whether `spec` names a guidance setting: "tag", or a constant w given as a number
+    or as its text ("3") that is finite and fits float32 (`dashlib.guidance.Guidance.parse`)."""
+    if isinstance(spec, str) and spec == "tag":
         return True
-    try:
-        return math.isfinite(float(spec)) and abs(float(spec)) <= FLOAT32_MAX
-    except ValueError:
+    if isinstance(spec, bool) or not isinstance(spec, (str, int, float)):
         return False
+    try:
+        w = float(spec)
+    except (ValueError, OverflowError):
+        return False
+    return math.isfinite(w) and abs(w) <= FLOAT32_MAX
 
 
 #: torch-fidelity's metric groups: FID, Inception Score, KID, precision/recall.
@@ -433,7 +432,7 @@ class EvalConfig(Validated):
             fail(self, "seeds", self.seeds, "must not repeat a seed")
         for name in ("guidance", "sweep_guidance"):
             specs = getattr(self, name)
-            if not specs or not all(_guidance_spec_ok(g) for g in specs):
+            if not specs or not all(guidance_spec_ok(g) for g in specs):
                 fail(self, name, specs, "must be a non-empty tuple whose entries are 'tag' or a "
                                         "finite number such as '3'")
         if not self.sweep_steps or any(s <= 0 for s in self.sweep_steps):

@@ -64,6 +64,7 @@ from dashlib.fidelity import (
     reference_set,
 )
 from dashlib.generate import generate
+from dashlib.guidance import Guidance
 from dashlib.inception import inception_weights_path
 from dashlib.io import (
     CorruptFileError,
@@ -105,18 +106,18 @@ class RunSpec:
 
 @dataclass(frozen=True)
 class Cell:
-    """n samples of one run at one guidance setting ("tag" or a w as text), step count and seed."""
+    """n samples of one run at one guidance setting, step count and seed."""
 
     run: RunSpec
-    guidance: str
+    guidance: Guidance
     steps: int
     seed: int
     n: int
 
     def sample_config(self) -> SampleConfig:
+        """The run's sampler at this cell's steps, its guidance fields set to the cell's."""
         base = from_dict(SampleConfig, self.run.sample)
-        return dataclasses.replace(base, steps=self.steps).with_guidance(
-            "tag" if self.guidance == "tag" else float(self.guidance))
+        return self.guidance.in_config(dataclasses.replace(base, steps=self.steps))
 
     def samples_key(self) -> str:
         sample = to_dict(self.sample_config())
@@ -151,7 +152,8 @@ class Task:
 
     def describe(self) -> str:
         c = self.cell
-        return f"{c.run.name} at guidance {c.guidance}, {c.steps} DDIM steps, seed {c.seed}, {c.n} samples"
+        return (f"{c.run.name} at guidance {c.guidance.label}, {c.steps} DDIM steps, seed {c.seed}, "
+                f"{c.n} samples")
 
     @property
     def cell_file(self) -> Path:
@@ -206,19 +208,27 @@ def run_spec(run: Run | str | Path, sample: SampleConfig | None = None,
         T=artifact.diffusion.T)
 
 
-def cells(specs: Iterable[RunSpec], guidance: Sequence[str], steps: Sequence[int],
+def cells(specs: Iterable[RunSpec], guidance: Sequence[Guidance | str | float], steps: Sequence[int],
           seeds: Sequence[int], n: int) -> list[Cell]:
-    """Every (run, guidance, steps, seed) combination, in that nesting order."""
-    return [Cell(spec, g, s, seed, n) for spec in specs for g in guidance for s in steps for seed in seeds]
+    """Every (run, guidance, steps, seed) combination, in that nesting order; each guidance
+    spec ("tag", "3", ...) is parsed against the run's sampler (its TAG parameters)."""
+    out = []
+    for spec in specs:
+        base = from_dict(SampleConfig, spec.sample)
+        settings = [Guidance.parse(g, base) for g in guidance]
+        out += [Cell(spec, g, s, seed, n) for g in settings for s in steps for seed in seeds]
+    return out
 
 
 # --- evaluating one cell ---------------------------------------------------------------
 
 def sample_images(artifact: Artifact, config: SampleConfig, n: int, seed: int,
-                  device: torch.device | str = "cpu") -> tuple[Tensor, Tensor]:
-    """(uint8 samples (n, C, H, W), labels (n,)): n samples balanced over the classes, seeded."""
+                  device: torch.device | str = "cpu",
+                  guidance: Guidance | None = None) -> tuple[Tensor, Tensor]:
+    """(uint8 samples (n, C, H, W), labels (n,)): n samples balanced over the classes, seeded,
+    guided by `guidance` (default: `config`'s)."""
     labels = balanced_labels(n, artifact.model.config.num_classes)
-    return to_uint8(generate(artifact, config, labels, seed, device)), labels
+    return to_uint8(generate(artifact, config, labels, seed, device, guidance=guidance)), labels
 
 
 def guidance_fidelity(classifier: Classifier, images: Tensor, labels: Tensor,
@@ -267,8 +277,9 @@ class CellEvaluator:
             return saved["images"], saved["labels"], 0.0
         start = time.perf_counter()
         artifact = self.artifact(task.cell.run.path, device)
-        images, labels = sample_images(artifact, task.cell.sample_config(), task.cell.n, task.cell.seed,
-                                       device)
+        cell = task.cell
+        images, labels = sample_images(artifact, cell.sample_config(), cell.n, cell.seed, device,
+                                       cell.guidance)
         elapsed = time.perf_counter() - start
         if task.keep_samples:
             atomic_torch_save({"images": images, "labels": labels}, task.samples_file)
@@ -347,8 +358,8 @@ def row(cell: Cell, measured: dict[str, Any], primary: str) -> dict[str, Any]:
     feature space's metrics again without prefix (`fid` = `<primary>_fid`, ...)."""
     spec = cell.run
     ident = {"run": spec.path, "name": spec.name, "kind": spec.kind, "method": spec.method,
-             "preset": spec.preset, "guidance": cell.guidance,
-             "w": None if cell.guidance == "tag" else float(cell.guidance), "guidance_applied": spec.cfg,
+             "preset": spec.preset, "guidance": cell.guidance.label,
+             "w": cell.guidance.constant, "guidance_applied": spec.cfg,
              "ddim_steps": cell.steps, "seed": cell.seed, "n": cell.n, "params": spec.params,
              "params_nonzero": spec.params_nonzero}
     values = {k: v for k, v in measured.items() if k not in ("key", "samples_key")}

@@ -11,6 +11,7 @@ from dashlib.artifacts import Artifact, load_artifact
 from dashlib.config import ConfigError, Preset, SampleConfig
 from dashlib.device import check_batch_fits, resolve_device
 from dashlib.distributed import barrier, is_main, sample_sharded
+from dashlib.guidance import Guidance
 from dashlib.images import save_grid
 from dashlib.io import atomic_torch_save, check_writable_dir
 from dashlib.runs import Run, RunStateError
@@ -35,27 +36,32 @@ def model_run(preset: Preset, run: str | Path | None) -> Run:
 
 
 def generate(artifact: Artifact, config: SampleConfig, labels: Tensor, seed: int,
-             device: torch.device | str = "cpu", runtime: Runtime | None = None) -> Tensor:
-    """Samples (N, C, H, W) in [-1, 1] for `labels` (N,), seeded by `seed`.
+             device: torch.device | str = "cpu", runtime: Runtime | None = None,
+             guidance: Guidance | None = None) -> Tensor:
+    """Samples (N, C, H, W) in [-1, 1] for `labels` (N,), seeded by `seed`, guided by
+    `guidance` (default: the one `config` selects).
 
     Under torchrun the samples are split across the ranks and gathered back
     in order; every rank returns all N (dashlib.distributed.sample_sharded).
     """
     dev = torch.device(device)
     model = inference_model(artifact.model.to(dev), runtime or Runtime(), dev)
-    sampler = DDIMSampler(artifact.diffusion, config)
+    sampler = DDIMSampler(artifact.diffusion, config, guidance)
     return sample_sharded(sampler, model, labels, torch.Generator().manual_seed(seed))
 
 
-def sample_to_files(preset: Preset, run: str | Path | None, guidance: str | float | None,
+def sample_to_files(preset: Preset, run: str | Path | None, guidance: Guidance | str | float | None,
                     n: int, seed: int, out: str | Path | None = None,
                     device: str = "auto", runtime: Runtime | None = None) -> tuple[Path, Path]:
-    """Write a class-per-row PNG grid and a tensor file {samples, labels}; returns their paths."""
+    """Write a class-per-row PNG grid and a tensor file {samples, labels}; returns their paths.
+
+    `guidance`: "tag", a constant w, or None for the preset's sampler setting."""
     src = model_run(preset, run)
     dev = resolve_device(device)
     folder = check_writable_dir(Path(out) if out else src.path / "samples", "the samples folder (--out)")
     artifact = load_artifact(src, device=dev)
-    config = preset.sample if guidance is None else preset.sample.with_guidance(guidance)
+    config = preset.sample
+    chosen = Guidance.from_config(config) if guidance is None else Guidance.parse(guidance, config)
     k = artifact.model.config.num_classes
     if n < k:
         raise ConfigError(f"--n = {n} is too small: the grid has one row per class, so ask for "
@@ -63,8 +69,8 @@ def sample_to_files(preset: Preset, run: str | Path | None, guidance: str | floa
     shape = (artifact.model.config.in_channels, *(2 * (artifact.model.config.image_size,)))
     check_batch_fits(n, shape, dev, "--n")
     labels = balanced_labels(n, k)
-    samples = generate(artifact, config, labels, seed, dev, runtime)
-    tag = "tag" if config.guidance == "tag" else f"w{config.w:g}"
+    samples = generate(artifact, config, labels, seed, dev, runtime, chosen)
+    tag = chosen.label if chosen.constant is None else f"w{chosen.constant:g}"
     stem = f"samples-{tag}-steps{config.steps}-n{n}-seed{seed}"
     png, tensor = folder / f"{stem}.png", folder / f"{stem}.pt"
     if is_main():  # under torchrun rank 0 writes, the others wait for the files

@@ -18,6 +18,7 @@ import torch
 from dashlib import plots
 from dashlib.artifacts import Artifact, load_artifact
 from dashlib.distill.methods import METHODS, counts_nonzero
+from dashlib.guidance import Guidance
 from dashlib.images import grid_image
 from dashlib.pipeline import Budget
 from dashlib.report import MeanStd, Provenance, Shown, save_figure, save_table
@@ -45,16 +46,15 @@ def _save(fig: Any, b: Budget, folder: str | Path, name: str, title: str, claims
 def f1_sample_grids(b: Budget, models: Mapping[str, Artifact], folder: str | Path,
                     seed: int = 42, notebook: str = "02_distillation") -> Path:
     """Every model samples the same classes from the same initial noise."""
-    config = b.preset.sample.with_guidance(b.table_guidance)
+    config, guidance = b.preset.sample, b.guidance
     k = b.preset.teacher.num_classes
     labels = balanced_labels(b.grid_per_class * k, k)
     grids = {}
     for name, art in models.items():
-        sampler = DDIMSampler(art.diffusion, config)
+        sampler = DDIMSampler(art.diffusion, config, guidance)
         x = sampler.sample(art.model, labels, torch.Generator().manual_seed(seed))
         grids[name] = grid_image(x, labels, k, scale=1 if x.shape[-1] >= 16 else 2)
-    guidance = "TAG" if b.table_guidance == "tag" else f"w = {b.table_guidance}"
-    fig = plots.sample_grids(grids, f"{guidance}, {config.steps} DDIM steps, seed {seed}")
+    fig = plots.sample_grids(grids, f"{guidance.title}, {config.steps} DDIM steps, seed {seed}")
     # The sidecar describes what was drawn: this seed and the sampler's step count, not the
     # evaluation's seeds and DDIM steps.
     base = b.provenance(notebook)
@@ -131,7 +131,7 @@ def guidance_strip(b: Budget, model: Artifact, scales: tuple[float, ...] = (0, 1
     labels = balanced_labels(b.grid_per_class * k, k)
     fig = Figure(figsize=(3.2 * len(scales), 3.6))
     for i, w in enumerate(scales):
-        sampler = DDIMSampler(model.diffusion, b.preset.sample.with_guidance(w))
+        sampler = DDIMSampler(model.diffusion, b.preset.sample, Guidance.parse(w, b.preset.sample))
         x = sampler.sample(model.model, labels, torch.Generator().manual_seed(seed))
         ax = fig.add_subplot(1, len(scales), i + 1)
         ax.imshow(grid_image(x, labels, k, scale=2).permute(1, 2, 0).numpy(), interpolation="nearest")
@@ -226,9 +226,8 @@ def t1_main_results(b: Budget, report: Any, runs: Mapping[str, Run], folder: str
                      "accuracy": _pm(r.get("accuracy_mean"), r.get("accuracy_std")),
                      "rho": _fixed(rho)})
     feature = b.preset.eval.feature_extractor
-    guidance = "TAG" if b.table_guidance == "tag" else f"w = {b.table_guidance}"
     return save_table(rows, T1_COLUMNS, folder, "T1_main_results",
-                      f"Main results ({guidance}, {b.preset.eval.ddim_steps} DDIM steps, "
+                      f"Main results ({b.guidance.title}, {b.preset.eval.ddim_steps} DDIM steps, "
                       f"{b.preset.eval.n_samples} samples; FID/IS in the {feature} feature space; "
                       f"mean ± std over seeds {', '.join(map(str, b.seeds))})",
                       ["C1", "C2", "C3"], _with_classifier(b.provenance(notebook), report))

@@ -17,6 +17,7 @@ from typing import Any
 from dashlib.artifacts import Artifact, load_artifact
 from dashlib.config import ConfigError, Preset, override
 from dashlib.distill import METHODS, distill_many
+from dashlib.guidance import Guidance
 from dashlib.params import check_params
 from dashlib.presets import check, fit_to_data, get_preset
 from dashlib.report import Provenance
@@ -71,10 +72,14 @@ class Budget:
         return self.preset.eval.seeds
 
     @property
-    def table_guidance(self) -> str:
+    def guidance(self) -> Guidance:
         """The guidance of T1, F1 and F6: the preset's sampler (TAG by default)."""
-        s = self.preset.sample
-        return "tag" if s.guidance == "tag" else f"{s.w:g}"
+        return Guidance.from_config(self.preset.sample)
+
+    @property
+    def table_guidance(self) -> str:
+        """`guidance` as its results label ("tag", "3"), the key of its evaluation rows."""
+        return self.guidance.label
 
     def provenance(self, notebook: str) -> Provenance:
         p = self.preset

@@ -141,8 +141,10 @@ def guidance_sweep(rows: Sequence[Mapping[str, Any]], quality: str = "fid",
         tag_x = (max(numeric) + 1.0) if numeric else 0.0
         names = ordered(list(table))
         for i, name in enumerate(names):
-            xs = sorted(float(g) for g in table[name] if g != "tag")
-            stats = [mean_std(table[name][f"{x:g}"]) for x in xs]
+            # each constant w's own label, not one rebuilt from w (a label need not be f"{w:g}")
+            points = sorted((float(g), g) for g in table[name] if g != "tag")
+            xs = [x for x, _ in points]
+            stats = [mean_std(table[name][g]) for _, g in points]
             if xs:
                 ax.errorbar(xs, [s[0] for s in stats], yerr=[s[1] for s in stats], marker="o",
                             ms=4, lw=_lw(name), capsize=2, color=colour(name), label=name)

@@ -25,7 +25,7 @@ from torch import Tensor, nn
 
 from dashlib.config import ConfigError, SampleConfig
 from dashlib.diffusion import Diffusion
-from dashlib.guidance import guidance_scale, guided_eps
+from dashlib.guidance import Guidance, guided_eps
 from dashlib.registry import Registry
 
 SPACINGS: Registry[Callable[[int, int], Tensor]] = Registry("timestep spacing")
@@ -51,18 +51,20 @@ def ddim_timesteps(T: int, steps: int, spacing: str = "linspace") -> Tensor:
 
 
 class DDIMSampler:
-    """Draws samples for class labels y, chunked into `config.batch_size` rows."""
+    """Draws samples for class labels y, chunked into `config.batch_size` rows, guided by
+    `guidance` (default: the one `config` selects, `Guidance.from_config(config)`)."""
 
-    def __init__(self, diffusion: Diffusion, config: SampleConfig) -> None:
+    def __init__(self, diffusion: Diffusion, config: SampleConfig, guidance: Guidance | None = None) -> None:
         self.diffusion = diffusion
         self.config = config
+        self.guidance = guidance if guidance is not None else Guidance.from_config(config)
         self.timesteps = ddim_timesteps(diffusion.T, config.steps, config.spacing)
         a = diffusion.alpha_bar.float()
         self.a_t = a[self.timesteps]
         self.a_prev = torch.cat([a[self.timesteps[1:]], torch.ones(1)])
         eta = config.eta
         self.sigma = eta * ((1 - self.a_prev) / (1 - self.a_t) * (1 - self.a_t / self.a_prev)).sqrt()
-        self.w = guidance_scale(config, self.timesteps, diffusion.T)
+        self.w = self.guidance.scale(self.timesteps, diffusion.T)
 
     def initial_noise(self, n: int, shape: tuple[int, int, int], generator: torch.Generator) -> Tensor:
         """x_T (n, C, H, W), drawn for all samples at once so chunking never changes it."""

@@ -80,7 +80,7 @@ def test_two_worker_processes_agree_with_one(tiny, small_eval):
 
 def test_samples_are_balanced_and_seeded(tiny):
     artifact = load_artifact(fake_run(tiny))
-    config = tiny.sample.with_guidance(2.0)
+    config = dataclasses.replace(tiny.sample, guidance="constant", w=2.0)
     a, labels = sample_images(artifact, config, 12, seed=5)
     b, _ = sample_images(artifact, config, 12, seed=5)
     c, _ = sample_images(artifact, config, 12, seed=6)

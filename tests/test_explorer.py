@@ -165,7 +165,7 @@ def test_run_ddim_fills_the_sample_column_with_each_models_sample(setup):
     col = COLUMNS.index("DDIM sample")
     pending = _tile(ex.image.value, 0, col)
     ex.run_ddim()
-    state, config = ex.state(), ex.sample_config(ex.state())
+    state, config = ex.state(), ex.guidance(ex.state())
     got = {n: ex.samples.lookup(n, config, state.y, state.seed) for n in ex.rows(state)}
     assert all(s is not None and s.shape == (1, 8, 8) for s in got.values())
     torch.testing.assert_close(got["teacher"], got["copy"])  # same model, same x_T

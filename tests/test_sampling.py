@@ -1,8 +1,11 @@
+import dataclasses
+
 import pytest
 import torch
 
 from dashlib.config import SampleConfig
 from dashlib.diffusion import Diffusion
+from dashlib.guidance import Guidance
 from dashlib.sampling import DDIMSampler, balanced_labels, ddim_timesteps
 
 
@@ -75,3 +78,16 @@ def test_single_step_returns_x0_prediction(setup):
         eps = model(x, t, y)
         out, _ = sampler.denoise(model, x, y, torch.Generator())
     torch.testing.assert_close(out, diffusion.x0_from_eps(x, t, eps), atol=1e-4, rtol=1e-4)
+
+
+def test_the_sampler_follows_the_guidance_it_is_given(setup):
+    diffusion, model = setup
+    config = SampleConfig(steps=4, guidance="tag")
+    y, seed = torch.arange(4) % 2, 5
+    given = DDIMSampler(diffusion, config, Guidance.parse(3, config))
+    assert torch.equal(given.w, torch.full((len(given.timesteps),), 3.0))
+    same = DDIMSampler(diffusion, dataclasses.replace(config, guidance="constant", w=3.0))
+    a = given.sample(model, y, torch.Generator().manual_seed(seed))
+    b = same.sample(model, y, torch.Generator().manual_seed(seed))
+    c = DDIMSampler(diffusion, config).sample(model, y, torch.Generator().manual_seed(seed))
+    assert torch.equal(a, b) and not torch.equal(a, c)

@@ -28,7 +28,7 @@ from dashlib.diffusion import Diffusion
 from dashlib.distill import losses
 from dashlib.distill.pruning import apply_masks, magnitude_prune, prunable
 from dashlib.distill.targets import TeacherTargets
-from dashlib.guidance import branches, cfg_combine, guidance_scale
+from dashlib.guidance import Guidance, branches, cfg_combine
 from dashlib.losses import mse_per_sample
 from dashlib.registry import Registry
 from dashlib.teacher import drop_labels
@@ -328,11 +328,11 @@ class SingleHead(DistillObjective):
     uses_targets = True
     has_uncond_branch = False
     reads_sampling_guidance = True
-    defaults = {"sample": SampleConfig()}
+    defaults = {"guidance": Guidance.from_config(SampleConfig())}
 
     @classmethod
     def hyperparameters(cls, config: DistillConfig, sample: SampleConfig) -> dict[str, Any]:
-        return {"sample": sample}
+        return {"guidance": Guidance.from_config(sample)}
 
     @classmethod
     def term_weights(cls, hyper: Mapping[str, Any]) -> dict[str, float]:
@@ -344,7 +344,7 @@ class SingleHead(DistillObjective):
 
     def terms(self, batch: Batch, x_t: Tensor) -> dict[str, Tensor]:
         cond_t, uncond_t = self.teacher_branches(batch, x_t)
-        w = guidance_scale(self.hyper["sample"], batch.t, self.diffusion.T)
+        w = self.hyper["guidance"].scale(batch.t, self.diffusion.T)
         target = cfg_combine(cond_t, uncond_t, w)
         return {"guided": mse_per_sample(self.model(x_t, batch.t, batch.y), target)}
 

@@ -13,12 +13,13 @@ from torch import Tensor, nn
 
 from dashlib.config import SampleConfig
 from dashlib.diffusion import Diffusion
+from dashlib.guidance import Guidance
 from dashlib.sampling import DDIMSampler
 
 
-def guidance_label(config: SampleConfig) -> str:
-    """'TAG' or 'w=3' for a sample config."""
-    return "TAG" if config.guidance == "tag" else f"w={config.w:g}"
+def guidance_label(guidance: Guidance) -> str:
+    """'TAG' or 'w=3' for a guidance setting."""
+    return "TAG" if guidance.constant is None else f"w={guidance.constant:g}"
 
 
 @dataclass(frozen=True)
@@ -28,14 +29,14 @@ class SampleKey:
     name: str
     y: int
     seed: int
-    guidance: str
+    guidance: Guidance
     steps: int
 
 
-def final_sample(model: nn.Module, diffusion: Diffusion, config: SampleConfig, y: int,
-                 seed: int) -> Tensor:
+def final_sample(model: nn.Module, diffusion: Diffusion, config: SampleConfig, guidance: Guidance,
+                 y: int, seed: int) -> Tensor:
     """The DDIM sample (C, H, W) in [-1, 1] for class y from x_T seeded by `seed`."""
-    sampler = DDIMSampler(diffusion, config)
+    sampler = DDIMSampler(diffusion, config, guidance)
     device = next(model.parameters()).device
     samples, _ = sampler.sample_trajectory(model, torch.tensor([y], device=device),
                                            torch.Generator().manual_seed(seed))
@@ -43,20 +44,22 @@ def final_sample(model: nn.Module, diffusion: Diffusion, config: SampleConfig, y
 
 
 class SampleCache:
-    """Final samples keyed by `SampleKey`, so revisiting a setting shows its sample again."""
+    """Final samples of one sampler `config` keyed by `SampleKey`, so revisiting a setting
+    shows its sample again."""
 
-    def __init__(self) -> None:
+    def __init__(self, config: SampleConfig) -> None:
+        self.config = config
         self._samples: dict[SampleKey, Tensor] = {}
 
-    def key(self, name: str, config: SampleConfig, y: int, seed: int) -> SampleKey:
-        return SampleKey(name, y, seed, guidance_label(config), config.steps)
+    def key(self, name: str, guidance: Guidance, y: int, seed: int) -> SampleKey:
+        return SampleKey(name, y, seed, guidance, self.config.steps)
 
-    def lookup(self, name: str, config: SampleConfig, y: int, seed: int) -> Tensor | None:
-        return self._samples.get(self.key(name, config, y, seed))
+    def lookup(self, name: str, guidance: Guidance, y: int, seed: int) -> Tensor | None:
+        return self._samples.get(self.key(name, guidance, y, seed))
 
-    def run(self, name: str, model: nn.Module, diffusion: Diffusion, config: SampleConfig,
+    def run(self, name: str, model: nn.Module, diffusion: Diffusion, guidance: Guidance,
             y: int, seed: int) -> Tensor:
-        key = self.key(name, config, y, seed)
+        key = self.key(name, guidance, y, seed)
         if key not in self._samples:
-            self._samples[key] = final_sample(model, diffusion, config, y, seed)
+            self._samples[key] = final_sample(model, diffusion, self.config, guidance, y, seed)
         return self._samples[key]

@@ -37,7 +37,7 @@ from dashlib.explorer.probe import (
 )
 from dashlib.explorer.render import Profile, fmt, png_bytes, render_panels
 from dashlib.explorer.trajectory import SampleCache, guidance_label
-from dashlib.guidance import guidance_scale
+from dashlib.guidance import Guidance
 
 TEACHER = "teacher"
 
@@ -109,7 +109,7 @@ class BranchExplorer:
         self.profile_t = profile_timesteps(teacher.diffusion.T, profile_points)
         self.profile_rows = min(profile_rows, n_stats)
         self._profiles: dict[tuple[int, int], GapProfile] = {}
-        self.cache, self.samples = BranchCache(), SampleCache()
+        self.cache, self.samples = BranchCache(), SampleCache(sample)
         self.timings: list[float] = []
         T = self.diffusion.T
         initial = ExplorerState(tuple(students), y, T // 2 if t is None else t, seed, guidance,
@@ -167,13 +167,14 @@ class BranchExplorer:
             else:
                 self.controls[name].value = value
 
-    def sample_config(self, state: ExplorerState) -> SampleConfig:
-        return self.sample.with_guidance("tag" if state.guidance == "tag" else state.w)
+    def guidance(self, state: ExplorerState) -> Guidance:
+        """The selected guidance: constant at the w slider, or TAG with `sample`'s parameters."""
+        return Guidance.parse("tag" if state.guidance == "tag" else state.w, self.sample)
 
     def w_at(self, state: ExplorerState) -> float:
         """The guidance scale used at the selected timestep (constant w or TAG's w(t))."""
         t = torch.tensor([state.t])
-        return float(guidance_scale(self.sample_config(state), t, self.diffusion.T)[0])
+        return float(self.guidance(state).scale(t, self.diffusion.T)[0])
 
     def rows(self, state: ExplorerState) -> list[str]:
         return [TEACHER, *state.students]
@@ -213,11 +214,11 @@ class BranchExplorer:
         try:
             state = self.state()
             views = self.views(state)
-            config = self.sample_config(state)
-            samples = [self.samples.lookup(n, config, state.y, state.seed) for n in self.rows(state)]
+            guidance = self.guidance(state)
+            samples = [self.samples.lookup(n, guidance, state.y, state.seed) for n in self.rows(state)]
             ab = float(self.diffusion.alpha_bar[state.t])
             title = (f"{self.title}  class {state.y}, t = {state.t} (alpha_bar {ab:.3f}), "
-                     f"seed {state.seed}, guidance {guidance_label(config)}").strip()
+                     f"seed {state.seed}, guidance {guidance_label(guidance)}").strip()
             gaps = self.profile(state)
             scale = None if state.per_t_scale else gaps.peak
             self.image.value = png_bytes(render_panels(views, samples, title, scale=scale,
@@ -245,13 +246,13 @@ class BranchExplorer:
     def run_ddim(self) -> None:
         """Sample every shown model from the same seeded x_T, then redraw."""
         state = self.state()
-        config = self.sample_config(state)
+        guidance = self.guidance(state)
         self.run_button.disabled = True
-        self.status.value = f"running {config.steps}-step DDIM ({guidance_label(config)}) ..."
+        self.status.value = f"running {self.sample.steps}-step DDIM ({guidance_label(guidance)}) ..."
         try:
             for name in self.rows(state):
                 art = self.models[name]
-                self.samples.run(name, art.model, art.diffusion, config, state.y, state.seed)
+                self.samples.run(name, art.model, art.diffusion, guidance, state.y, state.seed)
         finally:
             self.run_button.disabled = False
         self.redraw()

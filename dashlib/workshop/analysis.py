@@ -13,24 +13,24 @@ from torch import Tensor
 from dashlib.calibration import gap_metrics
 from dashlib.config import SampleConfig
 from dashlib.diffusion import Diffusion
-from dashlib.guidance import branches
+from dashlib.guidance import Guidance, branches
 from dashlib.sampling import DDIMSampler
 from dashlib.workshop.mlp import ToyMLP
 from dashlib.workshop.toy import ToyConfig, mode_centers, sample_data
 from dashlib.workshop.train import Workshop, draw_batch, student_terms
 
 
-def toy_sample_config(config: ToyConfig, guidance: str | float) -> SampleConfig:
-    """DDIM (eta 0) with constant w or TAG, x_0 clipped to [-1, 1]."""
-    base = SampleConfig(steps=config.ddim_steps, eta=0.0, clip_x0=True, batch_size=1 << 20)
-    return base.with_guidance(guidance)
+def toy_sample_config(config: ToyConfig) -> SampleConfig:
+    """DDIM (eta 0), x_0 clipped to [-1, 1]; its TAG parameters are SampleConfig's defaults."""
+    return SampleConfig(steps=config.ddim_steps, eta=0.0, clip_x0=True, batch_size=1 << 20)
 
 
 @torch.no_grad()
 def sample_toy(model: ToyMLP, diffusion: Diffusion, config: ToyConfig, y: Tensor,
-               guidance: str | float, generator: torch.Generator) -> Tensor:
-    """Samples (N, 2) for labels y (N,), guided at constant w (a number) or "tag"."""
-    sampler = DDIMSampler(diffusion, toy_sample_config(config, guidance))
+               guidance: Guidance | str | float, generator: torch.Generator) -> Tensor:
+    """Samples (N, 2) for labels y (N,), guided at constant w (a number), "tag" or a Guidance."""
+    base = toy_sample_config(config)
+    sampler = DDIMSampler(diffusion, base, Guidance.parse(guidance, base))
     x_T = torch.randn(len(y), 2, generator=generator)
     return sampler.denoise(model, x_T, y, generator)[0]
 

@@ -18,6 +18,7 @@ from matplotlib.figure import Figure
 from torch import Tensor
 
 from dashlib import report
+from dashlib.guidance import Guidance
 from dashlib.io import atomic_write_bytes
 from dashlib.report import Provenance
 from dashlib.workshop.analysis import (
@@ -27,6 +28,7 @@ from dashlib.workshop.analysis import (
     gap_profile,
     on_mode,
     sample_toy,
+    toy_sample_config,
 )
 from dashlib.workshop.toy import ToyConfig, mode_centers, sample_data
 from dashlib.workshop.train import Workshop
@@ -86,7 +88,7 @@ def plot_fields(shop: Workshop, t: int, y: int, extent: float = 1.05, n: int = 1
     return fig
 
 
-def plot_samples(shop: Workshop, guidance: Sequence[str | float] = (0, 1, 3, "tag"),
+def plot_samples(shop: Workshop, guidance: Sequence[Guidance | str | float] = (0, 1, 3, "tag"),
                  n_per_class: int | None = None, seed: int = 0) -> Figure:
     """Rows: models; columns: guidance (constant w or "tag"); colour = requested class.
 
@@ -99,16 +101,17 @@ def plot_samples(shop: Workshop, guidance: Sequence[str | float] = (0, 1, 3, "ta
     extent = 1.05
     fig, axes = plt.subplots(len(shop.models), len(guidance),
                              figsize=(2.8 * len(guidance), 2.9 * len(shop.models)), squeeze=False)
+    base = toy_sample_config(shop.config)
+    settings = [Guidance.parse(g, base) for g in guidance]
     for i, (name, model) in enumerate(shop.models.items()):
-        for j, w in enumerate(guidance):
-            x = sample_toy(model, shop.diffusion, shop.config, y, w, torch.Generator().manual_seed(seed))
+        for j, g in enumerate(settings):
+            x = sample_toy(model, shop.diffusion, shop.config, y, g, torch.Generator().manual_seed(seed))
             ax = axes[i, j]
             draw_modes(ax, shop.config)
             ax.scatter(x[:, 0], x[:, 1], s=3, c=[COLORS[c] for c in y.tolist()], zorder=2)
             style(ax, extent)
-            label = "TAG" if w == "tag" else f"w = {w}"
             acc, hit = class_accuracy(x, y, shop.config), on_mode(x, y, shop.config)
-            ax.set_title(f"{label}: class {acc:.0%}, on a mode {hit:.0%}", fontsize=9)
+            ax.set_title(f"{g.title}: class {acc:.0%}, on a mode {hit:.0%}", fontsize=9)
         axes[i, 0].set_ylabel(name)
     fig.suptitle("DDIM samples, coloured by the class asked for")
     fig.tight_layout()
