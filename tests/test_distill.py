@@ -216,3 +216,19 @@ def test_targets_replay_the_trainers_batches(tiny):
         half = batch.rows(slice(8, 16))  # a later rank's rows map to the same entries
         torch.testing.assert_close(table.branches(half)[0], cond[8:16])
         torch.testing.assert_close(table.branches(batch)[1], uncond)
+
+
+def test_fitnets_adapters_depend_on_the_seed_not_on_the_global_rng(tiny, tiny_model):
+    # the global RNG's seed differs between processes; the adapters must not follow it
+    diffusion = Diffusion(tiny.diffusion)
+    cls = METHODS.get("fitnets")
+
+    def adapters(seed, global_seed):
+        torch.manual_seed(global_seed)
+        cfg = dataclasses.replace(resolve_config(tiny, "fitnets"), seed=seed)
+        objective = cls.from_config(copy.deepcopy(tiny_model), tiny_model,
+                                    make_weighting("uniform", diffusion), diffusion, cfg, tiny.sample)
+        return torch.cat([p.detach().flatten() for p in objective.adapters.parameters()])
+
+    assert torch.equal(adapters(0, 1), adapters(0, 2))
+    assert not torch.equal(adapters(0, 1), adapters(1, 1))

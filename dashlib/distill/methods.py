@@ -152,6 +152,9 @@ class DistillObjective(Objective):
                            batch.u[:, 0], batch.u_batch[0], "sample")
 
 
+#: Added to the run's seed for FitNets' adapters, so they do not share the student's draws.
+ADAPTER_SEED_OFFSET = 1_000_003
+
 #: Hyperparameters of the output-level methods that may feed null rows (`labels`).
 NULL_ROWS = {"null_rows": False, "label_dropout": 0.1}
 
@@ -240,15 +243,20 @@ class FitNets(DistillObjective):
     L = |eps_S(x_t,t,y) - eps_T(x_t,t,y)|^2 + beta sum_l |A_l(h_S,l) - h_T,l|^2,
     h_l the output of every UNet level and of the middle block (conditional
     pass), A_l a learned 1x1 conv from student to teacher width, beta =
-    `feature_weight`."""
+    `feature_weight`. The adapters start from `seed` (the run's), so a run is
+    the same in every process."""
 
-    defaults = {**NULL_ROWS, "feature_weight": 1.0}
+    defaults = {**NULL_ROWS, "feature_weight": 1.0, "seed": 0}
 
     def __init__(self, student: UNet, teacher: UNet, *parts: Any, **hyper: Any) -> None:
         super().__init__(student, teacher, *parts, **hyper)
-        self.adapters = nn.ModuleList(
-            nn.Conv2d(cs, ct, 1) for cs, ct in
-            zip(feature_channels(student.config), feature_channels(teacher.config)))
+        # nn.Conv2d draws its initial weights from the global RNG, whose seed differs
+        # between processes; a forked, seeded RNG makes them a function of the run's seed.
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(self.hyper["seed"] + ADAPTER_SEED_OFFSET)
+            self.adapters = nn.ModuleList(
+                nn.Conv2d(cs, ct, 1) for cs, ct in
+                zip(feature_channels(student.config), feature_channels(teacher.config)))
 
     @classmethod
     def term_weights(cls, hyper: Mapping[str, Any]) -> dict[str, float]:
