@@ -15,6 +15,7 @@ so a changed folder is read again.
 from __future__ import annotations
 
 import hashlib
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -116,16 +117,30 @@ def _cache_key(samples: list[tuple[str, int]], size: int, channels: int) -> str:
     return digest.hexdigest()[:16]
 
 
+def _read_cache(path: Path) -> FolderImages | None:
+    """The cached decoded split, or None (one warning) when the file is truncated or
+    corrupt, so it is decoded again; a file refused as unsafe still raises."""
+    from dashlib.io import UnreadableCheckpointError, load_checkpoint
+
+    try:
+        saved = load_checkpoint(path)
+        return FolderImages(saved["x"], saved["y"], tuple(saved["classes"]))
+    except (UnreadableCheckpointError, KeyError) as err:
+        warnings.warn(f"discarding the unreadable image cache {path} ({err}); decoding the images again",
+                      stacklevel=3)
+        return None
+
+
 def read_split(folder: Path, size: int, channels: int, cache_dir: Path | None,
                progress: bool = True) -> FolderImages:
     """Every image of one split folder, decoded (or read from the cache)."""
-    from dashlib.io import atomic_torch_save, load_checkpoint
+    from dashlib.io import atomic_torch_save
 
     samples, classes = _samples(folder)
     cache = cache_dir / f"imagefolder-{_cache_key(samples, size, channels)}.pt" if cache_dir else None
-    if cache is not None and cache.is_file():
-        saved = load_checkpoint(cache)
-        return FolderImages(saved["x"], saved["y"], tuple(saved["classes"]))
+    saved = _read_cache(cache) if cache is not None and cache.is_file() else None
+    if saved is not None:
+        return saved
     bar = tqdm(samples, desc=f"decode {folder.name}", disable=not progress or len(samples) < 2000,
                dynamic_ncols=True)
     x = torch.from_numpy(np.stack([_decode(path, size, channels) for path, _ in bar]))

@@ -152,6 +152,11 @@ def read_json_object(path: str | Path) -> dict[str, Any]:
     return data
 
 
+class UnreadableCheckpointError(CheckpointError):
+    """A checkpoint file that is truncated, corrupt or not a dash dict (as opposed to
+    one refused as unsafe): a cache may recompute it instead of failing."""
+
+
 def load_checkpoint(path: str | Path) -> dict[str, Any]:
     """Load a checkpoint safely (weights_only=True) with errors that say what to do."""
     path = Path(path)
@@ -167,13 +172,14 @@ def load_checkpoint(path: str | Path) -> dict[str, Any]:
             f"delete the file and retrain (--force) if it is yours."
         ) from None
     except (RuntimeError, EOFError, OSError, ValueError) as err:
-        raise CheckpointError(
+        raise UnreadableCheckpointError(
             f"{path} is not a readable checkpoint (truncated or corrupt: "
             f"{type(err).__name__}: {str(err).splitlines()[0] if str(err) else ''}). "
             f"Delete it and rerun with --force, or restore it from a backup."
         ) from None
     if not isinstance(obj, dict):
-        raise CheckpointError(f"{path} is not a dash checkpoint (a {type(obj).__name__}, not a dict)")
+        raise UnreadableCheckpointError(
+            f"{path} is not a dash checkpoint (a {type(obj).__name__}, not a dict)")
     return obj
 
 

@@ -87,6 +87,20 @@ def test_image_folder_is_cached_and_reread_when_it_changes(tmp_path, monkeypatch
     assert load_dataset(config).num_classes == 4
 
 
+def test_a_truncated_image_cache_is_decoded_again_with_a_warning(tmp_path):
+    root = write_folder(tmp_path / "pets", COLOURS, per_class=4)
+    config = DataConfig(name="imagefolder", data_root=str(root))
+    first = load_dataset(config)
+    caches = sorted((tmp_path / "runs" / "data-cache").glob("imagefolder-*.pt"))
+    assert caches, "the decoded images were not cached"
+    for cache in caches:  # a killed write or a full disk leaves a cut-off file
+        cache.write_bytes(cache.read_bytes()[:100])
+    with pytest.warns(UserWarning, match="unreadable image cache"):
+        again = load_dataset(config)
+    assert torch.equal(again.train.x, first.train.x)
+    assert load_dataset(config).num_classes == 3  # rewritten: read without a warning
+
+
 @pytest.mark.parametrize("layout, message", [
     ("missing", "does not exist"), ("one class", "at least 2"), ("one image", "at least 2"),
 ])
