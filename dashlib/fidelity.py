@@ -35,6 +35,7 @@ import hashlib
 import io
 import pickle
 import sys
+import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -342,8 +343,24 @@ def reference_features(reference: Reference, extractor: Extractor, fe: FeatureEx
     out = features(reference.images, fe, cuda)
     stats = fid_features_to_statistics(out[fid_layer])
     out.update(fid_mu=torch.from_numpy(stats["mu"]), fid_sigma=torch.from_numpy(stats["sigma"]))
+    remove_stale_cache_temps(path.parent)
     atomic_torch_save({"version": CACHE_VERSION, **out}, path)
     return out
+
+
+#: A cache temp file this old (seconds) is stale: writing one takes seconds, and concurrent
+#: evaluations share the folder, so younger ones may still be being written.
+STALE_TEMP_AGE_S = 24 * 3600
+
+
+def remove_stale_cache_temps(folder: Path, now: float | None = None) -> list[Path]:
+    """Delete the `.*.tmp` files a killed cache write left in `folder`, once older than
+    `STALE_TEMP_AGE_S` (a full-size feature file each)."""
+    now = time.time() if now is None else now
+    stale = [p for p in folder.glob(".*.tmp") if now - p.stat().st_mtime > STALE_TEMP_AGE_S]
+    for p in stale:
+        p.unlink(missing_ok=True)
+    return stale
 
 
 def fidelity_metrics(samples: Tensor, reference: Reference, extractor: Extractor,

@@ -479,3 +479,18 @@ def test_the_workshop_refuses_mistyped_parameters():
     with pytest.raises(ParameterError, match="guidance_scales"):
         check_params(guidance_scales=[0, "3"])
     assert toy_config_for("digits", quick=True) != toy_config_for("digits", quick=False)
+
+
+def test_stale_fidelity_cache_temps_are_swept_fresh_ones_kept(tmp_path):
+    import os
+    import time
+
+    from dashlib.fidelity import STALE_TEMP_AGE_S, remove_stale_cache_temps
+
+    old, fresh, kept = (tmp_path / ".ref.pt.a.tmp", tmp_path / ".ref.pt.b.tmp", tmp_path / "ref.pt")
+    for p in (old, fresh, kept):
+        p.write_bytes(b"x")
+    long_ago = time.time() - STALE_TEMP_AGE_S - 60
+    os.utime(old, (long_ago, long_ago))
+    assert remove_stale_cache_temps(tmp_path) == [old]
+    assert not old.exists() and fresh.exists() and kept.exists()
