@@ -292,7 +292,7 @@ def refresh(state: dict[str, Any], parts: Sequence[SweepPart]) -> None:
     state["total_wall_s"] = sum(s["wall_s"] for s in state["sessions"])
     state["git_commit"] = git_commit()
     state["summary"] = summarize(state["cells"].values())
-    state["verdicts"] = verdicts(state["summary"])
+    state["verdicts"] = verdicts(state["summary"], {p.preset: set(p.variants) for p in parts})
 
 
 # --- summaries and verdicts -------------------------------------------------------------
@@ -379,8 +379,11 @@ def verdict(a: tuple[float | None, float | None], b: tuple[float | None, float |
     return {"verdict": word, "margin": margin, "spread": spread}
 
 
-def verdicts(summary: Sequence[Mapping[str, Any]]) -> list[dict[str, Any]]:
-    """Every comparison at every (preset, budget) where either side was run."""
+def verdicts(summary: Sequence[Mapping[str, Any]],
+             planned: Mapping[str, set[str]] | None = None) -> list[dict[str, Any]]:
+    """Every comparison at every (preset, budget) where either side was run; with
+    `planned` (preset -> the variants its plan runs), only comparisons whose two
+    sides are both in that preset's plan (the others would read "missing" forever)."""
     index = {(e["preset"], e["variant"], e["budget"]): e for e in summary}
     keys = sorted({(e["preset"], e["budget"]) for e in summary})
     out = []
@@ -388,6 +391,8 @@ def verdicts(summary: Sequence[Mapping[str, Any]]) -> list[dict[str, Any]]:
         for c in COMPARISONS:
             ea, eb = index.get((preset, c.a, budget)), index.get((preset, c.b, budget))
             if ea is None and eb is None:
+                continue
+            if planned is not None and not {c.a, c.b} <= planned.get(preset, set()):
                 continue
             v = verdict(_metric(ea or {}, c.metric), _metric(eb or {}, c.metric), c.higher_better)
             out.append({"preset": preset, "budget": budget, "comparison": c.name, "claim": c.claim,

@@ -46,6 +46,11 @@ def test_verdicts_per_budget_from_cells():
     assert c2 == {10: "holds", 20: "refuted"}
     missing = [v for v in out if v["comparison"].startswith("DASH beats cond-only")]
     assert missing and all(v["verdict"] == "missing" for v in missing)
+    # a comparison whose side is not in the preset's plan is left out, not "missing"
+    planned = claims.verdicts(claims.summarize(cells), {"p": {"dash", "scratch"}})
+    names = {v["comparison"] for v in planned}
+    assert "C2: DASH beats scratch (FID)" in names
+    assert not any(n.startswith("DASH beats cond-only") for n in names)
 
 
 def test_sweep_plan_is_the_issue_grid():
@@ -92,7 +97,7 @@ def test_variants_set_the_students_weighting():
 
 def test_sweep_is_resumable_and_reuses_finished_cells(tmp_path, monkeypatch):
     monkeypatch.setenv("DASH_RUNS", str(tmp_path / "runs"))
-    part = claims.SweepPart("tiny", (2,), (0, 1), ("cond-only", "dash-no-tirt"))
+    part = claims.SweepPart("tiny", (2,), (0, 1), ("dash", "dash-no-tirt"))
     out = tmp_path / "sweep.json"
     first = claims.run_sweep([part], out, workers=1, device="cpu", progress=False, max_stages=1)
     assert len(first["cells"]) == 2 and len(first["missing"]) == 2 and not first["complete"]
