@@ -69,11 +69,13 @@ CHANNELS_LAST_MIN_CH: dict[str, int] = {"cuda": 1, "cpu": 16}
 FUSED_ADAMW_DEVICES: tuple[str, ...] = ("cpu", "cuda")
 # Frozen inference graphs: device type -> (smallest, widest) UNet base width `ch` for
 # which sampling through a traced, frozen graph measured faster than eager
-# (bench/freeze_speed.py). A small model's forward on CPU is some 900 operator calls
-# on tiny tensors, so the Python and module overhead the graph removes is a large
-# share of it; a wide model's time is in its convolutions, which freezing leaves as
-# they are. Device types not listed (CUDA: not measured) sample eagerly.
-FREEZE_CH: dict[str, tuple[int, int]] = {"cpu": (1, 16)}
+# (bench/freeze_speed.py, 128-row CFG forward, one thread: 0.81-0.88x at ch 2-16,
+# 0.92x at ch 32, 0.99x at ch 64 and 128, where tracing the teacher also took 32 s).
+# A small model's forward on CPU is some 900-1,300 operator calls on small tensors, so
+# the per-module Python overhead the graph removes is a large share of it; a wide
+# model's time is in its convolutions, which freezing leaves as they are. Device types
+# not listed (CUDA: not measured) sample eagerly.
+FREEZE_CH: dict[str, tuple[int, int]] = {"cpu": (1, 32)}
 
 
 def uses_channels_last(runtime: Runtime, device: torch.device, ch: int | None = None) -> bool:

@@ -58,11 +58,13 @@ def test_rule_tables_pick_the_measured_levers():
     assert adamw_options(torch.device("meta")) == {}
     model = to_channels_last(build_unet(digits.student, 0), auto, CPU)
     assert model.conv_in.weight.is_contiguous(memory_format=torch.channels_last)
-    assert uses_freeze(auto, CPU, digits.student.ch) and not uses_freeze(auto, CPU, digits.teacher.ch)
+    cifar = get_preset("cifar10")
+    assert uses_freeze(auto, CPU, digits.student.ch) and uses_freeze(auto, CPU, digits.teacher.ch)
+    assert not uses_freeze(auto, CPU, cifar.student.ch)
     assert not uses_freeze(auto, torch.device("cuda"), digits.student.ch)
     assert uses_freeze(Runtime(freeze="on"), CPU, 128) and not uses_freeze(Runtime(freeze="off"), CPU, 2)
     assert isinstance(inference_model(build_unet(digits.student, 0).eval(), auto, CPU), FrozenUNet)
-    wide = build_unet(digits.teacher, 0).eval()
+    wide = build_unet(dataclasses.replace(cifar.student, image_size=8, ch_mult=(1,), attn_resolutions=()), 0).eval()
     assert inference_model(wide, auto, CPU) is wide
 
 
