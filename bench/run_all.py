@@ -112,18 +112,35 @@ def _speed(d: dict[str, Any]) -> tuple[list[str], dict[str, Any]]:
 
 
 def _train_step(d: dict[str, Any]) -> tuple[list[str], dict[str, Any]]:
+    compiled = any("compiled" in r["ratio_to_old"] for r in _rows(d))
     lines = ["| model | params | batch | threads (clock) | default / old step (rounds: median [min, max]) | "
-             "channels-last alone | fused AdamW alone |", "|---|---|---|---|---|---|---|"]
+             "channels-last alone | fused AdamW alone |" + (" compiled (first step) |" if compiled else ""),
+             "|---|---|---|---|---|---|---|" + ("---|" if compiled else "")]
     ratios = {}
     for r in _rows(d):
         q = r["ratio_to_old"]
         dflt = q["default"]
+        extra = (f" {q['compiled']['median']:.2f} ({r['compile_first_step_s']:.0f} s) |"
+                 if "compiled" in q else (" - |" if compiled else ""))
         lines.append(f"| {r['preset']} {r['role']} | {r['params'] / 1e6:.2f}M | {r['batch']} | "
                      f"{r['threads']} ({r['clock']}) | "
                      f"{dflt['median']:.2f} [{dflt['min']:.2f}, {dflt['max']:.2f}] | "
-                     f"{q['channels_last_only']['median']:.2f} | {q['fused_only']['median']:.2f} |")
+                     f"{q['channels_last_only']['median']:.2f} | {q['fused_only']['median']:.2f} |" + extra)
         ratios[f"{r['preset']}/{r['role']}@{r['threads']}"] = dflt["median"]
     return lines, {"default_over_old": ratios}
+
+
+def _freeze(d: dict[str, Any]) -> tuple[list[str], dict[str, Any]]:
+    lines = ["| model | ch | rows | clock | frozen / eager forward (rounds: median [min, max]) | "
+             "trace (s) | max abs difference |", "|---|---|---|---|---|---|---|"]
+    ratios = {}
+    for r in _rows(d):
+        q = r["frozen_over_eager"]
+        lines.append(f"| {r['preset']} {r['role']} | {r['ch']} | {r['rows']} | {r['clock']} | "
+                     f"{q['median']:.2f} [{q['min']:.2f}, {q['max']:.2f}] | {r['trace_s']:.1f} | "
+                     f"{r['max_abs_diff']:.1e} |")
+        ratios[f"{r['preset']}/{r['role']}"] = q["median"]
+    return lines, {"frozen_over_eager": ratios}
 
 
 def _memory(d: dict[str, Any]) -> tuple[list[str], dict[str, Any]]:
@@ -152,7 +169,9 @@ def _reproduce(d: dict[str, Any]) -> tuple[list[str], dict[str, Any]]:
 FORMATTERS: dict[str, Callable[[dict[str, Any]], tuple[list[str], dict[str, Any]]]] = {
     "train_throughput": _throughput, "sampler_overhead": _overhead, "distill_step": _distill,
     "sampling_speed": _speed, "peak_memory": _memory, "gpu_hours": _gpu_hours,
+    "sampling_speed_eager": _speed, "freeze_speed": _freeze,
     "train_step_speed": _train_step, "train_step_speed_small": _train_step,
+    "train_step_speed_compile_student": _train_step, "train_step_speed_compile_teacher": _train_step,
     "reproduce_time": _reproduce, "reproduce_quick_time": _reproduce,
 }
 

@@ -16,7 +16,9 @@ on a shared machine biases neither.
 
 With `--sample-amp` the models run under autocast on CUDA (default: fp32, as
 `dash sample`); `--compile` adds torch.compile (its compile time, the first
-call's, is reported). Each (thread count, preset) row also holds the per-round
+call's, is reported); `--freeze` sets the frozen-graph rule (default auto:
+`dashlib.runtime.FREEZE_CH`; the first call, which traces, is a warm-up
+round). Each (thread count, preset) row also holds the per-round
 speedup_over_flops (median, min, max, spread = (max - min) / median) and the
 JSON the load average at start and end. Latencies are wall-clock medians; the
 speedups use the process's CPU clock at one thread on CPU (it leaves out the
@@ -113,6 +115,8 @@ def main() -> None:
     ap.add_argument("--compile", action="store_true", help="torch.compile both UNets")
     ap.add_argument("--channels-last", default="auto", choices=("auto", "on", "off"),
                     help="layout (default auto: dashlib.runtime's rule table)")
+    ap.add_argument("--freeze", default="auto", choices=("auto", "on", "off"),
+                    help="frozen TorchScript graphs (default auto: dashlib.runtime's rule table)")
     ap.add_argument("--sample-amp", default="none", choices=("none", "auto", "bf16", "fp16"))
     ap.add_argument("--device", default="auto")
     ap.add_argument("--name", default="sampling_speed", help="JSON file name in bench/results")
@@ -121,7 +125,7 @@ def main() -> None:
     args = ap.parse_args()
     device = resolve_device(args.device)
     runtime = Runtime(sample_amp=args.sample_amp, compile=args.compile,
-                      channels_last=args.channels_last)
+                      channels_last=args.channels_last, freeze=args.freeze)
     presets = args.presets
     big_steps = args.steps_cifar or (args.steps if device.type == "cuda" else 2)
     load_start, rows = load_average(), []
@@ -136,7 +140,7 @@ def main() -> None:
             r = compare(name, args.batch, steps, device, runtime, args.repeat, cpu_clock)
             rows.append({"preset": name, "threads": torch.get_num_threads(), "batch": args.batch,
                          "steps": steps, "sample_amp": args.sample_amp, "compile": args.compile,
-                         "channels_last": args.channels_last,
+                         "channels_last": args.channels_last, "freeze": args.freeze,
                          **r})
             o = r["speedup_over_flops_rounds"]
             print(f"{torch.get_num_threads()} thr {name:8s} teacher {r['teacher_latency_s']:.2f} s, "

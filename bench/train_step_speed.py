@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import argparse
 import statistics
+import time
 import types
 from collections.abc import Callable
 
@@ -62,15 +63,19 @@ VARIANTS: dict[str, dict[str, bool]] = {
     "fused_only": {"old_attention": True, "channels_last": False, "fused": True},
     "default": {"old_attention": False, "channels_last": None, "fused": True},
 }
+# With --compile: the default path with the UNet compiled (torch.compile, inductor).
+COMPILED = {"compiled": {"old_attention": False, "channels_last": None, "fused": True, "compiled": True}}
 
 
 def train_step(cfg, diffusion: Diffusion, batch: int, device: torch.device, old_attention: bool,
-               channels_last: bool | None, fused: bool) -> Callable[[], None]:
+               channels_last: bool | None, fused: bool, compiled: bool = False) -> Callable[[], None]:
     model = build_unet(cfg, seed=0).to(device).train()
     if old_attention:
         with_old_attention(model)
     layout = "auto" if channels_last is None else ("on" if channels_last else "off")
     to_channels_last(model, Runtime(channels_last=layout), device)
+    if compiled:
+        model.compile()
     opt = torch.optim.AdamW(model.parameters(), lr=1e-4, weight_decay=0.0,
                             **(adamw_options(device) if fused else {}))
     g = torch.Generator().manual_seed(0)
@@ -90,17 +95,27 @@ def train_step(cfg, diffusion: Diffusion, batch: int, device: torch.device, old_
     return step
 
 
+def first_call_s(step: Callable[[], None]) -> float:
+    """Wall seconds of the first step (with torch.compile: compiling forward and backward)."""
+    t0 = time.perf_counter()
+    step()
+    return time.perf_counter() - t0
+
+
 def compare(preset: str, role: str, batch: int, device: torch.device, repeat: int,
-            cpu_clock: bool) -> dict:
+            cpu_clock: bool, compiled: bool = False) -> dict:
     p = get_preset(preset)
     cfg, diffusion = getattr(p, role), Diffusion(p.diffusion)
-    steps = {name: train_step(cfg, diffusion, batch, device, **v) for name, v in VARIANTS.items()}
-    clocks = interleaved_rounds(steps, repeat=repeat, warmup=1)
+    variants = {**VARIANTS, **(COMPILED if compiled else {})}
+    steps = {name: train_step(cfg, diffusion, batch, device, **v) for name, v in variants.items()}
     row = {"preset": preset, "role": role, "params": count_params(build_unet(cfg, 0)), "batch": batch}
+    if compiled:
+        row["compile_first_step_s"] = first_call_s(steps["compiled"])
+    clocks = interleaved_rounds(steps, repeat=repeat, warmup=1)
     for clock, times in clocks.items():
         row[f"median_step_s_{clock}"] = {n: statistics.median(t) for n, t in times.items()}
         row[f"ratio_to_old_{clock}"] = {n: ratio_stats(times[n], times["old"])
-                                        for n in VARIANTS if n != "old"}
+                                        for n in variants if n != "old"}
     row["ratio_to_old"] = row["ratio_to_old_cpu" if cpu_clock else "ratio_to_old_wall"]
     return row
 
@@ -114,6 +129,8 @@ def main() -> None:
     ap.add_argument("--repeat", type=int, default=5)
     ap.add_argument("--device", default="cpu")
     ap.add_argument("--name", default="train_step_speed", help="JSON file name in bench/results")
+    ap.add_argument("--compile", action="store_true",
+                    help="add the default path with the UNet torch.compile'd (first step's time reported)")
     args = ap.parse_args()
     device = torch.device(args.device)
     load_start, rows = load_average(), []
@@ -123,7 +140,7 @@ def main() -> None:
             preset, role = spec.split(":")
             cpu_clock = device.type == "cpu" and threads == 1
             row = {"threads": threads, "clock": "cpu" if cpu_clock else "wall",
-                   **compare(preset, role, args.batch, device, args.repeat, cpu_clock)}
+                   **compare(preset, role, args.batch, device, args.repeat, cpu_clock, args.compile)}
             rows.append(row)
             write(args.name, {"device": str(device), "load_average_start": load_start,
                               "load_average_end": load_average(), "rows": rows})
@@ -131,7 +148,9 @@ def main() -> None:
             d = row["ratio_to_old"]["default"]
             print(f"{row['clock']} clock {threads} thr {preset}:{role} default/old {d['median']:.3f} "
                   f"[{d['min']:.3f}, {d['max']:.3f}]  cl {r['channels_last_only']:.3f}"
-                  f"  fused {r['fused_only']:.3f}", flush=True)
+                  f"  fused {r['fused_only']:.3f}"
+                  + (f"  compiled {r['compiled']:.3f} (first step {row['compile_first_step_s']:.0f} s)"
+                     if args.compile else ""), flush=True)
 
 
 if __name__ == "__main__":

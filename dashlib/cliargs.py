@@ -115,6 +115,9 @@ def add_runtime(p: argparse.ArgumentParser) -> None:
     p.add_argument("--compile", action="store_true", help="torch.compile the UNets (slow start)")
     p.add_argument("--channels-last", default="auto", choices=("auto", "on", "off"),
                    help="NHWC memory layout (default auto: by the measured rule table in dashlib.runtime)")
+    p.add_argument("--freeze", default="auto", choices=("auto", "on", "off"),
+                   help="sample through a frozen TorchScript graph (default auto: by the measured rule "
+                        "table in dashlib.runtime, small models on CPU)")
     p.add_argument("--loader-workers", type=int, default=0,
                    help="DataLoader workers gathering and pinning training batches (default 0)")
     p.add_argument("--sample-amp", default="none", choices=("none", "auto", "bf16", "fp16"),
@@ -126,7 +129,8 @@ def runtime_from_args(args: argparse.Namespace) -> Any:
     from dashlib.runtime import Runtime
 
     return Runtime(compile=args.compile, channels_last=args.channels_last,
-                   loader_workers=args.loader_workers, sample_amp=args.sample_amp)
+                   loader_workers=args.loader_workers, sample_amp=args.sample_amp,
+                   freeze=args.freeze)
 
 
 def add_training(p: argparse.ArgumentParser) -> None:

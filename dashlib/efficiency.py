@@ -11,7 +11,8 @@ batch B (64), per model:
   are the cifar teacher / student here to 0.5%).
   A CFG step is one forward of 2B rows; a model without a null branch
   (single-head) runs B rows;
-* ``latency_s``: the median wall time of `repeats` full sampling runs after
+* ``latency_s``: the median wall time of `repeats` full sampling runs (the model
+  prepared as `dash sample` prepares it: `dashlib.runtime.inference_model`) after
   one warm-up run, CUDA-synchronised on GPU, on the device at hand;
 * ``peak_memory_bytes``: on CUDA, `torch.cuda.max_memory_allocated` over one
   run (weights included); on CPU (Linux), the growth of the peak resident set
@@ -41,6 +42,7 @@ from torch.utils.flop_counter import FlopCounterMode
 
 from dashlib.config import DiffusionConfig, ModelConfig, Preset, SampleConfig, from_dict, to_dict
 from dashlib.diffusion import Diffusion
+from dashlib.runtime import Runtime, inference_model
 from dashlib.sampling import DDIMSampler, balanced_labels
 from dashlib.unet import UNet, build_unet, count_params
 
@@ -89,9 +91,11 @@ def _sample_once(model: nn.Module, sampler: DDIMSampler, batch: int, device: tor
 
 
 def latencies(model: UNet, diffusion: Diffusion, config: SampleConfig, batch: int,
-              device: torch.device, repeats: int) -> list[float]:
-    """Wall times (s) of `repeats` full sampling runs after one warm-up run."""
-    model = model.to(device).eval()
+              device: torch.device, repeats: int, runtime: Runtime | None = None) -> list[float]:
+    """Wall times (s) of `repeats` full sampling runs after one warm-up run, with the
+    model prepared as `dash sample` prepares it (`runtime`'s layout, compiling or
+    freezing; the warm-up run pays for tracing or compiling)."""
+    model = inference_model(model.to(device).eval(), runtime or Runtime(), device)
     sampler = DDIMSampler(diffusion, config)
     _sample_once(model, sampler, batch, device)
     times = []
@@ -144,7 +148,7 @@ def peak_memory(model: UNet, diffusion: Diffusion, config: SampleConfig, batch: 
 
 
 def model_cost(model: UNet, diffusion: Diffusion, config: SampleConfig, batch: int,
-               device: torch.device, repeats: int) -> dict[str, Any]:
+               device: torch.device, repeats: int, runtime: Runtime | None = None) -> dict[str, Any]:
     """Params, FLOPs (one step and the whole run), latency and peak memory of one model.
 
     `repeats = 0` skips the timed parts (latency, memory): FLOPs of paper-size
@@ -157,7 +161,7 @@ def model_cost(model: UNet, diffusion: Diffusion, config: SampleConfig, batch: i
         "flops": sampling_flops(model, diffusion, config, batch)}
     out["flops_per_sample"] = out["flops"] / batch
     if repeats > 0:
-        times = latencies(model, diffusion, config, batch, device, repeats)
+        times = latencies(model, diffusion, config, batch, device, repeats, runtime)
         memory, method = peak_memory(model, diffusion, config, batch, device)
         out.update(latency_s=statistics.median(times), latencies_s=times, peak_memory_bytes=memory,
                    peak_memory_method=method)
@@ -177,12 +181,13 @@ def compare(teacher: dict[str, Any], student: dict[str, Any]) -> dict[str, Any]:
 
 
 def efficiency(preset: Preset, teacher: UNet, student: UNet, device: torch.device, steps: int = 50,
-               batch: int = 64, repeats: int = 3) -> dict[str, Any]:
-    """Teacher vs student at the preset's sampler (DDIM, CFG) with `steps` steps at `batch`."""
+               batch: int = 64, repeats: int = 3, runtime: Runtime | None = None) -> dict[str, Any]:
+    """Teacher vs student at the preset's sampler (DDIM, CFG) with `steps` steps at `batch`,
+    each sampled with `runtime`'s speed options (default: dash's rules)."""
     config = dataclasses.replace(preset.sample, steps=steps)
     diffusion = Diffusion(preset.diffusion)
-    t_cost = model_cost(teacher, diffusion, config, batch, device, repeats)
-    s_cost = model_cost(student, diffusion, config, batch, device, repeats)
+    t_cost = model_cost(teacher, diffusion, config, batch, device, repeats, runtime)
+    s_cost = model_cost(student, diffusion, config, batch, device, repeats, runtime)
     return {"preset": preset.name, "device": str(device),
             "device_name": torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu",
             "threads": torch.get_num_threads(), "steps": steps, "batch": batch, "repeats": repeats,

@@ -33,7 +33,6 @@ from __future__ import annotations
 
 import hashlib
 import io
-import pickle
 import sys
 import time
 from collections.abc import Callable
@@ -58,7 +57,7 @@ from dashlib.config import IMAGE_METRICS, ConfigError, DataConfig, to_dict
 from dashlib.data import balanced_subset, load_dataset, to_uint8
 from dashlib.images import save_png
 from dashlib.inception import inception_weights_path, load_inception_state
-from dashlib.io import CheckpointError, atomic_torch_save
+from dashlib.io import UnreadableCheckpointError, atomic_torch_save, load_checkpoint
 from dashlib.registry import Registry
 from dashlib.runs import Run, config_hash, runs_root
 
@@ -308,15 +307,12 @@ def read_reference_cache(path: Path, n_ref: int, layers: list[str]) -> dict[str,
     containers is refused (CheckpointError), never unpickled.
     """
     try:
-        obj = torch.load(path, map_location="cpu", weights_only=True)
-    except pickle.UnpicklingError as err:
-        raise CheckpointError(
-            f"refusing to load the fidelity cache file {path}: it holds objects other than tensors, so "
-            f"loading it could run arbitrary code ({str(err).splitlines()[0]}). dash never writes such a "
-            f"file; delete it (dash recomputes it) and check who wrote it") from None
-    except (RuntimeError, EOFError, OSError, ValueError) as err:
-        _warn(f"discarding unreadable fidelity cache file {path} ({type(err).__name__}: truncated or "
-              f"corrupt); recomputing it")
+        obj = load_checkpoint(path, what="the fidelity cache file",
+                              remedy="dash never writes such a file; delete it (dash recomputes it) and "
+                                     "check who wrote it")
+    except UnreadableCheckpointError as err:
+        _warn(f"discarding unreadable fidelity cache file {path} ({str(err).split(': ', 1)[-1]}); "
+              f"recomputing it")
         return None
     wanted = [*layers, "fid_mu", "fid_sigma"]
     if not (isinstance(obj, dict) and obj.get("version") == CACHE_VERSION

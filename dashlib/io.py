@@ -157,8 +157,17 @@ class UnreadableCheckpointError(CheckpointError):
     one refused as unsafe): a cache may recompute it instead of failing."""
 
 
-def load_checkpoint(path: str | Path) -> dict[str, Any]:
-    """Load a checkpoint safely (weights_only=True) with errors that say what to do."""
+def load_checkpoint(path: str | Path, what: str = "",
+                    remedy: str = "Only load checkpoints written by dash; delete the file and retrain "
+                                  "(--force) if it is yours.") -> dict[str, Any]:
+    """Load a checkpoint safely (weights_only=True) with errors that say what to do.
+
+    `what` names the file in the refusal (e.g. "the fidelity cache file") and `remedy`
+    says what to do about it. A file holding anything but tensors and plain containers
+    raises CheckpointError and is never unpickled; a truncated, corrupt or non-dict one
+    raises UnreadableCheckpointError (a CheckpointError), which a cache may catch and
+    recompute.
+    """
     path = Path(path)
     if not path.is_file():
         raise CheckpointError(f"checkpoint {path} does not exist")
@@ -166,10 +175,9 @@ def load_checkpoint(path: str | Path) -> dict[str, Any]:
         obj = torch.load(path, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as err:
         raise CheckpointError(
-            f"refusing to load {path}: it holds objects other than tensors and plain "
-            f"containers, so loading it could run arbitrary code (weights_only=True refused "
-            f"it: {str(err).splitlines()[0]}). Only load checkpoints written by dash; "
-            f"delete the file and retrain (--force) if it is yours."
+            f"refusing to load {what + ' ' if what else ''}{path}: it holds objects other than tensors "
+            f"and plain containers, so loading it could run arbitrary code (weights_only=True refused "
+            f"it: {str(err).splitlines()[0]}). {remedy}"
         ) from None
     except (RuntimeError, EOFError, OSError, ValueError) as err:
         raise UnreadableCheckpointError(

@@ -7,6 +7,10 @@ none of these options changes what is trained, only how fast:
   `CHANNELS_LAST_MIN_CH` (device type -> smallest UNet base width `ch` for which
   the NHWC layout measured faster, docs/scaling.md "Speed rules"); "on"/"off"
   force it.
+* ``freeze``: "auto" (default) samples through a traced, frozen TorchScript graph
+  of the UNet (`FrozenUNet`) where the rule table `FREEZE_CH` says it measured
+  faster: small models on CPU, whose forward is dominated by per-module Python
+  overhead; "on"/"off" force it. Same outputs to float rounding; inference only.
 * ``compile``: `torch.compile` every UNet (in place, so state_dict keys and
   checkpoints are unchanged). Off by default: on a 2-core CPU compiling one UNet
   took longer than the time it saves in a `make reproduce` (docs/scaling.md).
@@ -22,6 +26,8 @@ none of these options changes what is trained, only how fast:
 
 from __future__ import annotations
 
+import warnings
+import weakref
 from dataclasses import dataclass
 
 import torch
@@ -38,9 +44,11 @@ class Runtime(Validated):
     channels_last: str = "auto"
     loader_workers: int = 0
     sample_amp: str = "none"
+    freeze: str = "auto"
 
     def validate(self) -> None:
         one_of(self, "channels_last", ("auto", "on", "off"))
+        one_of(self, "freeze", ("auto", "on", "off"))
         positive(self, "loader_workers", strict=False)
         one_of(self, "sample_amp", ("none", "auto", "bf16", "fp16"))
 
@@ -59,6 +67,15 @@ CHANNELS_LAST_MIN_CH: dict[str, int] = {"cuda": 1, "cpu": 16}
 # Python loop of per-tensor ops) is used: on CPU the training step measured 0.90-0.98x
 # of the for-loop one (digits teacher 1.02x, within its spread); standard on CUDA.
 FUSED_ADAMW_DEVICES: tuple[str, ...] = ("cpu", "cuda")
+# Frozen inference graphs: device type -> (smallest, widest) UNet base width `ch` for
+# which sampling through a traced, frozen graph measured faster than eager
+# (bench/freeze_speed.py, 128-row CFG forward, one thread: 0.81-0.88x at ch 2-16,
+# 0.92x at ch 32, 0.99x at ch 64 and 128, where tracing the teacher also took 32 s).
+# A small model's forward on CPU is some 900-1,300 operator calls on small tensors, so
+# the per-module Python overhead the graph removes is a large share of it; a wide
+# model's time is in its convolutions, which freezing leaves as they are. Device types
+# not listed (CUDA: not measured) sample eagerly.
+FREEZE_CH: dict[str, tuple[int, int]] = {"cpu": (1, 32)}
 
 
 def uses_channels_last(runtime: Runtime, device: torch.device, ch: int | None = None) -> bool:
@@ -67,6 +84,14 @@ def uses_channels_last(runtime: Runtime, device: torch.device, ch: int | None = 
         return runtime.channels_last == "on"
     min_ch = CHANNELS_LAST_MIN_CH.get(device.type)
     return min_ch is not None and (ch is None or ch >= min_ch)
+
+
+def uses_freeze(runtime: Runtime, device: torch.device, ch: int) -> bool:
+    """Whether a UNet of base width `ch` samples through a frozen graph on `device`."""
+    if runtime.freeze != "auto":
+        return runtime.freeze == "on"
+    lo, hi = FREEZE_CH.get(device.type, (1, 0))
+    return lo <= ch <= hi
 
 
 def adamw_options(device: torch.device) -> dict[str, bool]:
@@ -127,10 +152,68 @@ class InferenceModel(nn.Module):
             return self.model(x, t, y).float()
 
 
+# Frozen graphs of each live UNet, keyed by the input's device, dtypes and layout, kept
+# while the weights are those they were traced from (see `_weights_key`).
+_FROZEN: weakref.WeakKeyDictionary[UNet, tuple[tuple, dict[tuple, torch.jit.ScriptModule]]] = (
+    weakref.WeakKeyDictionary())
+
+
+def _weights_key(model: UNet) -> tuple:
+    """Changes whenever a parameter or buffer is replaced or changed in place (storage
+    and autograd version counter), so a stale frozen graph is never used."""
+    return tuple((t.data_ptr(), t._version) for t in (*model.parameters(), *model.buffers()))
+
+
+def _frozen_graph(model: UNet, x: Tensor, t: Tensor, y: Tensor) -> torch.jit.ScriptModule:
+    weights = _weights_key(model)
+    traced_for, graphs = _FROZEN.get(model, (None, {}))
+    if traced_for != weights:
+        graphs = {}
+        _FROZEN[model] = (weights, graphs)
+    key = (x.device, x.dtype, t.dtype, y.dtype, x.is_contiguous(memory_format=torch.channels_last))
+    if key not in graphs:
+        # torch.jit is deprecated in favour of torch.compile, whose CPU compile takes
+        # minutes per model shape (docs/scaling.md); tracing and freezing take a second.
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", FutureWarning)
+            # group_norm's input check (more than one value per group) is a Python branch
+            # on sizes; the UNet itself has no data-dependent branch to lose.
+            warnings.filterwarnings("ignore", category=torch.jit.TracerWarning, module="torch.nn.functional")
+            graphs[key] = torch.jit.freeze(torch.jit.trace(model, (x, t, y), check_trace=False))
+    return graphs[key]
+
+
+class FrozenUNet(nn.Module):
+    """A UNet sampled through a traced, frozen TorchScript graph of itself: the same
+    eps_theta(x_t, t, y), (B, C, H, W), (B,), (B,) -> (B, C, H, W), to float rounding,
+    without the per-module Python overhead. The graph is traced on the first call
+    (any batch size works after) and cached per model until its weights change.
+    In training mode or with gradients enabled it runs the UNet itself."""
+
+    def __init__(self, model: UNet) -> None:
+        super().__init__()
+        self.model = model
+        self.config = model.config
+
+    @property
+    def null_label(self) -> int:
+        return self.model.null_label
+
+    def forward(self, x: Tensor, t: Tensor, y: Tensor) -> Tensor:
+        if self.model.training or torch.is_grad_enabled():
+            return self.model(x, t, y)
+        return _frozen_graph(self.model, x, t, y)(x, t, y)
+
+
 def inference_model(model: UNet, runtime: Runtime, device: torch.device) -> nn.Module:
-    """The model prepared for sampling: channels-last, compiled, autocast as configured.
-    With the default Runtime on CPU it is the model itself."""
+    """The model prepared for sampling: channels-last, compiled or frozen, autocast as
+    configured. With the default Runtime on CPU a small model comes back frozen
+    (`FREEZE_CH`), a wide one as the model itself."""
     to_channels_last(model, runtime, device)
     compile_unets(model, runtime)
     dtype = amp_dtype(device, runtime.sample_amp)
-    return model if dtype is None else InferenceModel(model, dtype)
+    if dtype is not None:
+        return InferenceModel(model, dtype)
+    if not runtime.compile and uses_freeze(runtime, device, model.config.ch):
+        return FrozenUNet(model)
+    return model

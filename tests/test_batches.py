@@ -64,13 +64,15 @@ def test_runtime_options_are_validated_and_default_to_the_plain_model(tiny_model
         Runtime(channels_last="yes")
     with pytest.raises(ConfigError, match="loader_workers"):
         Runtime(loader_workers=-1)
-    assert inference_model(tiny_model, Runtime(), torch.device("cpu")) is tiny_model
+    with pytest.raises(ConfigError, match="freeze"):
+        Runtime(freeze="yes")
+    assert inference_model(tiny_model, Runtime(freeze="off"), torch.device("cpu")) is tiny_model
 
 
 def test_channels_last_changes_layout_not_results(tiny_model):
     x, t, y = torch.randn(3, 1, 8, 8), torch.tensor([1, 50, 99]), torch.tensor([0, 1, 4])
     with torch.no_grad():
         before = tiny_model(x, t, y)
-        model = inference_model(tiny_model, Runtime(channels_last="on"), torch.device("cpu"))
+        model = inference_model(tiny_model, Runtime(channels_last="on", freeze="off"), torch.device("cpu"))
         assert model.conv_in.weight.is_contiguous(memory_format=torch.channels_last)
         assert torch.allclose(model(x, t, y), before, atol=1e-5)

@@ -65,3 +65,16 @@ def test_dash_efficiency_writes_json(tiny, capsys):
     assert data["flops_ratio"] > 1 and "latency_s" not in data["teacher"]
     assert data["student"]["source"].startswith("preset architecture")
     assert main(["efficiency", "--preset", "tiny", "--batch", "0"]) == 2
+
+
+def test_latency_samples_the_way_dash_sample_does(tiny):
+    """`dash efficiency` times the model prepared by the runtime's rules (here: frozen or not)."""
+    from dashlib.efficiency import latencies
+    from dashlib.runtime import _FROZEN, Runtime
+
+    diffusion, config = Diffusion(tiny.diffusion), dataclasses.replace(tiny.sample, steps=2)
+    for freeze, frozen in (("on", True), ("off", False)):
+        model = build_unet(tiny.student, 0)
+        times = latencies(model, diffusion, config, 3, torch.device("cpu"), 1, Runtime(freeze=freeze))
+        assert len(times) == 1 and times[0] > 0
+        assert (model in _FROZEN) is frozen

@@ -9,11 +9,15 @@ import torch.nn.functional as F
 
 from dashlib.presets import get_preset
 from dashlib.runtime import (
+    _FROZEN,
     CHANNELS_LAST_MIN_CH,
+    FrozenUNet,
     Runtime,
     adamw_options,
+    inference_model,
     to_channels_last,
     uses_channels_last,
+    uses_freeze,
 )
 from dashlib.unet import AttnBlock, build_unet
 
@@ -54,6 +58,57 @@ def test_rule_tables_pick_the_measured_levers():
     assert adamw_options(torch.device("meta")) == {}
     model = to_channels_last(build_unet(digits.student, 0), auto, CPU)
     assert model.conv_in.weight.is_contiguous(memory_format=torch.channels_last)
+    cifar = get_preset("cifar10")
+    assert uses_freeze(auto, CPU, digits.student.ch) and uses_freeze(auto, CPU, digits.teacher.ch)
+    assert not uses_freeze(auto, CPU, cifar.student.ch)
+    assert not uses_freeze(auto, torch.device("cuda"), digits.student.ch)
+    assert uses_freeze(Runtime(freeze="on"), CPU, 128) and not uses_freeze(Runtime(freeze="off"), CPU, 2)
+    assert isinstance(inference_model(build_unet(digits.student, 0).eval(), auto, CPU), FrozenUNet)
+    wide = build_unet(dataclasses.replace(cifar.student, image_size=8, ch_mult=(1,), attn_resolutions=()), 0).eval()
+    assert inference_model(wide, auto, CPU) is wide
+
+
+def _perturbed(cfg, seed=1):
+    """A model whose zero-initialised layers are not zero, so its output depends on every layer."""
+    model = build_unet(cfg, 0).eval()
+    g = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for p in model.parameters():
+            p.add_(0.05 * torch.randn(p.shape, generator=g))
+    return model
+
+
+def test_frozen_graph_gives_the_eager_output_bit_for_bit_and_follows_the_weights():
+    cfg = dataclasses.replace(get_preset("digits").student, ch_mult=(1, 2))
+    model = to_channels_last(_perturbed(cfg), Runtime(), CPU)
+    frozen = FrozenUNet(model)
+    g = torch.Generator().manual_seed(0)
+    with torch.no_grad():
+        for rows in (12, 5):  # traced at 12 rows, then any batch size
+            x = torch.randn(rows, 1, 8, 8, generator=g)
+            t = torch.randint(0, 1000, (rows,), generator=g)
+            y = torch.randint(0, cfg.num_classes + 1, (rows,), generator=g)
+            eager = model(x, t, y)
+            assert eager.abs().max() > 0.1
+            assert torch.equal(frozen(x, t, y), eager)
+        assert len(_FROZEN[model][1]) == 1  # one graph, reused
+        model.conv_out.weight.mul_(2.0)  # changed in place: the cached graph is stale
+        assert torch.equal(frozen(x, t, y), model(x, t, y))
+        assert not torch.equal(frozen(x, t, y), eager)
+
+
+def test_frozen_unet_runs_eagerly_when_training_or_with_gradients():
+    model = _perturbed(dataclasses.replace(get_preset("tiny").student, dropout=0.5))
+    frozen = FrozenUNet(model)
+    x, t, y = torch.randn(4, 1, 8, 8), torch.tensor([1, 2, 3, 4]), torch.tensor([0, 1, 2, 4])
+    out = frozen(x, t, y)  # gradients on: the UNet itself, so backward works
+    out.pow(2).mean().backward()
+    assert model.conv_in.weight.grad is not None
+    model.train()
+    with torch.no_grad():
+        a, b = frozen(x, t, y), frozen(x, t, y)
+    assert not torch.equal(a, b)  # dropout is live: not a frozen eval graph
+    assert model not in _FROZEN
 
 
 def _small_cfg():

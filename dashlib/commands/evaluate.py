@@ -15,6 +15,7 @@ from dashlib.cliargs import (
     command,
     parse_set,
     preset_from_args,
+    runtime_from_args,
     seed_arg,
     workers_arg,
 )
@@ -147,7 +148,7 @@ def cmd_efficiency(args: argparse.Namespace) -> int:
     teacher = load_artifact(args.teacher_run).model if args.teacher_run else build_unet(preset.teacher, 0)
     student = load_artifact(args.student_run).model if args.student_run else build_unet(preset.student, 0)
     result = efficiency(preset, teacher, student, device, steps=args.steps, batch=args.batch,
-                        repeats=args.repeats)
+                        repeats=args.repeats, runtime=runtime_from_args(args))
     result["teacher"]["source"] = args.teacher_run or "preset architecture (untrained weights)"
     result["student"]["source"] = args.student_run or "preset architecture (untrained weights)"
     payload = {"preset": preset.name, "teacher": to_dict(teacher.config), "student": to_dict(student.config),

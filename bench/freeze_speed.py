@@ -1,0 +1,94 @@
+"""A frozen TorchScript graph against the eager UNet for sampling, per model width:
+the data behind `dashlib.runtime.FREEZE_CH` on this device.
+
+One no-grad forward of 2 x batch rows (a CFG sampling step) of the teacher and
+the student of each preset size, eager and through `dashlib.runtime.FrozenUNet`,
+both in the layout the runtime's rules pick, timed in interleaved rounds (CPU
+clock at one thread on CPU, where it leaves out time spent waiting for a core;
+wall clock otherwise). The JSON also holds the largest output difference and
+the seconds tracing and freezing took (paid once per model and input layout).
+Writes bench/results/freeze_speed.json.
+"""
+
+from __future__ import annotations
+
+import argparse
+import time
+from collections.abc import Callable
+
+import torch
+from common import interleaved_rounds, load_average, ratio_stats, write
+
+from dashlib.presets import get_preset
+from dashlib.runtime import FrozenUNet, Runtime, to_channels_last
+from dashlib.unet import build_unet
+
+
+def inputs(cfg, rows: int, device: torch.device) -> tuple[torch.Tensor, ...]:
+    g = torch.Generator().manual_seed(0)
+    x = torch.randn(rows, cfg.in_channels, cfg.image_size, cfg.image_size, generator=g).to(device)
+    t = torch.randint(0, 1000, (rows,), generator=g).to(device)
+    y = torch.randint(0, cfg.num_classes + 1, (rows,), generator=g).to(device)
+    return x, t, y
+
+
+def model_pair(cfg, device: torch.device) -> tuple[torch.nn.Module, torch.nn.Module]:
+    """(eager, frozen) of one model whose zero-initialised layers are perturbed, so the
+    output (and the difference between the two) is not trivially zero."""
+    model = build_unet(cfg, 0).to(device).eval()
+    g = torch.Generator().manual_seed(1)
+    with torch.no_grad():
+        for p in model.parameters():
+            p.add_(0.05 * torch.randn(p.shape, generator=g).to(device))
+    to_channels_last(model, Runtime(), device)
+    return model, FrozenUNet(model)
+
+
+def forward(model: torch.nn.Module, *args: torch.Tensor) -> Callable[[], None]:
+    def run() -> None:
+        with torch.no_grad():
+            model(*args)
+
+    return run
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--models", nargs="+", default=["tiny:student", "tiny:teacher", "digits:student",
+                                                    "digits:teacher", "digits16:student", "digits16:teacher",
+                                                    "cifar10:student", "cifar10:teacher"])
+    ap.add_argument("--batch", type=int, default=64, help="samples; the forward has 2x rows (CFG)")
+    ap.add_argument("--threads", type=int, default=1)
+    ap.add_argument("--repeat", type=int, default=9)
+    ap.add_argument("--device", default="cpu")
+    args = ap.parse_args()
+    torch.set_num_threads(args.threads)
+    device = torch.device(args.device)
+    clock = "cpu" if device.type == "cpu" and args.threads == 1 else "wall"
+    load_start, rows = load_average(), []
+    for spec in args.models:
+        preset, role = spec.split(":")
+        cfg = getattr(get_preset(preset), role)
+        eager, frozen = model_pair(cfg, device)
+        x, t, y = inputs(cfg, 2 * args.batch, device)
+        with torch.no_grad():
+            t0 = time.perf_counter()
+            out = frozen(x, t, y)
+            trace_s = time.perf_counter() - t0
+            max_diff = (out - eager(x, t, y)).abs().max().item()
+
+        times = interleaved_rounds({"eager": forward(eager, x, t, y), "frozen": forward(frozen, x, t, y)},
+                                   repeat=args.repeat, warmup=2)[clock]
+        r = ratio_stats(times["frozen"], times["eager"])
+        rows.append({"preset": preset, "role": role, "ch": cfg.ch, "rows": 2 * args.batch, "clock": clock,
+                     "frozen_over_eager": r, "trace_s": trace_s, "max_abs_diff": max_diff,
+                     "output_abs_max": out.abs().max().item()})
+        print(f"{spec:18s} ch={cfg.ch:3d}: frozen / eager {r['median']:.3f} [{r['min']:.3f}, {r['max']:.3f}]"
+              f"  (trace {trace_s:.1f} s, max diff {max_diff:.1e})", flush=True)
+        write("freeze_speed", {"device": str(device), "threads": args.threads,
+                               "load_average_start": load_start, "load_average_end": load_average(),
+                               "rows": rows})
+
+
+if __name__ == "__main__":
+    main()
