@@ -10,13 +10,14 @@ temporary folder (pass --keep-runs to use the normal runs/ folder).
   python bench/reproduce_time.py --command "dash reproduce --preset digits --quick"
 
 Writes bench/results/reproduce_time.json: command, wall time, exit status,
-the last lines of its output, the machine.
+each notebook's time (`notebook_s`), the last lines of its output, the machine.
 """
 
 from __future__ import annotations
 
 import argparse
 import os
+import re
 import shlex
 import subprocess
 import tempfile
@@ -26,15 +27,18 @@ from pathlib import Path
 from common import write
 
 ROOT = Path(__file__).resolve().parents[1]
+STAGE = re.compile(r"\] (\S+)\.ipynb done in (\d+(?:\.\d+)?) s")
 
 
 def timed(command: str, env: dict[str, str]) -> dict[str, object]:
     start = time.perf_counter()
     done = subprocess.run(shlex.split(command), cwd=ROOT, env=env, capture_output=True, text=True)
     wall = time.perf_counter() - start
-    tail = (done.stdout + done.stderr).splitlines()[-20:]
+    lines = (done.stdout + done.stderr).replace("\r", "\n").splitlines()
+    # "[2/8] 01_teacher.ipynb done in 226 s": where the time went, per notebook
+    stages = {m.group(1): float(m.group(2)) for m in map(STAGE.search, lines) if m}
     return {"command": command, "wall_s": wall, "wall_min": wall / 60, "returncode": done.returncode,
-            "output_tail": tail}
+            "notebook_s": stages, "output_tail": lines[-20:]}
 
 
 def main() -> None:
