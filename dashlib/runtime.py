@@ -154,7 +154,8 @@ class InferenceModel(nn.Module):
 
 # Frozen graphs of each live UNet, keyed by the input's device, dtypes and layout, kept
 # while the weights are those they were traced from (see `_weights_key`).
-_FROZEN: weakref.WeakKeyDictionary[UNet, tuple[tuple, dict[tuple, torch.jit.ScriptModule]]] = (
+# A graph of None: tracing failed, so that model samples eagerly.
+_FROZEN: weakref.WeakKeyDictionary[UNet, tuple[tuple, dict[tuple, nn.Module | None]]] = (
     weakref.WeakKeyDictionary())
 
 
@@ -164,7 +165,7 @@ def _weights_key(model: UNet) -> tuple:
     return tuple((t.data_ptr(), t._version) for t in (*model.parameters(), *model.buffers()))
 
 
-def _frozen_graph(model: UNet, x: Tensor, t: Tensor, y: Tensor) -> torch.jit.ScriptModule:
+def _frozen_graph(model: UNet, x: Tensor, t: Tensor, y: Tensor) -> nn.Module | None:
     weights = _weights_key(model)
     traced_for, graphs = _FROZEN.get(model, (None, {}))
     if traced_for != weights:
@@ -174,13 +175,25 @@ def _frozen_graph(model: UNet, x: Tensor, t: Tensor, y: Tensor) -> torch.jit.Scr
     if key not in graphs:
         # torch.jit is deprecated in favour of torch.compile, whose CPU compile takes
         # minutes per model shape (docs/scaling.md); tracing and freezing take a second.
+        graphs[key] = _trace_frozen(model, x, t, y)
+    return graphs[key]
+
+
+def _trace_frozen(model: UNet, x: Tensor, t: Tensor, y: Tensor) -> nn.Module | None:
+    """torch.jit.freeze(torch.jit.trace(model)), or None (with one warning) when this
+    torch cannot trace it: sampling then stays eager, only slower."""
+    try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", FutureWarning)
             # group_norm's input check (more than one value per group) is a Python branch
             # on sizes; the UNet itself has no data-dependent branch to lose.
             warnings.filterwarnings("ignore", category=torch.jit.TracerWarning, module="torch.nn.functional")
-            graphs[key] = torch.jit.freeze(torch.jit.trace(model, (x, t, y), check_trace=False))
-    return graphs[key]
+            return torch.jit.freeze(torch.jit.trace(model, (x, t, y), check_trace=False))
+    except (RuntimeError, AttributeError, NotImplementedError) as err:
+        warnings.warn(f"could not freeze the UNet for sampling ({type(err).__name__}: "
+                      f"{str(err).splitlines()[0] if str(err) else ''}); sampling eagerly instead "
+                      f"(--freeze off silences this)", RuntimeWarning, stacklevel=3)
+        return None
 
 
 class FrozenUNet(nn.Module):
@@ -202,7 +215,8 @@ class FrozenUNet(nn.Module):
     def forward(self, x: Tensor, t: Tensor, y: Tensor) -> Tensor:
         if self.model.training or torch.is_grad_enabled():
             return self.model(x, t, y)
-        return _frozen_graph(self.model, x, t, y)(x, t, y)
+        graph = _frozen_graph(self.model, x, t, y)
+        return self.model(x, t, y) if graph is None else graph(x, t, y)
 
 
 def inference_model(model: UNet, runtime: Runtime, device: torch.device) -> nn.Module:

@@ -64,7 +64,8 @@ def test_rule_tables_pick_the_measured_levers():
     assert not uses_freeze(auto, torch.device("cuda"), digits.student.ch)
     assert uses_freeze(Runtime(freeze="on"), CPU, 128) and not uses_freeze(Runtime(freeze="off"), CPU, 2)
     assert isinstance(inference_model(build_unet(digits.student, 0).eval(), auto, CPU), FrozenUNet)
-    wide = build_unet(dataclasses.replace(cifar.student, image_size=8, ch_mult=(1,), attn_resolutions=()), 0).eval()
+    narrow_cifar = dataclasses.replace(cifar.student, image_size=8, ch_mult=(1,), attn_resolutions=())
+    wide = build_unet(narrow_cifar, 0).eval()  # cifar's student width, shrunk to be quick
     assert inference_model(wide, auto, CPU) is wide
 
 
@@ -153,3 +154,22 @@ def test_fused_adamw_state_round_trips():
     opt2 = torch.optim.AdamW(twin.parameters(), lr=1e-3, **adamw_options(CPU))
     opt2.load_state_dict(copy.deepcopy(opt.state_dict()))  # as a checkpoint would
     assert torch.equal(_steps(model, opt, 1), _steps(twin, opt2, 1))
+
+
+def test_a_model_that_cannot_be_traced_samples_eagerly_with_one_warning(monkeypatch):
+    import warnings
+
+    def broken_trace(*args, **kwargs):
+        raise RuntimeError("tracing is not supported here")
+
+    monkeypatch.setattr(torch.jit, "trace", broken_trace)
+    model = _perturbed(get_preset("tiny").student)
+    frozen = FrozenUNet(model)
+    x, t, y = torch.randn(3, 1, 8, 8), torch.tensor([1, 2, 3]), torch.tensor([0, 1, 4])
+    with torch.no_grad(), warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        first, second = frozen(x, t, y), frozen(x, t, y)
+        assert torch.equal(first, model(x, t, y)) and torch.equal(second, first)
+    assert [str(w.message) for w in caught if "could not freeze" in str(w.message)] == [
+        "could not freeze the UNet for sampling (RuntimeError: tracing is not supported here); "
+        "sampling eagerly instead (--freeze off silences this)"]
