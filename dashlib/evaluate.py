@@ -75,6 +75,7 @@ from dashlib.io import (
 )
 from dashlib.runs import Run, RunStateError, config_hash
 from dashlib.sampling import balanced_labels
+from dashlib.threads import use_threads
 from dashlib.unet import count_params
 
 #: Bumped when the way a cell is computed changes, so cached cells are recomputed.
@@ -326,7 +327,7 @@ def _init_worker(threads: int) -> None:
     from threadpoolctl import threadpool_limits
 
     global _WORKER, _LIMITS
-    torch.set_num_threads(threads)
+    use_threads(threads)
     _LIMITS = threadpool_limits(threads)
     _WORKER = CellEvaluator()
 

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import os
 
+from dashlib.allocator import tune_allocator
 from dashlib.config import ConfigError
 
 
@@ -41,9 +42,14 @@ def check_threads(threads: object) -> int:
 
 
 def use_threads(threads: int | None = None) -> int:
-    """Set torch's intra-op threads (and OMP_NUM_THREADS for child processes); returns the count."""
+    """Set torch's intra-op threads (and OMP_NUM_THREADS for child processes); returns the count.
+
+    Also tunes glibc's allocator for this process and its children
+    (`dashlib.allocator`): every entry point that sets threads wants both.
+    """
     import torch
 
+    tune_allocator()
     n = default_threads() if threads is None else check_threads(threads)
     torch.set_num_threads(n)
     os.environ["OMP_NUM_THREADS"] = str(n)

@@ -30,6 +30,7 @@ from dashlib.io import atomic_write_json
 from dashlib.runs import Run, make_run, prepare, run_id
 from dashlib.runtime import Runtime
 from dashlib.teacher import teacher_payload, train_teacher
+from dashlib.threads import use_threads
 from dashlib.tirt import TimestepWeighting, drift_report, make_weighting, transfer
 from dashlib.train import Trainer
 from dashlib.unet import count_params
@@ -183,7 +184,7 @@ def write_results(run: Run, preset: Preset, config: DistillConfig, objective: Di
 # --- many runs ---------------------------------------------------------------------
 
 def _worker_init() -> None:
-    torch.set_num_threads(1)
+    use_threads(1)
 
 
 def _distill_job(args: tuple[Preset, str, int | None, int | None, bool, str]) -> str:
