@@ -166,10 +166,23 @@ def _reproduce(d: dict[str, Any]) -> tuple[list[str], dict[str, Any]]:
         {"wall_min": d["wall_min"], "returncode": d["returncode"]}
 
 
+def _allocator(d: dict[str, Any]) -> tuple[list[str], dict[str, Any]]:
+    lines = ["| model | work | tuned / glibc defaults, CPU time (rounds: median [min, max]) | "
+             "page faults per call (defaults -> tuned) |", "|---|---|---|---|"]
+    ratios = {}
+    for r in _rows(d):
+        q = r["tuned_over_system"]
+        lines.append(f"| {r['preset']} {r['role']} | {r['mode']}, {r['rows']} rows | "
+                     f"{q['median']:.2f} [{q['min']:.2f}, {q['max']:.2f}] | "
+                     f"{r['system_faults']:,.0f} -> {r['tuned_faults']:,.0f} |")
+        ratios[f"{r['preset']}/{r['role']}/{r['mode']}"] = q["median"]
+    return lines, {"tuned_over_system": ratios}
+
+
 FORMATTERS: dict[str, Callable[[dict[str, Any]], tuple[list[str], dict[str, Any]]]] = {
     "train_throughput": _throughput, "sampler_overhead": _overhead, "distill_step": _distill,
     "sampling_speed": _speed, "peak_memory": _memory, "gpu_hours": _gpu_hours,
-    "sampling_speed_eager": _speed, "freeze_speed": _freeze,
+    "sampling_speed_eager": _speed, "freeze_speed": _freeze, "allocator_speed": _allocator,
     "train_step_speed": _train_step, "train_step_speed_small": _train_step,
     "train_step_speed_compile_student": _train_step, "train_step_speed_compile_teacher": _train_step,
     "reproduce_time": _reproduce, "reproduce_quick_time": _reproduce,

@@ -189,7 +189,7 @@ def _trace_frozen(model: UNet, x: Tensor, t: Tensor, y: Tensor) -> nn.Module | N
             # on sizes; the UNet itself has no data-dependent branch to lose.
             warnings.filterwarnings("ignore", category=torch.jit.TracerWarning, module="torch.nn.functional")
             return torch.jit.freeze(torch.jit.trace(model, (x, t, y), check_trace=False))
-    except (RuntimeError, AttributeError, NotImplementedError) as err:
+    except Exception as err:  # noqa: BLE001 - whatever tracing trips on, sampling must still work
         warnings.warn(f"could not freeze the UNet for sampling ({type(err).__name__}: "
                       f"{str(err).splitlines()[0] if str(err) else ''}); sampling eagerly instead "
                       f"(--freeze off silences this)", RuntimeWarning, stacklevel=3)
@@ -228,6 +228,8 @@ def inference_model(model: UNet, runtime: Runtime, device: torch.device) -> nn.M
     dtype = amp_dtype(device, runtime.sample_amp)
     if dtype is not None:
         return InferenceModel(model, dtype)
-    if not runtime.compile and uses_freeze(runtime, device, model.config.ch):
+    # TorchScript's tracer calls hasattr() on every attribute, and null_label raises on a
+    # model without a null row (single-head), so those sample eagerly.
+    if not runtime.compile and model.config.cfg and uses_freeze(runtime, device, model.config.ch):
         return FrozenUNet(model)
     return model

@@ -98,6 +98,21 @@ def test_frozen_graph_gives_the_eager_output_bit_for_bit_and_follows_the_weights
         assert not torch.equal(frozen(x, t, y), eager)
 
 
+def test_a_model_without_a_null_row_samples_eagerly():
+    """Single-head students (cfg=False) are not frozen: TorchScript's tracer probes every
+    attribute, and null_label raises on them (it broke an evaluation once)."""
+    import warnings
+
+    model = _perturbed(dataclasses.replace(get_preset("tiny").student, cfg=False))
+    assert inference_model(model, Runtime(freeze="on"), CPU) is model
+    frozen = FrozenUNet(model)  # forced: the failed trace falls back to eager with a warning
+    x, t, y = torch.randn(3, 1, 8, 8), torch.tensor([1, 2, 3]), torch.tensor([0, 1, 3])
+    with torch.no_grad(), warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        assert torch.equal(frozen(x, t, y), model(x, t, y))
+    assert any("could not freeze" in str(w.message) for w in caught)
+
+
 def test_frozen_unet_runs_eagerly_when_training_or_with_gradients():
     model = _perturbed(dataclasses.replace(get_preset("tiny").student, dropout=0.5))
     frozen = FrozenUNet(model)
