@@ -2,7 +2,8 @@
 behind `dashlib.runtime.CHANNELS_LAST_MIN_CH` on this device.
 
 One no-grad forward of 2 x batch rows (a CFG sampling step) of the teacher and
-the student of each preset size, in both layouts, timed in interleaved rounds
+the student of each preset size, in both layouts, prepared as sampling prepares
+it (`inference_model`: frozen graphs where `--freeze` and its rule say so), timed in interleaved rounds
 (CPU clock at one thread on CPU, where it leaves out time spent waiting for a
 core; wall clock otherwise). For the training step, bench/train_step_speed.py
 has the same lever ("channels_last_only"). Writes bench/results/layout_speed.json.
@@ -16,19 +17,20 @@ import torch
 from common import interleaved_rounds, load_average, ratio_stats, write
 
 from dashlib.presets import get_preset
-from dashlib.runtime import Runtime, to_channels_last
+from dashlib.runtime import Runtime, inference_model
 from dashlib.unet import build_unet
 
 
-def forward(cfg, rows: int, layout: str, device: torch.device):
-    model = to_channels_last(build_unet(cfg, 0).to(device).eval(), Runtime(channels_last=layout), device)
+def forward(cfg, rows: int, layout: str, device: torch.device, freeze: str):
+    runtime = Runtime(channels_last=layout, freeze=freeze)
+    model = inference_model(build_unet(cfg, 0).to(device).eval(), runtime, device)
     g = torch.Generator().manual_seed(0)
     x = torch.randn(rows, cfg.in_channels, cfg.image_size, cfg.image_size, generator=g).to(device)
     t = torch.randint(0, 1000, (rows,), generator=g).to(device)
     y = torch.randint(0, cfg.num_classes, (rows,), generator=g).to(device)
 
     def run() -> None:
-        with torch.inference_mode():
+        with torch.no_grad():
             model(x, t, y)
 
     return run
@@ -42,6 +44,9 @@ def main() -> None:
     ap.add_argument("--threads", type=int, default=1)
     ap.add_argument("--repeat", type=int, default=7)
     ap.add_argument("--device", default="cpu")
+    ap.add_argument("--freeze", default="auto", choices=("auto", "on", "off"),
+                    help="frozen graphs as sampling uses them (default auto: dashlib.runtime.FREEZE_CH)")
+    ap.add_argument("--name", default="layout_speed", help="JSON file name in bench/results")
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
     device = torch.device(args.device)
@@ -50,14 +55,14 @@ def main() -> None:
     for spec in args.models:
         preset, role = spec.split(":")
         cfg = getattr(get_preset(preset), role)
-        runs = {layout: forward(cfg, 2 * args.batch, layout, device) for layout in ("off", "on")}
+        runs = {layout: forward(cfg, 2 * args.batch, layout, device, args.freeze) for layout in ("off", "on")}
         times = interleaved_rounds(runs, repeat=args.repeat, warmup=1)[clock]
         r = ratio_stats(times["on"], times["off"])
         rows.append({"preset": preset, "role": role, "ch": cfg.ch, "rows": 2 * args.batch,
-                     "clock": clock, "nhwc_over_nchw": r})
+                     "clock": clock, "freeze": args.freeze, "nhwc_over_nchw": r})
         print(f"{spec:18s} ch={cfg.ch:3d}: NHWC / NCHW {r['median']:.3f} [{r['min']:.3f}, {r['max']:.3f}]",
               flush=True)
-        write("layout_speed", {"device": str(device), "threads": args.threads,
+        write(args.name, {"device": str(device), "threads": args.threads,
                                "load_average_start": load_start, "load_average_end": load_average(),
                                "rows": rows})
 

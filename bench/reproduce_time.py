@@ -10,12 +10,15 @@ temporary folder (pass --keep-runs to use the normal runs/ folder).
   python bench/reproduce_time.py --command "dash reproduce --preset digits --quick"
 
 Writes bench/results/reproduce_time.json: command, wall time, exit status,
-each notebook's time (`notebook_s`), the last lines of its output, the machine.
+each notebook's time (`notebook_s`), its slowest cells (`cell_s`: papermill's
+per-cell durations, with each cell's code), the last lines of its
+output, the machine.
 """
 
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import re
 import shlex
@@ -41,6 +44,22 @@ def timed(command: str, env: dict[str, str]) -> dict[str, object]:
             "notebook_s": stages, "output_tail": lines[-20:]}
 
 
+def cell_times(runs: Path, top: int = 6) -> dict[str, list[dict[str, object]]]:
+    """The slowest code cells of each executed notebook under `runs` (papermill
+    writes each cell's duration into its metadata)."""
+    out = {}
+    for nb in sorted(runs.glob("*/notebooks*/*.ipynb")):
+        cells = []
+        for i, cell in enumerate(json.loads(nb.read_text())["cells"]):
+            seconds = cell.get("metadata", {}).get("papermill", {}).get("duration")
+            if cell["cell_type"] == "code" and seconds is not None and seconds >= 1:
+                lines = [x.strip() for x in "".join(cell["source"]).splitlines() if x.strip()]
+                code = [x for x in lines if not x.startswith(("#", "from ", "import "))]
+                cells.append({"cell": i, "s": round(seconds, 1), "code": "; ".join(code)[:160]})
+        out[nb.stem] = sorted(cells, key=lambda c: -c["s"])[:top]
+    return out
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--command", default="make reproduce")
@@ -52,6 +71,7 @@ def main() -> None:
         if not args.keep_runs:
             env["DASH_RUNS"] = tmp
         result = timed(args.command, env)
+        result["cell_s"] = cell_times(Path(env.get("DASH_RUNS", ROOT / "runs")))
     print(f"{args.command}: {result['wall_min']:.1f} min, exit {result['returncode']}")
     write(args.name, {"fresh_runs": not args.keep_runs, **result})
     if result["returncode"]:

@@ -228,8 +228,14 @@ def inference_model(model: UNet, runtime: Runtime, device: torch.device) -> nn.M
     dtype = amp_dtype(device, runtime.sample_amp)
     if dtype is not None:
         return InferenceModel(model, dtype)
+    return model if runtime.compile else frozen(model, runtime, device)
+
+
+def frozen(model: UNet, runtime: Runtime, device: torch.device) -> nn.Module:
+    """`FrozenUNet(model)` where the rule `FREEZE_CH` (or `runtime.freeze`) says so,
+    else the model itself; the layout is left as it is. Same outputs either way."""
     # TorchScript's tracer calls hasattr() on every attribute, and null_label raises on a
-    # model without a null row (single-head), so those sample eagerly.
-    if not runtime.compile and model.config.cfg and uses_freeze(runtime, device, model.config.ch):
+    # model without a null row (single-head), so those run eagerly.
+    if model.config.cfg and uses_freeze(runtime, device, model.config.ch):
         return FrozenUNet(model)
     return model
