@@ -130,17 +130,32 @@ def _train_step(d: dict[str, Any]) -> tuple[list[str], dict[str, Any]]:
     return lines, {"default_over_old": ratios}
 
 
-def _freeze(d: dict[str, Any]) -> tuple[list[str], dict[str, Any]]:
-    lines = ["| model | ch | rows | clock | frozen / eager forward (rounds: median [min, max]) | "
-             "trace (s) | max abs difference |", "|---|---|---|---|---|---|---|"]
+def _model_ratios(d: dict[str, Any], key: str, header: str,
+                  extra: Callable[[dict[str, Any]], str] = lambda r: ""
+                  ) -> tuple[list[str], dict[str, Any]]:
+    """One row per model of a per-model ratio (`key`: median [min, max] over rounds);
+    `header` names the ratio and any columns `extra` appends."""
+    lines = [f"| model | ch | rows | clock | {header} |", "|---|---|---|---|" + "---|" * (header.count("|") + 1)]
     ratios = {}
     for r in _rows(d):
-        q = r["frozen_over_eager"]
+        q = r[key]
         lines.append(f"| {r['preset']} {r['role']} | {r['ch']} | {r['rows']} | {r['clock']} | "
-                     f"{q['median']:.2f} [{q['min']:.2f}, {q['max']:.2f}] | {r['trace_s']:.1f} | "
-                     f"{r['max_abs_diff']:.1e} |")
+                     f"{q['median']:.2f} [{q['min']:.2f}, {q['max']:.2f}] |{extra(r)}")
         ratios[f"{r['preset']}/{r['role']}"] = q["median"]
-    return lines, {"frozen_over_eager": ratios}
+    return lines, {key: ratios}
+
+
+def _freeze(d: dict[str, Any]) -> tuple[list[str], dict[str, Any]]:
+    return _model_ratios(d, "frozen_over_eager", "frozen / eager forward (rounds: median [min, max]) | "
+                         "trace (s) | max abs difference",
+                         lambda r: f" {r['trace_s']:.1f} | {r['max_abs_diff']:.1e} |")
+
+
+def _layout(d: dict[str, Any]) -> tuple[list[str], dict[str, Any]]:
+    rows = _rows(d)
+    freeze = rows[0].get("freeze", "off (eager)") if rows else ""
+    return _model_ratios(d, "nhwc_over_nchw",
+                         f"NHWC / NCHW forward, freeze {freeze} (rounds: median [min, max])")
 
 
 def _memory(d: dict[str, Any]) -> tuple[list[str], dict[str, Any]]:
@@ -162,8 +177,10 @@ def _gpu_hours(d: dict[str, Any]) -> tuple[list[str], dict[str, Any]]:
 
 
 def _reproduce(d: dict[str, Any]) -> tuple[list[str], dict[str, Any]]:
-    return [f"`{d['command']}`: {d['wall_min']:.1f} min (exit {d['returncode']})"], \
-        {"wall_min": d["wall_min"], "returncode": d["returncode"]}
+    stages = d.get("notebook_s", {})
+    per = f"; notebooks: {', '.join(f'{k} {v:.0f} s' for k, v in stages.items())}" if stages else ""
+    return [f"`{d['command']}`: {d['wall_min']:.1f} min (exit {d['returncode']}){per}"], \
+        {"wall_min": d["wall_min"], "returncode": d["returncode"], "notebook_s": stages}
 
 
 def _allocator(d: dict[str, Any]) -> tuple[list[str], dict[str, Any]]:
@@ -184,6 +201,7 @@ FORMATTERS: dict[str, Callable[[dict[str, Any]], tuple[list[str], dict[str, Any]
     "sampling_speed": _speed, "peak_memory": _memory, "gpu_hours": _gpu_hours,
     "sampling_speed_eager": _speed, "freeze_speed": _freeze, "allocator_speed": _allocator,
     "train_step_speed": _train_step, "train_step_speed_small": _train_step,
+    "train_step_speed_b16": _train_step, "layout_speed": _layout, "layout_speed_frozen": _layout,
     "train_step_speed_compile_student": _train_step, "train_step_speed_compile_teacher": _train_step,
     "reproduce_time": _reproduce, "reproduce_quick_time": _reproduce,
 }
