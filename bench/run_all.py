@@ -135,7 +135,8 @@ def _model_ratios(d: dict[str, Any], key: str, header: str,
                   ) -> tuple[list[str], dict[str, Any]]:
     """One row per model of a per-model ratio (`key`: median [min, max] over rounds);
     `header` names the ratio and any columns `extra` appends."""
-    lines = [f"| model | ch | rows | clock | {header} |", "|---|---|---|---|" + "---|" * (header.count("|") + 1)]
+    columns = 4 + header.count("|") + 1
+    lines = [f"| model | ch | rows | clock | {header} |", "|" + "---|" * columns]
     ratios = {}
     for r in _rows(d):
         q = r[key]
