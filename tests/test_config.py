@@ -1,4 +1,5 @@
 import pytest
+import torch
 
 from dashlib.config import (
     ConfigError,
@@ -72,3 +73,15 @@ def test_every_preset_is_valid_and_consistent():
     for name in PRESETS:
         p = PRESETS.get(name)
         assert p.teacher.image_size == p.data.image_size
+
+
+def test_checking_a_preset_leaves_the_global_rng_alone():
+    """The student-smaller check builds both UNets (on the CPU, once per configuration
+    pair); their initialisers must not move the RNG that dropout later draws from."""
+    from dashlib.presets import get_preset
+
+    torch.manual_seed(0)
+    expected = torch.rand(3)
+    torch.manual_seed(0)
+    get_preset("tiny", **{"teacher.ch": 6})  # a pair no earlier test has checked
+    assert torch.equal(torch.rand(3), expected)
