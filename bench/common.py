@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import argparse
 import json
 import os
 import platform
@@ -180,3 +181,36 @@ def peak_memory(fn: Callable[[], Any], device: torch.device) -> dict[str, Any]:
     fn()
     return {"peak_bytes": (_status_kib("VmHWM") - before) * 1024,
             "method": "cpu VmHWM growth over VmRSS before"}
+
+
+# --- one CFG forward per model size (freeze_speed.py, layout_speed.py) -------------------
+
+MODEL_SIZES = ["digits:student", "digits:teacher", "digits16:student", "digits16:teacher",
+               "cifar10:student", "cifar10:teacher"]
+
+
+def model_args(ap: argparse.ArgumentParser, models: list[str], repeat: int) -> None:
+    """The options every per-model forward bench takes."""
+    ap.add_argument("--models", nargs="+", default=models, help="preset:role pairs")
+    ap.add_argument("--batch", type=int, default=64, help="samples; the forward has 2x rows (CFG)")
+    ap.add_argument("--threads", type=int, default=1)
+    ap.add_argument("--repeat", type=int, default=repeat)
+    ap.add_argument("--device", default="cpu")
+
+
+def unet_inputs(cfg: Any, rows: int, device: torch.device) -> tuple[torch.Tensor, ...]:
+    """Seeded (x_t, t, y) for `rows` rows of a UNet of config `cfg`, null labels included."""
+    g = torch.Generator().manual_seed(0)
+    x = torch.randn(rows, cfg.in_channels, cfg.image_size, cfg.image_size, generator=g).to(device)
+    t = torch.randint(0, 1000, (rows,), generator=g).to(device)
+    y = torch.randint(0, cfg.num_classes + 1, (rows,), generator=g).to(device)
+    return x, t, y
+
+
+def no_grad_call(model: torch.nn.Module, *args: torch.Tensor) -> Callable[[], None]:
+    """model(*args) without gradients, as sampling calls it."""
+    def run() -> None:
+        with torch.no_grad():
+            model(*args)
+
+    return run

@@ -14,22 +14,22 @@ from __future__ import annotations
 
 import argparse
 import time
-from collections.abc import Callable
 
 import torch
-from common import interleaved_rounds, load_average, ratio_stats, write
+from common import (
+    MODEL_SIZES,
+    interleaved_rounds,
+    load_average,
+    model_args,
+    no_grad_call,
+    ratio_stats,
+    unet_inputs,
+    write,
+)
 
 from dashlib.presets import get_preset
 from dashlib.runtime import FrozenUNet, Runtime, to_channels_last
 from dashlib.unet import build_unet
-
-
-def inputs(cfg, rows: int, device: torch.device) -> tuple[torch.Tensor, ...]:
-    g = torch.Generator().manual_seed(0)
-    x = torch.randn(rows, cfg.in_channels, cfg.image_size, cfg.image_size, generator=g).to(device)
-    t = torch.randint(0, 1000, (rows,), generator=g).to(device)
-    y = torch.randint(0, cfg.num_classes + 1, (rows,), generator=g).to(device)
-    return x, t, y
 
 
 def model_pair(cfg, device: torch.device) -> tuple[torch.nn.Module, torch.nn.Module]:
@@ -44,23 +44,9 @@ def model_pair(cfg, device: torch.device) -> tuple[torch.nn.Module, torch.nn.Mod
     return model, FrozenUNet(model)
 
 
-def forward(model: torch.nn.Module, *args: torch.Tensor) -> Callable[[], None]:
-    def run() -> None:
-        with torch.no_grad():
-            model(*args)
-
-    return run
-
-
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--models", nargs="+", default=["tiny:student", "tiny:teacher", "digits:student",
-                                                    "digits:teacher", "digits16:student", "digits16:teacher",
-                                                    "cifar10:student", "cifar10:teacher"])
-    ap.add_argument("--batch", type=int, default=64, help="samples; the forward has 2x rows (CFG)")
-    ap.add_argument("--threads", type=int, default=1)
-    ap.add_argument("--repeat", type=int, default=9)
-    ap.add_argument("--device", default="cpu")
+    model_args(ap, ["tiny:student", "tiny:teacher", *MODEL_SIZES], repeat=9)
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
     device = torch.device(args.device)
@@ -70,15 +56,15 @@ def main() -> None:
         preset, role = spec.split(":")
         cfg = getattr(get_preset(preset), role)
         eager, frozen = model_pair(cfg, device)
-        x, t, y = inputs(cfg, 2 * args.batch, device)
+        x, t, y = unet_inputs(cfg, 2 * args.batch, device)
         with torch.no_grad():
             t0 = time.perf_counter()
             out = frozen(x, t, y)
             trace_s = time.perf_counter() - t0
             max_diff = (out - eager(x, t, y)).abs().max().item()
 
-        times = interleaved_rounds({"eager": forward(eager, x, t, y), "frozen": forward(frozen, x, t, y)},
-                                   repeat=args.repeat, warmup=2)[clock]
+        calls = {"eager": no_grad_call(eager, x, t, y), "frozen": no_grad_call(frozen, x, t, y)}
+        times = interleaved_rounds(calls, repeat=args.repeat, warmup=2)[clock]
         r = ratio_stats(times["frozen"], times["eager"])
         rows.append({"preset": preset, "role": role, "ch": cfg.ch, "rows": 2 * args.batch, "clock": clock,
                      "frozen_over_eager": r, "trace_s": trace_s, "max_abs_diff": max_diff,

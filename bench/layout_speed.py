@@ -14,7 +14,16 @@ from __future__ import annotations
 import argparse
 
 import torch
-from common import interleaved_rounds, load_average, ratio_stats, write
+from common import (
+    MODEL_SIZES,
+    interleaved_rounds,
+    load_average,
+    model_args,
+    no_grad_call,
+    ratio_stats,
+    unet_inputs,
+    write,
+)
 
 from dashlib.presets import get_preset
 from dashlib.runtime import Runtime, inference_model
@@ -24,26 +33,12 @@ from dashlib.unet import build_unet
 def forward(cfg, rows: int, layout: str, device: torch.device, freeze: str):
     runtime = Runtime(channels_last=layout, freeze=freeze)
     model = inference_model(build_unet(cfg, 0).to(device).eval(), runtime, device)
-    g = torch.Generator().manual_seed(0)
-    x = torch.randn(rows, cfg.in_channels, cfg.image_size, cfg.image_size, generator=g).to(device)
-    t = torch.randint(0, 1000, (rows,), generator=g).to(device)
-    y = torch.randint(0, cfg.num_classes, (rows,), generator=g).to(device)
-
-    def run() -> None:
-        with torch.no_grad():
-            model(x, t, y)
-
-    return run
+    return no_grad_call(model, *unet_inputs(cfg, rows, device))
 
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--models", nargs="+", default=["digits:student", "digits:teacher", "digits16:student",
-                                                    "digits16:teacher", "cifar10:student", "cifar10:teacher"])
-    ap.add_argument("--batch", type=int, default=64, help="samples; the forward has 2x rows (CFG)")
-    ap.add_argument("--threads", type=int, default=1)
-    ap.add_argument("--repeat", type=int, default=7)
-    ap.add_argument("--device", default="cpu")
+    model_args(ap, MODEL_SIZES, repeat=7)
     ap.add_argument("--freeze", default="auto", choices=("auto", "on", "off"),
                     help="frozen graphs as sampling uses them (default auto: dashlib.runtime.FREEZE_CH)")
     ap.add_argument("--name", default="layout_speed", help="JSON file name in bench/results")
