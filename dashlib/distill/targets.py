@@ -29,10 +29,8 @@ from dashlib.diffusion import Diffusion
 from dashlib.guidance import branches
 from dashlib.io import atomic_torch_save, load_checkpoint
 from dashlib.runs import run_id, runs_root
-from dashlib.runtime import Runtime, frozen
 from dashlib.teacher import teacher_payload
 from dashlib.train import Batch
-from dashlib.unet import UNet
 
 MAX_BYTES = 256 * 2**20
 VERSION = 1
@@ -84,14 +82,12 @@ def compute_targets(preset: Preset, config: DistillConfig, teacher: nn.Module, d
     shape = (config.steps, config.batch_size, *data.x.shape[1:])
     cond, uncond = torch.empty(shape), torch.empty(shape)
     teacher.eval()
-    # The frozen graph gives the same numbers as the teacher itself, faster (FREEZE_CH).
-    model = frozen(teacher, Runtime(), device) if isinstance(teacher, UNet) else teacher
     with stream:
         for step in tqdm(range(config.steps), desc="teacher targets", disable=not progress,
                          mininterval=1.0):
             x0, y, t, eps, _, _ = stream.next()
             x_t = diffusion.q_sample(x0, t, eps).to(device)
-            c, u = branches(model, x_t, t.to(device), y.to(device))
+            c, u = branches(teacher, x_t, t.to(device), y.to(device))
             cond[step], uncond[step] = c.float().cpu(), u.float().cpu()
     path = targets_path(preset, config)
     atomic_torch_save({"payload": targets_payload(preset, config), "cond": cond, "uncond": uncond},
