@@ -7,7 +7,11 @@
 Images of any size and mode are centre-cropped to a square and resized
 (PIL's antialiased bilinear) to the preset's image size; they become grey (1
 channel) when every one of the first `PEEK` images is grey, else RGB (3), unless
-`DataConfig.channels` says otherwise. Decoded tensors are cached under
+`DataConfig.channels` says otherwise. Grey images deeper than 8 bits are
+scaled to 8 bits, not clipped (PIL's own conversion clips them): 16-bit
+("I;16*") and 32-bit integer ("I") images by value / 257 (the 16-bit range),
+floating-point ("F") images as [0, 1] when every value lies in it, else as
+0-255. Decoded tensors are cached under
 `<runs>/data-cache/`, keyed by the files' names, sizes and modification times,
 so a changed folder is read again.
 """
@@ -18,14 +22,21 @@ import hashlib
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 import torch
 from torch import Tensor
 from tqdm import tqdm
 
+if TYPE_CHECKING:
+    import PIL.Image
+
 PEEK = 16
-GREY_MODES = ("1", "L", "LA", "I", "I;16", "F", "P;L")
+GREY_MODES = ("1", "L", "LA", "I", "I;16", "I;16B", "I;16L", "I;16N", "F", "P;L")
+#: full-scale value of grey modes deeper than 8 bits (None: "F", judged per image)
+DEEP_GREY_SCALE: dict[str, float | None] = {"I": 65535.0, "I;16": 65535.0, "I;16B": 65535.0,
+                                            "I;16L": 65535.0, "I;16N": 65535.0, "F": None}
 TEST_FOLDERS = ("test", "val")
 
 
@@ -91,13 +102,29 @@ def folder_classes(root: str | Path) -> tuple[str, ...]:
     return _samples(train)[1]
 
 
+def eight_bit(image: PIL.Image.Image) -> PIL.Image.Image:
+    """A PIL image with more than 8 bits per grey value as an 8-bit "L" image, scaled by
+    `DEEP_GREY_SCALE` (a float image's full scale is 1 if its values lie in [0, 1], else
+    255); any other image unchanged."""
+    from PIL import Image
+
+    if image.mode not in DEEP_GREY_SCALE:
+        return image
+    values = np.asarray(image, dtype=np.float64)
+    full = DEEP_GREY_SCALE[image.mode]
+    if full is None:
+        full = 1.0 if values.size and np.nanmin(values) >= 0 and np.nanmax(values) <= 1 else 255.0
+    scaled = np.nan_to_num(values * (255.0 / full), nan=0.0)
+    return Image.fromarray(np.clip(np.rint(scaled), 0, 255).astype(np.uint8))
+
+
 def _decode(path: str, size: int, channels: int) -> np.ndarray:
     """One image -> uint8 (C, size, size): centre square crop, antialiased resize."""
     from PIL import Image, UnidentifiedImageError
 
     try:
         with Image.open(path) as image:
-            image = image.convert("L" if channels == 1 else "RGB")
+            image = eight_bit(image).convert("L" if channels == 1 else "RGB")
             w, h = image.size
             side = min(w, h)
             left, top = (w - side) // 2, (h - side) // 2

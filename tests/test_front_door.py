@@ -67,6 +67,22 @@ def test_grey_images_give_one_channel_and_channels_converts(tmp_path):
     assert data.channels == 3 and torch.equal(data.train.x[:, 0], data.train.x[:, 2])
 
 
+def test_deep_grey_images_are_scaled_to_eight_bits_not_clipped(tmp_path):
+    """16-bit PNGs and float TIFFs: PIL's convert("L") would clip them to white / black."""
+    ramp = np.linspace(0, 1, 64).reshape(8, 8)
+    for name, array, ext in [("deep", (ramp * 65535).astype(np.uint16), "png"),
+                             ("float", ramp.astype(np.float32), "tiff")]:
+        for c in ("a", "b"):
+            (tmp_path / name / c).mkdir(parents=True)
+            for i in range(2):
+                Image.fromarray(array).save(tmp_path / name / c / f"{i}.{ext}")
+        assert dataset_info(DataConfig(name="imagefolder", data_root=str(tmp_path / name))).channels == 1
+        data = load_dataset(DataConfig(name="imagefolder", data_root=str(tmp_path / name), image_size=8,
+                                       holdout_fraction=0.5))
+        x = (data.train.x[0, 0] + 1) / 2  # back to [0, 1]
+        assert torch.allclose(x.double(), torch.from_numpy(ramp), atol=1 / 255), name
+
+
 def test_image_folder_with_its_own_train_and_test_split(tmp_path):
     write_folder(tmp_path / "ds" / "train", COLOURS, per_class=6)
     write_folder(tmp_path / "ds" / "test", COLOURS, per_class=2, seed=1)
