@@ -197,6 +197,18 @@ def _allocator(d: dict[str, Any]) -> tuple[list[str], dict[str, Any]]:
     return lines, {"tuned_over_system": ratios}
 
 
+def _decode(d: dict[str, Any]) -> tuple[list[str], dict[str, Any]]:
+    lines = ["| JPEG | target | draft / full decode, CPU time (rounds: median [min, max]) | "
+             "max / mean abs pixel difference |", "|---|---|---|---|"]
+    ratios = {}
+    for r in _rows(d):
+        q = r["draft_over_full"]
+        lines.append(f"| {r['photo'][0]}x{r['photo'][1]} | {r['target']} | {q['median']:.2f} "
+                     f"[{q['min']:.2f}, {q['max']:.2f}] | {r['max_abs_diff']} / {r['mean_abs_diff']:.2f} |")
+        ratios[f"{r['photo'][0]}x{r['photo'][1]}/{r['target']}"] = q["median"]
+    return lines, {"draft_over_full": ratios}
+
+
 FORMATTERS: dict[str, Callable[[dict[str, Any]], tuple[list[str], dict[str, Any]]]] = {
     "train_throughput": _throughput, "sampler_overhead": _overhead, "distill_step": _distill,
     "sampling_speed": _speed, "peak_memory": _memory, "gpu_hours": _gpu_hours,
@@ -204,7 +216,7 @@ FORMATTERS: dict[str, Callable[[dict[str, Any]], tuple[list[str], dict[str, Any]
     "train_step_speed": _train_step, "train_step_speed_small": _train_step,
     "train_step_speed_b16": _train_step, "layout_speed": _layout, "layout_speed_frozen": _layout,
     "train_step_speed_compile_student": _train_step, "train_step_speed_compile_teacher": _train_step,
-    "reproduce_time": _reproduce, "reproduce_quick_time": _reproduce,
+    "reproduce_time": _reproduce, "reproduce_quick_time": _reproduce, "decode_speed": _decode,
 }
 
 

@@ -83,6 +83,32 @@ def test_deep_grey_images_are_scaled_to_eight_bits_not_clipped(tmp_path):
         assert torch.allclose(x.double(), torch.from_numpy(ramp), atol=1 / 255), name
 
 
+def test_large_jpegs_decode_at_reduced_scale_close_to_a_full_decode(tmp_path, monkeypatch):
+    from PIL import JpegImagePlugin
+
+    import dashlib.imagefolder as imagefolder
+
+    rng = np.random.default_rng(0)
+    coarse = Image.fromarray((rng.random((30, 40, 3)) * 255).astype(np.uint8))
+    path = tmp_path / "photo.jpg"
+    coarse.resize((1600, 1200), Image.Resampling.BICUBIC).save(path, quality=90)
+    drafted = []
+    draft = JpegImagePlugin.JpegImageFile.draft
+
+    def spy(self, mode, size):
+        out = draft(self, mode, size)
+        drafted.append(self.size)
+        return out
+
+    monkeypatch.setattr(JpegImagePlugin.JpegImageFile, "draft", spy)
+    fast = imagefolder._decode(str(path), 16, 3).astype(int)
+    assert drafted[-1] == (200, 150)  # 1/8 scale: both sides still >= 2 x 16
+    monkeypatch.setattr(imagefolder, "DRAFT_FACTOR", 10_000)  # asks for more than the photo: full size
+    full = imagefolder._decode(str(path), 16, 3).astype(int)
+    assert drafted[-1] == (1600, 1200) and fast.shape == full.shape == (3, 16, 16)
+    assert np.abs(fast - full).mean() < 1 and np.abs(fast - full).max() <= 8
+
+
 def test_image_folder_with_its_own_train_and_test_split(tmp_path):
     write_folder(tmp_path / "ds" / "train", COLOURS, per_class=6)
     write_folder(tmp_path / "ds" / "test", COLOURS, per_class=2, seed=1)
