@@ -1,4 +1,9 @@
-"""Sample grids as PNG files: one row per class."""
+"""Sample grids as PNG files: one row per class.
+
+A figure's grid shows at most `GRID_MAX_CLASSES` rows: with more classes (CIFAR-100,
+your own data) `shown_classes` picks that many, evenly spaced, so every row stays
+legible in a paper-sized panel.
+"""
 
 from __future__ import annotations
 
@@ -13,6 +18,28 @@ from torchvision.utils import make_grid
 
 from dashlib.data import to_uint8
 from dashlib.io import atomic_write_bytes
+
+#: the most classes (rows) a figure's sample grid shows
+GRID_MAX_CLASSES = 10
+
+
+def shown_classes(num_classes: int, limit: int = GRID_MAX_CLASSES) -> Tensor:
+    """The class ids (m,) a grid shows, ascending: every class up to `limit`, else `limit`
+    evenly spaced ones, floor(i * K / limit) for i < limit."""
+    if limit < 1:
+        raise ValueError(f"limit must be at least 1, got {limit}")
+    if num_classes <= limit:
+        return torch.arange(num_classes)
+    return torch.arange(limit) * num_classes // limit
+
+
+def grid_labels(num_classes: int, per_class: int, limit: int = GRID_MAX_CLASSES) -> tuple[Tensor, Tensor]:
+    """(labels (per_class * m,), rows (per_class * m,)) for a grid of the `shown_classes`:
+    the class id to sample each image with, and the grid row (0..m-1) it goes in; they
+    cycle through the shown classes like `balanced_labels`."""
+    shown = shown_classes(num_classes, limit)
+    rows = torch.arange(per_class * len(shown)) % len(shown)
+    return shown[rows], rows
 
 
 def class_rows(samples: Tensor, labels: Tensor, num_classes: int) -> Tensor:

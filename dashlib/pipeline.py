@@ -210,17 +210,18 @@ def describe(b: Budget) -> dict[str, Any]:
 
 
 def data_grid(b: Budget, per_class: int = 8) -> Any:
-    """A PIL image of real training images, one row per class."""
+    """A PIL image of real training images, one row per class (`images.shown_classes`)."""
     import torch
     from PIL import Image
 
     from dashlib.data import load_dataset
-    from dashlib.images import grid_image
+    from dashlib.images import grid_image, shown_classes
 
     data = load_dataset(b.preset.data).train
-    k = b.preset.teacher.num_classes
-    idx = torch.cat([(data.y == c).nonzero().flatten()[:per_class] for c in range(k)])
-    grid = grid_image(data.x[idx], data.y[idx], k, scale=4)
+    shown = shown_classes(b.preset.teacher.num_classes)
+    idx = [(data.y == c).nonzero().flatten()[:per_class] for c in shown.tolist()]
+    rows = torch.cat([torch.full((len(i),), r) for r, i in enumerate(idx)])
+    grid = grid_image(data.x[torch.cat(idx)], rows, len(shown), scale=4)
     return Image.fromarray(grid.permute(1, 2, 0).numpy())
 
 

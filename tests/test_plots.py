@@ -51,3 +51,22 @@ def test_f5_legend_is_outside_the_axes(steps):
             for m in METHODS if m != "teacher"}
     fig = plots.distillation_dynamics(logs)
     _legends_outside_every_axes(fig)
+
+
+@pytest.mark.parametrize("k", [1, 3, 10, 11, 100, 1000])
+def test_sample_grids_show_at_most_ten_distinct_classes_in_order(k):
+    import torch
+
+    from dashlib.images import GRID_MAX_CLASSES, grid_image, grid_labels, shown_classes
+
+    shown = shown_classes(k)
+    assert len(shown) == min(k, GRID_MAX_CLASSES) and len(set(shown.tolist())) == len(shown)
+    assert shown[0] == 0 and shown.max() < k and bool((shown.diff() > 0).all())
+    labels, rows = grid_labels(k, per_class=3)
+    assert torch.equal(labels, shown[rows]) and len(labels) == 3 * len(shown)
+    if k <= GRID_MAX_CLASSES:  # the grids of small label sets are unchanged: balanced labels
+        assert torch.equal(labels, torch.arange(3 * k) % k)
+    # a grid of the shown classes has one row per shown class, whatever k is
+    x = labels.float().view(-1, 1, 1, 1).expand(-1, 1, 4, 4) / k
+    grid = grid_image(x, rows, len(shown), scale=1)
+    assert grid.shape[1] == len(shown) * 4 + (len(shown) + 1) * 1
