@@ -184,29 +184,37 @@ def _reproduce(d: dict[str, Any]) -> tuple[list[str], dict[str, Any]]:
         {"wall_min": d["wall_min"], "returncode": d["returncode"], "notebook_s": stages}
 
 
-def _allocator(d: dict[str, Any]) -> tuple[list[str], dict[str, Any]]:
-    lines = ["| model | work | tuned / glibc defaults, CPU time (rounds: median [min, max]) | "
-             "page faults per call (defaults -> tuned) |", "|---|---|---|---|"]
+Cells = Callable[[dict[str, Any]], str]
+
+
+def _ratio_table(d: dict[str, Any], header: str, ratio: str, key: Cells, first: Cells,
+                 last: Cells) -> tuple[list[str], dict[str, Any]]:
+    """A markdown row per result row: `first` cells, the ratio's median [min, max], `last` cells."""
+    lines = [header, "|" + "---|" * (header.count("|") - 1)]
     ratios = {}
     for r in _rows(d):
-        q = r["tuned_over_system"]
-        lines.append(f"| {r['preset']} {r['role']} | {r['mode']}, {r['rows']} rows | "
-                     f"{q['median']:.2f} [{q['min']:.2f}, {q['max']:.2f}] | "
-                     f"{r['system_faults']:,.0f} -> {r['tuned_faults']:,.0f} |")
-        ratios[f"{r['preset']}/{r['role']}/{r['mode']}"] = q["median"]
-    return lines, {"tuned_over_system": ratios}
+        q = r[ratio]
+        lines.append(f"| {first(r)} | {q['median']:.2f} [{q['min']:.2f}, {q['max']:.2f}] | {last(r)} |")
+        ratios[key(r)] = q["median"]
+    return lines, {ratio: ratios}
+
+
+def _allocator(d: dict[str, Any]) -> tuple[list[str], dict[str, Any]]:
+    return _ratio_table(
+        d, "| model | work | tuned / glibc defaults, CPU time (rounds: median [min, max]) | "
+           "page faults per call (defaults -> tuned) |", "tuned_over_system",
+        key=lambda r: f"{r['preset']}/{r['role']}/{r['mode']}",
+        first=lambda r: f"{r['preset']} {r['role']} | {r['mode']}, {r['rows']} rows",
+        last=lambda r: f"{r['system_faults']:,.0f} -> {r['tuned_faults']:,.0f}")
 
 
 def _decode(d: dict[str, Any]) -> tuple[list[str], dict[str, Any]]:
-    lines = ["| JPEG | target | draft / full decode, CPU time (rounds: median [min, max]) | "
-             "max / mean abs pixel difference |", "|---|---|---|---|"]
-    ratios = {}
-    for r in _rows(d):
-        q = r["draft_over_full"]
-        lines.append(f"| {r['photo'][0]}x{r['photo'][1]} | {r['target']} | {q['median']:.2f} "
-                     f"[{q['min']:.2f}, {q['max']:.2f}] | {r['max_abs_diff']} / {r['mean_abs_diff']:.2f} |")
-        ratios[f"{r['photo'][0]}x{r['photo'][1]}/{r['target']}"] = q["median"]
-    return lines, {"draft_over_full": ratios}
+    return _ratio_table(
+        d, "| JPEG | target | draft / full decode, CPU time (rounds: median [min, max]) | "
+           "max / mean abs pixel difference |", "draft_over_full",
+        key=lambda r: f"{r['photo'][0]}x{r['photo'][1]}/{r['target']}",
+        first=lambda r: f"{r['photo'][0]}x{r['photo'][1]} | {r['target']}",
+        last=lambda r: f"{r['max_abs_diff']} / {r['mean_abs_diff']:.2f}")
 
 
 FORMATTERS: dict[str, Callable[[dict[str, Any]], tuple[list[str], dict[str, Any]]]] = {
