@@ -209,12 +209,20 @@ def _allocator(d: dict[str, Any]) -> tuple[list[str], dict[str, Any]]:
 
 
 def _decode(d: dict[str, Any]) -> tuple[list[str], dict[str, Any]]:
-    return _ratio_table(
+    lines, key = _ratio_table(
         d, "| JPEG | target | draft / full decode, CPU time (rounds: median [min, max]) | "
            "max / mean abs pixel difference |", "draft_over_full",
         key=lambda r: f"{r['photo'][0]}x{r['photo'][1]}/{r['target']}",
         first=lambda r: f"{r['photo'][0]}x{r['photo'][1]} | {r['target']}",
         last=lambda r: f"{r['max_abs_diff']} / {r['mean_abs_diff']:.2f}")
+    threads = d.get("decode_all")
+    if threads:
+        q = threads["two_over_one_wall"]
+        size = "x".join(map(str, threads["size"]))
+        lines += ["", f"`decode_all` over {threads['photos']} {size} JPEGs: "
+                  f"two threads / one {q['median']:.2f} [{q['min']:.2f}, {q['max']:.2f}] (wall clock)"]
+        key["decode_two_over_one_threads"] = q["median"]
+    return lines, key
 
 
 FORMATTERS: dict[str, Callable[[dict[str, Any]], tuple[list[str], dict[str, Any]]]] = {

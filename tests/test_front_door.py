@@ -109,6 +109,30 @@ def test_large_jpegs_decode_at_reduced_scale_close_to_a_full_decode(tmp_path, mo
     assert np.abs(fast - full).mean() < 1 and np.abs(fast - full).max() <= 8
 
 
+def test_decoding_on_two_threads_gives_the_same_images_in_the_same_order(tmp_path, monkeypatch):
+    import dashlib.imagefolder as imagefolder
+
+    rng = np.random.default_rng(0)
+    paths = []
+    for i in range(11):  # a distinct solid grey per image, so any reordering shows
+        paths.append(str(tmp_path / f"{i}.png"))
+        Image.fromarray(np.full((10 + i, 12, 3), 20 * i, np.uint8)).save(paths[-1])
+    rng.shuffle(paths)
+    monkeypatch.setattr(imagefolder, "DECODE_CHUNK", 3)  # 4 chunks
+    done = []
+    threads = torch.get_num_threads()
+    try:
+        torch.set_num_threads(1)
+        one = imagefolder.decode_all(paths, 8, 1, done.append)
+        torch.set_num_threads(2)
+        two = imagefolder.decode_all(paths, 8, 1)
+    finally:
+        torch.set_num_threads(threads)
+    assert done == [3, 3, 3, 2]
+    assert [int(a[0, 0, 0]) for a in two] == [int(Path(p).stem) * 20 for p in paths]
+    assert all(np.array_equal(a, b) for a, b in zip(one, two))
+
+
 def test_image_folder_with_its_own_train_and_test_split(tmp_path):
     write_folder(tmp_path / "ds" / "train", COLOURS, per_class=6)
     write_folder(tmp_path / "ds" / "test", COLOURS, per_class=2, seed=1)
