@@ -19,7 +19,7 @@ from dashlib.config import ConfigError, Preset, override
 from dashlib.distill import METHODS, distill_many
 from dashlib.guidance import Guidance
 from dashlib.params import check_params
-from dashlib.presets import check, fit_to_data, get_preset
+from dashlib.presets import check, fit_to_data, get_preset, sized_for_data
 from dashlib.report import Provenance
 from dashlib.runs import Run
 from dashlib.teacher import train_teacher
@@ -167,7 +167,7 @@ def budget(preset: str | Preset, quick: bool = False, workers: int = 2, device: 
     if unknown:
         raise ConfigError(f"unknown budget setting(s) {sorted(unknown)}: preset keys are dotted "
                           f"(e.g. train.steps); budget keys are {sorted(fields)}")
-    p = check(fit_to_data(override(base, **dotted)) if dotted else base)
+    p = check(fit_to_data(override(base, **sized_for_data(base, dotted))) if dotted else base)
     return Budget(preset=p, quick=quick, methods=tuple(knobs.pop("methods", METHODS.names())),
                   widths=tuple(knobs.pop("widths")), workers=workers, device=device, **knobs)
 

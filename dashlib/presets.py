@@ -16,6 +16,8 @@ from __future__ import annotations
 
 import dataclasses
 import functools
+import math
+from collections.abc import Mapping
 from typing import Any
 
 import torch
@@ -185,7 +187,42 @@ def get_preset(name: str, **overrides: Any) -> Preset:
         preset = PRESETS.get(name)
     except UnknownNameError:
         raise ConfigError(f"unknown preset {name!r}; choose one of: {', '.join(PRESETS.names())}") from None
-    return check(fit_to_data(override(preset, **overrides)) if overrides else preset)
+    if not overrides:
+        return check(preset)
+    return check(fit_to_data(override(preset, **sized_for_data(preset, overrides))))
+
+
+def resized(config: ModelConfig, size: int, name: str) -> ModelConfig:
+    """The same UNet for size x size images: attention stays at the same depths
+    (digits' attention at 4 of 8 becomes 16 of 32). `name` is the model's, for the error."""
+    down = 2 ** (len(config.ch_mult) - 1)
+    if size % down:
+        fits = sorted({max(down, size // down * down), (size // down + 1) * down})
+        raise ConfigError(f"data.image_size = {size} does not fit the {name}'s {len(config.ch_mult)} "
+                          f"resolution levels (ch_mult {config.ch_mult}): it must be divisible by {down}, "
+                          f"e.g. {' or '.join(map(str, fits))}; or set {name}.ch_mult too")
+    depths = [round(math.log2(config.image_size / r)) for r in config.attn_resolutions]
+    return dataclasses.replace(config, image_size=size, attn_resolutions=tuple(size // 2**d for d in depths))
+
+
+def sized_for_data(preset: Preset, overrides: Mapping[str, Any]) -> dict[str, Any]:
+    """`overrides` plus, when they change `data.image_size` but not a model's
+    `image_size`, that model `resized` to it (its other overrides applied first; an
+    explicit `attn_resolutions` is kept). So `--set data.image_size=32` is all it
+    takes to run a preset's models on larger images."""
+    out = dict(overrides)
+    size = out.get("data.image_size")
+    for model in ("teacher", "student"):
+        if size is None or f"{model}.image_size" in out:
+            continue
+        own = {k.partition(".")[2]: v for k, v in out.items()
+               if k.startswith(f"{model}.") and k != f"{model}.attn_resolutions"}  # for the new size
+        config = override(getattr(preset, model), **own)
+        if config.image_size != size:
+            fitted = resized(config, size, model)
+            out[f"{model}.image_size"] = size
+            out.setdefault(f"{model}.attn_resolutions", fitted.attn_resolutions)
+    return out
 
 
 def fit_to_data(preset: Preset) -> Preset:

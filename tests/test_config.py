@@ -85,3 +85,32 @@ def test_checking_a_preset_leaves_the_global_rng_alone():
     torch.manual_seed(0)
     get_preset("tiny", **{"teacher.ch": 6})  # a pair no earlier test has checked
     assert torch.equal(torch.rand(3), expected)
+
+
+@pytest.mark.parametrize("preset, size, attn", [("digits", 32, (16,)), ("digits", 12, (6,)),
+                                                ("tiny", 16, (8,)), ("cifar10", 64, (32,))])
+def test_data_image_size_alone_resizes_both_models_keeping_attention_depth(preset, size, attn):
+    p = get_preset(preset, **{"data.image_size": size})
+    for m in (p.teacher, p.student):
+        assert m.image_size == size and m.attn_resolutions == attn
+    assert get_preset(preset).teacher.image_size == get_preset(preset).data.image_size != size
+
+
+def test_resized_models_train_and_sample_at_the_new_size():
+    from dashlib.unet import build_unet
+
+    p = get_preset("tiny", **{"data.image_size": 16})
+    x = load_dataset(p.data).train.x[:2]
+    assert x.shape[-1] == 16
+    out = build_unet(p.student, 0)(x, torch.tensor([3, 50]), torch.tensor([0, 1]))
+    assert out.shape == x.shape
+
+
+def test_image_size_that_the_models_cannot_take_names_the_fix():
+    with pytest.raises(ConfigError, match=r"data.image_size = 10 .* divisible by 4, e.g. 8 or 12"):
+        get_preset("digits", **{"data.image_size": 10})
+    # an explicit model size or attention is the user's: kept (and checked)
+    with pytest.raises(ConfigError, match="must equal data.image_size"):
+        get_preset("digits", **{"data.image_size": 16, "teacher.image_size": 8})
+    p = get_preset("digits", **{"data.image_size": 16, "teacher.attn_resolutions": [16]})
+    assert p.teacher.attn_resolutions == (16,) and p.student.attn_resolutions == (8,)
