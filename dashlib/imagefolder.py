@@ -44,7 +44,9 @@ TEST_FOLDERS = ("test", "val")
 #: JPEGs are decoded (PIL draft mode) at no less than this multiple of the target size
 DRAFT_FACTOR = 2
 #: part of the decode cache's key: bumped when decoding changes, so old caches are not reused
-DECODE_VERSION = 2
+DECODE_VERSION = 3
+#: the EXIF tag of a photo's orientation (1: upright; 2-8: mirrored and/or turned)
+EXIF_ORIENTATION = 0x0112
 #: images per decoding task (`decode_all`): enough that the pool's overhead per task is small
 DECODE_CHUNK = 64
 
@@ -128,20 +130,26 @@ def eight_bit(image: PIL.Image.Image) -> PIL.Image.Image:
 
 
 def _decode(path: str, size: int, channels: int) -> np.ndarray:
-    """One image -> uint8 (C, size, size): centre square crop, antialiased resize.
+    """One image -> uint8 (C, size, size): upright, centre square crop, antialiased resize.
 
-    A JPEG is decoded at the smallest of 1/1, 1/2, 1/4, 1/8 scale that keeps both sides at
-    least `DRAFT_FACTOR` x size (PIL's draft mode; bench/decode_speed.py: 0.23-0.35x the
-    time of a full-size decode), and the centre square, in the full image's coordinates,
-    is resampled from that smaller decode."""
-    from PIL import Image, UnidentifiedImageError
+    A photo's EXIF orientation is applied first (phones store most pictures turned a
+    quarter), as a viewer shows it. A JPEG is decoded at the smallest of 1/1, 1/2, 1/4,
+    1/8 scale that keeps both sides at least `DRAFT_FACTOR` x size (PIL's draft mode;
+    bench/decode_speed.py: 0.23-0.35x the time of a full-size decode), and the centre
+    square, in the full image's coordinates, is resampled from that smaller decode."""
+    from PIL import Image, ImageOps, UnidentifiedImageError
 
     try:
         with Image.open(path) as image:
             w, h = image.size
+            orientation = image.getexif().get(EXIF_ORIENTATION, 1)
+            if orientation in (5, 6, 7, 8):  # a quarter turn: the sides swap
+                w, h = h, w
             side = min(w, h)
             box = ((w - side) // 2, (h - side) // 2, (w - side) // 2 + side, (h - side) // 2 + side)
             image.draft(None, (DRAFT_FACTOR * size, DRAFT_FACTOR * size))
+            if orientation != 1:
+                image = ImageOps.exif_transpose(image)
             image = eight_bit(image).convert("L" if channels == 1 else "RGB")
             if image.size == (w, h):
                 image = image.crop(box)

@@ -133,6 +133,23 @@ def test_decoding_on_two_threads_gives_the_same_images_in_the_same_order(tmp_pat
     assert all(np.array_equal(a, b) for a, b in zip(one, two))
 
 
+@pytest.mark.parametrize("orientation, stored_as", [(1, None), (3, Image.Transpose.ROTATE_180),
+                                                     (6, Image.Transpose.ROTATE_90),
+                                                     (8, Image.Transpose.ROTATE_270)])
+def test_photos_are_decoded_upright_by_their_exif_orientation(tmp_path, orientation, stored_as):
+    import dashlib.imagefolder as imagefolder
+
+    upright = np.zeros((24, 16, 3), np.uint8)
+    upright[:8] = 255  # a tall image, white at the top
+    stored = Image.fromarray(upright)
+    stored = stored.transpose(stored_as) if stored_as is not None else stored  # as the camera wrote it
+    exif = Image.Exif()
+    exif[imagefolder.EXIF_ORIENTATION] = orientation
+    stored.save(tmp_path / "photo.jpg", exif=exif.tobytes(), quality=95)
+    x = imagefolder._decode(str(tmp_path / "photo.jpg"), 8, 1)[0].astype(int)
+    assert x[0].min() > 200 and x[-1].max() < 30  # white top row, black bottom row, every column
+
+
 def test_image_folder_with_its_own_train_and_test_split(tmp_path):
     write_folder(tmp_path / "ds" / "train", COLOURS, per_class=6)
     write_folder(tmp_path / "ds" / "test", COLOURS, per_class=2, seed=1)
