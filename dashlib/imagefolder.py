@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import hashlib
 import math
+import os
 import warnings
 from collections.abc import Callable, Iterable
 from concurrent.futures import ThreadPoolExecutor
@@ -77,11 +78,35 @@ def split_folders(root: str | Path) -> tuple[Path, Path | None]:
     return root, None
 
 
-def _samples(folder: Path) -> tuple[list[tuple[str, int]], tuple[str, ...]]:
-    from torchvision.datasets import ImageFolder
+def skipped(name: str) -> bool:
+    """Whether a file or folder name is left out of a listing: hidden ones (".ipynb_checkpoints",
+    macOS's "._photo.jpg" and ".DS_Store") and the "__MACOSX" folder of zips made on a Mac,
+    none of which are images or classes."""
+    return name.startswith(".") or name == "__MACOSX"
 
+
+def _listing(folder: Path):  # noqa: ANN202 (torchvision is imported lazily)
+    """torchvision's ImageFolder over `folder` without decoding, `skipped` names left out."""
+    from torchvision.datasets import ImageFolder
+    from torchvision.datasets.folder import IMG_EXTENSIONS, has_file_allowed_extension
+
+    class Listing(ImageFolder):
+        def find_classes(self, directory: str) -> tuple[list[str], dict[str, int]]:
+            classes = sorted(e.name for e in os.scandir(directory) if e.is_dir() and not skipped(e.name))
+            if not classes:
+                raise FileNotFoundError(f"Couldn't find any class folder in {directory}.")
+            return classes, {c: i for i, c in enumerate(classes)}
+
+    def valid(path: str) -> bool:
+        return not any(skipped(part) for part in Path(path).relative_to(folder).parts) \
+            and has_file_allowed_extension(path, IMG_EXTENSIONS)
+
+    return Listing(str(folder), loader=lambda path: path, is_valid_file=valid)
+
+
+def _samples(folder: Path) -> tuple[list[tuple[str, int]], tuple[str, ...]]:
     try:
-        listing = ImageFolder(str(folder), loader=lambda path: path)
+        listing = _listing(folder)
     except (FileNotFoundError, RuntimeError) as err:
         raise ImageFolderError(f"{folder} is not an image folder: {err}. Lay it out as "
                                f"{folder}/<class name>/<image files>") from None

@@ -150,6 +150,16 @@ def test_photos_are_decoded_upright_by_their_exif_orientation(tmp_path, orientat
     assert x[0].min() > 200 and x[-1].max() < 30  # white top row, black bottom row, every column
 
 
+def test_notebook_checkpoints_and_mac_zip_leftovers_are_not_classes_or_images(tmp_path):
+    root = write_folder(tmp_path / "pets", COLOURS, per_class=4)
+    (root / ".ipynb_checkpoints").mkdir()  # JupyterLab leaves these in any folder it opens
+    write_folder(root / "__MACOSX", {"red": (0, 0, 0)}, per_class=1)  # a zip made on a Mac
+    for junk in ("red/._000.png", "blue/.DS_Store", "green/.hidden.png"):
+        (root / junk).write_bytes(b"\x00\x05\x16\x07 not an image")
+    data = load_dataset(DataConfig(name="imagefolder", data_root=str(root), holdout_fraction=0.25))
+    assert data.class_names == ("blue", "green", "red") and len(data.train) + len(data.test) == 12
+
+
 def test_image_folder_with_its_own_train_and_test_split(tmp_path):
     write_folder(tmp_path / "ds" / "train", COLOURS, per_class=6)
     write_folder(tmp_path / "ds" / "test", COLOURS, per_class=2, seed=1)
