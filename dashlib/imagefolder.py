@@ -66,7 +66,8 @@ class FolderImages:
 
 
 def split_folders(root: str | Path) -> tuple[Path, Path | None]:
-    """(train folder, test folder or None): DIR/train + DIR/test|val if both exist, else (DIR, None)."""
+    """(train folder, test folder or None): DIR/train + DIR/test|val if both exist,
+    (DIR/train, None) if train/ is DIR's only folder, else (DIR, None)."""
     root = Path(root).expanduser().resolve()
     if not root.is_dir():
         raise ImageFolderError(
@@ -75,6 +76,9 @@ def split_folders(root: str | Path) -> tuple[Path, Path | None]:
     test = next((root / t for t in TEST_FOLDERS if (root / t).is_dir()), None)
     if (root / "train").is_dir() and test is not None:
         return root / "train", test
+    folders = [e.name for e in os.scandir(root) if e.is_dir() and not skipped(e.name)]
+    if folders == ["train"]:  # a train/ split alone: its classes, with a held-out part
+        return root / "train", None
     return root, None
 
 

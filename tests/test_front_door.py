@@ -167,6 +167,13 @@ def test_image_folder_with_its_own_train_and_test_split(tmp_path):
     assert (len(data.train), len(data.test)) == (18, 6)
 
 
+def test_a_train_folder_alone_is_the_class_folder_with_a_held_out_part(tmp_path):
+    write_folder(tmp_path / "ds" / "train", COLOURS, per_class=4)
+    (tmp_path / "ds" / ".ipynb_checkpoints").mkdir()
+    data = load_dataset(DataConfig(name="imagefolder", data_root=str(tmp_path / "ds"), holdout_fraction=0.25))
+    assert data.class_names == ("blue", "green", "red") and (len(data.train), len(data.test)) == (9, 3)
+
+
 def test_image_folder_is_cached_and_reread_when_it_changes(tmp_path, monkeypatch):
     import dashlib.imagefolder as imagefolder
 
