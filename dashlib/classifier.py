@@ -28,7 +28,7 @@ from torch import Tensor, nn
 from tqdm import tqdm
 
 from dashlib.config import DataConfig, EvalConfig, to_dict
-from dashlib.data import Split, load_dataset
+from dashlib.data import Split, data_identity, load_dataset
 from dashlib.device import resolve_device
 from dashlib.io import CheckpointError, atomic_torch_save, atomic_write_json, load_checkpoint
 from dashlib.runs import Run, make_run, prepare
@@ -101,8 +101,7 @@ def accuracy(model: Classifier, split: Split) -> float:
 
 def classifier_payload(data: DataConfig, config: EvalConfig) -> dict[str, Any]:
     """Everything that determines a classifier; where the data lives does not."""
-    data_fields = {k: v for k, v in to_dict(data).items() if k not in ("data_root", "download")}
-    return {"kind": "classifier", "data": data_fields, "steps": config.classifier_steps,
+    return {"kind": "classifier", "data": data_identity(to_dict(data)), "steps": config.classifier_steps,
             "width": config.classifier_width, "batch_size": config.classifier_batch_size,
             "lr": config.classifier_lr, "seed": config.classifier_seed, "shift": SHIFT}
 

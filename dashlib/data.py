@@ -8,17 +8,25 @@ the paper does.
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from dashlib.config import DataConfig, one_of
-from dashlib.imagefolder import FolderImages, folder_channels, folder_classes, read_split, split_folders
+from dashlib.config import DataConfig, from_dict, one_of
+from dashlib.imagefolder import (
+    FolderImages,
+    folder_channels,
+    folder_classes,
+    folder_fingerprint,
+    read_split,
+    split_folders,
+)
 from dashlib.registry import Registry
 
 
@@ -69,6 +77,8 @@ class DatasetSource:
 
     load: Loader
     info: Callable[[DataConfig], DatasetInfo]
+    #: a hash of the files, for sources whose content the config does not fix (None: it does)
+    fingerprint: Callable[[DataConfig], str] | None = None
 
 
 DATASETS: Registry[DatasetSource] = Registry("dataset")
@@ -292,7 +302,24 @@ def _imagefolder_info(config: DataConfig) -> DatasetInfo:
                        config.channels or folder_channels(config.data_root))
 
 
-DATASETS.add("imagefolder", DatasetSource(load_imagefolder, _imagefolder_info))
+DATASETS.add("imagefolder", DatasetSource(load_imagefolder, _imagefolder_info,
+                                          lambda config: folder_fingerprint(config.data_root)))
+
+#: DataConfig fields that say where the data is, not what it is: never part of an identity.
+LOCATION_FIELDS = ("data_root", "download")
+
+
+def data_identity(fields: Mapping[str, Any]) -> dict[str, Any]:
+    """What a dataset is, for run folders and caches: its config fields (a `DataConfig` as a
+    dict) without where it lives, plus `"files"`, the source's fingerprint of its content,
+    for sources whose content the config does not fix (an image folder). So a run is found
+    again when its data moves, and two folders of the same shape never share one."""
+    out = {k: v for k, v in fields.items() if k not in LOCATION_FIELDS}
+    name = fields.get("name")
+    entry = DATASETS.get(name) if isinstance(name, str) and name in DATASETS else None
+    if entry is not None and entry.fingerprint is not None and fields.get("data_root"):
+        out["files"] = entry.fingerprint(from_dict(DataConfig, dict(fields)))
+    return out
 
 
 def to_uint8(x: Tensor) -> Tensor:

@@ -54,7 +54,7 @@ from torch_fidelity.utils import get_featuresdict_from_dataset
 
 from dashlib.classifier import load_classifier
 from dashlib.config import IMAGE_METRICS, ConfigError, DataConfig, to_dict
-from dashlib.data import balanced_subset, load_dataset, to_uint8
+from dashlib.data import balanced_subset, data_identity, load_dataset, to_uint8
 from dashlib.images import save_png
 from dashlib.inception import inception_weights_path, load_inception_state
 from dashlib.io import UnreadableCheckpointError, atomic_torch_save, load_checkpoint
@@ -248,7 +248,7 @@ class Reference:
 def reference_set(data: DataConfig, max_reference: int | None = None, seed: int = 0) -> Reference:
     """The train split of `data` as uint8, or a class-balanced subset of at most `max_reference`
     images drawn with `seed`; named by dataset, size, the subset and a hash of the data config."""
-    fields = {k: v for k, v in to_dict(data).items() if k not in ("data_root", "download")}
+    fields = data_identity(to_dict(data))
     train = load_dataset(data).train
     name = f"{data.name}{data.image_size}-train-{config_hash(fields)}"
     if max_reference is not None and max_reference < len(train):

@@ -18,6 +18,7 @@ so a changed folder is read again.
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import math
 import os
@@ -122,6 +123,36 @@ def _samples(folder: Path) -> tuple[list[tuple[str, int]], tuple[str, ...]]:
         raise ImageFolderError(f"class {listing.classes[int(counts.argmin())]!r} in {folder} has "
                                f"{counts.min()} image(s); every class needs at least 2")
     return listing.samples, tuple(listing.classes)
+
+
+def _folder_state(root: Path) -> tuple:
+    """(name, mtime) of the root, its split folders and their class folders: what adding,
+    removing or renaming an image changes, cheap to read (no file is listed)."""
+    state = []
+    for folder in (root, *(root / n for n in ("train", *TEST_FOLDERS) if (root / n).is_dir())):
+        state.append((str(folder), folder.stat().st_mtime_ns))
+        state += [(e.path, e.stat().st_mtime_ns) for e in os.scandir(folder) if e.is_dir()]
+    return tuple(state)
+
+
+@functools.lru_cache(maxsize=16)
+def _fingerprint(root: Path, state: tuple) -> str:
+    train, test = split_folders(root)
+    digest = hashlib.sha256()
+    for folder in (train, test) if test is not None else (train,):
+        for path, _ in _samples(folder)[0]:
+            digest.update(f"{Path(path).relative_to(root).as_posix()}\0{os.stat(path).st_size}\n".encode())
+    return digest.hexdigest()[:16]
+
+
+def folder_fingerprint(root: str | Path) -> str:
+    """A hash of what an image folder holds, not where it is: every image's path relative to
+    the folder and its size in bytes. Part of every run's and cache's identity
+    (`dashlib.data.data_identity`), so two folders with the same class count never share a
+    run; a folder that moves, or is copied, keeps it. Cached per process until a class
+    folder changes (an image edited in place to the same byte size is not noticed)."""
+    root = Path(root).expanduser().resolve()
+    return _fingerprint(root, _folder_state(root))
 
 
 def folder_channels(root: str | Path) -> int:

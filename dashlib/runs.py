@@ -112,19 +112,18 @@ def _unstarted(run: Run) -> bool:
     return names <= {run.config.name, run.log.name}
 
 
-#: DataConfig fields that say where the data is, not what it is: never part of a run's identity.
-LOCATION_FIELDS = ("data_root", "download")
-
-
 def identity(payload: Any) -> Any:
-    """`payload` without the data's location fields (in any nested "data" dict), so
-    a run is found again when the dataset moves or is given as another path."""
+    """`payload` with any nested "data" dict replaced by its `dashlib.data.data_identity`
+    (no location fields; an image folder's content fingerprint), so a run is found again
+    when the dataset moves or is given as another path, and never shared by two folders."""
     if not isinstance(payload, Mapping):
         return payload
     out = {}
     for key, value in payload.items():
         if key == "data" and isinstance(value, Mapping):
-            value = {k: v for k, v in value.items() if k not in LOCATION_FIELDS}
+            from dashlib.data import data_identity
+
+            value = data_identity(value)
         out[key] = identity(value)
     return out
 

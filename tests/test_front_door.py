@@ -174,6 +174,31 @@ def test_a_train_folder_alone_is_the_class_folder_with_a_held_out_part(tmp_path)
     assert data.class_names == ("blue", "green", "red") and (len(data.train), len(data.test)) == (9, 3)
 
 
+def test_two_image_folders_of_the_same_shape_never_share_a_run_but_a_moved_one_does(tmp_path):
+    import shutil
+
+    from dashlib.classifier import classifier_run
+    from dashlib.fidelity import reference_set
+    from dashlib.presets import get_preset
+    from dashlib.runs import run_id
+    from dashlib.teacher import teacher_payload
+
+    a = write_folder(tmp_path / "a", COLOURS, per_class=3)
+    b = write_folder(tmp_path / "b", COLOURS, per_class=3, seed=1)  # same classes, other images
+    shutil.copytree(a, tmp_path / "moved")  # copied: new modification times, same files
+
+    def ids(root: Path) -> tuple[str, ...]:
+        p = get_preset("tiny", **{"data.name": "imagefolder", "data.data_root": str(root)})
+        return (run_id(teacher_payload(p)), classifier_run(p.data, p.eval).path.name,
+                reference_set(p.data).name)
+
+    first = ids(a)
+    assert ids(tmp_path / "moved") == first
+    assert all(x != y for x, y in zip(ids(b), first))
+    write_folder(a, {"red": (0, 0, 0)}, per_class=4)  # one more red image
+    assert all(x != y for x, y in zip(ids(a), first))
+
+
 def test_image_folder_is_cached_and_reread_when_it_changes(tmp_path, monkeypatch):
     import dashlib.imagefolder as imagefolder
 
