@@ -279,7 +279,7 @@ def _imagefolder_split(images: FolderImages) -> Split:
 
 def load_imagefolder(config: DataConfig) -> Dataset:
     """Your own images under `data_root`, one sub-folder per class (`dashlib.imagefolder`)."""
-    from dashlib.runs import runs_root
+    from dashlib.io import runs_root
 
     train_dir, test_dir = split_folders(config.data_root)
     channels = config.channels or folder_channels(config.data_root)

@@ -210,3 +210,13 @@ def _diff(a: Any, b: Any, prefix: str = "") -> list[tuple[str, Any, Any]]:
     if isinstance(a, (list, tuple)) and isinstance(b, (list, tuple)):
         a, b = list(a), list(b)
     return [] if a == b else [(prefix.rstrip("."), a, b)]
+
+
+def runs_root() -> Path:
+    """`$DASH_RUNS` if set, else `runs/` in the working directory; a file there is refused.
+    (Here, below both, so that `data` and `runs` can use it without importing each other.)"""
+    root = Path(os.environ.get("DASH_RUNS") or "runs")
+    if root.exists() and not root.is_dir():
+        raise OutputPathError(f"the runs folder {root} (DASH_RUNS) is a file, not a folder; "
+                              f"point DASH_RUNS at a folder")
+    return root

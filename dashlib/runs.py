@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
 import shutil
 from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
@@ -17,20 +16,11 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from dashlib.io import OutputPathError, _jsonable, atomic_write_json, make_dir, read_json_object
+from dashlib.io import _jsonable, atomic_write_json, make_dir, read_json_object, runs_root
 
 
 class RunStateError(RuntimeError):
     """A run folder is in a state the requested action cannot proceed from."""
-
-
-def runs_root() -> Path:
-    """`$DASH_RUNS` if set, else `runs/` in the working directory; a file there is refused."""
-    root = Path(os.environ.get("DASH_RUNS") or "runs")
-    if root.exists() and not root.is_dir():
-        raise OutputPathError(f"the runs folder {root} (DASH_RUNS) is a file, not a folder; "
-                              f"point DASH_RUNS at a folder")
-    return root
 
 
 def remove_stale_temps(run: Run) -> list[Path]:
