@@ -212,8 +212,10 @@ def sized_for_data(preset: Preset, overrides: Mapping[str, Any]) -> dict[str, An
     takes to run a preset's models on larger images."""
     out = dict(overrides)
     size = out.get("data.image_size")
+    if not isinstance(size, int) or isinstance(size, bool) or size < 1:
+        return out  # absent, or invalid: DataConfig's own check names it
     for model in ("teacher", "student"):
-        if size is None or f"{model}.image_size" in out:
+        if f"{model}.image_size" in out:
             continue
         own = {k.partition(".")[2]: v for k, v in out.items()
                if k.startswith(f"{model}.") and k != f"{model}.attn_resolutions"}  # for the new size

@@ -36,6 +36,8 @@ from dashlib.presets import PRESETS, get_preset
     (lambda: get_preset("tiny", **{"sample.spacing": "cubic"}), "spacing"),
     (lambda: get_preset("tiny", **{"diffusion.schedule": "sqrt"}), "schedule"),
     (lambda: get_preset("tiny", **{"distill.method": "dasj"}), "method"),
+    (lambda: get_preset("digits", **{"data.image_size": "abc"}), "image_size"),
+    (lambda: get_preset("digits", **{"data.image_size": 0}), "image_size"),
 ])
 def test_bad_values_name_the_field(make, field):
     with pytest.raises(ConfigError) as err:
