@@ -33,11 +33,10 @@ def shown_classes(num_classes: int, limit: int = GRID_MAX_CLASSES) -> Tensor:
     return torch.arange(limit) * num_classes // limit
 
 
-def grid_labels(num_classes: int, per_class: int, limit: int = GRID_MAX_CLASSES) -> tuple[Tensor, Tensor]:
-    """(labels (per_class * m,), rows (per_class * m,)) for a grid of the `shown_classes`:
-    the class id to sample each image with, and the grid row (0..m-1) it goes in; they
-    cycle through the shown classes like `balanced_labels`."""
-    shown = shown_classes(num_classes, limit)
+def grid_labels(shown: Tensor, per_class: int) -> tuple[Tensor, Tensor]:
+    """(labels (per_class * m,), rows (per_class * m,)) for a grid of the m classes `shown`
+    (`shown_classes`): the class id to sample each image with, and the grid row (0..m-1)
+    it goes in; they cycle through the shown classes like `balanced_labels`."""
     rows = torch.arange(per_class * len(shown)) % len(shown)
     return shown[rows], rows
 

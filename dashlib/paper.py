@@ -48,21 +48,22 @@ def f1_sample_grids(b: Budget, models: Mapping[str, Artifact], folder: str | Pat
     """Every model samples the same classes from the same initial noise."""
     config, guidance = b.preset.sample, b.guidance
     k = b.preset.teacher.num_classes
-    labels, rows = grid_labels(k, b.grid_per_class)
-    m = len(shown_classes(k))
+    shown = shown_classes(k)
+    labels, rows = grid_labels(shown, b.grid_per_class)
+    m = len(shown)
     grids = {}
     for name, art in models.items():
         sampler = DDIMSampler(art.diffusion, config, guidance)
         x = sampler.sample(art.model, labels, torch.Generator().manual_seed(seed))
         grids[name] = grid_image(x, rows, m, scale=1 if x.shape[-1] >= 16 else 2)
-    shown = "" if m == k else f", {m} of {k} classes"
-    fig = plots.sample_grids(grids, f"{guidance.title}, {config.steps} DDIM steps, seed {seed}{shown}")
+    subset = "" if m == k else f", {m} of {k} classes"
+    fig = plots.sample_grids(grids, f"{guidance.title}, {config.steps} DDIM steps, seed {seed}{subset}")
     # The sidecar describes what was drawn: this seed and the sampler's step count, not the
     # evaluation's seeds and DDIM steps.
     base = b.provenance(notebook)
     drawn = dataclasses.replace(base, seeds=(seed,), steps={**base.steps, "ddim": config.steps},
                                 extra={"guidance": b.table_guidance, "samples_per_class": b.grid_per_class,
-                                       **({} if m == k else {"classes_shown": shown_classes(k).tolist()})})
+                                       **({} if m == k else {"classes_shown": shown.tolist()})})
     return _save(fig, b, folder, "F1_samples", "Sample grids of the teacher and every student",
                  ["C1", "C2", "C3"], notebook, provenance=drawn)
 
@@ -131,13 +132,14 @@ def guidance_strip(b: Budget, model: Artifact, scales: tuple[float, ...] = (0, 1
     from matplotlib.figure import Figure
 
     k = b.preset.teacher.num_classes
-    labels, rows = grid_labels(k, b.grid_per_class)
+    shown = shown_classes(k)
+    labels, rows = grid_labels(shown, b.grid_per_class)
     fig = Figure(figsize=(3.2 * len(scales), 3.6))
     for i, w in enumerate(scales):
         sampler = DDIMSampler(model.diffusion, b.preset.sample, Guidance.parse(w, b.preset.sample))
         x = sampler.sample(model.model, labels, torch.Generator().manual_seed(seed))
         ax = fig.add_subplot(1, len(scales), i + 1)
-        ax.imshow(grid_image(x, rows, len(shown_classes(k)), scale=2).permute(1, 2, 0).numpy(),
+        ax.imshow(grid_image(x, rows, len(shown), scale=2).permute(1, 2, 0).numpy(),
                   interpolation="nearest")
         ax.set_title(f"w = {w:g}" + {0: " (unconditional)", 1: " (conditional)"}.get(w, ""))
         ax.axis("off")

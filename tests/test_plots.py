@@ -62,7 +62,7 @@ def test_sample_grids_show_at_most_ten_distinct_classes_in_order(k):
     shown = shown_classes(k)
     assert len(shown) == min(k, GRID_MAX_CLASSES) and len(set(shown.tolist())) == len(shown)
     assert shown[0] == 0 and shown.max() < k and bool((shown.diff() > 0).all())
-    labels, rows = grid_labels(k, per_class=3)
+    labels, rows = grid_labels(shown, per_class=3)
     assert torch.equal(labels, shown[rows]) and len(labels) == 3 * len(shown)
     if k <= GRID_MAX_CLASSES:  # the grids of small label sets are unchanged: balanced labels
         assert torch.equal(labels, torch.arange(3 * k) % k)
