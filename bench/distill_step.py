@@ -27,13 +27,14 @@ import torch
 from common import timeit_many, write
 
 from dashlib.data import Split
-from dashlib.device import amp_dtype, autocast, resolve_device
+from dashlib.device import autocast, resolve_device
 from dashlib.diffusion import Diffusion
 from dashlib.distill.methods import METHODS
 from dashlib.distill.run import resolve_config
 from dashlib.guidance import branches
 from dashlib.presets import get_preset
 from dashlib.runs import Run
+from dashlib.runtime import amp_dtype
 from dashlib.tirt import make_weighting, transfer
 from dashlib.train import Trainer
 from dashlib.unet import build_unet
@@ -58,7 +59,7 @@ def measure(preset_name: str, batch: int, device: torch.device, repeat: int) -> 
     with tempfile.TemporaryDirectory() as tmp:
         trainer = Trainer(objective, random_split(preset.student), diffusion,
                           config, Run(Path(tmp)), {}, device, progress=False)
-        dtype = amp_dtype(device, config.amp)
+        dtype = amp_dtype(device, config.amp, preset.student.ch)
         batch_ = trainer.draw_batch()
         x_t = diffusion.q_sample(batch_.x0, batch_.t, batch_.eps)
         opt = trainer.optimizer

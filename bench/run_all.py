@@ -112,16 +112,24 @@ def _speed(d: dict[str, Any]) -> tuple[list[str], dict[str, Any]]:
 
 
 def _train_step(d: dict[str, Any]) -> tuple[list[str], dict[str, Any]]:
-    compiled = any("compiled" in r["ratio_to_old"] for r in _rows(d))
-    lines = ["| model | params | batch | threads (clock) | default / old step (rounds: median [min, max]) | "
-             "channels-last alone | fused AdamW alone |" + (" compiled (first step) |" if compiled else ""),
-             "|---|---|---|---|---|---|---|" + ("---|" if compiled else "")]
+    rows = _rows(d)
+    compiled = any("compiled" in r["ratio_to_old"] for r in rows)
+    fp32 = any("default_fp32" in r["ratio_to_old"] for r in rows)  # since the bf16 rule
+    cpu = ([f"On {d['cpu']} (AMX bf16: {'yes' if d.get('cpu_bf16_fast') else 'no'}):", ""]
+           if d.get("cpu") else [])
+    lines = [*cpu,
+             "| model | params | batch | threads (clock) | default / old step (rounds: median [min, max]) | "
+             "channels-last alone | fused AdamW alone |" + (" default in fp32 | autocast |" if fp32 else "")
+             + (" compiled (first step) |" if compiled else ""),
+             "|---|---|---|---|---|---|---|" + ("---|---|" if fp32 else "") + ("---|" if compiled else "")]
     ratios = {}
-    for r in _rows(d):
+    for r in rows:
         q = r["ratio_to_old"]
         dflt = q["default"]
-        extra = (f" {q['compiled']['median']:.2f} ({r['compile_first_step_s']:.0f} s) |"
-                 if "compiled" in q else (" - |" if compiled else ""))
+        extra = (f" {q['default_fp32']['median']:.2f} | {r['amp'].removeprefix('torch.')} |"
+                 if "default_fp32" in q else (" - | - |" if fp32 else ""))
+        extra += (f" {q['compiled']['median']:.2f} ({r['compile_first_step_s']:.0f} s) |"
+                  if "compiled" in q else (" - |" if compiled else ""))
         lines.append(f"| {r['preset']} {r['role']} | {r['params'] / 1e6:.2f}M | {r['batch']} | "
                      f"{r['threads']} ({r['clock']}) | "
                      f"{dflt['median']:.2f} [{dflt['min']:.2f}, {dflt['max']:.2f}] | "
@@ -228,9 +236,11 @@ def _decode(d: dict[str, Any]) -> tuple[list[str], dict[str, Any]]:
 FORMATTERS: dict[str, Callable[[dict[str, Any]], tuple[list[str], dict[str, Any]]]] = {
     "train_throughput": _throughput, "sampler_overhead": _overhead, "distill_step": _distill,
     "sampling_speed": _speed, "peak_memory": _memory, "gpu_hours": _gpu_hours,
-    "sampling_speed_eager": _speed, "freeze_speed": _freeze, "allocator_speed": _allocator,
+    "sampling_speed_eager": _speed, "sampling_speed_amx": _speed, "sampling_speed_amx_bf16": _speed,
+    "freeze_speed": _freeze, "allocator_speed": _allocator,
     "train_step_speed": _train_step, "train_step_speed_small": _train_step,
-    "train_step_speed_b16": _train_step, "layout_speed": _layout, "layout_speed_frozen": _layout,
+    "train_step_speed_b16": _train_step, "train_step_speed_amx": _train_step,
+    "train_step_speed_amx_b16": _train_step, "layout_speed": _layout, "layout_speed_frozen": _layout,
     "train_step_speed_compile_student": _train_step, "train_step_speed_compile_teacher": _train_step,
     "reproduce_time": _reproduce, "reproduce_quick_time": _reproduce, "decode_speed": _decode,
 }

@@ -14,7 +14,7 @@ on a shared machine biases neither.
   speedup_over_flops = speedup / flops_ratio  (1.0: the student is as much faster
                                                as its FLOPs promise)
 
-With `--sample-amp` the models run under autocast on CUDA (default: fp32, as
+With `--sample-amp` the models run under autocast (`dashlib.runtime.amp_dtype`; default: fp32, as
 `dash sample`); `--compile` adds torch.compile (its compile time, the first
 call's, is reported); `--freeze` sets the frozen-graph rule (default auto:
 `dashlib.runtime.FREEZE_CH`; the first call, which traces, is a warm-up

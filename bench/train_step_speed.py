@@ -6,9 +6,12 @@ dash had before issue 17, which measured at parity with the authors' released
 UNet (dash / authors 0.96 student, 0.99 teacher): NCHW weights, attention fed
 transposed (non-contiguous) q/k/v, and the for-loop AdamW. It is compared
 with the same step under the current defaults (`Runtime()` and
-`dashlib.runtime.adamw_options`: contiguous attention, channels-last and fused
-AdamW where the rule tables apply them). Two single-lever variants
-(channels-last only, fused AdamW only) show what each contributes.
+`dashlib.runtime.adamw_options`: contiguous attention, channels-last, fused
+AdamW and the preset's `train.amp` (cifar: "fp16") under `amp_dtype`, which on
+CPU autocasts to bf16 where the CPU has AMX, from base width 64: the rule
+tables decide each lever). Three
+variants show what each lever contributes: channels-last only, fused AdamW only,
+and the default path kept in fp32 (`default_fp32`).
 
 All variants start from the same weights and batch and are timed in
 interleaved rounds in one process at each thread count; the JSON holds the
@@ -33,9 +36,10 @@ import torch.nn.functional as F
 from common import interleaved_rounds, load_average, ratio_stats, write
 from torch import Tensor, nn
 
+from dashlib.device import autocast
 from dashlib.diffusion import Diffusion
 from dashlib.presets import get_preset
-from dashlib.runtime import Runtime, adamw_options, to_channels_last
+from dashlib.runtime import Runtime, adamw_options, amp_dtype, cpu_bf16_fast, to_channels_last
 from dashlib.unet import AttnBlock, build_unet, count_params
 
 
@@ -61,14 +65,17 @@ VARIANTS: dict[str, dict[str, bool]] = {
     "old": {"old_attention": True, "channels_last": False, "fused": False},
     "channels_last_only": {"old_attention": True, "channels_last": True, "fused": False},
     "fused_only": {"old_attention": True, "channels_last": False, "fused": True},
-    "default": {"old_attention": False, "channels_last": None, "fused": True},
+    "default_fp32": {"old_attention": False, "channels_last": None, "fused": True, "amp": "none"},
+    "default": {"old_attention": False, "channels_last": None, "fused": True, "amp": "preset"},
 }
 # With --compile: the default path with the UNet compiled (torch.compile, inductor).
-COMPILED = {"compiled": {"old_attention": False, "channels_last": None, "fused": True, "compiled": True}}
+COMPILED = {"compiled": {"old_attention": False, "channels_last": None, "fused": True, "amp": "preset",
+                         "compiled": True}}
 
 
 def train_step(cfg, diffusion: Diffusion, batch: int, device: torch.device, old_attention: bool,
-               channels_last: bool | None, fused: bool, compiled: bool = False) -> Callable[[], None]:
+               channels_last: bool | None, fused: bool, amp: str = "none",
+               compiled: bool = False) -> Callable[[], None]:
     model = build_unet(cfg, seed=0).to(device).train()
     if old_attention:
         with_old_attention(model)
@@ -84,15 +91,26 @@ def train_step(cfg, diffusion: Diffusion, batch: int, device: torch.device, old_
     t = diffusion.sample_t(batch, g).to(device)
     y = torch.randint(0, cfg.num_classes, (batch,), generator=g).to(device)
     x_t = diffusion.q_sample(x0, t, eps)
+    dtype = amp_dtype(device, amp, cfg.ch)
 
     def step() -> None:
-        loss = (model(x_t, t, y) - eps).pow(2).mean()
+        with autocast(device, dtype):  # as dashlib.train.Trainer: the forward and loss only
+            loss = (model(x_t, t, y).float() - eps).pow(2).mean()
         opt.zero_grad(set_to_none=True)
         loss.backward()
         torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
         opt.step()
 
     return step
+
+
+def cpu_model() -> str:
+    """The CPU's model name from /proc/cpuinfo ("" where there is none)."""
+    try:
+        with open("/proc/cpuinfo") as f:
+            return next((line.split(":", 1)[1].strip() for line in f if line.startswith("model name")), "")
+    except OSError:
+        return ""
 
 
 def first_call_s(step: Callable[[], None]) -> float:
@@ -106,9 +124,11 @@ def compare(preset: str, role: str, batch: int, device: torch.device, repeat: in
             cpu_clock: bool, compiled: bool = False) -> dict:
     p = get_preset(preset)
     cfg, diffusion = getattr(p, role), Diffusion(p.diffusion)
-    variants = {**VARIANTS, **(COMPILED if compiled else {})}
+    variants = {name: {**v, "amp": p.train.amp} if v.get("amp") == "preset" else v  # cifar: "fp16"
+                for name, v in {**VARIANTS, **(COMPILED if compiled else {})}.items()}
     steps = {name: train_step(cfg, diffusion, batch, device, **v) for name, v in variants.items()}
-    row = {"preset": preset, "role": role, "params": count_params(build_unet(cfg, 0)), "batch": batch}
+    row = {"preset": preset, "role": role, "params": count_params(build_unet(cfg, 0)), "batch": batch,
+           "amp": str(amp_dtype(device, p.train.amp, cfg.ch))}
     if compiled:
         row["compile_first_step_s"] = first_call_s(steps["compiled"])
     clocks = interleaved_rounds(steps, repeat=repeat, warmup=1)
@@ -142,13 +162,14 @@ def main() -> None:
             row = {"threads": threads, "clock": "cpu" if cpu_clock else "wall",
                    **compare(preset, role, args.batch, device, args.repeat, cpu_clock, args.compile)}
             rows.append(row)
-            write(args.name, {"device": str(device), "load_average_start": load_start,
+            write(args.name, {"device": str(device), "cpu": cpu_model(), "cpu_bf16_fast": cpu_bf16_fast(),
+                              "load_average_start": load_start,
                               "load_average_end": load_average(), "rows": rows})
             r = {n: v["median"] for n, v in row["ratio_to_old"].items()}
             d = row["ratio_to_old"]["default"]
             print(f"{row['clock']} clock {threads} thr {preset}:{role} default/old {d['median']:.3f} "
                   f"[{d['min']:.3f}, {d['max']:.3f}]  cl {r['channels_last_only']:.3f}"
-                  f"  fused {r['fused_only']:.3f}"
+                  f"  fused {r['fused_only']:.3f}  fp32 {r['default_fp32']:.3f}  amp {row['amp']}"
                   + (f"  compiled {r['compiled']:.3f} (first step {row['compile_first_step_s']:.0f} s)"
                      if args.compile else ""), flush=True)
 

@@ -14,9 +14,9 @@ import argparse
 import torch
 from common import timeit, write
 
-from dashlib.device import amp_dtype, autocast, resolve_device
+from dashlib.device import autocast, resolve_device
 from dashlib.presets import get_preset
-from dashlib.runtime import Runtime, adamw_options, compile_unets, to_channels_last
+from dashlib.runtime import Runtime, adamw_options, amp_dtype, compile_unets, to_channels_last
 from dashlib.unet import UNet, count_params
 
 
@@ -25,7 +25,7 @@ def throughput(cfg, batch: int, device: torch.device, repeat: int, amp: str = "n
     runtime = runtime or Runtime()
     model = to_channels_last(UNet(cfg).to(device), runtime, device)
     compile_unets(model, runtime)
-    dtype = amp_dtype(device, amp)
+    dtype = amp_dtype(device, amp, cfg.ch)
     opt = torch.optim.AdamW(model.parameters(), lr=1e-4, **adamw_options(device))
     g = torch.Generator().manual_seed(0)
     x = torch.randn(batch, cfg.in_channels, cfg.image_size, cfg.image_size, generator=g).to(device)
@@ -58,9 +58,11 @@ def main() -> None:
         preset = get_preset(name)
         repeat = 3 if preset.data.image_size >= 32 and device.type == "cpu" else 10
         for role in ("teacher", "student"):
-            r = throughput(getattr(preset, role), args.batch, device, repeat, preset.train.amp, runtime)
+            cfg = getattr(preset, role)
+            r = throughput(cfg, args.batch, device, repeat, preset.train.amp, runtime)
             rows.append({"preset": name, "model": role, "batch": args.batch,
-                         "amp": str(amp_dtype(device, preset.train.amp)), "compile": args.compile, **r})
+                         "amp": str(amp_dtype(device, preset.train.amp, cfg.ch)),
+                         "compile": args.compile, **r})
             print(f"{name:8s} {role:8s} {r['params'] / 1e6:6.2f}M params "
                   f"{r['images_per_s']:8.1f} img/s")
     write("train_throughput", {"device": str(device), "rows": rows})

@@ -121,7 +121,8 @@ def add_runtime(p: argparse.ArgumentParser) -> None:
     p.add_argument("--loader-workers", type=int, default=0,
                    help="DataLoader workers gathering and pinning training batches (default 0)")
     p.add_argument("--sample-amp", default="none", choices=("none", "auto", "bf16", "fp16"),
-                   help="autocast while sampling on CUDA (default none: fp32)")
+                   help="autocast while sampling (default none: fp32; auto: bf16/fp16 on CUDA, bf16 on a CPU "
+                        "with AMX for models of base width >= 64)")
 
 
 def runtime_from_args(args: argparse.Namespace) -> Any:

@@ -1,4 +1,4 @@
-"""Device selection and mixed precision (GPU only)."""
+"""Device selection and the autocast context (the precision rule is `dashlib.runtime.amp_dtype`)."""
 
 from __future__ import annotations
 
@@ -62,15 +62,6 @@ def is_out_of_memory(err: BaseException) -> bool:
     text = str(err)
     return isinstance(err, torch.OutOfMemoryError) or (
         isinstance(err, RuntimeError) and ("can't allocate memory" in text or "out of memory" in text))
-
-
-def amp_dtype(device: torch.device, amp: str) -> torch.dtype | None:
-    """The autocast dtype, or None. Mixed precision is used on CUDA only."""
-    if device.type != "cuda" or amp == "none":
-        return None
-    if amp == "auto":
-        return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
-    return {"bf16": torch.bfloat16, "fp16": torch.float16}[amp]
 
 
 @contextlib.contextmanager

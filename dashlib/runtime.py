@@ -19,9 +19,12 @@ none of these options changes what is trained, only how fast:
 * ``loader_workers``: DataLoader worker processes that gather the (already drawn)
   batch rows and, on CUDA, pin them for asynchronous copies (0 = in the
   training loop itself; see `dashlib.batches`).
-* ``sample_amp``: autocast for sampling on CUDA ("none" by default, so
-  samples are fp32 and reproducible; "auto" picks bf16 when supported).
-  Training's precision is `train.amp`, part of the configuration.
+* ``sample_amp``: autocast for sampling ("none" by default, so samples are
+  fp32 and reproducible; "auto" follows the same rule as training, `amp_dtype`).
+  Training's precision is `train.amp`, part of the configuration; `amp_dtype`
+  turns "auto" into a dtype per device and model width: fp16/bf16 on CUDA, bf16 on
+  a CPU with AMX bf16 tiles for UNets of base width >= `CPU_BF16_MIN_CH`
+  (`CPU_BF16_NEEDS`), fp32 everywhere else.
 """
 
 from __future__ import annotations
@@ -34,7 +37,7 @@ import torch
 from torch import Tensor, nn
 
 from dashlib.config import Validated, one_of, positive
-from dashlib.device import amp_dtype, autocast
+from dashlib.device import autocast
 from dashlib.unet import UNet
 
 
@@ -76,6 +79,58 @@ FUSED_ADAMW_DEVICES: tuple[str, ...] = ("cpu", "cuda")
 # model's time is in its convolutions, which freezing leaves as they are. Device types
 # not listed (CUDA: not measured) sample eagerly.
 FREEZE_CH: dict[str, tuple[int, int]] = {"cpu": (1, 32)}
+
+
+# Mixed precision on CPU: the smallest UNet base width `ch` from which `amp="auto"`
+# autocasts to bf16, on CPUs that have the matrix units for it (`cpu_bf16_fast`, the
+# CPU feature named in CPU_BF16_NEEDS). Measured (bench/train_step_speed.py, one
+# thread, CPU clock, Intel Xeon with AMX, 2026-12-05): bf16 / fp32 training step
+# 0.65 at ch 64 (cifar student) and 0.43 at ch 128 (cifar teacher), but 1.10-1.14 at
+# ch 2-4 (tiny), 1.71 / 1.59 at ch 16 (digits, digits16 students), 1.19 and 0.86 at
+# ch 32 (digits teacher on 8x8, digits16 teacher on 16x16): narrow layers on small
+# maps spend more on casting than the tiles save. Without AMX (an AMD EPYC with
+# AVX-512 bf16 instructions) bf16 autocast was 1.17-1.27x slower at every size, so
+# such CPUs stay in fp32.
+CPU_BF16_MIN_CH = 64
+CPU_BF16_NEEDS = "amx_bf16"
+
+
+def cpu_bf16_fast() -> bool:
+    """Whether this CPU has AMX bf16 tiles (Intel Sapphire Rapids and later) that
+    torch's oneDNN kernels use for bf16 convolutions and matrix products."""
+    probe = getattr(torch.cpu, "_is_amx_tile_supported", None)
+    if probe is not None:
+        return bool(probe())
+    try:
+        with open("/proc/cpuinfo") as f:
+            return any(line.startswith("flags") and CPU_BF16_NEEDS in line.split() for line in f)
+    except OSError:
+        return False
+
+
+def amp_dtype(device: torch.device, amp: str, ch: int | None = None) -> torch.dtype | None:
+    """The autocast dtype for a UNet of base width `ch` on `device` under `amp`
+    ("auto", "none", "bf16", "fp16"), or None for fp32.
+
+    On CUDA: "auto" is bf16 where supported, else fp16; "bf16"/"fp16" as asked.
+    On CPU: "bf16" as asked (slower without AMX); "auto" and "fp16" (the cifar
+    presets' choice, the paper's on GPUs; CPUs have no fp16 path torch's convolutions
+    use) are a request for mixed precision that follows the measured rule: bf16 where
+    `cpu_bf16_fast()` and `ch >= CPU_BF16_MIN_CH`, else fp32 (also when `ch` is None).
+    "none" is fp32 everywhere; other device types run fp32.
+    """
+    if amp == "none":
+        return None
+    if device.type == "cuda":
+        if amp == "auto":
+            return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
+        return {"bf16": torch.bfloat16, "fp16": torch.float16}[amp]
+    if device.type != "cpu":
+        return None
+    if amp == "bf16":
+        return torch.bfloat16
+    fast = ch is not None and ch >= CPU_BF16_MIN_CH and cpu_bf16_fast()
+    return torch.bfloat16 if fast else None
 
 
 def uses_channels_last(runtime: Runtime, device: torch.device, ch: int | None = None) -> bool:
@@ -225,7 +280,7 @@ def inference_model(model: UNet, runtime: Runtime, device: torch.device) -> nn.M
     (`FREEZE_CH`), a wide one as the model itself."""
     to_channels_last(model, runtime, device)
     compile_unets(model, runtime)
-    dtype = amp_dtype(device, runtime.sample_amp)
+    dtype = amp_dtype(device, runtime.sample_amp, model.config.ch)
     if dtype is not None:
         return InferenceModel(model, dtype)
     return model if runtime.compile else frozen(model, runtime, device)

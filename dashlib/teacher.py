@@ -109,7 +109,8 @@ def train_teacher(preset: Preset, force: bool = False, resume: bool = False,
             "kind": "teacher", "preset": preset.name, "steps": loop.steps, "seed": loop.seed,
             "params": count_params(model), "final_loss": last.get("loss"),
             "final_mse": last.get("mse"), "wall_time_s": wall, "tirt_drift": drift_report(weighting),
-            "device": str(dev), "processes": trainer.world, "run": str(run.path)})
+            "device": str(dev), "precision": trainer.precision, "processes": trainer.world,
+            "run": str(run.path)})
     barrier()
     return run
 

@@ -27,7 +27,7 @@ from tqdm import tqdm
 from dashlib.batches import BatchStream
 from dashlib.config import OptimConfig
 from dashlib.data import Split
-from dashlib.device import amp_dtype, autocast
+from dashlib.device import autocast
 from dashlib.diffusion import Diffusion
 from dashlib.distributed import (
     GlobalBatch,
@@ -42,7 +42,7 @@ from dashlib.distributed import (
 from dashlib.ema import EMA
 from dashlib.io import atomic_torch_save, check_config_match, load_checkpoint
 from dashlib.runs import Run, remove_stale_temps, removed_if_unstarted
-from dashlib.runtime import Runtime, adamw_options, compile_unets, to_channels_last
+from dashlib.runtime import Runtime, adamw_options, amp_dtype, compile_unets, to_channels_last
 from dashlib.tirt import LOCAL_ROWS, BatchReduce
 
 
@@ -147,7 +147,7 @@ class Trainer:
             self.forward = wrap_objective(self.objective, device)
             # batch statistics in the step's loss span every rank's rows (identity in one process)
             self.global_batch = GlobalBatch(self.world)
-            self.dtype = amp_dtype(device, loop.amp)
+            self.dtype = amp_dtype(device, loop.amp, objective.model.config.ch)
             self.scaler = torch.amp.GradScaler(device.type, enabled=self.dtype == torch.float16)
             self.data_gen = torch.Generator().manual_seed(loop.seed)
             self.noise_gen = torch.Generator().manual_seed(loop.seed + 1)
@@ -155,6 +155,11 @@ class Trainer:
                                       self.runtime.loader_workers, pin_memory=device.type == "cuda")
             self.step = 0
             self.last_ckpt_step = 0
+
+    @property
+    def precision(self) -> str:
+        """The forward's autocast dtype ("bfloat16", "float16") or "float32" (results JSON)."""
+        return str(self.dtype or torch.float32).removeprefix("torch.")
 
     # --- randomness -----------------------------------------------------
     def draw_batch(self) -> Batch:

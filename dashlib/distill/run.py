@@ -139,7 +139,7 @@ def distill(preset: Preset, method: str | None = None, seed: int | None = None,
                       _weighting_name(config, teacher),
                       extra={"method": config.method, "teacher_run": str(teacher_folder.path)})
         write_results(run, preset, config, objective, calibrator.score(student_ema), last, wall,
-                      teacher_params=count_params(teacher.model))
+                      teacher_params=count_params(teacher.model), precision=trainer.precision)
     barrier()
     return run
 
@@ -163,7 +163,7 @@ def _weighting_name(config: DistillConfig, teacher: Artifact) -> str:
 
 def write_results(run: Run, preset: Preset, config: DistillConfig, objective: DistillObjective,
                   calibration: dict[str, Any], last: dict[str, Any], wall: float,
-                  teacher_params: int) -> None:
+                  teacher_params: int, precision: str = "float32") -> None:
     nonzero = objective.params_counted == "nonzero"
     params = count_params(objective.model, nonzero=nonzero)
     terms = list(objective.coefficients())
@@ -178,7 +178,7 @@ def write_results(run: Run, preset: Preset, config: DistillConfig, objective: Di
         "tirt": config.tirt, "null_init": config.null_init, "null_rows": config.null_rows,
         "tirt_drift": (drift_report(objective.weighting)
                        if config.tirt in ("relearn", "uncertainty") else None),
-        "wall_time_s": wall, "run": str(run.path)})
+        "wall_time_s": wall, "precision": precision, "run": str(run.path)})
 
 
 # --- many runs ---------------------------------------------------------------------
