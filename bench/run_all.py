@@ -115,19 +115,26 @@ def _train_step(d: dict[str, Any]) -> tuple[list[str], dict[str, Any]]:
     rows = _rows(d)
     compiled = any("compiled" in r["ratio_to_old"] for r in rows)
     fp32 = any("default_fp32" in r["ratio_to_old"] for r in rows)  # since the bf16 rule
+    forced = any("default_bf16" in r["ratio_to_old"] for r in rows)
     cpu = ([f"On {d['cpu']} (AMX bf16: {'yes' if d.get('cpu_bf16_fast') else 'no'}):", ""]
            if d.get("cpu") else [])
     lines = [*cpu,
              "| model | params | batch | threads (clock) | default / old step (rounds: median [min, max]) | "
              "channels-last alone | fused AdamW alone |" + (" default in fp32 | autocast |" if fp32 else "")
+             + (" forced bf16 / default in fp32 (medians) |" if forced else "")
              + (" compiled (first step) |" if compiled else ""),
-             "|---|---|---|---|---|---|---|" + ("---|---|" if fp32 else "") + ("---|" if compiled else "")]
+             "|---|---|---|---|---|---|---|" + ("---|---|" if fp32 else "") + ("---|" if forced else "")
+             + ("---|" if compiled else "")]
     ratios = {}
     for r in rows:
         q = r["ratio_to_old"]
         dflt = q["default"]
-        extra = (f" {q['default_fp32']['median']:.2f} | {r['amp'].removeprefix('torch.')} |"
+        amp = "none (fp32)" if r.get("amp") == "None" else str(r.get("amp")).removeprefix("torch.")
+        extra = (f" {q['default_fp32']['median']:.2f} | {amp} |"
                  if "default_fp32" in q else (" - | - |" if fp32 else ""))
+        if forced:
+            extra += (f" {q['default_bf16']['median'] / q['default_fp32']['median']:.2f} |"
+                      if "default_bf16" in q else " - |")
         extra += (f" {q['compiled']['median']:.2f} ({r['compile_first_step_s']:.0f} s) |"
                   if "compiled" in q else (" - |" if compiled else ""))
         lines.append(f"| {r['preset']} {r['role']} | {r['params'] / 1e6:.2f}M | {r['batch']} | "
@@ -240,7 +247,9 @@ FORMATTERS: dict[str, Callable[[dict[str, Any]], tuple[list[str], dict[str, Any]
     "freeze_speed": _freeze, "allocator_speed": _allocator,
     "train_step_speed": _train_step, "train_step_speed_small": _train_step,
     "train_step_speed_b16": _train_step, "train_step_speed_amx": _train_step,
-    "train_step_speed_amx_b16": _train_step, "layout_speed": _layout, "layout_speed_frozen": _layout,
+    "train_step_speed_amx_b16": _train_step, "train_step_speed_amx_student": _train_step,
+    "train_step_speed_amx_small": _train_step,
+    "layout_speed": _layout, "layout_speed_frozen": _layout,
     "train_step_speed_compile_student": _train_step, "train_step_speed_compile_teacher": _train_step,
     "reproduce_time": _reproduce, "reproduce_quick_time": _reproduce, "decode_speed": _decode,
 }

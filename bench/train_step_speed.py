@@ -68,6 +68,9 @@ VARIANTS: dict[str, dict[str, bool]] = {
     "default_fp32": {"old_attention": False, "channels_last": None, "fused": True, "amp": "none"},
     "default": {"old_attention": False, "channels_last": None, "fused": True, "amp": "preset"},
 }
+# With --bf16: the default path with bf16 autocast forced, whatever the rule says (the
+# measurement behind dashlib.runtime.CPU_BF16_MIN_CH at the widths the rule leaves in fp32).
+BF16 = {"default_bf16": {"old_attention": False, "channels_last": None, "fused": True, "amp": "bf16"}}
 # With --compile: the default path with the UNet compiled (torch.compile, inductor).
 COMPILED = {"compiled": {"old_attention": False, "channels_last": None, "fused": True, "amp": "preset",
                          "compiled": True}}
@@ -121,11 +124,12 @@ def first_call_s(step: Callable[[], None]) -> float:
 
 
 def compare(preset: str, role: str, batch: int, device: torch.device, repeat: int,
-            cpu_clock: bool, compiled: bool = False) -> dict:
+            cpu_clock: bool, compiled: bool = False, bf16: bool = False) -> dict:
     p = get_preset(preset)
     cfg, diffusion = getattr(p, role), Diffusion(p.diffusion)
+    chosen = {**VARIANTS, **(BF16 if bf16 else {}), **(COMPILED if compiled else {})}
     variants = {name: {**v, "amp": p.train.amp} if v.get("amp") == "preset" else v  # cifar: "fp16"
-                for name, v in {**VARIANTS, **(COMPILED if compiled else {})}.items()}
+                for name, v in chosen.items()}
     steps = {name: train_step(cfg, diffusion, batch, device, **v) for name, v in variants.items()}
     row = {"preset": preset, "role": role, "params": count_params(build_unet(cfg, 0)), "batch": batch,
            "amp": str(amp_dtype(device, p.train.amp, cfg.ch))}
@@ -151,6 +155,8 @@ def main() -> None:
     ap.add_argument("--name", default="train_step_speed", help="JSON file name in bench/results")
     ap.add_argument("--compile", action="store_true",
                     help="add the default path with the UNet torch.compile'd (first step's time reported)")
+    ap.add_argument("--bf16", action="store_true",
+                    help="add the default path with bf16 autocast forced (default_bf16)")
     args = ap.parse_args()
     device = torch.device(args.device)
     load_start, rows = load_average(), []
@@ -160,7 +166,8 @@ def main() -> None:
             preset, role = spec.split(":")
             cpu_clock = device.type == "cpu" and threads == 1
             row = {"threads": threads, "clock": "cpu" if cpu_clock else "wall",
-                   **compare(preset, role, args.batch, device, args.repeat, cpu_clock, args.compile)}
+                   **compare(preset, role, args.batch, device, args.repeat, cpu_clock, args.compile,
+                             args.bf16)}
             rows.append(row)
             write(args.name, {"device": str(device), "cpu": cpu_model(), "cpu_bf16_fast": cpu_bf16_fast(),
                               "load_average_start": load_start,
@@ -170,6 +177,7 @@ def main() -> None:
             print(f"{row['clock']} clock {threads} thr {preset}:{role} default/old {d['median']:.3f} "
                   f"[{d['min']:.3f}, {d['max']:.3f}]  cl {r['channels_last_only']:.3f}"
                   f"  fused {r['fused_only']:.3f}  fp32 {r['default_fp32']:.3f}  amp {row['amp']}"
+                  + (f"  forced bf16 {r['default_bf16']:.3f}" if args.bf16 else "")
                   + (f"  compiled {r['compiled']:.3f} (first step {row['compile_first_step_s']:.0f} s)"
                      if args.compile else ""), flush=True)
 

@@ -82,15 +82,16 @@ FREEZE_CH: dict[str, tuple[int, int]] = {"cpu": (1, 32)}
 
 
 # Mixed precision on CPU: the smallest UNet base width `ch` from which `amp="auto"`
-# autocasts to bf16, on CPUs that have the matrix units for it (`cpu_bf16_fast`, the
-# CPU feature named in CPU_BF16_NEEDS). Measured (bench/train_step_speed.py, one
-# thread, CPU clock, Intel Xeon with AMX, 2026-12-05): bf16 / fp32 training step
-# 0.65 at ch 64 (cifar student) and 0.43 at ch 128 (cifar teacher), but 1.10-1.14 at
-# ch 2-4 (tiny), 1.71 / 1.59 at ch 16 (digits, digits16 students), 1.19 and 0.86 at
-# ch 32 (digits teacher on 8x8, digits16 teacher on 16x16): narrow layers on small
-# maps spend more on casting than the tiles save. Without AMX (an AMD EPYC with
-# AVX-512 bf16 instructions) bf16 autocast was 1.17-1.27x slower at every size, so
-# such CPUs stay in fp32.
+# (or "fp16") autocasts to bf16, on CPUs that have the matrix units for it
+# (`cpu_bf16_fast`, the CPU feature named in CPU_BF16_NEEDS). Measured
+# (bench/train_step_speed.py, one thread, CPU clock, Intel Xeon with AMX, 2026-12-05):
+# the default training step took 0.62-0.71 (ch 64, cifar student) and 0.43-0.47
+# (ch 128, cifar teacher) of the old fp32 step, against 0.92-0.94 and 0.86-0.96 kept
+# in fp32; bf16 forced at batch 64 took 1.18-1.21x the fp32 step at ch 2-4 (tiny),
+# 1.69 and 1.51 at ch 16 (digits, digits16 students), 1.30 and 0.99 at ch 32 (digits
+# teacher on 8x8, digits16 teacher on 16x16): narrow layers on small maps spend more
+# on casting than the tiles save. Without AMX (an AMD EPYC with AVX-512 bf16
+# instructions) bf16 autocast was 1.17-1.27x slower, so such CPUs stay in fp32.
 CPU_BF16_MIN_CH = 64
 CPU_BF16_NEEDS = "amx_bf16"
 
