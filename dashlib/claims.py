@@ -143,12 +143,12 @@ def _plan(preset: str, quick: bool) -> list[SweepPart]:
 
 def state_path(preset: str, quick: bool, overrides: Mapping[str, Any] | None = None) -> Path:
     """Where a notebook keeps its sweep's resumable state:
-    runs/<preset>[-<data>]/claims_sweep[-quick].json."""
-    from dashlib.reproduce import data_label
+    runs/<label>/claims_sweep[-quick].json, the label of `dashlib.reproduce.output_label`."""
+    from dashlib.reproduce import output_label
     from dashlib.runs import runs_root
 
-    label = preset + data_label(overrides or {})
-    return runs_root() / label / f"claims_sweep{'-quick' if quick else ''}.json"
+    name = f"claims_sweep{'-quick' if quick else ''}.json"
+    return runs_root() / output_label(preset, overrides or {}) / name
 
 
 def sweep_eval(p: Preset) -> EvalConfig:

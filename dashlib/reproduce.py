@@ -1,13 +1,19 @@
 """Run every notebook in order, headless, with papermill.
 
-Executed copies go under `runs/<preset>/notebooks[-quick]/`; figures and tables
-under `figures/` (the digits preset), `figures/<preset>/` (any other) and a
+Executed copies go under `runs/<label>/notebooks[-quick]/`; figures and tables
+under `figures/` (the digits preset), `figures/<label>/` (any other) and a
 `quick/` subfolder for --quick runs, so a quick run never overwrites the full
-one. A failing cell stops the run with an error naming the notebook and cell.
+one. The label is the preset's name, plus `-<dataset>` for other data and
+`-set-<hash>` for any other override that changes a result (`--set train.steps=100`,
+`--seeds 1`), so a changed budget never overwrites the preset's own figures; such a
+folder holds `overrides.json` saying what was changed. A failing cell stops the run
+with an error naming the notebook and cell.
 """
 
 from __future__ import annotations
 
+import hashlib
+import json
 import sys
 import time
 from collections.abc import Mapping, Sequence
@@ -35,13 +41,45 @@ def notebooks_dir() -> Path:
 
 def figures_dir(preset: str, quick: bool, root: str | Path | None = None,
                 overrides: Mapping[str, Any] | None = None) -> Path:
-    """figures/ (digits), figures/<preset>/ (any other), figures/<preset>-<data>/ when the
-    overrides bring another dataset; a quick/ subfolder for --quick."""
+    """figures/ (digits, its own budget), else figures/<label>/ (`output_label`); a
+    quick/ subfolder for --quick."""
     base = Path(root) if root else notebooks_dir().parent / "figures"
-    label = preset + data_label(overrides or {})
+    label = output_label(preset, overrides or {})
     if label != DEFAULT_PRESET:
         base = base / label
     return base / "quick" if quick else base
+
+
+def output_label(preset: str, overrides: Mapping[str, Any]) -> str:
+    """<preset>, then -<dataset> (`data_label`), then -set-<8 hex> (`budget_changes`)."""
+    changes = budget_changes(preset, overrides)
+    digest = hashlib.sha256(json.dumps(changes, sort_keys=True, default=str).encode()).hexdigest()
+    return preset + data_label(overrides) + (f"-set-{digest[:8]}" if changes else "")
+
+
+#: Override keys that say where files come from, not what is computed.
+WHERE_KEYS = ("data.name", "data.data_root", "data.download", "eval.download_weights")
+
+
+def budget_changes(preset: str, overrides: Mapping[str, Any]) -> dict[str, Any]:
+    """The overrides that change a result: not the data's location (`WHERE_KEYS`; the
+    dataset itself is in `data_label`) and not a preset field set to its own value."""
+    from dashlib.presets import get_preset
+
+    base = get_preset(preset)
+
+    def same(key: str, value: Any) -> bool:
+        section, _, field = key.partition(".")
+        current = getattr(getattr(base, section, None), field, _MISSING) if field else _MISSING
+        as_list = (list, tuple)
+        if isinstance(current, as_list) and isinstance(value, as_list):
+            return list(current) == list(value)
+        return current is not _MISSING and current == value and type(current) is type(value)
+
+    return {k: v for k, v in sorted(overrides.items()) if k not in WHERE_KEYS and not same(k, v)}
+
+
+_MISSING = object()
 
 
 def data_label(overrides: Mapping[str, Any]) -> str:
@@ -124,9 +162,15 @@ def reproduce(preset: str = DEFAULT_PRESET, quick: bool = False, only: Sequence[
         raise ReproduceError(f"unknown notebook(s) {unknown}; choose from "
                              f"{list(NOTEBOOKS + EXTRA_NOTEBOOKS)}")
     overrides = resolve_overrides(preset, overrides)
-    label = preset + data_label(overrides)
+    label = output_label(preset, overrides)
     out_dir = runs_root().resolve() / label / ("notebooks-quick" if quick else "notebooks")
     fig_dir = figures_dir(preset, quick, figures, overrides).resolve()
+    changes = budget_changes(preset, overrides)
+    if changes:  # say what the -set-<hash> folder's budget is
+        from dashlib.io import atomic_write_json
+
+        fig_dir.mkdir(parents=True, exist_ok=True)
+        atomic_write_json(fig_dir / "overrides.json", {"preset": preset, "overrides": changes})
     params = notebook_parameters(preset, quick, fig_dir, device, threads or default_threads(), workers,
                                  overrides)
     done = []

@@ -453,3 +453,37 @@ def test_readme_image_folder_example_runs_every_notebook(tmp_path):
     t1 = json.loads((figures / "T1_main_results.json").read_text())
     assert t1["quick"] is True and t1["preset"] == "tiny"
     assert "tiny-pets/notebooks-quick" in str(next((tmp_path / "runs").glob("tiny-pets/notebooks-quick/*")))
+
+
+# --- a changed budget gets its own figures folder -------------------------------------------------
+
+def test_a_changed_budget_never_writes_into_the_presets_own_figures(tmp_path):
+    from dashlib.reproduce import figures_dir
+
+    root = tmp_path / "figs"
+    where = {"data.data_root": str(tmp_path / "elsewhere"), "data.download": True}
+    assert figures_dir("digits", False, root, where) == root  # where the files are: same results
+    assert figures_dir("digits", False, root, {"train.steps": 2500, "eval.seeds": [42, 123, 456]}) == root
+    changed = figures_dir("digits", False, root, {"train.steps": 100})
+    assert changed.parent == root and changed.name.startswith("digits-set-")
+    assert figures_dir("digits", False, root, {"train.steps": 100, **where}) == changed
+    assert figures_dir("digits", False, root, {"train.steps": 200}) != changed
+    both = {"train.steps": 100, "eval.seeds": [1]}
+    flipped = dict(reversed(both.items()))
+    assert figures_dir("digits", False, root, both) == figures_dir("digits", False, root, flipped)
+    assert figures_dir("digits", True, root, {"train.steps": 100}) == changed / "quick"
+    pets = figures_dir("tiny", False, root, {"data.name": "imagefolder", "data.data_root": "/a/pets",
+                                              "train.steps": 5})
+    assert pets.name.startswith("tiny-pets-set-")
+
+
+def test_reproduce_with_a_changed_budget_says_what_changed(tmp_path):
+    out = dash("reproduce", "--preset", "tiny", "--set", "train.steps=3", "--only", "00_quickstart",
+               "--figures", "figs", "--no-progress", "--threads", "1", cwd=tmp_path,
+               env_runs=tmp_path / "runs")
+    assert out.returncode == 0, out.stderr[-2000:]
+    readme = Path(out.stdout.strip().splitlines()[-1])
+    assert readme.parent.parent == tmp_path / "figs" and readme.parent.name.startswith("tiny-set-")
+    assert json.loads((readme.parent / "overrides.json").read_text()) == {
+        "preset": "tiny", "overrides": {"train.steps": 3}}
+    assert (tmp_path / "runs" / readme.parent.name / "notebooks" / "00_quickstart.ipynb").is_file()
