@@ -17,6 +17,18 @@ def test_info_prints_the_documented_keys(capsys):
     assert info["teacher_params"] == 35_751_939 and info["dataset"] == "cifar10"
 
 
+def test_info_says_which_precision_training_gets_here(capsys, monkeypatch):
+    from dashlib import runtime
+
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)  # the CPU rule, on any host
+    for amx, wide in ((True, "bfloat16"), (False, "float32")):
+        monkeypatch.setattr(runtime, "cpu_bf16_fast", lambda amx=amx: amx)
+        for preset, expected in (("cifar10", wide), ("digits", "float32")):
+            assert main(["info", "--preset", preset]) == 0
+            got = json.loads(capsys.readouterr().out)["training_precision"]
+            assert got == {"device": "cpu", "teacher": expected, "student": expected}, (preset, amx)
+
+
 def test_train_then_sample_writes_grid_and_tensor(capsys, tmp_path):
     assert main(["train-teacher", "--preset", "tiny", "--steps", "6", "--no-progress"]) == 0
     results = Path(capsys.readouterr().out.strip().splitlines()[-1])

@@ -20,10 +20,17 @@ from dashlib.cliargs import (
 @command("info", "print a preset's sizes as JSON", add_preset)
 def cmd_info(args: argparse.Namespace) -> int:
     from dashlib.config import to_dict
+    from dashlib.device import resolve_device
+    from dashlib.runtime import amp_dtype
     from dashlib.unet import UNet, count_params
 
     preset = preset_from_args(args)
     t, s = count_params(UNet(preset.teacher)), count_params(UNet(preset.student))
+    device = resolve_device("auto")
+
+    def precision(amp: str, ch: int) -> str:
+        return str(amp_dtype(device, amp, ch) or "float32").removeprefix("torch.")
+
     print(json.dumps({
         "preset": preset.name, "description": preset.description, "dataset": preset.data.name,
         "image_size": preset.data.image_size, "channels": preset.teacher.in_channels,
@@ -31,6 +38,10 @@ def cmd_info(args: argparse.Namespace) -> int:
         "compression_ratio": round(t / s, 3), "T": preset.diffusion.T,
         "schedule": preset.diffusion.schedule, "teacher_steps": preset.train.steps,
         "distill_steps": preset.distill.steps, "sampler": to_dict(preset.sample),
+        # what train.amp / distill.amp come to on this machine (dashlib.runtime.amp_dtype)
+        "training_precision": {"device": str(device),
+                               "teacher": precision(preset.train.amp, preset.teacher.ch),
+                               "student": precision(preset.distill.amp, preset.student.ch)},
     }, indent=2))
     return 0
 
