@@ -162,8 +162,8 @@ def reproduce(preset: str = DEFAULT_PRESET, quick: bool = False, only: Sequence[
         raise ReproduceError(f"unknown notebook(s) {unknown}; choose from "
                              f"{list(NOTEBOOKS + EXTRA_NOTEBOOKS)}")
     overrides = resolve_overrides(preset, overrides)
-    label = output_label(preset, overrides)
-    out_dir = runs_root().resolve() / label / ("notebooks-quick" if quick else "notebooks")
+    out_dir = runs_root().resolve() / output_label(preset, overrides) / (
+        "notebooks-quick" if quick else "notebooks")
     fig_dir = figures_dir(preset, quick, figures, overrides).resolve()
     changes = budget_changes(preset, overrides)
     if changes:  # say what the -set-<hash> folder's budget is

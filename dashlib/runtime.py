@@ -134,6 +134,11 @@ def amp_dtype(device: torch.device, amp: str, ch: int | None = None) -> torch.dt
     return torch.bfloat16 if fast else None
 
 
+def precision_name(dtype: torch.dtype | None) -> str:
+    """An `amp_dtype` result as results JSON and `dash info` name it: "float32" for None."""
+    return str(dtype or torch.float32).removeprefix("torch.")
+
+
 def uses_channels_last(runtime: Runtime, device: torch.device, ch: int | None = None) -> bool:
     """Whether a UNet of base width `ch` (None: any width) runs channels-last on `device`."""
     if runtime.channels_last != "auto":

@@ -42,7 +42,7 @@ from dashlib.distributed import (
 from dashlib.ema import EMA
 from dashlib.io import atomic_torch_save, check_config_match, load_checkpoint
 from dashlib.runs import Run, remove_stale_temps, removed_if_unstarted
-from dashlib.runtime import Runtime, adamw_options, amp_dtype, compile_unets, to_channels_last
+from dashlib.runtime import Runtime, adamw_options, amp_dtype, compile_unets, precision_name, to_channels_last
 from dashlib.tirt import LOCAL_ROWS, BatchReduce
 
 
@@ -159,7 +159,7 @@ class Trainer:
     @property
     def precision(self) -> str:
         """The forward's autocast dtype ("bfloat16", "float16") or "float32" (results JSON)."""
-        return str(self.dtype or torch.float32).removeprefix("torch.")
+        return precision_name(self.dtype)
 
     # --- randomness -----------------------------------------------------
     def draw_batch(self) -> Batch:

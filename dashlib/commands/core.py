@@ -21,7 +21,7 @@ from dashlib.cliargs import (
 def cmd_info(args: argparse.Namespace) -> int:
     from dashlib.config import to_dict
     from dashlib.device import resolve_device
-    from dashlib.runtime import amp_dtype
+    from dashlib.runtime import amp_dtype, precision_name
     from dashlib.unet import UNet, count_params
 
     preset = preset_from_args(args)
@@ -29,7 +29,7 @@ def cmd_info(args: argparse.Namespace) -> int:
     device = resolve_device("auto")
 
     def precision(amp: str, ch: int) -> str:
-        return str(amp_dtype(device, amp, ch) or "float32").removeprefix("torch.")
+        return precision_name(amp_dtype(device, amp, ch))
 
     print(json.dumps({
         "preset": preset.name, "description": preset.description, "dataset": preset.data.name,
