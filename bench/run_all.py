@@ -116,14 +116,17 @@ def _train_step(d: dict[str, Any]) -> tuple[list[str], dict[str, Any]]:
     compiled = any("compiled" in r["ratio_to_old"] for r in rows)
     fp32 = any("default_fp32" in r["ratio_to_old"] for r in rows)  # since the bf16 rule
     forced = any("default_bf16" in r["ratio_to_old"] for r in rows)
-    cpu = ([f"On {d['cpu']} (AMX bf16: {'yes' if d.get('cpu_bf16_fast') else 'no'}):", ""]
-           if d.get("cpu") else [])
+    old_bf16 = any("old_bf16" in r["ratio_to_old"] for r in rows)
+    cpu = ([f"On {d['cpu']} (bf16 instructions, AMX or AVX-512 BF16: "
+            f"{'yes' if d.get('cpu_bf16_fast') else 'no'}):", ""] if d.get("cpu") else [])
     lines = [*cpu,
              "| model | params | batch | threads (clock) | default / old step (rounds: median [min, max]) | "
              "channels-last alone | fused AdamW alone |" + (" default in fp32 | autocast |" if fp32 else "")
              + (" forced bf16 / default in fp32 (medians) |" if forced else "")
+             + (" old step in bf16 / old |" if old_bf16 else "")
              + (" compiled (first step) |" if compiled else ""),
              "|---|---|---|---|---|---|---|" + ("---|---|" if fp32 else "") + ("---|" if forced else "")
+             + ("---|" if old_bf16 else "")
              + ("---|" if compiled else "")]
     ratios = {}
     for r in rows:
@@ -135,6 +138,8 @@ def _train_step(d: dict[str, Any]) -> tuple[list[str], dict[str, Any]]:
         if forced:
             extra += (f" {q['default_bf16']['median'] / q['default_fp32']['median']:.2f} |"
                       if "default_bf16" in q else " - |")
+        if old_bf16:
+            extra += f" {q['old_bf16']['median']:.2f} |" if "old_bf16" in q else " - |"
         extra += (f" {q['compiled']['median']:.2f} ({r['compile_first_step_s']:.0f} s) |"
                   if "compiled" in q else (" - |" if compiled else ""))
         lines.append(f"| {r['preset']} {r['role']} | {r['params'] / 1e6:.2f}M | {r['batch']} | "
@@ -248,7 +253,9 @@ FORMATTERS: dict[str, Callable[[dict[str, Any]], tuple[list[str], dict[str, Any]
     "train_step_speed": _train_step, "train_step_speed_small": _train_step,
     "train_step_speed_b16": _train_step, "train_step_speed_amx": _train_step,
     "train_step_speed_amx_b16": _train_step, "train_step_speed_amx_student": _train_step,
-    "train_step_speed_amx_small": _train_step,
+    "train_step_speed_amx_small": _train_step, "train_step_speed_zen4": _train_step,
+    "train_step_speed_zen4_b16": _train_step, "train_step_speed_zen4_small": _train_step,
+    "train_step_speed_zen4_student": _train_step, "train_step_speed_zen4_teacher": _train_step,
     "layout_speed": _layout, "layout_speed_frozen": _layout,
     "train_step_speed_compile_student": _train_step, "train_step_speed_compile_teacher": _train_step,
     "reproduce_time": _reproduce, "reproduce_quick_time": _reproduce, "reproduce_time_amx": _reproduce,

@@ -8,7 +8,8 @@ transposed (non-contiguous) q/k/v, and the for-loop AdamW. It is compared
 with the same step under the current defaults (`Runtime()` and
 `dashlib.runtime.adamw_options`: contiguous attention, channels-last, fused
 AdamW and the preset's `train.amp` (cifar: "fp16") under `amp_dtype`, which on
-CPU autocasts to bf16 where the CPU has AMX, from base width 64: the rule
+CPU autocasts to bf16 where the CPU has bf16 instructions (AMX or AVX-512 BF16), from
+base width 64: the rule
 tables decide each lever). Three
 variants show what each lever contributes: channels-last only, fused AdamW only,
 and the default path kept in fp32 (`default_fp32`).
@@ -69,8 +70,12 @@ VARIANTS: dict[str, dict[str, bool]] = {
     "default": {"old_attention": False, "channels_last": None, "fused": True, "amp": "preset"},
 }
 # With --bf16: the default path with bf16 autocast forced, whatever the rule says (the
-# measurement behind dashlib.runtime.CPU_BF16_MIN_CH at the widths the rule leaves in fp32).
-BF16 = {"default_bf16": {"old_attention": False, "channels_last": None, "fused": True, "amp": "bf16"}}
+# measurement behind dashlib.runtime.CPU_BF16_MIN_CH at the widths the rule leaves in fp32),
+# and the old configuration (NCHW, transposed attention) with bf16 forced, the setting of
+# issue 17's "bf16 autocast was slower" on an AMD EPYC; and the default path in bf16 kept NCHW.
+BF16 = {"default_bf16": {"old_attention": False, "channels_last": None, "fused": True, "amp": "bf16"},
+        "default_bf16_nchw": {"old_attention": False, "channels_last": False, "fused": True, "amp": "bf16"},
+        "old_bf16": {"old_attention": True, "channels_last": False, "fused": False, "amp": "bf16"}}
 # With --compile: the default path with the UNet compiled (torch.compile, inductor).
 COMPILED = {"compiled": {"old_attention": False, "channels_last": None, "fused": True, "amp": "preset",
                          "compiled": True}}
@@ -156,7 +161,8 @@ def main() -> None:
     ap.add_argument("--compile", action="store_true",
                     help="add the default path with the UNet torch.compile'd (first step's time reported)")
     ap.add_argument("--bf16", action="store_true",
-                    help="add the default path with bf16 autocast forced (default_bf16)")
+                    help="add the default path and the old one with bf16 autocast forced "
+                         "(default_bf16, old_bf16)")
     args = ap.parse_args()
     device = torch.device(args.device)
     load_start, rows = load_average(), []
@@ -177,7 +183,9 @@ def main() -> None:
             print(f"{row['clock']} clock {threads} thr {preset}:{role} default/old {d['median']:.3f} "
                   f"[{d['min']:.3f}, {d['max']:.3f}]  cl {r['channels_last_only']:.3f}"
                   f"  fused {r['fused_only']:.3f}  fp32 {r['default_fp32']:.3f}  amp {row['amp']}"
-                  + (f"  forced bf16 {r['default_bf16']:.3f}" if args.bf16 else "")
+                  + (f"  forced bf16 {r['default_bf16']:.3f} (nchw {r['default_bf16_nchw']:.3f})"
+                     f"  old in bf16 {r['old_bf16']:.3f}"
+                     if args.bf16 else "")
                   + (f"  compiled {r['compiled']:.3f} (first step {row['compile_first_step_s']:.0f} s)"
                      if args.compile else ""), flush=True)
 

@@ -122,7 +122,7 @@ def add_runtime(p: argparse.ArgumentParser) -> None:
                    help="DataLoader workers gathering and pinning training batches (default 0)")
     p.add_argument("--sample-amp", default="none", choices=("none", "auto", "bf16", "fp16"),
                    help="autocast while sampling (default none: fp32; auto: bf16/fp16 on CUDA, bf16 on a CPU "
-                        "with AMX for models of base width >= 64)")
+                        "with AMX or AVX-512 BF16 for models of base width >= 64)")
 
 
 def runtime_from_args(args: argparse.Namespace) -> Any:

@@ -23,8 +23,8 @@ none of these options changes what is trained, only how fast:
   fp32 and reproducible; "auto" follows the same rule as training, `amp_dtype`).
   Training's precision is `train.amp`, part of the configuration; `amp_dtype`
   turns "auto" into a dtype per device and model width: fp16/bf16 on CUDA, bf16 on
-  a CPU with AMX bf16 tiles for UNets of base width >= `CPU_BF16_MIN_CH`
-  (`CPU_BF16_NEEDS`), fp32 everywhere else.
+  a CPU with bf16 matrix instructions (AMX or AVX-512 BF16, `CPU_BF16_NEEDS`) for
+  UNets of base width >= `CPU_BF16_MIN_CH`, fp32 everywhere else.
 """
 
 from __future__ import annotations
@@ -82,31 +82,52 @@ FREEZE_CH: dict[str, tuple[int, int]] = {"cpu": (1, 32)}
 
 
 # Mixed precision on CPU: the smallest UNet base width `ch` from which `amp="auto"`
-# (or "fp16") autocasts to bf16, on CPUs that have the matrix units for it
-# (`cpu_bf16_fast`, the CPU feature named in CPU_BF16_NEEDS). Measured
-# (bench/train_step_speed.py, one thread, CPU clock, Intel Xeon with AMX, 2026-12-05):
-# the default training step took 0.62-0.71 (ch 64, cifar student) and 0.43-0.47
-# (ch 128, cifar teacher) of the old fp32 step, against 0.92-0.94 and 0.86-0.96 kept
-# in fp32; bf16 forced at batch 64 took 1.18-1.21x the fp32 step at ch 2-4 (tiny),
-# 1.69 and 1.51 at ch 16 (digits, digits16 students), 1.30 and 0.99 at ch 32 (digits
-# teacher on 8x8, digits16 teacher on 16x16): narrow layers on small maps spend more
-# on casting than the tiles save. Without AMX (an AMD EPYC with AVX-512 bf16
-# instructions) bf16 autocast was 1.17-1.27x slower, so such CPUs stay in fp32.
+# (or "fp16") autocasts to bf16, on CPUs with bf16 matrix instructions that oneDNN's
+# convolutions use (`cpu_bf16_fast`: any CPU feature in CPU_BF16_NEEDS). Measured
+# (bench/train_step_speed.py, one thread, CPU clock, batch 8 at the cifar sizes and 64
+# below; ratios to the same default path kept in fp32):
+# * Intel Xeon with AMX tiles (2026-12-05): 0.67-0.75 (ch 64, cifar student) and
+#   0.45-0.50 (ch 128, cifar teacher); 1.18-1.21 at ch 2-4 (tiny), 1.69 and 1.51 at ch 16
+#   (digits, digits16 students), 1.30 and 0.99 at ch 32 (digits teacher on 8x8,
+#   digits16 teacher on 16x16).
+# * AMD EPYC (Zen 4) with AVX-512 BF16 and no AMX (2026-12-05): 0.74 (ch 64) and 0.61
+#   (ch 128); 1.09 and 1.16 (tiny), 1.45 and 1.37 (ch 16), 1.07 and 0.91 (ch 32).
+# Narrow layers on small maps spend more on casting than the bf16 kernels save. CPUs
+# with neither feature (AVX2 only) have no bf16 kernels to gain from and stay fp32.
 CPU_BF16_MIN_CH = 64
-CPU_BF16_NEEDS = "amx_bf16"
+CPU_BF16_NEEDS = ("amx_bf16", "avx512_bf16")
+# torch's own probes for the features in CPU_BF16_NEEDS, in the same order (private, so
+# looked up softly).
+_CPU_BF16_PROBES = ("_is_amx_tile_supported", "_is_avx512_bf16_supported")
+# Channels-last under bf16 autocast on CPU, per bf16 feature (`cpu_bf16_feature`): whether
+# the NHWC layout is used; it overrides CHANNELS_LAST_MIN_CH there (measured at ch 64 and
+# 128, bench/train_step_speed.py --bf16, one thread, CPU clock, batch 8). On AMD Zen 4
+# (AVX-512 BF16, 2026-12-05) the bf16 training step in NCHW took 0.83 (cifar student) and
+# 0.94 (cifar teacher) of the same step in NHWC. With AMX the bf16 rule was measured in
+# NHWC (the 0.62-0.71 and 0.43-0.47 above); NCHW was not measured there.
+CPU_BF16_CHANNELS_LAST: dict[str, bool] = {"amx_bf16": True, "avx512_bf16": False}
+
+
+def cpu_bf16_feature() -> str:
+    """The first feature of CPU_BF16_NEEDS this CPU has ("" for none): bf16 matrix
+    instructions torch's oneDNN kernels use for bf16 convolutions and matrix products,
+    AMX tiles (Intel Sapphire Rapids and later) or AVX-512 BF16 (Intel Cooper Lake, AMD
+    Zen 4 and later). From torch's probes where this torch has them, else the CPU flags
+    in /proc/cpuinfo."""
+    probes = [getattr(torch.cpu, name, None) for name in _CPU_BF16_PROBES]
+    if all(probe is not None for probe in probes):
+        return next((f for f, probe in zip(CPU_BF16_NEEDS, probes, strict=True) if probe()), "")
+    try:
+        with open("/proc/cpuinfo") as f:
+            flags = next((line.split() for line in f if line.startswith("flags")), [])
+    except OSError:
+        flags = []
+    return next((f for f in CPU_BF16_NEEDS if f in flags), "")
 
 
 def cpu_bf16_fast() -> bool:
-    """Whether this CPU has AMX bf16 tiles (Intel Sapphire Rapids and later) that
-    torch's oneDNN kernels use for bf16 convolutions and matrix products."""
-    probe = getattr(torch.cpu, "_is_amx_tile_supported", None)
-    if probe is not None:
-        return bool(probe())
-    try:
-        with open("/proc/cpuinfo") as f:
-            return any(line.startswith("flags") and CPU_BF16_NEEDS in line.split() for line in f)
-    except OSError:
-        return False
+    """Whether this CPU has bf16 matrix instructions (`cpu_bf16_feature`)."""
+    return cpu_bf16_feature() != ""
 
 
 def amp_dtype(device: torch.device, amp: str, ch: int | None = None) -> torch.dtype | None:
@@ -114,7 +135,7 @@ def amp_dtype(device: torch.device, amp: str, ch: int | None = None) -> torch.dt
     ("auto", "none", "bf16", "fp16"), or None for fp32.
 
     On CUDA: "auto" is bf16 where supported, else fp16; "bf16"/"fp16" as asked.
-    On CPU: "bf16" as asked (slower without AMX); "auto" and "fp16" (the cifar
+    On CPU: "bf16" as asked (slower without bf16 instructions); "auto" and "fp16" (the cifar
     presets' choice, the paper's on GPUs; CPUs have no fp16 path torch's convolutions
     use) are a request for mixed precision that follows the measured rule: bf16 where
     `cpu_bf16_fast()` and `ch >= CPU_BF16_MIN_CH`, else fp32 (also when `ch` is None).
@@ -139,10 +160,36 @@ def precision_name(dtype: torch.dtype | None) -> str:
     return str(dtype or torch.float32).removeprefix("torch.")
 
 
-def uses_channels_last(runtime: Runtime, device: torch.device, ch: int | None = None) -> bool:
-    """Whether a UNet of base width `ch` (None: any width) runs channels-last on `device`."""
+#: `precision_name` results -> the `amp_dtype` result they name.
+PRECISIONS: dict[str, torch.dtype | None] = {"float32": None, "bfloat16": torch.bfloat16,
+                                             "float16": torch.float16}
+
+
+def runs_precision(device: torch.device, name: str) -> bool:
+    """Whether `device` can train in the precision `name` (a `precision_name`): float32
+    everywhere, bfloat16 on every CPU (slower without bf16 instructions, the same
+    arithmetic) and on GPUs that support it, float16 on CUDA only (CPU convolutions
+    have no fp16 path)."""
+    if name not in PRECISIONS:
+        return False
+    dtype = PRECISIONS[name]
+    if dtype is torch.float16:
+        return device.type == "cuda"
+    if dtype is torch.bfloat16 and device.type == "cuda":
+        return torch.cuda.is_bf16_supported()
+    return True
+
+
+def uses_channels_last(runtime: Runtime, device: torch.device, ch: int | None = None,
+                       dtype: torch.dtype | None = None) -> bool:
+    """Whether a UNet of base width `ch` (None: any width) runs channels-last on `device`
+    when its forward is autocast to `dtype` (None: fp32)."""
     if runtime.channels_last != "auto":
         return runtime.channels_last == "on"
+    if device.type == "cpu" and dtype == torch.bfloat16:
+        by_feature = CPU_BF16_CHANNELS_LAST.get(cpu_bf16_feature())
+        if by_feature is not None:
+            return by_feature
     min_ch = CHANNELS_LAST_MIN_CH.get(device.type)
     return min_ch is not None and (ch is None or ch >= min_ch)
 
@@ -172,12 +219,14 @@ def _base_width(module: nn.Module) -> int | None:
     return max(widths) if widths else None
 
 
-def to_channels_last(module: nn.Module, runtime: Runtime, device: torch.device) -> nn.Module:
-    """Convert 4-D weights in place (and a frozen teacher's) when channels-last applies,
-    decided per top module by its widest UNet."""
+def to_channels_last(module: nn.Module, runtime: Runtime, device: torch.device,
+                     dtype: torch.dtype | None = None) -> nn.Module:
+    """Lay out 4-D weights in place (and a frozen teacher's) as `uses_channels_last`
+    says for a forward autocast to `dtype` (None: fp32), decided per top module by its
+    widest UNet: NHWC where it applies, NCHW (contiguous) where it does not."""
     for m in _with_frozen(module):
-        if uses_channels_last(runtime, device, _base_width(m)):
-            m.to(memory_format=torch.channels_last)
+        nhwc = uses_channels_last(runtime, device, _base_width(m), dtype)
+        m.to(memory_format=torch.channels_last if nhwc else torch.contiguous_format)
     return module
 
 
@@ -284,9 +333,9 @@ def inference_model(model: UNet, runtime: Runtime, device: torch.device) -> nn.M
     """The model prepared for sampling: channels-last, compiled or frozen, autocast as
     configured. With the default Runtime on CPU a small model comes back frozen
     (`FREEZE_CH`), a wide one as the model itself."""
-    to_channels_last(model, runtime, device)
-    compile_unets(model, runtime)
     dtype = amp_dtype(device, runtime.sample_amp, model.config.ch)
+    to_channels_last(model, runtime, device, dtype)
+    compile_unets(model, runtime)
     if dtype is not None:
         return InferenceModel(model, dtype)
     return model if runtime.compile else frozen(model, runtime, device)

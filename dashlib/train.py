@@ -15,6 +15,7 @@ from __future__ import annotations
 import json
 import math
 import os
+import sys
 import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
@@ -42,7 +43,16 @@ from dashlib.distributed import (
 from dashlib.ema import EMA
 from dashlib.io import atomic_torch_save, check_config_match, load_checkpoint
 from dashlib.runs import Run, remove_stale_temps, removed_if_unstarted
-from dashlib.runtime import Runtime, adamw_options, amp_dtype, compile_unets, precision_name, to_channels_last
+from dashlib.runtime import (
+    PRECISIONS,
+    Runtime,
+    adamw_options,
+    amp_dtype,
+    compile_unets,
+    precision_name,
+    runs_precision,
+    to_channels_last,
+)
 from dashlib.tirt import LOCAL_ROWS, BatchReduce
 
 
@@ -117,6 +127,17 @@ def cosine_lr(step: int, loop: OptimConfig) -> float:
     return loop.lr_min + 0.5 * (loop.lr - loop.lr_min) * (1 + math.cos(math.pi * progress))
 
 
+def match_param_layout(optimizer: torch.optim.Optimizer) -> None:
+    """Give each per-parameter state tensor (AdamW's moments) its parameter's memory
+    format. A loaded state keeps the layout it was saved in, which is not the
+    parameters' when a resumed run's layout rule differs (its precision, its device);
+    the fused kernels walk parameters and moments element by element in memory order."""
+    for param, state in optimizer.state.items():
+        for key, value in state.items():
+            if torch.is_tensor(value) and value.shape == param.shape and value.stride() != param.stride():
+                state[key] = torch.empty_like(param, dtype=value.dtype).copy_(value)
+
+
 class Trainer:
     """Runs an Objective for `loop.steps` steps on a Split, checkpointing to a Run.
 
@@ -133,9 +154,10 @@ class Trainer:
         with removed_if_unstarted(run, owner=self.rank == 0):  # e.g. out of memory moving the model
             self.rows = rank_rows(loop.batch_size, self.rank, self.world)
             self.runtime = runtime or Runtime()
-            self.objective = to_channels_last(objective.to(device), self.runtime, device)
             self.data, self.diffusion, self.loop, self.run = data, diffusion, loop, run
             self.payload, self.device, self.progress, self.desc = dict(payload), device, progress, desc
+            self.objective = objective.to(device)
+            self.set_precision(amp_dtype(device, loop.amp, objective.model.config.ch))
             self.hooks = dict(hooks or {})
             groups = objective.param_groups(loop.lr, loop.weight_decay)
             for g in groups:
@@ -147,8 +169,6 @@ class Trainer:
             self.forward = wrap_objective(self.objective, device)
             # batch statistics in the step's loss span every rank's rows (identity in one process)
             self.global_batch = GlobalBatch(self.world)
-            self.dtype = amp_dtype(device, loop.amp, objective.model.config.ch)
-            self.scaler = torch.amp.GradScaler(device.type, enabled=self.dtype == torch.float16)
             self.data_gen = torch.Generator().manual_seed(loop.seed)
             self.noise_gen = torch.Generator().manual_seed(loop.seed + 1)
             self.stream = BatchStream(data, diffusion, loop.batch_size, self.data_gen, self.noise_gen,
@@ -160,6 +180,30 @@ class Trainer:
     def precision(self) -> str:
         """The forward's autocast dtype ("bfloat16", "float16") or "float32" (results JSON)."""
         return precision_name(self.dtype)
+
+    def set_precision(self, dtype: torch.dtype | None) -> None:
+        """Autocast the forward to `dtype` (None: fp32), with a GradScaler for fp16, and
+        lay the weights out as the runtime's rules say for that precision."""
+        self.dtype = dtype
+        self.scaler = torch.amp.GradScaler(self.device.type, enabled=dtype == torch.float16)
+        to_channels_last(self.objective, self.runtime, self.device, dtype)
+
+    def resume_precision(self, saved: str | None) -> None:
+        """Continue in the precision the checkpoint was trained in (`saved`; None for
+        checkpoints older than this rule), which this machine's rule may not pick: the
+        bf16 rule depends on the CPU, so a run moved between machines would otherwise
+        change its arithmetic midway. Where this device cannot run it, say so."""
+        if saved is None or saved == self.precision:
+            return
+        if runs_precision(self.device, saved):
+            if self.rank == 0:
+                print(f"dash: note: continuing in {saved}, the precision this run was trained in "
+                      f"(on this machine a new run would train in {self.precision})", file=sys.stderr)
+            self.set_precision(PRECISIONS[saved])
+        elif self.rank == 0:
+            print(f"dash: note: the checkpoint was trained in {saved}, which {self.device.type} cannot "
+                  f"run here; continuing in {self.precision} (the run will not replay exactly)",
+                  file=sys.stderr)
 
     # --- randomness -----------------------------------------------------
     def draw_batch(self) -> Batch:
@@ -176,6 +220,7 @@ class Trainer:
             "optimizer": self.optimizer.state_dict(),
             "ema": self.ema.state_dict(),
             "scaler": self.scaler.state_dict(),
+            "precision": self.precision,
             "data_gen": data_state,
             "noise_gen": noise_state,
             "torch_rng": torch.get_rng_state(),
@@ -195,8 +240,10 @@ class Trainer:
     def load_checkpoint(self) -> None:
         ckpt = load_checkpoint(self.run.checkpoint)
         check_config_match(self.run.checkpoint, ckpt["config"], self.payload)
+        self.resume_precision(ckpt.get("precision"))  # may change the layout: before the states
         self.objective.load_state_dict(ckpt["objective"])
         self.optimizer.load_state_dict(ckpt["optimizer"])
+        match_param_layout(self.optimizer)
         self.ema.load_state_dict(ckpt["ema"])
         self.scaler.load_state_dict(ckpt["scaler"])
         self.data_gen.set_state(ckpt["data_gen"])

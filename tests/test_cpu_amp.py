@@ -12,6 +12,7 @@ from dashlib.config import override
 from dashlib.io import load_checkpoint
 from dashlib.runtime import CPU_BF16_MIN_CH, InferenceModel, Runtime, amp_dtype, inference_model
 from dashlib.teacher import train_teacher
+from dashlib.train import Trainer
 
 CPU, CUDA = torch.device("cpu"), torch.device("cuda")
 
@@ -41,18 +42,30 @@ def test_cuda_keeps_its_rule_whatever_the_width(monkeypatch):
 
 
 def test_the_probe_falls_back_to_the_cpu_flags(monkeypatch):
+    probed = runtime.cpu_bf16_fast()
     monkeypatch.delattr(torch.cpu, "_is_amx_tile_supported", raising=False)
     try:
         flags = [line.split() for line in open("/proc/cpuinfo") if line.startswith("flags")]
     except OSError:
         flags = []
-    expected = bool(flags) and runtime.CPU_BF16_NEEDS in flags[0]
+    expected = bool(flags) and any(f in flags[0] for f in runtime.CPU_BF16_NEEDS)
     assert runtime.cpu_bf16_fast() is expected
+    if flags:  # torch's probes and the kernel's flags agree about this CPU
+        assert probed is expected
 
 
-def _rule_everywhere(monkeypatch, on: bool) -> None:
-    """The rule as on an AMX CPU, lowered to the tiny preset's widths (or switched off)."""
-    monkeypatch.setattr(runtime, "cpu_bf16_fast", lambda: on)
+@pytest.mark.parametrize("present, fast", [((True, False), True), ((False, True), True),
+                                           ((False, False), False)])
+def test_either_bf16_feature_counts(monkeypatch, present, fast):
+    for name, on in zip(runtime._CPU_BF16_PROBES, present, strict=True):
+        monkeypatch.setattr(torch.cpu, name, lambda on=on: on, raising=False)
+    assert runtime.cpu_bf16_fast() is fast
+
+
+def _rule_everywhere(monkeypatch, on: bool, feature: str = "avx512_bf16") -> None:
+    """The rule as on a CPU with bf16 instructions (`feature`), lowered to the tiny preset's
+    widths, or as on one without them."""
+    monkeypatch.setattr(runtime, "cpu_bf16_feature", lambda: feature if on else "")
     monkeypatch.setattr(runtime, "CPU_BF16_MIN_CH", 1)
 
 
@@ -91,3 +104,103 @@ def test_sampling_autocasts_only_when_asked(tiny_model, monkeypatch):
         out, ref = fast(x, t, y), model(x, t, y)
     assert out.dtype == torch.float32
     assert torch.allclose(out, ref, atol=0.05), (out - ref).abs().max()
+
+
+def test_which_precisions_a_device_can_resume_in(monkeypatch):
+    assert runtime.runs_precision(CPU, "float32") and runtime.runs_precision(CPU, "bfloat16")
+    assert not runtime.runs_precision(CPU, "float16")  # no fp16 path for CPU convolutions
+    assert not runtime.runs_precision(CPU, "float64")
+    monkeypatch.setattr(torch.cuda, "is_bf16_supported", lambda: False)
+    assert runtime.runs_precision(CUDA, "float16") and not runtime.runs_precision(CUDA, "bfloat16")
+
+
+def _stop_at(monkeypatch, step: int) -> None:
+    original = Trainer.train_step
+
+    def stopping(self):
+        if self.step == step:
+            raise KeyboardInterrupt
+        return original(self)
+
+    monkeypatch.setattr(Trainer, "train_step", stopping)
+
+
+@pytest.mark.parametrize("started_on_bf16_cpu", [True, False])
+def test_a_run_resumed_on_another_cpu_keeps_the_precision_it_began_in(
+        tiny, monkeypatch, tmp_path, capsys, started_on_bf16_cpu):
+    preset = override(tiny, **{"train.steps": 8, "train.ckpt_every": 4})
+    monkeypatch.setenv("DASH_RUNS", str(tmp_path / "straight"))
+    _rule_everywhere(monkeypatch, started_on_bf16_cpu)
+    straight = train_teacher(preset, progress=False, device="cpu")
+
+    monkeypatch.setenv("DASH_RUNS", str(tmp_path / "moved"))
+    with monkeypatch.context() as m:
+        _stop_at(m, 6)
+        with pytest.raises(KeyboardInterrupt):
+            train_teacher(preset, progress=False, device="cpu")
+    _rule_everywhere(monkeypatch, not started_on_bf16_cpu)  # resumed on the other kind of CPU
+    capsys.readouterr()
+    moved = train_teacher(preset, resume=True, progress=False, device="cpu")
+    began = "bfloat16" if started_on_bf16_cpu else "float32"
+    assert f"continuing in {began}" in capsys.readouterr().err
+    assert json.loads(moved.results.read_text())["precision"] == began
+    a, b = load_checkpoint(straight.final)["model"], load_checkpoint(moved.final)["model"]
+    for k in a:  # the same arithmetic all the way: bit for bit the run that never moved
+        assert torch.equal(a[k], b[k]), k
+
+
+def test_a_precision_this_device_cannot_run_is_said_and_replaced(tiny, monkeypatch, tmp_path, capsys):
+    preset = override(tiny, **{"train.steps": 8, "train.ckpt_every": 4})
+    monkeypatch.setenv("DASH_RUNS", str(tmp_path))
+    _rule_everywhere(monkeypatch, False)
+    with monkeypatch.context() as m:
+        _stop_at(m, 6)
+        with pytest.raises(KeyboardInterrupt):
+            train_teacher(preset, progress=False, device="cpu")
+    run = next(tmp_path.rglob("checkpoint.pt"))
+    ckpt = load_checkpoint(run)
+    torch.save({**ckpt, "precision": "float16"}, run)  # as if trained on a GPU in fp16
+    capsys.readouterr()
+    resumed = train_teacher(preset, resume=True, progress=False, device="cpu")
+    assert "trained in float16, which cpu cannot run here; continuing in float32" in capsys.readouterr().err
+    assert json.loads(resumed.results.read_text())["precision"] == "float32"
+
+
+@pytest.mark.parametrize("feature, nhwc", [("amx_bf16", True), ("avx512_bf16", False)])
+def test_the_layout_under_bf16_follows_the_cpu_feature(monkeypatch, feature, nhwc):
+    monkeypatch.setattr(runtime, "cpu_bf16_feature", lambda: feature)
+    auto, wide = Runtime(), 128
+    assert runtime.uses_channels_last(auto, CPU, wide, torch.bfloat16) is nhwc
+    assert runtime.uses_channels_last(auto, CPU, wide)  # fp32: the width rule
+    assert not runtime.uses_channels_last(Runtime(channels_last="off"), CPU, wide, torch.bfloat16)
+    assert runtime.uses_channels_last(Runtime(channels_last="on"), CPU, 2, torch.bfloat16)
+    monkeypatch.setattr(runtime, "cpu_bf16_feature", lambda: "")  # bf16 forced, no bf16 CPU
+    assert runtime.uses_channels_last(auto, CPU, wide, torch.bfloat16)
+
+
+def test_a_run_that_changes_precision_on_resume_changes_layout_too(tiny, monkeypatch, tmp_path):
+    """Started in bf16 where that means NHWC, resumed where bf16 means NCHW: the weights
+    and the optimizer's moments are laid out again, and training goes on correctly."""
+    preset = override(tiny, **{"train.steps": 8, "train.ckpt_every": 4})
+    monkeypatch.setenv("DASH_RUNS", str(tmp_path))
+    _rule_everywhere(monkeypatch, True, feature="amx_bf16")
+    with monkeypatch.context() as m:
+        _stop_at(m, 6)
+        with pytest.raises(KeyboardInterrupt):
+            train_teacher(preset, progress=False, device="cpu")
+    ckpt = next(tmp_path.rglob("checkpoint.pt"))
+    assert _moments_nhwc(ckpt)
+    _rule_everywhere(monkeypatch, True, feature="avx512_bf16")
+    run = train_teacher(preset, resume=True, progress=False, device="cpu")
+    assert json.loads(run.results.read_text())["precision"] == "bfloat16"
+    assert not _moments_nhwc(ckpt)
+
+
+def _moments_nhwc(ckpt) -> int:
+    """How many of the checkpoint's 4-D AdamW moments are laid out channels-last (and not
+    also contiguous, as 1x1 or single-channel kernels are either way)."""
+    state = load_checkpoint(ckpt)["optimizer"]["state"]
+    moments = [v for s in state.values() for k, v in s.items() if k == "exp_avg" and v.dim() == 4]
+    assert moments
+    return sum(v.is_contiguous(memory_format=torch.channels_last) and not v.is_contiguous()
+               for v in moments)

@@ -6,6 +6,7 @@ import torch
 from dashlib.config import override
 from dashlib.io import load_checkpoint
 from dashlib.runs import RunStateError
+from dashlib.runtime import Runtime
 from dashlib.teacher import DiffusionObjective, train_teacher
 from dashlib.train import NonFiniteLossError, Trainer
 
@@ -48,6 +49,32 @@ def test_resume_after_a_stop_equals_an_uninterrupted_run(preset, monkeypatch, tm
         assert torch.equal(straight[k], resumed[k]), k
     steps = [json.loads(line)["step"] for line in run.log.read_text().splitlines()]
     assert steps == list(range(1, 21))
+
+
+def test_resuming_with_another_layout_keeps_the_optimizer_state_right(preset, monkeypatch, tmp_path):
+    """The layout is a speed option outside the run's identity, so a run may resume with
+    another one; the optimizer's moments, loaded in the old layout, must follow the
+    weights (fused AdamW pairs them element by element in memory order)."""
+    preset = override(preset, **{"teacher.dropout": 0.0})
+    monkeypatch.setenv("DASH_RUNS", str(tmp_path / "straight"))
+    nchw = Runtime(channels_last="off")
+    straight = _weights(train_teacher(preset, progress=False, runtime=nchw))
+
+    monkeypatch.setenv("DASH_RUNS", str(tmp_path / "moved"))
+    original = Trainer.train_step
+
+    def stop_at_13(self):
+        if self.step == 13:
+            raise KeyboardInterrupt
+        return original(self)
+
+    monkeypatch.setattr(Trainer, "train_step", stop_at_13)
+    with pytest.raises(KeyboardInterrupt):
+        train_teacher(preset, progress=False, runtime=Runtime(channels_last="on"))
+    monkeypatch.setattr(Trainer, "train_step", original)
+    resumed = _weights(train_teacher(preset, resume=True, progress=False, runtime=nchw))
+    for k in straight:  # the layouts round differently, nothing more
+        assert torch.allclose(straight[k], resumed[k], atol=1e-5, rtol=0), (k, (straight[k] - resumed[k]).abs().max())
 
 
 def test_finished_run_is_reused_and_force_retrains(preset):
