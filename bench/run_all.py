@@ -255,7 +255,7 @@ FORMATTERS: dict[str, Callable[[dict[str, Any]], tuple[list[str], dict[str, Any]
     "train_step_speed_amx_b16": _train_step, "train_step_speed_amx_student": _train_step,
     "train_step_speed_amx_small": _train_step, "train_step_speed_zen4": _train_step,
     "train_step_speed_zen4_b16": _train_step, "train_step_speed_zen4_small": _train_step,
-    "train_step_speed_zen4_student": _train_step, "train_step_speed_zen4_teacher": _train_step,
+    "train_step_speed_zen4_layout": _train_step,
     "layout_speed": _layout, "layout_speed_frozen": _layout,
     "train_step_speed_compile_student": _train_step, "train_step_speed_compile_teacher": _train_step,
     "reproduce_time": _reproduce, "reproduce_quick_time": _reproduce, "reproduce_time_amx": _reproduce,

@@ -72,9 +72,11 @@ VARIANTS: dict[str, dict[str, bool]] = {
 # With --bf16: the default path with bf16 autocast forced, whatever the rule says (the
 # measurement behind dashlib.runtime.CPU_BF16_MIN_CH at the widths the rule leaves in fp32),
 # and the old configuration (NCHW, transposed attention) with bf16 forced, the setting of
-# issue 17's "bf16 autocast was slower" on an AMD EPYC; and the default path in bf16 kept NCHW.
+# issue 17's "bf16 autocast was slower" on an AMD EPYC; and the default path in bf16 in
+# each layout (the measurement behind dashlib.runtime.CPU_BF16_CHANNELS_LAST).
 BF16 = {"default_bf16": {"old_attention": False, "channels_last": None, "fused": True, "amp": "bf16"},
         "default_bf16_nchw": {"old_attention": False, "channels_last": False, "fused": True, "amp": "bf16"},
+        "default_bf16_nhwc": {"old_attention": False, "channels_last": True, "fused": True, "amp": "bf16"},
         "old_bf16": {"old_attention": True, "channels_last": False, "fused": False, "amp": "bf16"}}
 # With --compile: the default path with the UNet compiled (torch.compile, inductor).
 COMPILED = {"compiled": {"old_attention": False, "channels_last": None, "fused": True, "amp": "preset",
@@ -87,8 +89,9 @@ def train_step(cfg, diffusion: Diffusion, batch: int, device: torch.device, old_
     model = build_unet(cfg, seed=0).to(device).train()
     if old_attention:
         with_old_attention(model)
+    dtype = amp_dtype(device, amp, cfg.ch)
     layout = "auto" if channels_last is None else ("on" if channels_last else "off")
-    to_channels_last(model, Runtime(channels_last=layout), device)
+    to_channels_last(model, Runtime(channels_last=layout), device, dtype)  # as the Trainer does
     if compiled:
         model.compile()
     opt = torch.optim.AdamW(model.parameters(), lr=1e-4, weight_decay=0.0,
@@ -99,7 +102,6 @@ def train_step(cfg, diffusion: Diffusion, batch: int, device: torch.device, old_
     t = diffusion.sample_t(batch, g).to(device)
     y = torch.randint(0, cfg.num_classes, (batch,), generator=g).to(device)
     x_t = diffusion.q_sample(x0, t, eps)
-    dtype = amp_dtype(device, amp, cfg.ch)
 
     def step() -> None:
         with autocast(device, dtype):  # as dashlib.train.Trainer: the forward and loss only
@@ -183,7 +185,8 @@ def main() -> None:
             print(f"{row['clock']} clock {threads} thr {preset}:{role} default/old {d['median']:.3f} "
                   f"[{d['min']:.3f}, {d['max']:.3f}]  cl {r['channels_last_only']:.3f}"
                   f"  fused {r['fused_only']:.3f}  fp32 {r['default_fp32']:.3f}  amp {row['amp']}"
-                  + (f"  forced bf16 {r['default_bf16']:.3f} (nchw {r['default_bf16_nchw']:.3f})"
+                  + (f"  forced bf16 {r['default_bf16']:.3f} (nchw {r['default_bf16_nchw']:.3f},"
+                     f" nhwc {r['default_bf16_nhwc']:.3f})"
                      f"  old in bf16 {r['old_bf16']:.3f}"
                      if args.bf16 else "")
                   + (f"  compiled {r['compiled']:.3f} (first step {row['compile_first_step_s']:.0f} s)"

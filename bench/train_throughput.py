@@ -23,9 +23,9 @@ from dashlib.unet import UNet, count_params
 def throughput(cfg, batch: int, device: torch.device, repeat: int, amp: str = "none",
                runtime: Runtime | None = None) -> dict[str, float]:
     runtime = runtime or Runtime()
-    model = to_channels_last(UNet(cfg).to(device), runtime, device)
-    compile_unets(model, runtime)
     dtype = amp_dtype(device, amp, cfg.ch)
+    model = to_channels_last(UNet(cfg).to(device), runtime, device, dtype)  # as the Trainer does
+    compile_unets(model, runtime)
     opt = torch.optim.AdamW(model.parameters(), lr=1e-4, **adamw_options(device))
     g = torch.Generator().manual_seed(0)
     x = torch.randn(batch, cfg.in_channels, cfg.image_size, cfg.image_size, generator=g).to(device)

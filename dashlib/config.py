@@ -224,7 +224,8 @@ class OptimConfig(Validated):
     `weight_decay`) on `batch_size` rows, linear warm-up over `warmup_steps` then cosine
     decay to `lr_min`, gradients clipped at `grad_clip`, an EMA of the weights
     (`ema_decay`), mixed precision `amp` ("auto": fp16/bf16 on CUDA, bf16 on CPUs with
-    AMX or AVX-512 BF16 for UNets of base width >= 64, fp32 elsewhere: `dashlib.runtime.amp_dtype`), a checkpoint
+    AMX or AVX-512 BF16 for UNets of base width >= 64, fp32 elsewhere:
+    `dashlib.runtime.amp_dtype`), a checkpoint
     every `ckpt_every` and a log line every `log_every` steps, all randomness from `seed`.
     """
 
