@@ -172,6 +172,12 @@ def _freeze(d: dict[str, Any]) -> tuple[list[str], dict[str, Any]]:
                          lambda r: f" {r['trace_s']:.1f} | {r['max_abs_diff']:.1e} |")
 
 
+def _onednn(d: dict[str, Any]) -> tuple[list[str], dict[str, Any]]:
+    return _model_ratios(d, "fused_over_frozen",
+                         "oneDNN-fused / frozen forward (rounds: median [min, max]) | max abs difference",
+                         lambda r: f" {r['fused_max_abs_diff']:.1e} |")
+
+
 def _layout(d: dict[str, Any]) -> tuple[list[str], dict[str, Any]]:
     rows = _rows(d)
     freeze = rows[0].get("freeze", "off (eager)") if rows else ""
@@ -249,7 +255,7 @@ FORMATTERS: dict[str, Callable[[dict[str, Any]], tuple[list[str], dict[str, Any]
     "train_throughput": _throughput, "sampler_overhead": _overhead, "distill_step": _distill,
     "sampling_speed": _speed, "peak_memory": _memory, "gpu_hours": _gpu_hours,
     "sampling_speed_eager": _speed, "sampling_speed_amx": _speed, "sampling_speed_amx_bf16": _speed,
-    "freeze_speed": _freeze, "allocator_speed": _allocator,
+    "freeze_speed": _freeze, "freeze_speed_onednn": _onednn, "allocator_speed": _allocator,
     "train_step_speed": _train_step, "train_step_speed_small": _train_step,
     "train_step_speed_b16": _train_step, "train_step_speed_amx": _train_step,
     "train_step_speed_amx_b16": _train_step, "train_step_speed_amx_student": _train_step,
@@ -259,6 +265,7 @@ FORMATTERS: dict[str, Callable[[dict[str, Any]], tuple[list[str], dict[str, Any]
     "layout_speed": _layout, "layout_speed_frozen": _layout,
     "train_step_speed_compile_student": _train_step, "train_step_speed_compile_teacher": _train_step,
     "reproduce_time": _reproduce, "reproduce_quick_time": _reproduce, "reproduce_time_amx": _reproduce,
+    "reproduce_time_zen4": _reproduce,
     "decode_speed": _decode,
 }
 

@@ -90,8 +90,9 @@ FREEZE_CH: dict[str, tuple[int, int]] = {"cpu": (1, 32)}
 #   0.45-0.50 (ch 128, cifar teacher); 1.18-1.21 at ch 2-4 (tiny), 1.69 and 1.51 at ch 16
 #   (digits, digits16 students), 1.30 and 0.99 at ch 32 (digits teacher on 8x8,
 #   digits16 teacher on 16x16).
-# * AMD EPYC (Zen 4) with AVX-512 BF16 and no AMX (2026-12-05): 0.74 (ch 64) and 0.61
-#   (ch 128); 1.09 and 1.16 (tiny), 1.45 and 1.37 (ch 16), 1.07 and 0.91 (ch 32).
+# * AMD EPYC (Zen 4) with AVX-512 BF16 and no AMX (2026-12-05): 0.60 (ch 64) and 0.55
+#   (ch 128) in NCHW, 0.70 and 0.59 in NHWC; at batch 64 in NHWC 1.09 and 1.16 (tiny),
+#   1.45 and 1.37 (ch 16), 1.07 and 0.91 (ch 32).
 # Narrow layers on small maps spend more on casting than the bf16 kernels save. CPUs
 # with neither feature (AVX2 only) have no bf16 kernels to gain from and stay fp32.
 CPU_BF16_MIN_CH = 64
@@ -102,9 +103,9 @@ _CPU_BF16_PROBES = ("_is_amx_tile_supported", "_is_avx512_bf16_supported")
 # Channels-last under bf16 autocast on CPU, per bf16 feature (`cpu_bf16_feature`): whether
 # the NHWC layout is used; it overrides CHANNELS_LAST_MIN_CH there (measured at ch 64 and
 # 128, bench/train_step_speed.py --bf16, one thread, CPU clock, batch 8). On AMD Zen 4
-# (AVX-512 BF16, 2026-12-05) the bf16 training step in NCHW took 0.83 (cifar student) and
-# 0.94 (cifar teacher) of the same step in NHWC. With AMX the bf16 rule was measured in
-# NHWC (the 0.62-0.71 and 0.43-0.47 above); NCHW was not measured there.
+# (AVX-512 BF16, 2026-12-05) the bf16 training step in NCHW took 0.83-0.87 (cifar student)
+# and 0.94-0.95 (cifar teacher) of the same step in NHWC (two runs). With AMX the bf16
+# rule was measured in NHWC (the ratios above); NCHW was not measured there.
 CPU_BF16_CHANNELS_LAST: dict[str, bool] = {"amx_bf16": True, "avx512_bf16": False}
 
 

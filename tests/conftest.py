@@ -40,3 +40,31 @@ def tiny_model(tiny):
             if p.abs().sum() == 0:
                 p.normal_(0, 0.1)
     return model
+
+
+@pytest.fixture
+def interrupted_at():
+    """A context manager: `with interrupted_at(step): train(...)` stops training with a
+    KeyboardInterrupt (as Ctrl-C would) when the Trainer reaches `step`, which the
+    `with` expects; afterwards training runs normally again."""
+    import contextlib
+
+    from dashlib.train import Trainer
+
+    @contextlib.contextmanager
+    def stop(step: int):
+        original = Trainer.train_step
+
+        def stopping(self):
+            if self.step == step:
+                raise KeyboardInterrupt
+            return original(self)
+
+        Trainer.train_step = stopping
+        try:
+            with pytest.raises(KeyboardInterrupt):
+                yield
+        finally:
+            Trainer.train_step = original
+
+    return stop

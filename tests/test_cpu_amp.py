@@ -12,7 +12,6 @@ from dashlib.config import override
 from dashlib.io import load_checkpoint
 from dashlib.runtime import CPU_BF16_MIN_CH, InferenceModel, Runtime, amp_dtype, inference_model
 from dashlib.teacher import train_teacher
-from dashlib.train import Trainer
 
 CPU, CUDA = torch.device("cpu"), torch.device("cuda")
 
@@ -114,30 +113,17 @@ def test_which_precisions_a_device_can_resume_in(monkeypatch):
     assert runtime.runs_precision(CUDA, "float16") and not runtime.runs_precision(CUDA, "bfloat16")
 
 
-def _stop_at(monkeypatch, step: int) -> None:
-    original = Trainer.train_step
-
-    def stopping(self):
-        if self.step == step:
-            raise KeyboardInterrupt
-        return original(self)
-
-    monkeypatch.setattr(Trainer, "train_step", stopping)
-
-
 @pytest.mark.parametrize("started_on_bf16_cpu", [True, False])
 def test_a_run_resumed_on_another_cpu_keeps_the_precision_it_began_in(
-        tiny, monkeypatch, tmp_path, capsys, started_on_bf16_cpu):
+        tiny, monkeypatch, tmp_path, capsys, interrupted_at, started_on_bf16_cpu):
     preset = override(tiny, **{"train.steps": 8, "train.ckpt_every": 4})
     monkeypatch.setenv("DASH_RUNS", str(tmp_path / "straight"))
     _rule_everywhere(monkeypatch, started_on_bf16_cpu)
     straight = train_teacher(preset, progress=False, device="cpu")
 
     monkeypatch.setenv("DASH_RUNS", str(tmp_path / "moved"))
-    with monkeypatch.context() as m:
-        _stop_at(m, 6)
-        with pytest.raises(KeyboardInterrupt):
-            train_teacher(preset, progress=False, device="cpu")
+    with interrupted_at(6):
+        train_teacher(preset, progress=False, device="cpu")
     _rule_everywhere(monkeypatch, not started_on_bf16_cpu)  # resumed on the other kind of CPU
     capsys.readouterr()
     moved = train_teacher(preset, resume=True, progress=False, device="cpu")
@@ -149,14 +135,13 @@ def test_a_run_resumed_on_another_cpu_keeps_the_precision_it_began_in(
         assert torch.equal(a[k], b[k]), k
 
 
-def test_a_precision_this_device_cannot_run_is_said_and_replaced(tiny, monkeypatch, tmp_path, capsys):
+def test_a_precision_this_device_cannot_run_is_said_and_replaced(tiny, monkeypatch, tmp_path, capsys,
+                                                                 interrupted_at):
     preset = override(tiny, **{"train.steps": 8, "train.ckpt_every": 4})
     monkeypatch.setenv("DASH_RUNS", str(tmp_path))
     _rule_everywhere(monkeypatch, False)
-    with monkeypatch.context() as m:
-        _stop_at(m, 6)
-        with pytest.raises(KeyboardInterrupt):
-            train_teacher(preset, progress=False, device="cpu")
+    with interrupted_at(6):
+        train_teacher(preset, progress=False, device="cpu")
     run = next(tmp_path.rglob("checkpoint.pt"))
     ckpt = load_checkpoint(run)
     torch.save({**ckpt, "precision": "float16"}, run)  # as if trained on a GPU in fp16
@@ -178,16 +163,15 @@ def test_the_layout_under_bf16_follows_the_cpu_feature(monkeypatch, feature, nhw
     assert runtime.uses_channels_last(auto, CPU, wide, torch.bfloat16)
 
 
-def test_a_run_that_changes_precision_on_resume_changes_layout_too(tiny, monkeypatch, tmp_path):
+def test_a_run_that_changes_precision_on_resume_changes_layout_too(tiny, monkeypatch, tmp_path,
+                                                                   interrupted_at):
     """Started in bf16 where that means NHWC, resumed where bf16 means NCHW: the weights
     and the optimizer's moments are laid out again, and training goes on correctly."""
     preset = override(tiny, **{"train.steps": 8, "train.ckpt_every": 4})
     monkeypatch.setenv("DASH_RUNS", str(tmp_path))
     _rule_everywhere(monkeypatch, True, feature="amx_bf16")
-    with monkeypatch.context() as m:
-        _stop_at(m, 6)
-        with pytest.raises(KeyboardInterrupt):
-            train_teacher(preset, progress=False, device="cpu")
+    with interrupted_at(6):
+        train_teacher(preset, progress=False, device="cpu")
     ckpt = next(tmp_path.rglob("checkpoint.pt"))
     assert _moments_nhwc(ckpt)
     _rule_everywhere(monkeypatch, True, feature="avx512_bf16")

@@ -8,7 +8,7 @@ from dashlib.io import load_checkpoint
 from dashlib.runs import RunStateError
 from dashlib.runtime import Runtime
 from dashlib.teacher import DiffusionObjective, train_teacher
-from dashlib.train import NonFiniteLossError, Trainer
+from dashlib.train import NonFiniteLossError
 
 
 @pytest.fixture
@@ -23,22 +23,13 @@ def _weights(run):
     return {**ckpt["model"], **{f"w.{k}": v for k, v in ckpt["weighting"].items()}}
 
 
-def test_resume_after_a_stop_equals_an_uninterrupted_run(preset, monkeypatch, tmp_path):
+def test_resume_after_a_stop_equals_an_uninterrupted_run(preset, monkeypatch, tmp_path, interrupted_at):
     monkeypatch.setenv("DASH_RUNS", str(tmp_path / "straight"))
     straight = _weights(train_teacher(preset, progress=False))
 
     monkeypatch.setenv("DASH_RUNS", str(tmp_path / "stopped"))
-    original = Trainer.train_step
-
-    def stop_at_13(self):
-        if self.step == 13:
-            raise KeyboardInterrupt
-        return original(self)
-
-    monkeypatch.setattr(Trainer, "train_step", stop_at_13)
-    with pytest.raises(KeyboardInterrupt):
+    with interrupted_at(13):
         train_teacher(preset, progress=False)
-    monkeypatch.setattr(Trainer, "train_step", original)
     with pytest.raises(RunStateError, match="--resume"):
         train_teacher(preset, progress=False)
     run = train_teacher(preset, resume=True, progress=False)
@@ -51,7 +42,8 @@ def test_resume_after_a_stop_equals_an_uninterrupted_run(preset, monkeypatch, tm
     assert steps == list(range(1, 21))
 
 
-def test_resuming_with_another_layout_keeps_the_optimizer_state_right(preset, monkeypatch, tmp_path):
+def test_resuming_with_another_layout_keeps_the_optimizer_state_right(preset, monkeypatch, tmp_path,
+                                                                     interrupted_at):
     """The layout is a speed option outside the run's identity, so a run may resume with
     another one; the optimizer's moments, loaded in the old layout, must follow the
     weights (fused AdamW pairs them element by element in memory order)."""
@@ -61,17 +53,8 @@ def test_resuming_with_another_layout_keeps_the_optimizer_state_right(preset, mo
     straight = _weights(train_teacher(preset, progress=False, runtime=nchw))
 
     monkeypatch.setenv("DASH_RUNS", str(tmp_path / "moved"))
-    original = Trainer.train_step
-
-    def stop_at_13(self):
-        if self.step == 13:
-            raise KeyboardInterrupt
-        return original(self)
-
-    monkeypatch.setattr(Trainer, "train_step", stop_at_13)
-    with pytest.raises(KeyboardInterrupt):
+    with interrupted_at(13):
         train_teacher(preset, progress=False, runtime=Runtime(channels_last="on"))
-    monkeypatch.setattr(Trainer, "train_step", original)
     resumed = _weights(train_teacher(preset, resume=True, progress=False, runtime=nchw))
     for k in straight:  # the layouts round differently, nothing more
         gap = (straight[k] - resumed[k]).abs().max()
