@@ -109,7 +109,15 @@ def _listing(folder: Path):  # noqa: ANN202 (torchvision is imported lazily)
     return Listing(str(folder), loader=lambda path: path, is_valid_file=valid)
 
 
-def _samples(folder: Path) -> tuple[list[tuple[str, int]], tuple[str, ...]]:
+def _samples(folder: Path) -> tuple[tuple[tuple[str, int], ...], tuple[str, ...]]:
+    """((path, label) of every image, class names) of one split folder: listed once per
+    process until a class folder changes (`_dir_state`), however many of the loader's
+    steps (fingerprint, channels, classes, decoding) ask."""
+    return _listed(folder, _dir_state(folder))
+
+
+@functools.lru_cache(maxsize=16)
+def _listed(folder: Path, state: tuple) -> tuple[tuple[tuple[str, int], ...], tuple[str, ...]]:
     try:
         listing = _listing(folder)
     except (FileNotFoundError, RuntimeError) as err:
@@ -122,17 +130,20 @@ def _samples(folder: Path) -> tuple[list[tuple[str, int]], tuple[str, ...]]:
     if counts.min() < 2:
         raise ImageFolderError(f"class {listing.classes[int(counts.argmin())]!r} in {folder} has "
                                f"{counts.min()} image(s); every class needs at least 2")
-    return listing.samples, tuple(listing.classes)
+    return tuple(listing.samples), tuple(listing.classes)
+
+
+def _dir_state(folder: Path) -> tuple:
+    """(name, mtime) of `folder` and its sub-folders: what adding, removing or renaming an
+    image in a class folder changes, cheap to read (no file is listed)."""
+    return ((str(folder), folder.stat().st_mtime_ns),
+            *((e.path, e.stat().st_mtime_ns) for e in os.scandir(folder) if e.is_dir()))
 
 
 def _folder_state(root: Path) -> tuple:
-    """(name, mtime) of the root, its split folders and their class folders: what adding,
-    removing or renaming an image changes, cheap to read (no file is listed)."""
-    state = []
-    for folder in (root, *(root / n for n in ("train", *TEST_FOLDERS) if (root / n).is_dir())):
-        state.append((str(folder), folder.stat().st_mtime_ns))
-        state += [(e.path, e.stat().st_mtime_ns) for e in os.scandir(folder) if e.is_dir()]
-    return tuple(state)
+    """`_dir_state` of the root and of its split folders."""
+    folders = (root, *(root / n for n in ("train", *TEST_FOLDERS) if (root / n).is_dir()))
+    return tuple(item for folder in folders for item in _dir_state(folder))
 
 
 @functools.lru_cache(maxsize=16)
@@ -256,7 +267,7 @@ def decode_all(paths: list[str], size: int, channels: int,
         return collect(pool.map(decode_chunk, chunks))
 
 
-def _cache_key(samples: list[tuple[str, int]], size: int, channels: int) -> str:
+def _cache_key(samples: tuple[tuple[str, int], ...], size: int, channels: int) -> str:
     digest = hashlib.sha256(f"{DECODE_VERSION}:{size}:{channels}".encode())
     for path, label in samples:
         stat = Path(path).stat()

@@ -5,7 +5,8 @@ none of these options changes what is trained, only how fast:
 
 * ``channels_last``: "auto" (default) applies the rule table
   `CHANNELS_LAST_MIN_CH` (device type -> smallest UNet base width `ch` for which
-  the NHWC layout measured faster, docs/scaling.md "Speed rules"); "on"/"off"
+  the NHWC layout measured faster, docs/scaling.md "Speed rules") and, for a forward
+  autocast to bf16 on CPU, `CPU_BF16_CHANNELS_LAST` (per CPU bf16 feature); "on"/"off"
   force it.
 * ``freeze``: "auto" (default) samples through a traced, frozen TorchScript graph
   of the UNet (`FrozenUNet`) where the rule table `FREEZE_CH` says it measured

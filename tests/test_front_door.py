@@ -212,6 +212,23 @@ def test_image_folder_is_cached_and_reread_when_it_changes(tmp_path, monkeypatch
     assert load_dataset(config).num_classes == 4
 
 
+def test_an_image_folder_is_listed_once_per_split_until_it_changes(tmp_path, monkeypatch):
+    import dashlib.imagefolder as imagefolder
+
+    listed = []
+    original = imagefolder._listing
+    monkeypatch.setattr(imagefolder, "_listing", lambda folder: listed.append(folder) or original(folder))
+    root = write_folder(tmp_path / "pets", COLOURS, per_class=4)
+    config = DataConfig(name="imagefolder", data_root=str(root))
+    first = load_dataset(config)  # fingerprint, channels, classes and decoding all read the listing
+    assert listed == [root.resolve()]
+    load_dataset(config)
+    assert len(listed) == 1
+    write_folder(root, {"yellow": (220, 220, 30)}, per_class=4)
+    assert load_dataset(config).num_classes == first.num_classes + 1
+    assert len(listed) == 2
+
+
 def test_a_truncated_image_cache_is_decoded_again_with_a_warning(tmp_path):
     root = write_folder(tmp_path / "pets", COLOURS, per_class=4)
     config = DataConfig(name="imagefolder", data_root=str(root))
