@@ -88,7 +88,8 @@ def data_label(overrides: Mapping[str, Any]) -> str:
     if not name:
         return ""
     if name == "imagefolder" and overrides.get("data.data_root"):
-        return f"-{Path(str(overrides['data.data_root'])).name}"
+        # resolved, so "." or "../pets" name the folder, as they do once `resolve_overrides` ran
+        return f"-{Path(str(overrides['data.data_root'])).expanduser().resolve().name}"
     return f"-{name}"
 
 

@@ -494,6 +494,17 @@ def test_a_changed_budget_never_writes_into_the_presets_own_figures(tmp_path):
     assert pets.name.startswith("tiny-pets-set-")
 
 
+def test_a_relative_image_folder_names_its_outputs_by_the_folder(tmp_path, monkeypatch):
+    from dashlib.reproduce import figures_dir, resolve_overrides
+
+    write_folder(tmp_path / "pets", COLOURS, per_class=2)
+    monkeypatch.chdir(tmp_path / "pets")
+    given = {"data.name": "imagefolder", "data.data_root": "."}
+    named = figures_dir("tiny", False, tmp_path / "figs", given)
+    assert named.name == "tiny-pets"  # what `dash reproduce --data-root .` prints at the end
+    assert named == figures_dir("tiny", False, tmp_path / "figs", resolve_overrides("tiny", given))
+
+
 def test_reproduce_with_a_changed_budget_says_what_changed(tmp_path):
     out = dash("reproduce", "--preset", "tiny", "--set", "train.steps=3", "--only", "00_quickstart",
                "--figures", "figs", "--no-progress", "--threads", "1", cwd=tmp_path,
