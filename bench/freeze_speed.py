@@ -118,8 +118,8 @@ def main() -> None:
         print(f"{spec:18s} ch={cfg.ch:3d}: frozen / eager {r['median']:.3f} [{r['min']:.3f}, {r['max']:.3f}]"
               f"  (trace {trace_s:.1f} s, max diff {max_diff:.1e})" + fused, flush=True)
         write(name, {"device": str(device), "threads": args.threads,
-                               "load_average_start": load_start, "load_average_end": load_average(),
-                               "rows": rows})
+                     "load_average_start": load_start, "load_average_end": load_average(),
+                     "rows": rows})
 
 
 if __name__ == "__main__":
