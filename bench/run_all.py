@@ -255,7 +255,7 @@ FORMATTERS: dict[str, Callable[[dict[str, Any]], tuple[list[str], dict[str, Any]
     "train_throughput": _throughput, "sampler_overhead": _overhead, "distill_step": _distill,
     "sampling_speed": _speed, "peak_memory": _memory, "gpu_hours": _gpu_hours,
     "sampling_speed_eager": _speed, "sampling_speed_amx": _speed, "sampling_speed_amx_bf16": _speed,
-    "sampling_speed_zen4": _speed,
+    "sampling_speed_zen4": _speed, "sampling_speed_zen4_bf16": _speed,
     "freeze_speed": _freeze, "freeze_speed_onednn": _onednn, "allocator_speed": _allocator,
     "train_step_speed": _train_step, "train_step_speed_small": _train_step,
     "train_step_speed_b16": _train_step, "train_step_speed_amx": _train_step,
