@@ -6,7 +6,12 @@ step) of the teacher and of the student, profiled with torch.profiler over
 SiLU, attention, copies/cat/add, the rest), operator calls per forward, and the
 convolutions' achieved GFLOP/s (FLOPs from torch.utils.flop_counter). If the
 student were as efficient as the teacher, its time share per FLOP would match;
-`conv_gflops_per_s` and `us_per_op` show why it is not. Threads: `--threads`
+`conv_gflops_per_s` and `us_per_op` show why it is not. `conv_bound_speedup_over_flops`
+is the speedup / FLOPs ratio the student would reach if every operator but the
+convolutions took no time in both models (fusing GroupNorm, SiLU and the
+additions away, at best): (teacher conv time / student conv time) / FLOPs ratio.
+Below 0.8 it says no fusion can reach issue 17's goal; only faster narrow
+convolutions can. Threads: `--threads`
 (default 1, where profiler times are not blurred by threads waiting for each
 other); each model is profiled `--rounds` times, alternating, and its fastest
 round kept, since other load on a shared machine only adds time.
@@ -38,8 +43,8 @@ def family(op: str) -> str:
     return next((f for frag, f in FAMILIES.items() if frag in op), "other")
 
 
-def profile_forward(cfg, rows: int, iters: int) -> dict:
-    model = to_channels_last(build_unet(cfg, 0).eval(), Runtime(), torch.device("cpu"))
+def profile_forward(cfg, rows: int, iters: int, runtime: Runtime) -> dict:
+    model = to_channels_last(build_unet(cfg, 0).eval(), runtime, torch.device("cpu"))
     g = torch.Generator().manual_seed(0)
     x = torch.randn(rows, cfg.in_channels, cfg.image_size, cfg.image_size, generator=g)
     t = torch.randint(0, 1000, (rows,), generator=g)
@@ -63,7 +68,18 @@ def profile_forward(cfg, rows: int, iters: int) -> dict:
     return {"ms_per_forward": total / 1e3, "share": {k: v / total for k, v in sorted(us.items())},
             "aten_calls_per_forward": calls, "us_per_op": total / calls,
             "flops": counter.get_total_flops(),
+            "conv_ms_per_forward": us["conv"] / 1e3,
             "conv_gflops_per_s": conv_flops / (us["conv"] * 1e-6) / 1e9}
+
+
+def ratios(teacher: dict, student: dict) -> dict:
+    """Student speedup over the teacher: measured, and with only the convolutions timed."""
+    flops_ratio = teacher["flops"] / student["flops"]
+    time_ratio = teacher["ms_per_forward"] / student["ms_per_forward"]
+    conv_ratio = teacher["conv_ms_per_forward"] / student["conv_ms_per_forward"]
+    return {"flops_ratio": flops_ratio, "time_ratio": time_ratio,
+            "speedup_over_flops": time_ratio / flops_ratio,
+            "conv_bound_speedup_over_flops": conv_ratio / flops_ratio}
 
 
 def main() -> None:
@@ -72,28 +88,33 @@ def main() -> None:
     ap.add_argument("--batch", type=int, default=64, help="samples; the forward has 2x rows (CFG)")
     ap.add_argument("--iters", type=int, default=5)
     ap.add_argument("--threads", type=int, default=1)
+    ap.add_argument("--channels-last", default="auto", choices=("auto", "on", "off"),
+                    help="layout (auto: the speed rules' choice per width)")
+    ap.add_argument("--name", default="forward_profile", help="JSON file name in bench/results")
     ap.add_argument("--rounds", type=int, default=3,
                     help="profiles per model, alternating; the fastest is kept (load only adds time)")
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
+    runtime = Runtime(channels_last=args.channels_last)
     load_start, rows = load_average(), []
     for name in args.presets:
         p = get_preset(name)
         r = {}
         for _ in range(args.rounds):  # alternating; keep each role's fastest round
             for role in ("teacher", "student"):
-                new = profile_forward(getattr(p, role), 2 * args.batch, args.iters)
+                new = profile_forward(getattr(p, role), 2 * args.batch, args.iters, runtime)
                 if role not in r or new["ms_per_forward"] < r[role]["ms_per_forward"]:
                     r[role] = new
-        ratio = {"flops_ratio": r["teacher"]["flops"] / r["student"]["flops"],
-                 "time_ratio": r["teacher"]["ms_per_forward"] / r["student"]["ms_per_forward"]}
+        ratio = ratios(r["teacher"], r["student"])
         rows.append({"preset": name, "rows": 2 * args.batch, **r, **ratio})
         print(f"{name}: teacher {r['teacher']['ms_per_forward']:.1f} ms, student "
               f"{r['student']['ms_per_forward']:.1f} ms (FLOPs ratio {ratio['flops_ratio']:.2f}); conv "
-              f"GFLOP/s {r['teacher']['conv_gflops_per_s']:.0f} vs {r['student']['conv_gflops_per_s']:.0f}",
+              f"GFLOP/s {r['teacher']['conv_gflops_per_s']:.0f} vs {r['student']['conv_gflops_per_s']:.0f}; "
+              f"speedup / FLOPs {ratio['speedup_over_flops']:.2f}, convolutions alone "
+              f"{ratio['conv_bound_speedup_over_flops']:.2f}",
               flush=True)
-    write("forward_profile", {"device": "cpu", "threads": args.threads, "load_average_start": load_start,
-                              "load_average_end": load_average(), "rows": rows})
+    write(args.name, {"device": "cpu", "threads": args.threads, "channels_last": args.channels_last,
+                      "load_average_start": load_start, "load_average_end": load_average(), "rows": rows})
 
 
 if __name__ == "__main__":

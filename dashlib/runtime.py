@@ -5,7 +5,8 @@ none of these options changes what is trained, only how fast:
 
 * ``channels_last``: "auto" (default) applies the rule table
   `CHANNELS_LAST_MIN_CH` (device type -> smallest UNet base width `ch` for which
-  the NHWC layout measured faster, docs/scaling.md "Speed rules") and, for a forward
+  the NHWC layout measured faster, docs/scaling.md "Speed rules"; for sampling
+  `SAMPLING_CHANNELS_LAST_MIN_CH`) and, for a forward
   autocast to bf16 on CPU, `CPU_BF16_CHANNELS_LAST` (per CPU bf16 feature); "on"/"off"
   force it.
 * ``freeze``: "auto" (default) samples through a traced, frozen TorchScript graph
@@ -67,6 +68,13 @@ class Runtime(Validated):
 # test preset) the layout is left alone.
 # Device types not listed keep NCHW.
 CHANNELS_LAST_MIN_CH: dict[str, int] = {"cuda": 1, "cpu": 16}
+# The same rule for sampling (`inference_model`: no-grad forwards, frozen graphs on CPU).
+# On CPU the ch-16 students sample faster in NCHW, where PyTorch's NHWC GroupNorm kernel
+# is slow on 16 channels (docs/scaling.md "What limits the small models"): frozen 128-row
+# forward, NHWC / NCHW 1.15 (digits student) and 1.16 (digits16 student) on AMD Zen 4
+# (2026-12-06), 1.04 and 1.05 on the earlier AMD host (2026-12-02), while the ch-32
+# teachers measured 1.01 and 1.00 there, 0.94 and 0.92 here (bench/layout_speed.py).
+SAMPLING_CHANNELS_LAST_MIN_CH: dict[str, int] = {"cuda": 1, "cpu": 32}
 # Device types whose fused AdamW kernel (one pass over all parameters instead of a
 # Python loop of per-tensor ops) is used: on CPU the training step measured 0.90-0.98x
 # of the for-loop one (digits teacher 1.02x, within its spread); standard on CUDA.
@@ -183,16 +191,17 @@ def runs_precision(device: torch.device, name: str) -> bool:
 
 
 def uses_channels_last(runtime: Runtime, device: torch.device, ch: int | None = None,
-                       dtype: torch.dtype | None = None) -> bool:
+                       dtype: torch.dtype | None = None, sampling: bool = False) -> bool:
     """Whether a UNet of base width `ch` (None: any width) runs channels-last on `device`
-    when its forward is autocast to `dtype` (None: fp32)."""
+    when its forward is autocast to `dtype` (None: fp32), in training or, with
+    `sampling`, in sampling (`SAMPLING_CHANNELS_LAST_MIN_CH`)."""
     if runtime.channels_last != "auto":
         return runtime.channels_last == "on"
     if device.type == "cpu" and dtype == torch.bfloat16:
         by_feature = CPU_BF16_CHANNELS_LAST.get(cpu_bf16_feature())
         if by_feature is not None:
             return by_feature
-    min_ch = CHANNELS_LAST_MIN_CH.get(device.type)
+    min_ch = (SAMPLING_CHANNELS_LAST_MIN_CH if sampling else CHANNELS_LAST_MIN_CH).get(device.type)
     return min_ch is not None and (ch is None or ch >= min_ch)
 
 
@@ -222,12 +231,13 @@ def _base_width(module: nn.Module) -> int | None:
 
 
 def to_channels_last(module: nn.Module, runtime: Runtime, device: torch.device,
-                     dtype: torch.dtype | None = None) -> nn.Module:
+                     dtype: torch.dtype | None = None, sampling: bool = False) -> nn.Module:
     """Lay out 4-D weights in place (and a frozen teacher's) as `uses_channels_last`
-    says for a forward autocast to `dtype` (None: fp32), decided per top module by its
-    widest UNet: NHWC where it applies, NCHW (contiguous) where it does not."""
+    says for a forward autocast to `dtype` (None: fp32), in training or `sampling`,
+    decided per top module by its widest UNet: NHWC where it applies, NCHW
+    (contiguous) where it does not."""
     for m in _with_frozen(module):
-        nhwc = uses_channels_last(runtime, device, _base_width(m), dtype)
+        nhwc = uses_channels_last(runtime, device, _base_width(m), dtype, sampling)
         m.to(memory_format=torch.channels_last if nhwc else torch.contiguous_format)
     return module
 
@@ -336,7 +346,7 @@ def inference_model(model: UNet, runtime: Runtime, device: torch.device) -> nn.M
     configured. With the default Runtime on CPU a small model comes back frozen
     (`FREEZE_CH`), a wide one as the model itself."""
     dtype = amp_dtype(device, runtime.sample_amp, model.config.ch)
-    to_channels_last(model, runtime, device, dtype)
+    to_channels_last(model, runtime, device, dtype, sampling=True)
     compile_unets(model, runtime)
     if dtype is not None:
         return InferenceModel(model, dtype)

@@ -69,6 +69,36 @@ def test_rule_tables_pick_the_measured_levers():
     assert inference_model(wide, auto, CPU) is wide
 
 
+def test_sampling_lays_out_the_narrow_students_in_nchw():
+    """Training keeps the ch-16 students in NHWC; sampling lays them out NCHW (their
+    GroupNorms are slow in NHWC) and keeps the ch-32 teachers in NHWC."""
+    auto, digits = Runtime(), get_preset("digits")
+    assert uses_channels_last(auto, CPU, digits.student.ch)
+    assert not uses_channels_last(auto, CPU, digits.student.ch, sampling=True)
+    assert uses_channels_last(auto, CPU, digits.teacher.ch, sampling=True)
+    assert uses_channels_last(auto, torch.device("cuda"), digits.student.ch, sampling=True)
+    assert uses_channels_last(Runtime(channels_last="on"), CPU, digits.student.ch, sampling=True)
+    student = to_channels_last(build_unet(digits.student, 0).eval(), auto, CPU)  # as trained
+    assert _nhwc(student)
+    inference_model(student, auto, CPU)
+    assert not _nhwc(student) and _inner_conv(student).weight.is_contiguous()
+    teacher = build_unet(digits.teacher, 0).eval()
+    inference_model(teacher, auto, CPU)
+    assert _nhwc(teacher)
+
+
+def _inner_conv(model: torch.nn.Module) -> torch.nn.Conv2d:
+    """A 3x3 convolution of several input channels (conv_in's single channel is
+    contiguous in both layouts)."""
+    return next(m for m in model.modules() if isinstance(m, torch.nn.Conv2d) and m.in_channels > 1
+                and m.kernel_size == (3, 3))
+
+
+def _nhwc(model: torch.nn.Module) -> bool:
+    weight = _inner_conv(model).weight
+    return weight.is_contiguous(memory_format=torch.channels_last) and not weight.is_contiguous()
+
+
 def _perturbed(cfg, seed=1):
     """A model whose zero-initialised layers are not zero, so its output depends on every layer."""
     model = build_unet(cfg, 0).eval()
