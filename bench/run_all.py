@@ -185,6 +185,25 @@ def _layout(d: dict[str, Any]) -> tuple[list[str], dict[str, Any]]:
                          f"NHWC / NCHW forward, freeze {freeze} (rounds: median [min, max])")
 
 
+def _profile(d: dict[str, Any]) -> tuple[list[str], dict[str, Any]]:
+    lines = ["| preset | layout | teacher / student ms | conv GFLOP/s teacher / student | GroupNorm share "
+             "teacher / student | speedup / FLOPs | convolutions alone |", "|---|---|---|---|---|---|---|"]
+    key = {}
+    for r in _rows(d):
+        t, s = r["teacher"], r["student"]
+        measured = r.get("speedup_over_flops", r["time_ratio"] / r["flops_ratio"])
+        # files written before the bound was reported: the same quantity from the conv shares
+        conv_ms = [m["share"]["conv"] * m["ms_per_forward"] for m in (t, s)]
+        bound = r.get("conv_bound_speedup_over_flops", conv_ms[0] / conv_ms[1] / r["flops_ratio"])
+        lines.append(f"| {r['preset']} | {d.get('channels_last', 'auto')} | {t['ms_per_forward']:.1f} / "
+                     f"{s['ms_per_forward']:.1f} | {t['conv_gflops_per_s']:.0f} / "
+                     f"{s['conv_gflops_per_s']:.0f} | "
+                     f"{t['share']['group_norm']:.2f} / {s['share']['group_norm']:.2f} | {measured:.2f} | "
+                     f"{bound:.2f} |")
+        key[r["preset"]] = {"speedup_over_flops": measured, "conv_bound_speedup_over_flops": bound}
+    return lines, key
+
+
 def _memory(d: dict[str, Any]) -> tuple[list[str], dict[str, Any]]:
     rows = _rows(d)
     method = rows[0]["method"] if rows else ""
@@ -263,7 +282,9 @@ FORMATTERS: dict[str, Callable[[dict[str, Any]], tuple[list[str], dict[str, Any]
     "train_step_speed_amx_small": _train_step, "train_step_speed_zen4": _train_step,
     "train_step_speed_zen4_b16": _train_step, "train_step_speed_zen4_small": _train_step,
     "train_step_speed_zen4_layout": _train_step,
-    "layout_speed": _layout, "layout_speed_frozen": _layout,
+    "layout_speed": _layout, "layout_speed_frozen": _layout, "layout_speed_zen4_frozen": _layout,
+    "sampling_speed_zen4_nchw": _speed, "forward_profile": _profile, "forward_profile_zen4": _profile,
+    "forward_profile_zen4_nchw": _profile,
     "train_step_speed_compile_student": _train_step, "train_step_speed_compile_teacher": _train_step,
     "reproduce_time": _reproduce, "reproduce_quick_time": _reproduce, "reproduce_time_amx": _reproduce,
     "reproduce_time_zen4": _reproduce,
