@@ -166,7 +166,7 @@ class Trainer:
                                                **adamw_options(device))
             self.ema = EMA(objective.model, loop.ema_decay)
             compile_unets(self.objective, self.runtime)  # after the EMA's deepcopy
-            self.forward = wrap_objective(self.objective, device)
+            self._forward: nn.Module | None = None  # wrapped at the first step (`forward`)
             # batch statistics in the step's loss span every rank's rows (identity in one process)
             self.global_batch = GlobalBatch(self.world)
             self.data_gen = torch.Generator().manual_seed(loop.seed)
@@ -175,6 +175,15 @@ class Trainer:
                                       self.runtime.loader_workers, pin_memory=device.type == "cuda")
             self.step = 0
             self.last_ckpt_step = 0
+
+    @property
+    def forward(self) -> nn.Module:
+        """The objective, wrapped in DDP under torchrun. Wrapped at the first step, after
+        a resume has laid the weights out for the checkpoint's precision: DDP sizes its
+        gradient buckets by the parameters' strides when it is built."""
+        if self._forward is None:
+            self._forward = wrap_objective(self.objective, self.device)
+        return self._forward
 
     @property
     def precision(self) -> str:

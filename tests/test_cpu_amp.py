@@ -7,7 +7,7 @@ import json
 import pytest
 import torch
 
-from dashlib import runtime
+from dashlib import runtime, train
 from dashlib.config import override
 from dashlib.io import load_checkpoint
 from dashlib.runtime import CPU_BF16_MIN_CH, InferenceModel, Runtime, amp_dtype, inference_model
@@ -188,3 +188,37 @@ def _moments_nhwc(ckpt) -> int:
     assert moments
     return sum(v.is_contiguous(memory_format=torch.channels_last) and not v.is_contiguous()
                for v in moments)
+
+
+def test_training_is_wrapped_for_ddp_after_a_resume_lays_the_weights_out(tiny, monkeypatch, tmp_path,
+                                                                         interrupted_at):
+    """DDP sizes its gradient buckets by the parameters' strides when it is built: a run
+    begun in fp32 (NCHW at the tiny widths) and resumed on an AMX CPU, whose rule would
+    start it in bf16 and NHWC, is wrapped once the resume has laid it out NCHW again."""
+    preset = override(tiny, **{"train.steps": 8, "train.ckpt_every": 4})
+    monkeypatch.setenv("DASH_RUNS", str(tmp_path))
+    _rule_everywhere(monkeypatch, False)
+    with interrupted_at(6):
+        train_teacher(preset, progress=False, device="cpu")
+    wrapped = []
+
+    def record(objective, device):
+        wrapped.append({n: p.stride() for n, p in objective.named_parameters()})
+        return objective
+
+    monkeypatch.setattr(train, "wrap_objective", record)
+    _rule_everywhere(monkeypatch, True, feature="amx_bf16")
+    seen = []
+    monkeypatch.setattr(train.Trainer, "train_step", _spy(train.Trainer.train_step, seen))
+    run = train_teacher(preset, resume=True, progress=False, device="cpu")
+    assert json.loads(run.results.read_text())["precision"] == "float32"
+    assert len(wrapped) == 1 and wrapped[0] == seen[-1]
+    assert all(len(s) != 4 or s[-1] == 1 for s in wrapped[0].values())  # NCHW, as it trains
+
+
+def _spy(train_step, seen):
+    """train_step, recording the objective's parameter strides at each step."""
+    def step(self):
+        seen.append({n: p.stride() for n, p in self.objective.named_parameters()})
+        return train_step(self)
+    return step
