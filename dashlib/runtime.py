@@ -72,8 +72,8 @@ CHANNELS_LAST_MIN_CH: dict[str, int] = {"cuda": 1, "cpu": 16}
 # On CPU the ch-16 students sample faster in NCHW, where PyTorch's NHWC GroupNorm kernel
 # is slow on 16 channels (docs/scaling.md "What limits the small models"): frozen 128-row
 # forward, NHWC / NCHW 1.15 (digits student) and 1.16 (digits16 student) on AMD Zen 4
-# (2026-12-06), 1.04 and 1.05 on the earlier AMD host (2026-12-02), while the ch-32
-# teachers measured 1.01 and 1.00 there, 0.94 and 0.92 here (bench/layout_speed.py).
+# (2026-12-06), 1.04 and 1.05 on the earlier AMD host (2026-12-02); the ch-32 teachers
+# 1.01 and 1.00 on Zen 4, 0.94 and 0.92 on the earlier host (bench/layout_speed.py).
 SAMPLING_CHANNELS_LAST_MIN_CH: dict[str, int] = {"cuda": 1, "cpu": 32}
 # Device types whose fused AdamW kernel (one pass over all parameters instead of a
 # Python loop of per-tensor ops) is used: on CPU the training step measured 0.90-0.98x
