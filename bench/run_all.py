@@ -204,6 +204,20 @@ def _profile(d: dict[str, Any]) -> tuple[list[str], dict[str, Any]]:
     return lines, key
 
 
+def _upsample(d: dict[str, Any]) -> tuple[list[str], dict[str, Any]]:
+    lines = ["| preset | input (B, C, H, W) | NCHW kernel us | dash us (rounds: median [min, max] of the "
+             "NCHW kernel's) | detour us | broadcast us | NHWC kernel us |", "|---|---|---|---|---|---|---|"]
+    key = {}
+    for r in _rows(d):
+        us, q = r["median_us"], r["dash_over_nchw_kernel"]
+        shape = "x".join(map(str, r["shape"]))
+        lines.append(f"| {r['preset']} | {shape} | {us['nchw_kernel']:.0f} | {us['dash']:.0f} "
+                     f"({q['median']:.2f} [{q['min']:.2f}, {q['max']:.2f}]) | {us['detour']:.0f} | "
+                     f"{us['broadcast']:.0f} | {us['nhwc_kernel']:.0f} |")
+        key[shape] = q["median"]
+    return lines, {"dash_over_nchw_kernel": key}
+
+
 def _memory(d: dict[str, Any]) -> tuple[list[str], dict[str, Any]]:
     rows = _rows(d)
     method = rows[0]["method"] if rows else ""
@@ -284,7 +298,8 @@ FORMATTERS: dict[str, Callable[[dict[str, Any]], tuple[list[str], dict[str, Any]
     "train_step_speed_zen4_layout": _train_step,
     "layout_speed": _layout, "layout_speed_frozen": _layout, "layout_speed_zen4_frozen": _layout,
     "sampling_speed_zen4_nchw": _speed, "forward_profile": _profile, "forward_profile_zen4": _profile,
-    "forward_profile_zen4_nchw": _profile,
+    "forward_profile_zen4_nchw": _profile, "upsample_speed": _upsample,
+    "sampling_speed_zen4_upsample": _speed, "layout_speed_zen4_frozen_upsample": _layout,
     "train_step_speed_compile_student": _train_step, "train_step_speed_compile_teacher": _train_step,
     "reproduce_time": _reproduce, "reproduce_quick_time": _reproduce, "reproduce_time_amx": _reproduce,
     "reproduce_time_zen4": _reproduce, "reproduce_time_zen4_nchw": _reproduce,

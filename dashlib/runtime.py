@@ -307,9 +307,11 @@ def _trace_frozen(model: UNet, x: Tensor, t: Tensor, y: Tensor) -> nn.Module | N
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", FutureWarning)
-            # group_norm's input check (more than one value per group) is a Python branch
-            # on sizes; the UNet itself has no data-dependent branch to lose.
-            warnings.filterwarnings("ignore", category=torch.jit.TracerWarning, module="torch.nn.functional")
+            # group_norm's input check (more than one value per group) and the upsampling's
+            # route (`unet.upsample_nearest`, by map size) are Python branches on sizes that
+            # are fixed per layer; the UNet has no data-dependent branch to lose.
+            for module in ("torch.nn.functional", "dashlib.unet"):
+                warnings.filterwarnings("ignore", category=torch.jit.TracerWarning, module=module)
             return torch.jit.freeze(torch.jit.trace(model, (x, t, y), check_trace=False))
     except Exception as err:  # noqa: BLE001 - whatever tracing trips on, sampling must still work
         warnings.warn(f"could not freeze the UNet for sampling ({type(err).__name__}: "

@@ -87,13 +87,39 @@ class Downsample(nn.Module):
         return self.conv(x)
 
 
+# Nearest 2x upsampling of an NCHW tensor on CPU without gradients, where PyTorch's NCHW
+# kernel is slow (bench/upsample_speed.py, 128 rows, one thread, AMD Zen 4, 2026-12-06):
+# maps of at least this many input pixels are repeated by two broadcast copies (0.13-0.80
+# of the NCHW kernel's time at 8x8 and 16x16), smaller ones go through the channels-last
+# kernel and back (0.60-0.77; the broadcast copies took 1.3-2.6x the NCHW kernel there).
+UPSAMPLE_BROADCAST_MIN_PIXELS = 64
+
+
+def upsample_nearest(x: Tensor) -> Tensor:
+    """(B, C, H, W) -> (B, C, 2H, 2W), each pixel repeated 2x2 (F.interpolate's
+    "nearest"), in x's memory layout and bit for bit the same values (a copy).
+
+    With gradients, off the CPU or in channels-last the native kernel runs (so
+    training's backward is unchanged); otherwise (NCHW sampling on CPU: the narrow
+    students, `SAMPLING_CHANNELS_LAST_MIN_CH`) the faster route of
+    `UPSAMPLE_BROADCAST_MIN_PIXELS`."""
+    if x.device.type != "cpu" or x.requires_grad or x.is_contiguous(memory_format=torch.channels_last):
+        return F.interpolate(x, scale_factor=2.0, mode="nearest")
+    b, c, h, w = x.shape
+    if h * w < UPSAMPLE_BROADCAST_MIN_PIXELS:
+        nhwc = x.contiguous(memory_format=torch.channels_last)
+        return F.interpolate(nhwc, scale_factor=2.0, mode="nearest").contiguous()
+    cols = x[..., None].expand(b, c, h, w, 2).reshape(b, c, h, 2 * w)
+    return cols[:, :, :, None].expand(b, c, h, 2, 2 * w).reshape(b, c, 2 * h, 2 * w)
+
+
 class Upsample(nn.Module):
     def __init__(self, c: int) -> None:
         super().__init__()
         self.conv = nn.Conv2d(c, c, 3, padding=1)
 
     def forward(self, x: Tensor) -> Tensor:
-        return self.conv(F.interpolate(x, scale_factor=2.0, mode="nearest"))
+        return self.conv(upsample_nearest(x))
 
 
 class Level(nn.Module):

@@ -2,9 +2,10 @@ import dataclasses
 
 import pytest
 import torch
+import torch.nn.functional as F
 
 from dashlib.presets import get_preset
-from dashlib.unet import UNet, count_params, feature_channels
+from dashlib.unet import UPSAMPLE_BROADCAST_MIN_PIXELS, UNet, count_params, feature_channels, upsample_nearest
 
 
 @pytest.mark.parametrize("name, teacher_m, student_m", [
@@ -44,3 +45,26 @@ def test_single_head_model_has_no_null_row(tiny):
     assert model.label_emb.num_embeddings == tiny.teacher.num_classes
     with pytest.raises(ValueError, match="no null label"):
         _ = model.null_label
+
+
+@pytest.mark.parametrize("side", [1, 4, 8, 16])
+@pytest.mark.parametrize("layout", [torch.contiguous_format, torch.channels_last])
+def test_upsample_is_nearest_interpolation_bit_for_bit_in_the_same_layout(side, layout):
+    """Both routes (below and above UPSAMPLE_BROADCAST_MIN_PIXELS) and the native kernel
+    give F.interpolate's values exactly, laid out as the input."""
+    g = torch.Generator().manual_seed(side)
+    x = torch.randn(3, 5, side, side, generator=g).to(memory_format=layout)
+    with torch.no_grad():
+        out = upsample_nearest(x)
+    assert torch.equal(out, F.interpolate(x, scale_factor=2.0, mode="nearest"))
+    assert out.shape == (3, 5, 2 * side, 2 * side)
+    assert out.is_contiguous(memory_format=layout)
+    assert (side * side >= UPSAMPLE_BROADCAST_MIN_PIXELS) == (side >= 8)  # both routes covered
+
+
+def test_upsample_keeps_the_native_gradient():
+    x = torch.randn(2, 3, 8, 8, requires_grad=True)
+    upsample_nearest(x).square().sum().backward()
+    ref = x.detach().clone().requires_grad_(True)
+    F.interpolate(ref, scale_factor=2.0, mode="nearest").square().sum().backward()
+    assert torch.equal(x.grad, ref.grad)
