@@ -10,7 +10,6 @@ from dashlib.diffusion import Diffusion
 from dashlib.io import load_checkpoint
 from dashlib.runtime import Runtime, inference_model
 from dashlib.teacher import train_teacher
-from dashlib.train import Trainer
 
 
 def _stream(tiny, workers):
@@ -30,31 +29,23 @@ def test_workers_give_the_same_batches_and_generator_states(tiny):
     assert torch.equal(loaded.noise_gen.get_state(), plain.noise_gen.get_state())
 
 
-def _final(preset, workers, monkeypatch, stop_at=None):
+def _final(preset, workers, interrupted_at=None, stop_at=None):
     runtime = Runtime(loader_workers=workers)
     if stop_at is not None:
-        original = Trainer.train_step
-
-        def stop(self):
-            if self.step == stop_at:
-                raise KeyboardInterrupt
-            return original(self)
-
-        monkeypatch.setattr(Trainer, "train_step", stop)
-        with pytest.raises(KeyboardInterrupt):
+        with interrupted_at(stop_at):
             train_teacher(preset, progress=False, runtime=runtime)
-        monkeypatch.setattr(Trainer, "train_step", original)
     run = train_teacher(preset, resume=stop_at is not None, progress=False, runtime=runtime)
     return load_checkpoint(run.final)["model"]
 
 
-def test_training_with_workers_equals_without_and_resumes_exactly(tiny, monkeypatch, tmp_path):
+def test_training_with_workers_equals_without_and_resumes_exactly(tiny, monkeypatch, tmp_path,
+                                                                 interrupted_at):
     # dropout > 0: the loader must not draw from the global RNG dropout uses
     preset = override(tiny, **{"train.steps": 8, "train.ckpt_every": 3, "teacher.dropout": 0.1})
     monkeypatch.setenv("DASH_RUNS", str(tmp_path / "plain"))
-    plain = _final(preset, 0, monkeypatch)
+    plain = _final(preset, 0)
     monkeypatch.setenv("DASH_RUNS", str(tmp_path / "workers"))
-    resumed = _final(preset, 1, monkeypatch, stop_at=5)
+    resumed = _final(preset, 1, interrupted_at, stop_at=5)
     for k in plain:
         assert torch.equal(plain[k], resumed[k]), k
 
