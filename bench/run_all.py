@@ -303,6 +303,7 @@ FORMATTERS: dict[str, Callable[[dict[str, Any]], tuple[list[str], dict[str, Any]
     "train_step_speed_compile_student": _train_step, "train_step_speed_compile_teacher": _train_step,
     "reproduce_time": _reproduce, "reproduce_quick_time": _reproduce, "reproduce_time_amx": _reproduce,
     "reproduce_time_zen4": _reproduce, "reproduce_time_zen4_nchw": _reproduce,
+    "reproduce_time_zen4_head": _reproduce,
     "decode_speed": _decode,
 }
 
