@@ -16,7 +16,7 @@ import torch.nn.functional as F
 from common import interleaved_rounds, load_average, ratio_stats, write
 
 from dashlib.presets import get_preset
-from dashlib.unet import UNet, upsample_nearest
+from dashlib.unet import UNet, upsample_by_broadcast, upsample_nearest, upsample_via_nhwc
 
 
 def upsample_inputs(cfg, rows: int) -> list[tuple[int, ...]]:
@@ -30,19 +30,6 @@ def upsample_inputs(cfg, rows: int) -> list[tuple[int, ...]]:
         x = torch.zeros(rows, cfg.in_channels, cfg.image_size, cfg.image_size)
         model(x, torch.zeros(rows, dtype=torch.long), torch.zeros(rows, dtype=torch.long))
     return sorted(set(shapes))
-
-
-def _detour(x: torch.Tensor) -> torch.Tensor:
-    """The same upsampling through the channels-last kernel and back."""
-    nhwc = x.contiguous(memory_format=torch.channels_last)
-    return F.interpolate(nhwc, scale_factor=2.0, mode="nearest").contiguous()
-
-
-def _broadcast(x: torch.Tensor) -> torch.Tensor:
-    """The same upsampling as two broadcast copies (columns, then rows)."""
-    b, c, h, w = x.shape
-    cols = x[..., None].expand(b, c, h, w, 2).reshape(b, c, h, 2 * w)
-    return cols[:, :, :, None].expand(b, c, h, 2, 2 * w).reshape(b, c, 2 * h, 2 * w)
 
 
 def main() -> None:
@@ -63,12 +50,13 @@ def main() -> None:
             x = torch.randn(shape)
             nhwc = x.contiguous(memory_format=torch.channels_last)
             ref = F.interpolate(x, scale_factor=2.0, mode="nearest")
-            assert all(torch.equal(f(x), ref) for f in (upsample_nearest, _detour, _broadcast))
+            routes = (upsample_nearest, upsample_via_nhwc, upsample_by_broadcast)
+            assert all(torch.equal(f(x), ref) for f in routes)
             fns = {"nchw_kernel": lambda x=x: F.interpolate(x, scale_factor=2.0, mode="nearest"),
                    "dash": lambda x=x: upsample_nearest(x),
-                   "detour": lambda x=x: _detour(x),
+                   "detour": lambda x=x: upsample_via_nhwc(x),
                    "nhwc_kernel": lambda x=nhwc: F.interpolate(x, scale_factor=2.0, mode="nearest"),
-                   "broadcast": lambda x=x: _broadcast(x)}
+                   "broadcast": lambda x=x: upsample_by_broadcast(x)}
             times = interleaved_rounds(fns, repeat=args.repeat)["cpu"]
             row = {"preset": name, "shape": list(shape),
                    "median_us": {k: 1e6 * sorted(v)[len(v) // 2] for k, v in times.items()},

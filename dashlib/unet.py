@@ -105,10 +105,20 @@ def upsample_nearest(x: Tensor) -> Tensor:
     `UPSAMPLE_BROADCAST_MIN_PIXELS`."""
     if x.device.type != "cpu" or x.requires_grad or x.is_contiguous(memory_format=torch.channels_last):
         return F.interpolate(x, scale_factor=2.0, mode="nearest")
+    if x.shape[-2] * x.shape[-1] < UPSAMPLE_BROADCAST_MIN_PIXELS:
+        return upsample_via_nhwc(x)
+    return upsample_by_broadcast(x)
+
+
+def upsample_via_nhwc(x: Tensor) -> Tensor:
+    """Nearest 2x of an NCHW tensor through the channels-last kernel and back."""
+    nhwc = x.contiguous(memory_format=torch.channels_last)
+    return F.interpolate(nhwc, scale_factor=2.0, mode="nearest").contiguous()
+
+
+def upsample_by_broadcast(x: Tensor) -> Tensor:
+    """Nearest 2x of an NCHW tensor as two broadcast copies (columns, then rows)."""
     b, c, h, w = x.shape
-    if h * w < UPSAMPLE_BROADCAST_MIN_PIXELS:
-        nhwc = x.contiguous(memory_format=torch.channels_last)
-        return F.interpolate(nhwc, scale_factor=2.0, mode="nearest").contiguous()
     cols = x[..., None].expand(b, c, h, w, 2).reshape(b, c, h, 2 * w)
     return cols[:, :, :, None].expand(b, c, h, 2, 2 * w).reshape(b, c, 2 * h, 2 * w)
 
