@@ -50,19 +50,20 @@ def summarise() -> tuple[dict[str, Any], str]:
     """Key numbers of every result file present, as JSON and as markdown."""
     summary: dict[str, Any] = {"environment": environment()}
     md: list[str] = []
-    for name, fmt in FORMATTERS.items():
-        data = _load(name)
-        if data is None:
-            if name == "reproduce_time":
-                md += ["**reproduce_time**: `make reproduce` not timed yet "
-                       "(`python bench/reproduce_time.py`, ~45 min).", ""]
-            continue
-        lines, key = fmt(data)
-        summary[name] = {"device": data.get("device"), "date": data["environment"]["date"],
-                         "threads": data["environment"]["threads"], **key}
-        env = data["environment"]
-        md += [f"**{name}** ({env['device']}, {env['threads']} threads, {env['date'][:10]})", "",
-               *lines, ""]
+    for prefix, names in results_by_family().items():
+        if prefix == "reproduce" and not names:
+            md += ["**reproduce_time**: `make reproduce` not timed yet "
+                   "(`python bench/reproduce_time.py`, ~45 min).", ""]
+        for name in names:
+            data = _load(name)
+            if data is None or "environment" not in data:
+                continue
+            lines, key = FAMILIES[prefix](data)
+            summary[name] = {"device": data.get("device"), "date": data["environment"]["date"],
+                             "threads": data["environment"]["threads"], **key}
+            env = data["environment"]
+            md += [f"**{name}** ({env['device']}, {env['threads']} threads, {env['date'][:10]})", "",
+                   *lines, ""]
     return summary, "\n".join(md).strip()
 
 
@@ -239,8 +240,10 @@ def _gpu_hours(d: dict[str, Any]) -> tuple[list[str], dict[str, Any]]:
 def _reproduce(d: dict[str, Any]) -> tuple[list[str], dict[str, Any]]:
     stages = d.get("notebook_s", {})
     per = f"; notebooks: {', '.join(f'{k} {v:.0f} s' for k, v in stages.items())}" if stages else ""
-    return [f"`{d['command']}`: {d['wall_min']:.1f} min (exit {d['returncode']}){per}"], \
-        {"wall_min": d["wall_min"], "returncode": d["returncode"], "notebook_s": stages}
+    where = f" in the checkout of {d['checkout_commit']}" if "checkout_commit" in d else ""
+    return [f"`{d['command']}`{where}: {d['wall_min']:.1f} min (exit {d['returncode']}){per}"], \
+        {"wall_min": d["wall_min"], "returncode": d["returncode"], "notebook_s": stages,
+         "commit": d.get("checkout_commit", d["environment"].get("git_commit"))}
 
 
 Cells = Callable[[dict[str, Any]], str]
@@ -284,28 +287,31 @@ def _decode(d: dict[str, Any]) -> tuple[list[str], dict[str, Any]]:
     return lines, key
 
 
-FORMATTERS: dict[str, Callable[[dict[str, Any]], tuple[list[str], dict[str, Any]]]] = {
+Formatter = Callable[[dict[str, Any]], tuple[list[str], dict[str, Any]]]
+
+# Result families: bench/results/<name>.json is summarised by the formatter of the
+# longest prefix here that `name` starts with (sampling_speed_zen4 by sampling_speed,
+# freeze_speed_onednn by its own), families in this order, a family's files by name, so
+# a result written under a new --name needs no entry. Files of no family are left out.
+FAMILIES: dict[str, Formatter] = {
     "train_throughput": _throughput, "sampler_overhead": _overhead, "distill_step": _distill,
     "sampling_speed": _speed, "peak_memory": _memory, "gpu_hours": _gpu_hours,
-    "sampling_speed_eager": _speed, "sampling_speed_amx": _speed, "sampling_speed_amx_bf16": _speed,
-    "sampling_speed_zen4": _speed, "sampling_speed_zen4_bf16": _speed,
     "freeze_speed": _freeze, "freeze_speed_onednn": _onednn, "allocator_speed": _allocator,
-    "train_step_speed": _train_step, "train_step_speed_small": _train_step,
-    "train_step_speed_b16": _train_step, "train_step_speed_amx": _train_step,
-    "train_step_speed_amx_b16": _train_step, "train_step_speed_amx_student": _train_step,
-    "train_step_speed_amx_small": _train_step, "train_step_speed_zen4": _train_step,
-    "train_step_speed_zen4_b16": _train_step, "train_step_speed_zen4_small": _train_step,
-    "train_step_speed_zen4_layout": _train_step,
-    "layout_speed": _layout, "layout_speed_frozen": _layout, "layout_speed_zen4_frozen": _layout,
-    "sampling_speed_zen4_nchw": _speed, "forward_profile": _profile, "forward_profile_zen4": _profile,
-    "forward_profile_zen4_nchw": _profile, "upsample_speed": _upsample,
-    "sampling_speed_zen4_upsample": _speed, "layout_speed_zen4_frozen_upsample": _layout,
-    "train_step_speed_compile_student": _train_step, "train_step_speed_compile_teacher": _train_step,
-    "reproduce_time": _reproduce, "reproduce_quick_time": _reproduce, "reproduce_time_amx": _reproduce,
-    "reproduce_time_zen4": _reproduce, "reproduce_time_zen4_nchw": _reproduce,
-    "reproduce_time_zen4_head": _reproduce,
-    "decode_speed": _decode,
+    "train_step_speed": _train_step, "layout_speed": _layout, "forward_profile": _profile,
+    "upsample_speed": _upsample, "reproduce": _reproduce, "decode_speed": _decode,
 }
+
+
+def family(name: str) -> str | None:
+    """The family prefix a result file's name belongs to (the longest match), or None."""
+    matches = [prefix for prefix in FAMILIES if name.startswith(prefix)]
+    return max(matches, key=len) if matches else None
+
+
+def results_by_family() -> dict[str, list[str]]:
+    """{family: [result names, sorted]} for the result files present, in FAMILIES order."""
+    names = sorted(path.stem for path in RESULTS.glob("*.json"))
+    return {prefix: [n for n in names if family(n) == prefix] for prefix in FAMILIES}
 
 
 def update_readme(text: str) -> None:

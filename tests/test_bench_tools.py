@@ -1,0 +1,59 @@
+"""The bench folder's own plumbing: which formatter summarises a result file, and
+timing another checkout (bench/run_all.py, bench/reproduce_time.py)."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+BENCH = Path(__file__).resolve().parents[1] / "bench"
+sys.path.insert(0, str(BENCH))
+
+import reproduce_time  # noqa: E402
+import run_all  # noqa: E402
+
+
+@pytest.mark.parametrize(("name", "expected"), [
+    ("sampling_speed", "sampling_speed"),
+    ("sampling_speed_zen4_upsample", "sampling_speed"),
+    ("freeze_speed", "freeze_speed"),
+    ("freeze_speed_onednn", "freeze_speed_onednn"),  # the longer prefix wins
+    ("reproduce_quick_time", "reproduce"),
+    ("train_step_speed_zen4_digits_student", "train_step_speed"),
+    ("summary", None),
+    ("claims_sweep", None),
+])
+def test_a_result_file_is_summarised_by_its_family(name, expected):
+    assert run_all.family(name) == expected
+
+
+def test_the_summary_lists_a_result_written_under_a_new_name(tmp_path, monkeypatch):
+    env = {"device": "cpu", "threads": 1, "date": "2026-12-06T00:00:00", "git_commit": "abc1234"}
+    (tmp_path / "reproduce_time_somewhere_new.json").write_text(json.dumps(
+        {"environment": env, "command": "make reproduce", "wall_min": 12.5, "returncode": 0,
+         "checkout_commit": "a58642f"}))
+    (tmp_path / "summary.json").write_text("{}")
+    monkeypatch.setattr(run_all, "RESULTS", tmp_path)
+    summary, text = run_all.summarise()
+    assert summary["reproduce_time_somewhere_new"]["wall_min"] == 12.5
+    assert summary["reproduce_time_somewhere_new"]["commit"] == "a58642f"
+    assert "in the checkout of a58642f: 12.5 min" in text
+    assert "summary" not in summary
+
+
+def test_timing_another_checkout_imports_its_dashlib(tmp_path):
+    other = tmp_path / "other"
+    (other / "dashlib").mkdir(parents=True)
+    (other / "dashlib" / "__init__.py").write_text("WHERE = 'other'\n")
+    subprocess.run(["git", "init", "-q", str(other)], check=True)
+    env = {"PYTHONPATH": str(other), "PATH": "/usr/bin:/bin"}
+    result = reproduce_time.timed(f"{sys.executable} -c 'import dashlib; print(dashlib.WHERE)'", env,
+                                  other)
+    assert result["returncode"] == 0 and result["output_tail"] == ["other"]
+    assert reproduce_time.checkout_commit(other).startswith("unknown")  # no commit yet
+    with pytest.raises(SystemExit, match="no dashlib"):
+        reproduce_time.checkout_commit(tmp_path)
