@@ -510,9 +510,12 @@ def evaluate_runs(runs: Sequence[Run | str | Path], config: EvalConfig,
 
 
 def cost(task: Task) -> float:
-    """Relative sampling cost: parameters x rows per sample x steps x samples."""
-    run = task.cell.run
-    return run.params * (2 if run.cfg else 1) * task.cell.steps * task.cell.n
+    """Relative sampling cost: parameters x rows per sample x steps x samples. A CFG
+    run has 2 rows per sample, but 1 at a constant w of 0 or 1, where only one branch
+    is evaluated (`dashlib.guidance.guided_eps`)."""
+    cell = task.cell
+    rows = 2 if cell.run.cfg and cell.guidance.constant not in (0.0, 1.0) else 1
+    return cell.run.params * rows * cell.steps * cell.n
 
 
 def measure_all(tasks: Sequence[Task], workers: int, progress: bool) -> dict[str, dict[str, Any]]:

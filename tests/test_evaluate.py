@@ -144,3 +144,17 @@ def test_dash_evaluate_rejects_a_bad_scale(tiny, capsys):
 def test_eval_config_names_the_bad_field(tiny, change, field):
     with pytest.raises(ConfigError, match=rf"EvalConfig\.{field} = "):
         dataclasses.replace(tiny.eval, **change)
+
+
+def test_cells_with_one_branch_are_costed_at_half_a_cfg_cell(tiny):
+    from dashlib.evaluate import Task, cells, cost, run_spec
+
+    teacher = fake_run(tiny)
+    single = fake_run(tiny, "student", "single-head", model=dataclasses.replace(tiny.student, cfg=False))
+    tasks = {(c.run.kind, c.guidance.label): Task(c, (), "", "", "", "cpu", False, 0, 0, ())
+             for c in cells([run_spec(teacher), run_spec(single)], ["0", "1", "3", "tag"], [10], [0], 20)}
+    cfg_cell = tasks["teacher", "3"]
+    assert cost(tasks["teacher", "0"]) == cost(tasks["teacher", "1"]) == cost(cfg_cell) / 2
+    assert cost(tasks["teacher", "tag"]) == cost(cfg_cell)
+    one_head = {cost(t) for (kind, _), t in tasks.items() if kind != "teacher"}
+    assert len(one_head) == 1  # no null branch: one row per sample at every setting
