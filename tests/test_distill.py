@@ -233,3 +233,18 @@ def test_fitnets_adapters_depend_on_the_seed_not_on_the_global_rng(tiny, tiny_mo
 
     assert torch.equal(adapters(0, 1), adapters(0, 2))
     assert not torch.equal(adapters(0, 1), adapters(1, 1))
+
+
+def test_parallel_jobs_start_with_the_costliest(tiny):
+    from dashlib.distill.run import job_cost, longest_first
+
+    jobs = [(tiny, m, None, None) for m in ("dash", "single-head", "pruning", "cond-only")]
+    order = [m for _, m, _, _ in longest_first(jobs)]
+    assert order[0] == "pruning"  # the pruned student is teacher-sized
+    assert order.index("single-head") > order.index("dash")  # narrower than the standard student
+    assert order.index("dash") < order.index("cond-only")  # equal cost: submission order kept
+    twice = override(tiny, **{"distill.steps": 2 * tiny.distill.steps})
+    assert job_cost((twice, "dash", None, None)) == 2 * job_cost((tiny, "dash", None, None))
+    state = torch.random.get_rng_state()
+    job_cost((tiny, "dash", None, None))
+    assert torch.equal(torch.random.get_rng_state(), state)  # costing draws no random numbers

@@ -33,7 +33,7 @@ from dashlib.teacher import teacher_payload, train_teacher
 from dashlib.threads import use_threads
 from dashlib.tirt import TimestepWeighting, drift_report, make_weighting, transfer
 from dashlib.train import Trainer
-from dashlib.unet import count_params
+from dashlib.unet import UNet, count_params
 
 CALIB_SEED = 1234  # the matched inputs are the same for every method and seed
 
@@ -219,11 +219,27 @@ def run_jobs(jobs: Sequence[tuple[Preset, str, int | None, int | None]], force: 
 
         ctx = get_context("spawn")
         with ProcessPoolExecutor(workers, mp_context=ctx, initializer=_worker_init) as pool:
-            list(tqdm(pool.map(_distill_job, pending), total=len(pending), desc="distill",
-                      disable=not progress))
+            list(tqdm(pool.map(_distill_job, longest_first(pending)), total=len(pending),
+                      desc="distill", disable=not progress))
         todo = [(p, m, s, st, False, d) for p, m, s, st, _, d in todo]
     return [distill(p, m, s, st, force=f, resume=True, device=d, progress=progress)
             for p, m, s, st, f, d in todo]
+
+
+def job_cost(job: tuple[Any, ...]) -> float:
+    """Relative cost of a (preset, method, seed, steps, ...) distillation job: the student's
+    parameters x steps x batch size (the magnitude-pruned student is teacher-sized)."""
+    preset, method, seed, steps = job[:4]
+    config = resolve_config(preset, method, seed, steps)
+    with torch.random.fork_rng(devices=[]):  # building draws initial weights
+        params = count_params(UNet(METHODS.get(config.method).architecture(preset, config)))
+    return params * config.steps * config.batch_size
+
+
+def longest_first(jobs: Sequence[tuple[Any, ...]]) -> list[tuple[Any, ...]]:
+    """The jobs, costliest first (`job_cost`; ties keep their order), so that parallel
+    workers finish together instead of one waiting on a long job started last."""
+    return sorted(jobs, key=job_cost, reverse=True)
 
 
 def precompute_targets(jobs: Sequence[tuple[Preset, DistillConfig]], device: str,
