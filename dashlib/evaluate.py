@@ -64,7 +64,7 @@ from dashlib.fidelity import (
     reference_set,
 )
 from dashlib.generate import generate
-from dashlib.guidance import Guidance
+from dashlib.guidance import Guidance, one_branch
 from dashlib.inception import inception_weights_path
 from dashlib.io import (
     CorruptFileError,
@@ -511,10 +511,10 @@ def evaluate_runs(runs: Sequence[Run | str | Path], config: EvalConfig,
 
 def cost(task: Task) -> float:
     """Relative sampling cost: parameters x rows per sample x steps x samples. A CFG
-    run has 2 rows per sample, but 1 at a constant w of 0 or 1, where only one branch
-    is evaluated (`dashlib.guidance.guided_eps`)."""
+    run has 2 rows per sample, but 1 where the mix is one branch
+    (`dashlib.guidance.one_branch`, as `guided_eps` samples it)."""
     cell = task.cell
-    rows = 2 if cell.run.cfg and cell.guidance.constant not in (0.0, 1.0) else 1
+    rows = 2 if cell.run.cfg and not one_branch(cell.guidance.constant) else 1
     return cell.run.params * rows * cell.steps * cell.n
 
 

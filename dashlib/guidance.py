@@ -174,15 +174,20 @@ def branches(model: nn.Module, x_t: Tensor, t: Tensor, y: Tensor) -> tuple[Tenso
     return eps_cond, eps_uncond
 
 
+def one_branch(w: Tensor | float | None) -> bool:
+    """Whether the CFG mix at guidance w is one branch alone: a constant w of exactly 1
+    is the conditional branch, 0 the unconditional one (`cfg_combine`), so a
+    guided step there needs one row per sample, not two. A per-row w (a Tensor) or a
+    time-varying schedule (None) needs both."""
+    return isinstance(w, (int, float)) and not isinstance(w, bool) and float(w) in (0.0, 1.0)
+
+
 def guided_eps(model: nn.Module, x_t: Tensor, t: Tensor, y: Tensor, w: Tensor | float) -> Tensor:
     """The guided prediction; a model without a null row (cfg=False) ignores w.
-
-    At a constant w of exactly 1 (or 0) the mix is the conditional (or
-    unconditional) branch alone, so only that branch is evaluated: half the cost.
-    """
+    Where the mix is `one_branch`, only that branch is evaluated: half the cost."""
     if not model.config.cfg:
         return model(x_t, t, y)
-    if isinstance(w, float) and w in (0.0, 1.0):
-        return model(x_t, t, y if w == 1.0 else torch.full_like(y, model.null_label))
+    if one_branch(w):
+        return model(x_t, t, y if float(w) == 1.0 else torch.full_like(y, model.null_label))
     eps_cond, eps_uncond = branches(model, x_t, t, y)
     return cfg_combine(eps_cond, eps_uncond, w)

@@ -197,9 +197,9 @@ def width_preset(b: Budget, ch: int) -> Preset:
 
 def describe(b: Budget) -> dict[str, Any]:
     """The preset's sizes and this budget's knobs, for a notebook's first look."""
-    from dashlib.unet import UNet, count_params
+    from dashlib.unet import param_count
 
-    t, s = count_params(UNet(b.preset.teacher)), count_params(UNet(b.preset.student))
+    t, s = param_count(b.preset.teacher), param_count(b.preset.student)
     return {"preset": b.preset.name, "dataset": b.preset.data.name,
             "image_size": b.preset.data.image_size, "num_classes": b.preset.teacher.num_classes,
             "teacher_params": t, "student_params": s, "compression_ratio": round(t / s, 2),

@@ -15,12 +15,9 @@ a larger learning rate because it trains for thousands, not 100Ks, of steps.
 from __future__ import annotations
 
 import dataclasses
-import functools
 import math
 from collections.abc import Mapping
 from typing import Any
-
-import torch
 
 from dashlib.config import (
     ConfigError,
@@ -44,7 +41,7 @@ from dashlib.guidance import GUIDANCE
 from dashlib.registry import Registry, UnknownNameError
 from dashlib.sampling import SPACINGS
 from dashlib.tirt import WEIGHTINGS
-from dashlib.unet import UNet, count_params
+from dashlib.unet import param_count
 
 PRESETS: Registry[Preset] = Registry("preset")
 
@@ -160,20 +157,8 @@ def check(preset: Preset) -> Preset:
     return preset
 
 
-@functools.lru_cache(maxsize=32)
-def _param_counts(teacher: ModelConfig, student: ModelConfig) -> tuple[int, int]:
-    """Both UNets' parameter counts, built once per process and configuration pair.
-
-    Built on the CPU, not the meta device: the first meta build in a process took
-    1.1 s (PyTorch loads its meta kernels for the initialisers), which every command,
-    notebook kernel and worker paid; on the CPU the cifar pair takes 0.2 s and the
-    digits pair 0.02 s. The global RNG, which the initialisers draw from, is restored."""
-    with torch.random.fork_rng(devices=[]):
-        return count_params(UNet(teacher)), count_params(UNet(student))
-
-
 def _check_student_smaller(preset: Preset) -> None:
-    t, s = _param_counts(preset.teacher, preset.student)
+    t, s = param_count(preset.teacher), param_count(preset.student)
     if s >= t:
         fail(preset, "student", f"{s:,} parameters",
              f"the student must be smaller than the teacher ({t:,} parameters); "

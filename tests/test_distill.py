@@ -17,7 +17,7 @@ from dashlib.presets import check
 from dashlib.teacher import train_teacher
 from dashlib.tirt import make_weighting
 from dashlib.train import Batch
-from dashlib.unet import UNet, count_params
+from dashlib.unet import UNet, count_params, param_count
 
 EXPECTED = {"scratch", "cond-only", "composite", "multi-w-composite", "fitnets", "gap-match",
             "pruning", "single-head", "dash"}
@@ -235,16 +235,60 @@ def test_fitnets_adapters_depend_on_the_seed_not_on_the_global_rng(tiny, tiny_mo
     assert not torch.equal(adapters(0, 1), adapters(1, 1))
 
 
+@pytest.mark.parametrize("method", sorted(EXPECTED))
+def test_a_methods_row_counts_are_the_rows_its_loss_runs(tiny, tiny_model, method):
+    cls = METHODS.get(method)
+    diffusion = Diffusion(tiny.diffusion)
+    cfg = resolve_config(tiny, method)
+    student = cls.build_student(tiny, cfg, tiny_model)
+    objective = cls.from_config(student, tiny_model, make_weighting("uniform", diffusion), diffusion,
+                                cfg, tiny.sample)  # no precomputed targets: the teacher runs
+    rows = {"student": 0, "teacher": 0}
+
+    def counter(role):
+        def count(module, args):
+            rows[role] += args[0].shape[0]
+        return count
+
+    student.conv_in.register_forward_pre_hook(counter("student"))
+    tiny_model.conv_in.register_forward_pre_hook(counter("teacher"))
+    batch = _batch(tiny)
+    objective.loss(batch)
+    assert rows == {"student": cls.student_rows * len(batch.y), "teacher": cls.teacher_rows * len(batch.y)}
+
+
 def test_parallel_jobs_start_with_the_costliest(tiny):
     from dashlib.distill.run import job_cost, longest_first
 
     jobs = [(tiny, m, None, None) for m in ("dash", "single-head", "pruning", "cond-only")]
     order = [m for _, m, _, _ in longest_first(jobs)]
     assert order[0] == "pruning"  # the pruned student is teacher-sized
-    assert order.index("single-head") > order.index("dash")  # narrower than the standard student
-    assert order.index("dash") < order.index("cond-only")  # equal cost: submission order kept
+    assert order.index("dash") < order.index("cond-only")  # two student rows per sample, not one
+    single, cond = (job_cost((tiny, m, None, None)) for m in ("single-head", "cond-only"))
+    wide = single_head_config(tiny, resolve_config(tiny, "single-head").single_head_fraction)
+    assert single / cond == pytest.approx(param_count(wide) / param_count(tiny.student))  # its own width
+    scratch = [m for _, m, _, _ in longest_first([(tiny, m, None, None) for m in ("scratch", "cond-only")])]
+    assert scratch == ["scratch", "cond-only"]  # equal cost: submission order kept
     twice = override(tiny, **{"distill.steps": 2 * tiny.distill.steps})
     assert job_cost((twice, "dash", None, None)) == 2 * job_cost((tiny, "dash", None, None))
     state = torch.random.get_rng_state()
     job_cost((tiny, "dash", None, None))
     assert torch.equal(torch.random.get_rng_state(), state)  # costing draws no random numbers
+
+
+def test_a_parallel_pool_trains_what_one_process_trains(tiny, tmp_path, monkeypatch):
+    """The pool computes the shared teacher targets as one of its jobs, beside the students
+    that read none; the students come out as they do trained one after another."""
+    from dashlib.distill.run import missing_targets, run_jobs
+
+    jobs = [(tiny, m, None, 3) for m in ("dash", "scratch", "cond-only")]
+    weights = {}
+    for workers in (2, 1):
+        monkeypatch.setenv("DASH_RUNS", str(tmp_path / f"runs{workers}"))
+        train_teacher(tiny, progress=False)
+        assert len(missing_targets(jobs)) == 1  # dash and cond-only read one table
+        runs = run_jobs(jobs, workers=workers, device="cpu", progress=False)
+        assert not missing_targets(jobs)
+        weights[workers] = [load_artifact(r).model.state_dict() for r in runs]
+    for parallel, serial in zip(weights[2], weights[1]):
+        assert all(torch.equal(parallel[k], serial[k]) for k in serial)

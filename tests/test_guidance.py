@@ -2,7 +2,7 @@ import pytest
 import torch
 
 from dashlib.config import ConfigError, SampleConfig
-from dashlib.guidance import Guidance, branches, cfg_combine, guided_eps
+from dashlib.guidance import Guidance, branches, cfg_combine, guided_eps, one_branch
 
 
 def _inputs(model, n=6):
@@ -26,6 +26,18 @@ def test_w1_is_conditional_and_w0_is_unconditional(tiny_model):
         c, u = branches(tiny_model, x, t, y)
         torch.testing.assert_close(cfg_combine(c, u, torch.ones(len(y))), cond, atol=1e-5, rtol=1e-5)
         torch.testing.assert_close(cfg_combine(c, u, torch.zeros(len(y))), uncond, atol=1e-5, rtol=1e-5)
+
+
+@pytest.mark.parametrize("w", [0.0, 1.0, 0, 1, 0.5, 3.0, -1.0, torch.ones(6), True])
+def test_a_guided_step_runs_the_rows_one_branch_says(tiny_model, w):
+    x, t, y = _inputs(tiny_model)
+    rows = []
+    tiny_model.conv_in.register_forward_pre_hook(lambda module, args: rows.append(len(args[0])))
+    with torch.no_grad():
+        guided_eps(tiny_model, x, t, y, w)
+    assert sum(rows) == (1 if one_branch(w) else 2) * len(y)
+    assert one_branch(w) == (not isinstance(w, (bool, torch.Tensor)) and w in (0, 1))
+    assert not one_branch(None)  # a time-varying schedule has no constant w
 
 
 def test_guidance_extrapolates_along_the_gap(tiny_model):

@@ -68,3 +68,16 @@ def test_upsample_keeps_the_native_gradient():
     ref = x.detach().clone().requires_grad_(True)
     F.interpolate(ref, scale_factor=2.0, mode="nearest").square().sum().backward()
     assert torch.equal(x.grad, ref.grad)
+
+
+@pytest.mark.parametrize("role", ["teacher", "student"])
+def test_param_count_counts_a_built_unet_and_draws_no_random_numbers(tiny, role):
+    from dashlib.unet import param_count
+
+    config = getattr(tiny, role)
+    state = torch.random.get_rng_state()
+    assert param_count(config) == count_params(UNet(config))
+    torch.random.set_rng_state(state)
+    param_count.cache_clear()
+    param_count(config)
+    assert torch.equal(torch.random.get_rng_state(), state)

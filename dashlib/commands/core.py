@@ -22,10 +22,10 @@ def cmd_info(args: argparse.Namespace) -> int:
     from dashlib.config import to_dict
     from dashlib.device import resolve_device
     from dashlib.runtime import amp_dtype, precision_name
-    from dashlib.unet import UNet, count_params
+    from dashlib.unet import param_count
 
     preset = preset_from_args(args)
-    t, s = count_params(UNet(preset.teacher)), count_params(UNet(preset.student))
+    t, s = param_count(preset.teacher), param_count(preset.student)
     device = resolve_device("auto")
 
     def precision(amp: str, ch: int) -> str:

@@ -47,8 +47,11 @@ class DistillObjective(Objective):
     `uses_targets` (reads the teacher's branches at the batch's own labels, so the
     precomputed `TeacherTargets` can stand in), `has_uncond_branch` (the student keeps
     a null row), `reads_sampling_guidance` (the target depends on the preset's sampling
-    guidance, which then belongs to the run's identity) and `params_counted` ("all", or
-    "nonzero" for a student that keeps the teacher's dense shapes)."""
+    guidance, which then belongs to the run's identity), `params_counted` ("all", or
+    "nonzero" for a student that keeps the teacher's dense shapes), and what one sample
+    of a batch costs: `student_rows` (rows through the student, forward and backward)
+    and `teacher_rows` (no-grad rows through the teacher when it runs on line, none
+    when the precomputed targets stand in)."""
 
     default_tirt: ClassVar[str] = "uniform"
     uses_teacher: ClassVar[bool] = True
@@ -56,6 +59,8 @@ class DistillObjective(Objective):
     has_uncond_branch: ClassVar[bool] = True
     reads_sampling_guidance: ClassVar[bool] = False
     params_counted: ClassVar[str] = "all"
+    student_rows: ClassVar[int] = 1
+    teacher_rows: ClassVar[int] = 0
     #: The method's hyperparameters and their defaults; each is the `DistillConfig` field
     #: of the same name unless `hyperparameters` says otherwise.
     defaults: ClassVar[Mapping[str, Any]] = {}
@@ -189,6 +194,7 @@ class CondOnly(DistillObjective):
     L = |eps_S(x_t, t, y) - eps_T(x_t, t, y)|^2. The null branch is never
     supervised (unless `null_rows`, which swaps y for null on some rows)."""
 
+    teacher_rows = 1
     uses_targets = True
     defaults = NULL_ROWS
 
@@ -208,6 +214,7 @@ class Composite(DistillObjective):
     L = |eps~_S - eps~_T|^2, eps~ = eps(null) + w (eps(y) - eps(null)), w = `w_train`.
     Only this mix of the branches is constrained; the gap itself is not."""
 
+    student_rows = teacher_rows = 2
     uses_targets = True
     defaults = {"w_train": 4.0}
 
@@ -246,6 +253,7 @@ class FitNets(DistillObjective):
     `feature_weight`. The adapters start from `seed` (the run's), so a run is
     the same in every process."""
 
+    teacher_rows = 1
     defaults = {**NULL_ROWS, "feature_weight": 1.0, "seed": 0}
 
     def __init__(self, student: UNet, teacher: UNet, *parts: Any, **hyper: Any) -> None:
@@ -276,6 +284,7 @@ class GapMatch(DistillObjective):
     """Match the teacher's gap directly, plus the conditional term:
     L = |eps_S(y) - eps_T(y)|^2 + |delta_S - delta_T|^2."""
 
+    student_rows = teacher_rows = 2
     uses_targets = True
 
     @classmethod
@@ -333,6 +342,7 @@ class SingleHead(DistillObjective):
     two-branch student, `single_head_fraction` of the teacher's parameters (the
     paper: 8.99M of 35.75M), since it runs one pass per step instead of two."""
 
+    teacher_rows = 2
     uses_targets = True
     has_uncond_branch = False
     reads_sampling_guidance = True
@@ -369,6 +379,7 @@ class DASH(DistillObjective):
     teacher's two branches in one batched no-grad forward, the student's two
     branches in one batched forward/backward; no label dropout on the student."""
 
+    student_rows = teacher_rows = 2
     default_tirt = "transfer"
     uses_targets = True
     defaults = {"im": 1.0, "un": 1.0, "an": 0.1}

@@ -10,7 +10,7 @@ from __future__ import annotations
 import dataclasses
 import time
 from collections.abc import Sequence
-from concurrent.futures import ProcessPoolExecutor
+from concurrent.futures import FIRST_COMPLETED, ProcessPoolExecutor, wait
 from multiprocessing import get_context
 from pathlib import Path
 from typing import Any
@@ -33,7 +33,7 @@ from dashlib.teacher import teacher_payload, train_teacher
 from dashlib.threads import use_threads
 from dashlib.tirt import TimestepWeighting, drift_report, make_weighting, transfer
 from dashlib.train import Trainer
-from dashlib.unet import UNet, count_params
+from dashlib.unet import count_params, param_count
 
 CALIB_SEED = 1234  # the matched inputs are the same for every method and seed
 
@@ -213,27 +213,78 @@ def run_jobs(jobs: Sequence[tuple[Preset, str, int | None, int | None]], force: 
     todo = [(p, m, s, st, force, device) for p, m, s, st in jobs]
     pending = [j for j in todo if force or not distill_run(*j[:4]).finished]
     if workers > 1 and len(pending) > 1:
-        precompute_targets([(p, resolve_config(p, m, s, st)) for p, m, s, st, _, _ in pending],
-                           device, progress)
-        from tqdm import tqdm
-
-        ctx = get_context("spawn")
-        with ProcessPoolExecutor(workers, mp_context=ctx, initializer=_worker_init) as pool:
-            list(tqdm(pool.map(_distill_job, longest_first(pending)), total=len(pending),
-                      desc="distill", disable=not progress))
+        run_pool(pending, workers, device, progress)
         todo = [(p, m, s, st, False, d) for p, m, s, st, _, d in todo]
     return [distill(p, m, s, st, force=f, resume=True, device=d, progress=progress)
             for p, m, s, st, f, d in todo]
 
 
+def _targets_job(args: tuple[Preset, DistillConfig, str]) -> None:
+    preset, config, device = args
+    precompute_targets([(preset, config)], device, progress=False)
+
+
+def missing_targets(jobs: Sequence[tuple[Any, ...]]) -> dict[Path, list[tuple[Any, ...]]]:
+    """The teacher-target tables that the (preset, method, seed, steps, ...) jobs would
+    read and that are not on disk yet: {path: the jobs that read it}."""
+    missing: dict[Path, list[tuple[Any, ...]]] = {}
+    for job in jobs:
+        preset, config = job[0], resolve_config(*job[:4])
+        path = targets_path(preset, config)
+        if METHODS.get(config.method).uses_targets and fits(preset, config) and not path.is_file():
+            missing.setdefault(path, []).append(job)
+    return missing
+
+
+def run_pool(jobs: Sequence[tuple[Any, ...]], workers: int, device: str, progress: bool) -> None:
+    """Train the (preset, method, seed, steps, force, device) jobs in `workers` spawned
+    single-threaded processes, costliest first (`longest_first`).
+
+    The teacher targets the jobs share are computed once, as a job of the pool, while
+    the jobs that read none train beside them (the pruned, FitNets and scratch students);
+    the jobs that read them are queued once they are on disk. When every job reads
+    them, they are computed here first, on all of this process's threads. A failed job
+    cancels the jobs not started and raises its error."""
+    from tqdm import tqdm
+
+    missing = missing_targets(jobs)
+    waiting = [job for readers in missing.values() for job in readers]
+    if missing and len(waiting) == len(jobs):
+        precompute_targets([(job[0], resolve_config(*job[:4])) for job in waiting], device, progress)
+        missing, waiting = {}, []
+    with ProcessPoolExecutor(workers, mp_context=get_context("spawn"), initializer=_worker_init) as pool, \
+            tqdm(total=len(jobs), desc="distill", disable=not progress) as bar:
+        tables = {pool.submit(_targets_job, (r[0][0], resolve_config(*r[0][:4]), device))
+                  for r in missing.values()}
+        running = tables | {pool.submit(_distill_job, j) for j in longest_first(
+            [j for j in jobs if j not in waiting])}
+        try:
+            while running:
+                done, running = wait(running, return_when=FIRST_COMPLETED)
+                for future in done:
+                    future.result()
+                    bar.update(future not in tables)
+                if tables and all(t.done() for t in tables):
+                    tables = set()
+                    running |= {pool.submit(_distill_job, j) for j in longest_first(waiting)}
+        except BaseException:
+            pool.shutdown(cancel_futures=True)
+            raise
+
+
 def job_cost(job: tuple[Any, ...]) -> float:
-    """Relative cost of a (preset, method, seed, steps, ...) distillation job: the student's
-    parameters x steps x batch size (the magnitude-pruned student is teacher-sized)."""
+    """Relative cost of a (preset, method, seed, steps, ...) distillation job: steps x batch
+    x (the method's `student_rows` x the student's parameters + its `teacher_rows` x the
+    teacher's parameters / 3, a no-grad forward being about a third of a forward and
+    backward). The teacher's rows count only where it runs on line, not where the
+    precomputed targets stand in (`fits`); the magnitude-pruned student is teacher-sized."""
     preset, method, seed, steps = job[:4]
     config = resolve_config(preset, method, seed, steps)
-    with torch.random.fork_rng(devices=[]):  # building draws initial weights
-        params = count_params(UNet(METHODS.get(config.method).architecture(preset, config)))
-    return params * config.steps * config.batch_size
+    cls = METHODS.get(config.method)
+    online = 0 if cls.uses_targets and fits(preset, config) else cls.teacher_rows
+    per_sample = (cls.student_rows * param_count(cls.architecture(preset, config))
+                  + online * param_count(preset.teacher) / 3)
+    return config.steps * config.batch_size * per_sample
 
 
 def longest_first(jobs: Sequence[tuple[Any, ...]]) -> list[tuple[Any, ...]]:
