@@ -246,6 +246,16 @@ def _reproduce(d: dict[str, Any]) -> tuple[list[str], dict[str, Any]]:
          "commit": d.get("checkout_commit", d["environment"].get("git_commit"))}
 
 
+def _pool(d: dict[str, Any]) -> tuple[list[str], dict[str, Any]]:
+    lines = [f"| round | commit | wall s | students' own s (sum) | efficiency ({d['workers']} workers) "
+             "| weights = this checkout's |", "|---|---|---|---|---|---|"]
+    for r in d["runs"]:
+        same = r.get("weights_identical_to_this_checkout")
+        lines.append(f"| {r['round']} | {r['commit']} | {r['wall_s']:.0f} | {r['sum_runs_s']:.0f} | "
+                     f"{r['pool_efficiency']:.2f} | {'-' if same is None else same} |")
+    return lines, {"wall_s": {f"{r['round']}/{r['commit']}": r["wall_s"] for r in d["runs"]}}
+
+
 Cells = Callable[[dict[str, Any]], str]
 
 
@@ -299,6 +309,7 @@ FAMILIES: dict[str, Formatter] = {
     "freeze_speed": _freeze, "freeze_speed_onednn": _onednn, "allocator_speed": _allocator,
     "train_step_speed": _train_step, "layout_speed": _layout, "forward_profile": _profile,
     "upsample_speed": _upsample, "reproduce": _reproduce, "decode_speed": _decode,
+    "distill_pool": _pool,
 }
 
 

@@ -24,6 +24,7 @@ import run_all  # noqa: E402
     ("freeze_speed_onednn", "freeze_speed_onednn"),  # the longer prefix wins
     ("reproduce_quick_time", "reproduce"),
     ("train_step_speed_zen4_digits_student", "train_step_speed"),
+    ("distill_pool_zen4", "distill_pool"),
     ("summary", None),
     ("claims_sweep", None),
 ])
@@ -43,6 +44,18 @@ def test_the_summary_lists_a_result_written_under_a_new_name(tmp_path, monkeypat
     assert summary["reproduce_time_somewhere_new"]["commit"] == "a58642f"
     assert "in the checkout of a58642f: 12.5 min" in text
     assert "summary" not in summary
+
+
+def test_a_pool_timing_is_summarised_per_run(tmp_path, monkeypatch):
+    env = {"device": "cpu", "threads": 2, "date": "2026-12-06T00:00:00", "git_commit": "abc1234"}
+    runs = [{"round": 0, "commit": "abc1234", "wall_s": 460.0, "sum_runs_s": 800.0, "pool_efficiency": 0.87},
+            {"round": 0, "commit": "2e9ce66", "wall_s": 530.0, "sum_runs_s": 820.0, "pool_efficiency": 0.77,
+             "weights_identical_to_this_checkout": True}]
+    (tmp_path / "distill_pool.json").write_text(json.dumps({"environment": env, "workers": 2, "runs": runs}))
+    monkeypatch.setattr(run_all, "RESULTS", tmp_path)
+    summary, text = run_all.summarise()
+    assert summary["distill_pool"]["wall_s"] == {"0/abc1234": 460.0, "0/2e9ce66": 530.0}
+    assert "| 0 | 2e9ce66 | 530 | 820 | 0.77 | True |" in text
 
 
 def test_timing_another_checkout_imports_its_dashlib(tmp_path):
