@@ -46,23 +46,25 @@ def tiny_model(tiny):
 def interrupted_at():
     """A context manager: `with interrupted_at(step): train(...)` stops training with a
     KeyboardInterrupt (as Ctrl-C would) when the Trainer reaches `step`, which the
-    `with` expects; afterwards training runs normally again."""
+    `with` expects; afterwards training runs normally again. `interrupted_at(step,
+    error)` raises `error` instead (an out-of-memory error, say)."""
     import contextlib
 
     from dashlib.train import Trainer
 
     @contextlib.contextmanager
-    def stop(step: int):
+    def stop(step: int, error: BaseException | None = None):
+        error = KeyboardInterrupt() if error is None else error
         original = Trainer.train_step
 
         def stopping(self):
             if self.step == step:
-                raise KeyboardInterrupt
+                raise error
             return original(self)
 
         Trainer.train_step = stopping
         try:
-            with pytest.raises(KeyboardInterrupt):
+            with pytest.raises(type(error)):
                 yield
         finally:
             Trainer.train_step = original

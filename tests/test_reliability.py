@@ -308,26 +308,11 @@ def test_every_package_dashlib_imports_is_declared():
 
 # --- interrupted and failing runs leave nothing stale -------------------------------------------
 
-def _stop_at(step, error):
-    from dashlib.train import Trainer
-
-    original = Trainer.train_step
-
-    def stop(self):
-        if self.step == step:
-            raise error
-        return original(self)
-
-    return stop
-
-
-def test_a_fresh_run_that_dies_before_its_first_checkpoint_leaves_no_folder(tiny, monkeypatch):
+def test_a_fresh_run_that_dies_before_its_first_checkpoint_leaves_no_folder(tiny, interrupted_at):
     from dashlib.teacher import teacher_run, train_teacher
-    from dashlib.train import Trainer
 
     oom = RuntimeError("DefaultCPUAllocator: can't allocate memory: you tried to allocate 8 GB")
-    monkeypatch.setattr(Trainer, "train_step", _stop_at(1, oom))
-    with pytest.raises(RuntimeError, match="allocate"):
+    with interrupted_at(1, oom):
         train_teacher(tiny, progress=False)
     assert not teacher_run(tiny).path.exists()
 
