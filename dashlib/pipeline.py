@@ -249,23 +249,45 @@ def evaluate(b: Budget, runs: dict[str, Run], guidance: tuple[str, ...] | None =
 
 def ablation_runs(b: Budget, progress: bool = True) -> dict[str, Run]:
     """Every ablation variant's run (PATH and leave-one-out), training what is missing."""
-    from dashlib.ablation import VARIANTS
-
-    jobs = [(name, v.preset(b.preset), v.method) for name, v in VARIANTS.items()]
-    return _distill_jobs(b, jobs, progress)
+    jobs = _ablation_jobs(b)
+    return dict(zip([name for name, _, _ in jobs], _distill_jobs(b, jobs, progress)))
 
 
 def width_runs(b: Budget, progress: bool = True) -> dict[str, Run]:
     """DASH students of the budget's widths (plus the preset's own), for F7."""
-    widths = sorted({*b.widths, b.preset.student.ch})
-    jobs = [(f"ch{w}", width_preset(b, w), "dash") for w in widths]
-    return _distill_jobs(b, jobs, progress)
+    jobs = _width_jobs(b)
+    return dict(zip([name for name, _, _ in jobs], _distill_jobs(b, jobs, progress)))
 
 
-def _distill_jobs(b: Budget, jobs: list[tuple[str, Preset, str]], progress: bool) -> dict[str, Run]:
-    """Distil (name, preset, method) jobs, `workers` at a time; {name: run}."""
-    from dashlib.distill.run import run_jobs
+def ablation_and_width_runs(b: Budget, progress: bool = True) -> tuple[dict[str, Run], dict[str, Run]]:
+    """(`ablation_runs`, `width_runs`) trained in one pool: the workers share one queue,
+    where the five DASH variants alone would leave a worker idle for the last one and
+    the two widths would start a second pool after it. The same runs either way."""
+    ablation, widths = _ablation_jobs(b), _width_jobs(b)
+    runs = _distill_jobs(b, ablation + widths, progress)
+    names = [name for name, _, _ in ablation + widths]
+    return dict(zip(names[:len(ablation)], runs)), dict(zip(names[len(ablation):], runs[len(ablation):]))
 
-    runs = run_jobs([(p, m, None, None) for _, p, m in jobs], device=b.device, workers=b.workers,
-                    progress=progress)
-    return {name: run for (name, _, _), run in zip(jobs, runs)}
+
+def _ablation_jobs(b: Budget) -> list[tuple[str, Preset, str]]:
+    from dashlib.ablation import VARIANTS
+
+    return [(name, v.preset(b.preset), v.method) for name, v in VARIANTS.items()]
+
+
+def _width_jobs(b: Budget) -> list[tuple[str, Preset, str]]:
+    return [(f"ch{w}", width_preset(b, w), "dash") for w in sorted({*b.widths, b.preset.student.ch})]
+
+
+def _distill_jobs(b: Budget, jobs: list[tuple[str, Preset, str]], progress: bool) -> list[Run]:
+    """Distil (name, preset, method) jobs, `workers` at a time, each distinct run once
+    (the preset's own width is the ablation's full DASH); their runs, in order."""
+    from dashlib.distill.run import distill_run, run_jobs
+
+    folders = [distill_run(p, m, None, None).path for _, p, m in jobs]
+    distinct: dict[Path, tuple[Preset, str, None, None]] = {}
+    for folder, (_, p, m) in zip(folders, jobs):
+        distinct.setdefault(folder, (p, m, None, None))
+    runs = run_jobs(list(distinct.values()), device=b.device, workers=b.workers, progress=progress)
+    by_folder = dict(zip(distinct, runs))
+    return [by_folder[f] for f in folders]

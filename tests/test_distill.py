@@ -292,3 +292,18 @@ def test_a_parallel_pool_trains_what_one_process_trains(tiny, tmp_path, monkeypa
         weights[workers] = [load_artifact(r).model.state_dict() for r in runs]
     for parallel, serial in zip(weights[2], weights[1]):
         assert all(torch.equal(parallel[k], serial[k]) for k in serial)
+
+
+def test_one_pool_for_the_ablation_and_the_widths_trains_each_run_once(tiny):
+    from dashlib import pipeline
+
+    b = pipeline.budget("tiny", workers=1, device="cpu", threads=1)
+    twice = pipeline._distill_jobs(b, [("a", b.preset, "scratch"), ("b", b.preset, "cond-only"),
+                                       ("c", b.preset, "scratch")], progress=False)
+    assert twice[0].path == twice[2].path != twice[1].path
+    variants, widths = pipeline.ablation_and_width_runs(b, progress=False)
+    assert widths[f"ch{tiny.student.ch}"].path == variants["+TIRT (DASH)"].path  # asked for twice
+    assert all(r.finished for r in [*variants.values(), *widths.values()])
+    paths = {name: r.path for name, r in {**variants, **widths}.items()}
+    alone = {**pipeline.ablation_runs(b, progress=False), **pipeline.width_runs(b, progress=False)}
+    assert paths == {name: r.path for name, r in alone.items()}  # the same runs, reused
