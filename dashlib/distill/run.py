@@ -241,7 +241,7 @@ def run_pool(jobs: Sequence[tuple[Any, ...]], workers: int, device: str, progres
     single-threaded processes, costliest first (`longest_first`).
 
     The teacher targets the jobs share are computed once, as a job of the pool, while
-    the jobs that read none train beside them (the pruned, FitNets and scratch students);
+    the jobs that read none train beside them (of the paper's methods: pruning, FitNets, scratch);
     the jobs that read them are queued once they are on disk. When every job reads
     them, they are computed here first, on all of this process's threads. A failed job
     cancels the jobs not started and raises its error."""
