@@ -247,7 +247,9 @@ def _reproduce(d: dict[str, Any]) -> tuple[list[str], dict[str, Any]]:
 
 
 def _pool(d: dict[str, Any]) -> tuple[list[str], dict[str, Any]]:
-    lines = [f"| round | commit | wall s | students' own s (sum) | efficiency ({d['workers']} workers) "
+    stage = d.get("stage", "distillation")  # results before --stage timed notebook 02's pool
+    lines = [f"Stage: {stage} (notebook {'04' if stage == 'ablations' else '02'}'s training pool)", "",
+             f"| round | commit | wall s | students' own s (sum) | efficiency ({d['workers']} workers) "
              "| weights = this checkout's |", "|---|---|---|---|---|---|"]
     for r in d["runs"]:
         same = r.get("weights_identical_to_this_checkout")

@@ -13,6 +13,7 @@ import pytest
 BENCH = Path(__file__).resolve().parents[1] / "bench"
 sys.path.insert(0, str(BENCH))
 
+import distill_pool  # noqa: E402
 import reproduce_time  # noqa: E402
 import run_all  # noqa: E402
 
@@ -25,6 +26,7 @@ import run_all  # noqa: E402
     ("reproduce_quick_time", "reproduce"),
     ("train_step_speed_zen4_digits_student", "train_step_speed"),
     ("distill_pool_zen4", "distill_pool"),
+    ("distill_pool_zen4_ablations", "distill_pool"),
     ("summary", None),
     ("claims_sweep", None),
 ])
@@ -56,6 +58,22 @@ def test_a_pool_timing_is_summarised_per_run(tmp_path, monkeypatch):
     summary, text = run_all.summarise()
     assert summary["distill_pool"]["wall_s"] == {"0/abc1234": 460.0, "0/2e9ce66": 530.0}
     assert "| 0 | 2e9ce66 | 530 | 820 | 0.77 | True |" in text
+    assert "Stage: distillation (notebook 02's training pool)" in text
+
+
+def test_the_ablation_stage_starts_from_the_students_notebook_02_leaves():
+    """bench/distill_pool.py --stage ablations prepares the students notebook 04 reuses:
+    exactly the ablation runs that are notebook 02's runs, so it times the rest."""
+    from dashlib import pipeline
+    from dashlib.distill import METHODS
+    from dashlib.distill.run import distill_run
+
+    b = pipeline.budget("digits", workers=1, device="cpu")
+    notebook_02 = {distill_run(b.preset, m, None, None).path: m for m in METHODS.names()}
+    reused = {notebook_02[distill_run(p, m, None, None).path]
+              for _, p, m in pipeline._ablation_jobs(b) + pipeline._width_jobs(b)
+              if distill_run(p, m, None, None).path in notebook_02}
+    assert reused == set(distill_pool.REUSED["ablations"])
 
 
 def test_timing_another_checkout_imports_its_dashlib(tmp_path):

@@ -294,6 +294,28 @@ def test_a_parallel_pool_trains_what_one_process_trains(tiny, tmp_path, monkeypa
         assert all(torch.equal(parallel[k], serial[k]) for k in serial)
 
 
+def test_a_job_trains_alike_alone_or_in_a_pool(tiny, tmp_path, monkeypatch):
+    """With workers > 1 a job trains in a one-thread worker even when it is the only one
+    left (a rerun after an interruption, a pool whose other runs are done): a job's bits
+    must not depend on which other runs were already trained, and a thread count changes
+    the floating-point rounding of a run."""
+    from dashlib.distill.run import run_jobs
+
+    job, other = (tiny, "dash", None, 20), (tiny, "scratch", None, 20)
+    weights = []
+    threads = torch.get_num_threads()
+    torch.set_num_threads(2)  # this process's threads: what a lone job ran on before
+    try:
+        for name, jobs in (("alone", [job]), ("pool", [job, other])):
+            monkeypatch.setenv("DASH_RUNS", str(tmp_path / name))
+            train_teacher(tiny, progress=False)
+            weights.append(load_artifact(run_jobs(jobs, workers=2, device="cpu", progress=False)[0])
+                           .model.state_dict())
+    finally:
+        torch.set_num_threads(threads)
+    assert all(torch.equal(weights[0][k], weights[1][k]) for k in weights[0])
+
+
 def test_one_pool_for_the_ablation_and_the_widths_trains_each_run_once(tiny):
     from dashlib import pipeline
 

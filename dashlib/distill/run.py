@@ -197,7 +197,9 @@ def run_jobs(jobs: Sequence[tuple[Preset, str, int | None, int | None]], force: 
              device: str = "auto", workers: int = 1, progress: bool = True) -> list[Run]:
     """Distil each (preset, method, seed, steps), in order; with workers > 1 in
     single-threaded worker processes (on a small CPU, two 1-thread processes
-    beat one 2-thread one). Interrupted runs are resumed; finished ones reused."""
+    beat one 2-thread one), a lone job left to train too, so that its weights do
+    not depend on which other runs were done already (the thread count changes a
+    run's rounding). Interrupted runs are resumed; finished ones reused."""
     for _, m, _, _ in jobs:
         METHODS.get(m)  # fail fast on a typo, before any training
     runs = [distill_run(*j).path for j in jobs]
@@ -212,7 +214,7 @@ def run_jobs(jobs: Sequence[tuple[Preset, str, int | None, int | None]], force: 
         train_teacher(p, device=device, progress=progress)
     todo = [(p, m, s, st, force, device) for p, m, s, st in jobs]
     pending = [j for j in todo if force or not distill_run(*j[:4]).finished]
-    if workers > 1 and len(pending) > 1:
+    if workers > 1 and pending:
         run_pool(pending, workers, device, progress)
         todo = [(p, m, s, st, False, d) for p, m, s, st, _, d in todo]
     return [distill(p, m, s, st, force=f, resume=True, device=d, progress=progress)
