@@ -98,10 +98,10 @@ def prepare(preset_name: str, stage: str, workers: int, root: Path) -> float:
     return time.perf_counter() - start
 
 
-def pool_run(checkout: Path, teacher_root: Path, preset_name: str, workers: int, keep: Path,
+def pool_run(checkout: Path, prepared: Path, preset_name: str, workers: int, keep: Path,
              stage: str) -> dict:
     """One fresh-folder pool run of `checkout`'s dashlib; its runs folder is kept under `keep`."""
-    shutil.copytree(teacher_root, keep)
+    shutil.copytree(prepared, keep)
     env = {**os.environ, "DASH_RUNS": str(keep),
            "PYTHONPATH": os.pathsep.join([str(checkout), *filter(None, [os.environ.get("PYTHONPATH")])])}
     done = subprocess.run([sys.executable, str(Path(__file__).resolve()), "--child", "--preset", preset_name,
@@ -156,14 +156,14 @@ def main() -> None:
     checkouts = [ROOT, *(c.resolve() for c in args.checkout)]
     rows = []
     with tempfile.TemporaryDirectory(prefix="dash-pool-") as tmp:
-        teacher_root = Path(tmp) / "teacher"
-        prepare_s = prepare(args.preset, args.stage, args.workers, teacher_root)
+        prepared = Path(tmp) / "prepared"
+        prepare_s = prepare(args.preset, args.stage, args.workers, prepared)
         for r in range(args.rounds):
             order = checkouts if r % 2 == 0 else checkouts[::-1]  # alternate who goes first
             done = {}
             for checkout in order:
                 keep = Path(tmp) / f"round{r}-{checkouts.index(checkout)}"
-                done[keep] = {"round": r, **pool_run(checkout, teacher_root, args.preset, args.workers, keep,
+                done[keep] = {"round": r, **pool_run(checkout, prepared, args.preset, args.workers, keep,
                                                       args.stage)}
                 row = done[keep]
                 print(f"round {r} {row['commit']}: {row['wall_s']:.0f} s, students "
