@@ -249,14 +249,12 @@ def evaluate(b: Budget, runs: dict[str, Run], guidance: tuple[str, ...] | None =
 
 def ablation_runs(b: Budget, progress: bool = True) -> dict[str, Run]:
     """Every ablation variant's run (PATH and leave-one-out), training what is missing."""
-    jobs = _ablation_jobs(b)
-    return dict(zip([name for name, _, _ in jobs], _distill_jobs(b, jobs, progress)))
+    return _distill_jobs(b, _ablation_jobs(b), progress)
 
 
 def width_runs(b: Budget, progress: bool = True) -> dict[str, Run]:
     """DASH students of the budget's widths (plus the preset's own), for F7."""
-    jobs = _width_jobs(b)
-    return dict(zip([name for name, _, _ in jobs], _distill_jobs(b, jobs, progress)))
+    return _distill_jobs(b, _width_jobs(b), progress)
 
 
 def ablation_and_width_runs(b: Budget, progress: bool = True) -> tuple[dict[str, Run], dict[str, Run]]:
@@ -265,8 +263,7 @@ def ablation_and_width_runs(b: Budget, progress: bool = True) -> tuple[dict[str,
     the two widths would start a second pool after it. The same runs either way."""
     ablation, widths = _ablation_jobs(b), _width_jobs(b)
     runs = _distill_jobs(b, ablation + widths, progress)
-    names = [name for name, _, _ in ablation + widths]
-    return dict(zip(names[:len(ablation)], runs)), dict(zip(names[len(ablation):], runs[len(ablation):]))
+    return {n: runs[n] for n, _, _ in ablation}, {n: runs[n] for n, _, _ in widths}
 
 
 def _ablation_jobs(b: Budget) -> list[tuple[str, Preset, str]]:
@@ -279,15 +276,15 @@ def _width_jobs(b: Budget) -> list[tuple[str, Preset, str]]:
     return [(f"ch{w}", width_preset(b, w), "dash") for w in sorted({*b.widths, b.preset.student.ch})]
 
 
-def _distill_jobs(b: Budget, jobs: list[tuple[str, Preset, str]], progress: bool) -> list[Run]:
+def _distill_jobs(b: Budget, jobs: list[tuple[str, Preset, str]], progress: bool) -> dict[str, Run]:
     """Distil (name, preset, method) jobs, `workers` at a time, each distinct run once
-    (the preset's own width is the ablation's full DASH); their runs, in order."""
+    (the preset's own width is the ablation's full DASH); {name: run}."""
     from dashlib.distill.run import distill_run, run_jobs
 
-    folders = [distill_run(p, m, None, None).path for _, p, m in jobs]
+    folders = {name: distill_run(p, m, None, None).path for name, p, m in jobs}
     distinct: dict[Path, tuple[Preset, str, None, None]] = {}
-    for folder, (_, p, m) in zip(folders, jobs):
-        distinct.setdefault(folder, (p, m, None, None))
-    runs = run_jobs(list(distinct.values()), device=b.device, workers=b.workers, progress=progress)
-    by_folder = dict(zip(distinct, runs))
-    return [by_folder[f] for f in folders]
+    for name, p, m in jobs:
+        distinct.setdefault(folders[name], (p, m, None, None))
+    runs = dict(zip(distinct, run_jobs(list(distinct.values()), device=b.device, workers=b.workers,
+                                       progress=progress)))
+    return {name: runs[folder] for name, folder in folders.items()}

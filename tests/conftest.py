@@ -64,8 +64,9 @@ def interrupted_at():
 
         Trainer.train_step = stopping
         try:
-            with pytest.raises(type(error)):
+            with pytest.raises(type(error)) as raised:
                 yield
+            assert raised.value is error
         finally:
             Trainer.train_step = original
 

@@ -322,7 +322,7 @@ def test_one_pool_for_the_ablation_and_the_widths_trains_each_run_once(tiny):
     b = pipeline.budget("tiny", workers=1, device="cpu", threads=1)
     twice = pipeline._distill_jobs(b, [("a", b.preset, "scratch"), ("b", b.preset, "cond-only"),
                                        ("c", b.preset, "scratch")], progress=False)
-    assert twice[0].path == twice[2].path != twice[1].path
+    assert twice["a"].path == twice["c"].path != twice["b"].path
     variants, widths = pipeline.ablation_and_width_runs(b, progress=False)
     assert widths[f"ch{tiny.student.ch}"].path == variants["+TIRT (DASH)"].path  # asked for twice
     assert all(r.finished for r in [*variants.values(), *widths.values()])
