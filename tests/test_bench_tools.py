@@ -1,5 +1,6 @@
-"""The bench folder's own plumbing: which formatter summarises a result file, and
-timing another checkout (bench/run_all.py, bench/reproduce_time.py)."""
+"""The bench folder's own plumbing: which formatter summarises a result file, timing
+another checkout, sorting convolutions by kind (bench/run_all.py, bench/reproduce_time.py,
+bench/forward_profile.py)."""
 
 from __future__ import annotations
 
@@ -14,6 +15,7 @@ BENCH = Path(__file__).resolve().parents[1] / "bench"
 sys.path.insert(0, str(BENCH))
 
 import distill_pool  # noqa: E402
+import forward_profile  # noqa: E402
 import reproduce_time  # noqa: E402
 import run_all  # noqa: E402
 
@@ -88,3 +90,26 @@ def test_timing_another_checkout_imports_its_dashlib(tmp_path):
     assert reproduce_time.checkout_commit(other).startswith("unknown")  # no commit yet
     with pytest.raises(SystemExit, match="no dashlib"):
         reproduce_time.checkout_commit(tmp_path)
+
+
+def test_the_convolutions_by_kind_add_up_to_the_forwards_convolutions():
+    """bench/forward_profile.py's `conv_kinds` times each convolution of a forward once per
+    call and counts its FLOPs: the kinds' calls and FLOPs add up to the forward's own."""
+    import torch
+    from torch.utils.flop_counter import FlopCounterMode
+
+    from dashlib.presets import get_preset
+    from dashlib.runtime import Runtime
+
+    cfg = get_preset("tiny").student
+    model, inputs = forward_profile.model_and_inputs(cfg, 4, Runtime(channels_last="off"))
+    kinds = forward_profile.conv_kinds(model, inputs, cfg.in_channels, reps=1, rounds=1)
+    convs = [m for m in model.modules() if isinstance(m, torch.nn.Conv2d)]
+    with torch.inference_mode(), FlopCounterMode(display=False) as counter:
+        model(*inputs)
+    conv_flops = sum(v for k, v in counter.get_flop_counts()["Global"].items() if "convolution" in str(k))
+    assert sum(k["calls"] for k in kinds.values()) == len(convs)
+    assert kinds["image in/out"]["calls"] == 2
+    assert sum(k["gflop_per_forward"] for k in kinds.values()) * 1e9 == pytest.approx(conv_flops)
+    assert sum(k["share"] for k in kinds.values()) == pytest.approx(1.0)
+    assert any(name.endswith("stride 2") for name in kinds)  # the downsampling convolutions
