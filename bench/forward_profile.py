@@ -31,7 +31,7 @@ from collections import defaultdict
 from collections.abc import Callable
 
 import torch
-from common import load_average, write
+from common import load_average, unet_inputs, write
 from torch import Tensor, nn
 from torch.profiler import ProfilerActivity, profile
 from torch.utils.flop_counter import FlopCounterMode
@@ -52,13 +52,9 @@ def family(op: str) -> str:
 
 
 def model_and_inputs(cfg, rows: int, runtime: Runtime) -> tuple[nn.Module, tuple[Tensor, Tensor, Tensor]]:
-    """The UNet in the layout the speed rules pick, and one batch of (x_t, t, y)."""
-    model = to_channels_last(build_unet(cfg, 0).eval(), runtime, torch.device("cpu"))
-    g = torch.Generator().manual_seed(0)
-    x = torch.randn(rows, cfg.in_channels, cfg.image_size, cfg.image_size, generator=g)
-    t = torch.randint(0, 1000, (rows,), generator=g)
-    y = torch.randint(0, cfg.num_classes, (rows,), generator=g)
-    return model, (x, t, y)
+    """The UNet in the layout the speed rules pick for sampling, and one batch of (x_t, t, y)."""
+    model = to_channels_last(build_unet(cfg, 0).eval(), runtime, torch.device("cpu"), sampling=True)
+    return model, unet_inputs(cfg, rows, torch.device("cpu"))
 
 
 def profile_forward(cfg, rows: int, iters: int, runtime: Runtime) -> dict:
@@ -151,7 +147,7 @@ def main() -> None:
     ap.add_argument("--iters", type=int, default=5)
     ap.add_argument("--threads", type=int, default=1)
     ap.add_argument("--channels-last", default="auto", choices=("auto", "on", "off"),
-                    help="layout (auto: the speed rules' choice per width)")
+                    help="layout (auto: the sampling speed rules' choice per width)")
     ap.add_argument("--name", default="forward_profile", help="JSON file name in bench/results")
     ap.add_argument("--rounds", type=int, default=3,
                     help="profiles per model, alternating; the fastest is kept (load only adds time)")
