@@ -23,6 +23,7 @@ import hashlib
 import math
 import os
 import warnings
+from collections import Counter
 from collections.abc import Callable, Iterable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
@@ -106,7 +107,8 @@ def _listing(folder: Path):  # noqa: ANN202 (torchvision is imported lazily)
         return not any(skipped(part) for part in Path(path).relative_to(folder).parts) \
             and has_file_allowed_extension(path, IMG_EXTENSIONS)
 
-    return Listing(str(folder), loader=lambda path: path, is_valid_file=valid)
+    # empty classes are listed, so that `_listed` says what their folders hold instead
+    return Listing(str(folder), loader=lambda path: path, is_valid_file=valid, allow_empty=True)
 
 
 def _samples(folder: Path) -> tuple[tuple[tuple[str, int], ...], tuple[str, ...]]:
@@ -121,16 +123,33 @@ def _listed(folder: Path, state: tuple) -> tuple[tuple[tuple[str, int], ...], tu
     try:
         listing = _listing(folder)
     except (FileNotFoundError, RuntimeError) as err:
-        raise ImageFolderError(f"{folder} is not an image folder: {err}. Lay it out as "
+        raise ImageFolderError(f"{folder} is not an image folder: {str(err).rstrip('. ')}. Lay it out as "
                                f"{folder}/<class name>/<image files>") from None
     counts = np.bincount([c for _, c in listing.samples], minlength=len(listing.classes))
     if len(listing.classes) < 2:
         raise ImageFolderError(f"{folder} holds {len(listing.classes)} class folder(s): class-conditional "
                                f"diffusion needs at least 2 (one sub-folder of images per class)")
     if counts.min() < 2:
-        raise ImageFolderError(f"class {listing.classes[int(counts.argmin())]!r} in {folder} has "
-                               f"{counts.min()} image(s); every class needs at least 2")
+        name = listing.classes[int(counts.argmin())]
+        raise ImageFolderError(f"class {name!r} in {folder} has {counts.min()} image(s); every class "
+                               f"needs at least 2{_others(folder / name, listing.samples)}")
     return tuple(listing.samples), tuple(listing.classes)
+
+
+def _others(folder: Path, samples: list[tuple[str, int]]) -> str:
+    """What a class folder holds besides its images, for an error: "" if nothing, else
+    the left-out files counted by suffix and the suffixes that are read."""
+    from torchvision.datasets.folder import IMG_EXTENSIONS
+
+    images = {Path(p) for p, _ in samples}
+    suffixes = Counter(f.suffix.lower() or "(none)" for f in folder.rglob("*")
+                       if f.is_file() and f not in images
+                        and not any(skipped(part) for part in f.relative_to(folder).parts))
+    if not suffixes:
+        return ""
+    left = ", ".join(f"{n} {suffix}" for suffix, n in sorted(suffixes.items()))
+    return (f" (left out there: {left}; images are read from {', '.join(IMG_EXTENSIONS)}; "
+            f"convert the others to PNG)")
 
 
 def _dir_state(folder: Path) -> tuple:
@@ -166,16 +185,25 @@ def folder_fingerprint(root: str | Path) -> str:
     return _fingerprint(root, _folder_state(root))
 
 
+def unreadable(path: str, err: Exception) -> ImageFolderError:
+    """The error for an image file PIL cannot decode (truncated, or not an image)."""
+    return ImageFolderError(f"cannot read image {path}: {err}; remove or replace that file")
+
+
 def folder_channels(root: str | Path) -> int:
     """1 if the first `PEEK` images are all grey, else 3."""
-    from PIL import Image
+    from PIL import Image, UnidentifiedImageError
 
     train, _ = split_folders(root)
     samples, _ = _samples(train)
     for path, _ in samples[:PEEK]:
-        with Image.open(path) as image:
-            if image.mode not in GREY_MODES:
-                return 3
+        try:
+            with Image.open(path) as image:
+                mode = image.mode
+        except (UnidentifiedImageError, OSError) as err:
+            raise unreadable(path, err) from None
+        if mode not in GREY_MODES:
+            return 3
     return 1
 
 
@@ -235,7 +263,7 @@ def _decode(path: str, size: int, channels: int) -> np.ndarray:
             image = image.resize((size, size), Image.Resampling.BILINEAR, box=box, reducing_gap=None)
             array = np.asarray(image, dtype=np.uint8)
     except (UnidentifiedImageError, OSError) as err:
-        raise ImageFolderError(f"cannot read image {path}: {err}") from None
+        raise unreadable(path, err) from None
     return array[None] if channels == 1 else array.transpose(2, 0, 1)
 
 

@@ -245,6 +245,7 @@ def test_a_truncated_image_cache_is_decoded_again_with_a_warning(tmp_path):
 
 @pytest.mark.parametrize("layout, message", [
     ("missing", "does not exist"), ("one class", "at least 2"), ("one image", "at least 2"),
+    ("empty class", "'blue' .* has 0 image"),
 ])
 def test_bad_image_folders_say_what_is_wrong(tmp_path, layout, message):
     root = tmp_path / "bad"
@@ -253,8 +254,33 @@ def test_bad_image_folders_say_what_is_wrong(tmp_path, layout, message):
     elif layout == "one image":
         write_folder(root, {"red": (200, 0, 0)}, per_class=3)
         write_folder(root, {"blue": (0, 0, 200)}, per_class=1)
+    elif layout == "empty class":
+        write_folder(root, {"red": (200, 0, 0)}, per_class=3)
+        (root / "blue").mkdir()
     with pytest.raises(FileNotFoundError, match=message):
         load_dataset(DataConfig(name="imagefolder", data_root=str(root)))
+
+
+def test_a_class_of_unread_formats_names_what_was_left_out(tmp_path):
+    from PIL import Image
+
+    root = write_folder(tmp_path / "pets", COLOURS, per_class=3)
+    for i in range(3):  # GIFs are not among torchvision's image extensions
+        Image.new("RGB", (10, 10), (0, 200, 0)).save(root / "green" / f"g{i}.gif")
+    for name in ("000.png", "001.png"):
+        (root / "green" / name).unlink()
+    with pytest.raises(FileNotFoundError, match=r"1 image\(s\).*left out there: 3 \.gif.*convert"):
+        load_dataset(DataConfig(name="imagefolder", data_root=str(root)))
+
+
+def test_an_undecodable_image_is_named_before_any_work(tmp_path):
+    from dashlib.presets import get_preset
+
+    root = write_folder(tmp_path / "pets", COLOURS, per_class=3)
+    broken = sorted((root / "blue").iterdir())[0]  # the first one, which the channel check opens
+    broken.write_bytes(b"not an image")
+    with pytest.raises(FileNotFoundError, match=f"cannot read image {broken}.*remove or replace"):
+        get_preset("tiny", **{"data.name": "imagefolder", "data.data_root": str(root)})
 
 
 def test_preset_models_follow_the_data(tmp_path):
