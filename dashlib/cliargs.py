@@ -147,10 +147,27 @@ def add_force_resume(p: argparse.ArgumentParser) -> None:
     g.add_argument("--resume", action="store_true", help="continue an interrupted run exactly")
 
 
+def check_data_root(preset: str, overrides: dict[str, Any]) -> None:
+    """Refuse a data root given for a dataset that reads no files (digits, synthetic),
+    which would otherwise be ignored: most likely `data.name` was left out."""
+    from dashlib.data import DATASETS
+    from dashlib.presets import PRESETS
+
+    if "data.data_root" not in overrides or preset not in PRESETS:
+        return
+    name = overrides.get("data.name", PRESETS.get(preset).data.name)
+    if isinstance(name, str) and name in DATASETS and not DATASETS.get(name).reads_files:
+        readers = [n for n in DATASETS.names() if DATASETS.get(n).reads_files]
+        raise ConfigError(f"--data-root (data.data_root) is given, but the dataset {name!r} reads no files; "
+                          f"name the data it holds with --set data.name=..., one of: {', '.join(readers)} "
+                          f"(imagefolder: one sub-folder of images per class)")
+
+
 def preset_from_args(args: argparse.Namespace, **extra: Any) -> Any:
     from dashlib.presets import get_preset
 
     overrides = data_overrides(args)
+    check_data_root(args.preset, overrides)
     overrides.update({k: v for k, v in extra.items() if v is not None})
     return get_preset(args.preset, **overrides)
 

@@ -65,6 +65,9 @@ def _type_ok(value: object, hint: Any) -> bool:
 
 
 def _describe(hint: Any) -> str:
+    """"int", "tuple[str, ...]" (a generic's arguments spelt out: what its items must be)."""
+    if typing.get_args(hint):
+        return str(hint).replace("typing.", "")
     return getattr(hint, "__name__", None) or str(hint).replace("typing.", "")
 
 
@@ -524,5 +527,9 @@ def override(cfg: C, **changes: Any) -> C:
         if key not in names:
             raise ConfigError(f"{type(cfg).__name__} has no field {key!r}; fields: {sorted(names)}")
     for head, sub in nested.items():
-        flat[head] = override(getattr(cfg, head), **sub)
+        group = getattr(cfg, head)
+        if not dataclasses.is_dataclass(group):
+            raise ConfigError(f"{type(cfg).__name__}.{head} is a single value, not a group of fields: "
+                              f"its key takes no '.{next(iter(sub))}' after it")
+        flat[head] = override(group, **sub)
     return dataclasses.replace(cfg, **flat)  # type: ignore[type-var]

@@ -79,6 +79,8 @@ class DatasetSource:
     info: Callable[[DataConfig], DatasetInfo]
     #: a hash of the files, for sources whose content the config does not fix (None: it does)
     fingerprint: Callable[[DataConfig], str] | None = None
+    #: whether it reads files under `DataConfig.data_root` (False: built in, or generated)
+    reads_files: bool = True
 
 
 DATASETS: Registry[DatasetSource] = Registry("dataset")
@@ -132,13 +134,14 @@ def _resize(x: Tensor, size: int) -> Tensor:
 
 
 def stratified_split(x: Tensor, y: Tensor, fraction: float, seed: int) -> tuple[Split, Split]:
-    """A seeded per-class split: `fraction` of every class is held out."""
+    """A seeded per-class split: `fraction` of every class is held out, at least one image
+    and never all of them (a class of 2 keeps one to train on whatever the fraction)."""
     g = torch.Generator().manual_seed(seed)
     train_idx, test_idx = [], []
     for c in y.unique().tolist():
         idx = (y == c).nonzero().flatten()
         idx = idx[torch.randperm(len(idx), generator=g)]
-        k = max(1, round(fraction * len(idx)))
+        k = min(max(1, round(fraction * len(idx))), len(idx) - 1)
         test_idx.append(idx[:k])
         train_idx.append(idx[k:])
     tr, te = torch.cat(train_idx).sort().values, torch.cat(test_idx).sort().values
@@ -156,7 +159,7 @@ def load_digits(config: DataConfig) -> Dataset:
     return Dataset("digits", train, test, 10, tuple(str(i) for i in range(10)))
 
 
-DATASETS.add("digits", DatasetSource(load_digits, _fixed(10, 1)))
+DATASETS.add("digits", DatasetSource(load_digits, _fixed(10, 1), reads_files=False))
 
 
 def load_synthetic(config: DataConfig) -> Dataset:
@@ -177,7 +180,7 @@ def load_synthetic(config: DataConfig) -> Dataset:
 
 
 DATASETS.add("synthetic", DatasetSource(
-    load_synthetic, lambda config: DatasetInfo(config.synthetic_classes, 1)))
+    load_synthetic, lambda config: DatasetInfo(config.synthetic_classes, 1), reads_files=False))
 
 
 @dataclass(frozen=True)

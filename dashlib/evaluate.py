@@ -33,7 +33,7 @@ import os
 import statistics
 import time
 from collections import OrderedDict
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from concurrent.futures import ProcessPoolExecutor, as_completed
 from concurrent.futures.process import BrokenProcessPool
 from dataclasses import dataclass
@@ -47,7 +47,7 @@ from tqdm import tqdm
 
 from dashlib.artifacts import Artifact, load_artifact
 from dashlib.classifier import Classifier, load_classifier, predict, train_classifier
-from dashlib.config import ConfigError, DataConfig, EvalConfig, SampleConfig, from_dict, to_dict
+from dashlib.config import ConfigError, DataConfig, EvalConfig, Preset, SampleConfig, from_dict, to_dict
 from dashlib.data import load_dataset, to_uint8
 from dashlib.device import check_batch_fits, resolve_device
 from dashlib.errors import EvaluationError
@@ -168,6 +168,9 @@ class Task:
 def run_preset(run: Run | str | Path) -> str:
     """The preset a run was made with: from config.json, final.pt's config or results.json."""
     run = run if isinstance(run, Run) else Run(Path(run))
+    if not run.path.is_dir():
+        raise RunStateError(f"run folder {run.path} does not exist; pass a run's folder, as the "
+                            f"training command printed it (runs/<preset>/<kind>-<hash>)")
     for source in (run.config, run.results):
         if source.is_file():
             name = read_json_object(source).get("preset")
@@ -199,6 +202,7 @@ def run_spec(run: Run | str | Path, sample: SampleConfig | None = None,
     sample = sample or (from_dict(SampleConfig, own_sample) if own_sample else preset.sample)
     if data_root is not None:
         data = dataclasses.replace(data, data_root=data_root)
+    check_run_data(run, data)
     model = artifact.model
     return RunSpec(
         path=str(run.path), name=run.path.name, kind=kind,
@@ -207,6 +211,58 @@ def run_spec(run: Run | str | Path, sample: SampleConfig | None = None,
         digest=file_digest(run.final), cfg=bool(model.config.cfg), num_classes=model.config.num_classes,
         params=count_params(model), params_nonzero=count_params(model, nonzero=True),
         T=artifact.diffusion.T)
+
+
+#: the `--set` key prefixes `dash evaluate` takes (and data.data_root: where the data is now)
+EVALUATION_KEYS = ("eval.", "sample.")
+
+
+def evaluation_settings(run: Run | str | Path, overrides: Mapping[str, Any]) -> tuple[Preset, SampleConfig]:
+    """(preset, sampler) to evaluate `run` with: the preset it was made with, on its own
+    data (sized for its classes, so at least one sample per class) and its own sampler
+    settings (a single-head student's), with `eval.*` and `sample.*` overrides and
+    `data.data_root` for data that has moved. Any other key is refused: the run fixes it."""
+    from dashlib.config import override
+    from dashlib.presets import get_preset
+
+    run = run if isinstance(run, Run) else Run(Path(run))
+    name = run_preset(run)
+    fixed = sorted(k for k in overrides if not k.startswith(EVALUATION_KEYS) and k != "data.data_root")
+    if fixed:
+        raise ConfigError(f"{', '.join(fixed)}: the run {run.path} fixes these (evaluation takes eval.* and "
+                          f"sample.* keys, and --data-root); train another run to change them")
+    config = read_json_object(run.config) if run.config.is_file() else {}
+    data = {f"data.{k}": v for k, v in config.get("data", {}).items()}
+    preset = get_preset(name, **{**data, **overrides})
+    own = config.get("sample")
+    sample_keys = {k.removeprefix("sample."): v for k, v in overrides.items() if k.startswith("sample.")}
+    sample = override(from_dict(SampleConfig, own), **sample_keys) if own else preset.sample
+    return preset, sample
+
+
+def check_run_data(run: Run, data: DataConfig) -> None:
+    """Refuse data other than what the run was trained on, where the config does not fix
+    the data (an image folder, named by a content fingerprint): the run folder's name
+    ends in the hash of its config (`dashlib.runs.run_id`, the data's fingerprint in it),
+    so the config with `data` in place must hash to it again."""
+    from dashlib.data import DATASETS
+    from dashlib.runs import run_id
+
+    if data.name not in DATASETS or DATASETS.get(data.name).fingerprint is None or not run.config.is_file():
+        return
+    payload = _with_data(read_json_object(run.config), to_dict(data))
+    if not run.path.name.endswith("-" + run_id(payload)):
+        raise ConfigError(f"the images under {data.data_root} are not those {run.path} was trained on "
+                          f"(their names, sizes or contents differ, or the run was made by an older "
+                          f"dash); pass the folder it was trained on with --data-root")
+
+
+def _with_data(payload: Any, data: dict[str, Any]) -> Any:
+    """`payload` with every nested "data" dict (the student's, its teacher's) set to `data`."""
+    if not isinstance(payload, dict):
+        return payload
+    return {k: data if k == "data" and isinstance(v, dict) else _with_data(v, data)
+            for k, v in payload.items()}
 
 
 def cells(specs: Iterable[RunSpec], guidance: Sequence[Guidance | str | float], steps: Sequence[int],

@@ -8,13 +8,13 @@ import torch
 from torch import Tensor
 
 from dashlib.artifacts import Artifact, load_artifact
-from dashlib.config import ConfigError, Preset, SampleConfig
+from dashlib.config import ConfigError, Preset, SampleConfig, to_dict
 from dashlib.device import check_batch_fits, resolve_device
 from dashlib.distributed import barrier, is_main, sample_sharded
 from dashlib.guidance import Guidance
 from dashlib.images import save_grid
 from dashlib.io import atomic_torch_save, check_writable_dir
-from dashlib.runs import Run, RunStateError
+from dashlib.runs import Run, RunStateError, config_hash
 from dashlib.runtime import Runtime, inference_model
 from dashlib.sampling import DDIMSampler, balanced_labels
 
@@ -71,11 +71,14 @@ def sample_to_files(preset: Preset, run: str | Path | None, guidance: Guidance |
     labels = balanced_labels(n, k)
     samples = generate(artifact, config, labels, seed, dev, runtime, chosen)
     tag = chosen.label if chosen.constant is None else f"w{chosen.constant:g}"
-    stem = f"samples-{tag}-steps{config.steps}-n{n}-seed{seed}"
+    # the settings the name does not spell out (eta, TAG's w range, spacing, ...) hashed into
+    # it, so that samples drawn with other settings never overwrite these
+    settings = {**to_dict(config), "guidance": tag, "batch_size": None}
+    stem = f"samples-{tag}-steps{config.steps}-n{n}-seed{seed}-{config_hash(settings)[:6]}"
     png, tensor = folder / f"{stem}.png", folder / f"{stem}.pt"
     if is_main():  # under torchrun rank 0 writes, the others wait for the files
         save_grid(samples, labels, k, png)
         atomic_torch_save({"samples": samples, "labels": labels, "guidance": tag,
-                           "steps": config.steps, "seed": seed}, tensor)
+                           "steps": config.steps, "seed": seed, "sampler": to_dict(config)}, tensor)
     barrier()
     return png, tensor

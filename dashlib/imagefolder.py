@@ -2,11 +2,14 @@
 
     DIR/cat/001.png, DIR/cat/002.jpg, DIR/dog/a.png, ...          (one split: dash holds out
                                                                     `holdout_fraction` per class)
-    DIR/train/cat/..., DIR/test/cat/...  (or DIR/val/...)         (the folder's own split)
+    DIR/train/cat/..., DIR/test/cat/...  (or DIR/val/...)         (the folder's own split;
+                                                                    `TRAIN_FOLDERS`, `TEST_FOLDERS`
+                                                                    in any case)
 
 Images of any size and mode are centre-cropped to a square and resized
 (PIL's antialiased bilinear) to the preset's image size; they become grey (1
-channel) when every one of the first `PEEK` images is grey, else RGB (3), unless
+channel) when every image `folder_channels` opens (the first of each class and
+`PEEK` spread over the folder) is grey, else RGB (3), unless
 `DataConfig.channels` says otherwise. Grey images deeper than 8 bits are
 scaled to 8 bits, not clipped (PIL's own conversion clips them): 16-bit
 ("I;16*") and 32-bit integer ("I") images by value / 257 (the 16-bit range),
@@ -43,7 +46,11 @@ GREY_MODES = ("1", "L", "LA", "I", "I;16", "I;16B", "I;16L", "I;16N", "F", "P;L"
 #: full-scale value of grey modes deeper than 8 bits (None: "F", judged per image)
 DEEP_GREY_SCALE: dict[str, float | None] = {"I": 65535.0, "I;16": 65535.0, "I;16B": 65535.0,
                                             "I;16L": 65535.0, "I;16N": 65535.0, "F": None}
-TEST_FOLDERS = ("test", "val")
+#: names of a folder's own split folders, matched in any case ("Train", "VAL", ...)
+TRAIN_FOLDERS = ("train", "training")
+TEST_FOLDERS = ("test", "val", "valid", "validation")
+#: bytes hashed from each end of an image file for the folder's fingerprint
+FINGERPRINT_BYTES = 4096
 #: JPEGs are decoded (PIL draft mode) at no less than this multiple of the target size
 DRAFT_FACTOR = 2
 #: part of the decode cache's key: bumped when decoding changes, so old caches are not reused
@@ -67,20 +74,29 @@ class FolderImages:
     classes: tuple[str, ...]
 
 
-def split_folders(root: str | Path) -> tuple[Path, Path | None]:
-    """(train folder, test folder or None): DIR/train + DIR/test|val if both exist,
-    (DIR/train, None) if train/ is DIR's only folder, else (DIR, None)."""
+def existing_root(root: str | Path) -> Path:
+    """The image folder as an absolute path, or an error that says how to give one."""
     root = Path(root).expanduser().resolve()
     if not root.is_dir():
+        what = "is a file, not a folder" if root.exists() else "does not exist"
         raise ImageFolderError(
-            f"image folder {root} does not exist; pass --data-root DIR (--set data.data_root=DIR) with "
+            f"image folder {root} {what}; pass --data-root DIR (--set data.data_root=DIR) with "
             f"one sub-folder of images per class, e.g. DIR/cat/*.png, DIR/dog/*.png")
-    test = next((root / t for t in TEST_FOLDERS if (root / t).is_dir()), None)
-    if (root / "train").is_dir() and test is not None:
-        return root / "train", test
-    folders = [e.name for e in os.scandir(root) if e.is_dir() and not skipped(e.name)]
-    if folders == ["train"]:  # a train/ split alone: its classes, with a held-out part
-        return root / "train", None
+    return root
+
+
+def split_folders(root: str | Path) -> tuple[Path, Path | None]:
+    """(train folder, test folder or None): DIR/train + DIR/test (`TRAIN_FOLDERS`,
+    `TEST_FOLDERS`, any case) if DIR holds both, (DIR/train, None) if a train folder is
+    DIR's only folder, else (DIR, None)."""
+    root = existing_root(root)
+    folders = sorted(e.name for e in os.scandir(root) if e.is_dir() and not skipped(e.name))
+    train = next((f for f in folders if f.lower() in TRAIN_FOLDERS), None)
+    test = next((f for f in folders if f.lower() in TEST_FOLDERS), None)
+    if train is not None and test is not None:
+        return root / train, root / test
+    if train is not None and len(folders) == 1:  # a train split alone: its classes, with a held-out part
+        return root / train, None
     return root, None
 
 
@@ -103,9 +119,9 @@ def _listing(folder: Path):  # noqa: ANN202 (torchvision is imported lazily)
                 raise FileNotFoundError(f"Couldn't find any class folder in {directory}.")
             return classes, {c: i for i, c in enumerate(classes)}
 
-    def valid(path: str) -> bool:
+    def valid(path: str) -> bool:  # a broken symbolic link is not an image either
         return not any(skipped(part) for part in Path(path).relative_to(folder).parts) \
-            and has_file_allowed_extension(path, IMG_EXTENSIONS)
+            and has_file_allowed_extension(path, IMG_EXTENSIONS) and os.path.isfile(path)
 
     # empty classes are listed, so that `_listed` says what their folders hold instead
     return Listing(str(folder), loader=lambda path: path, is_valid_file=valid, allow_empty=True)
@@ -161,7 +177,8 @@ def _dir_state(folder: Path) -> tuple:
 
 def _folder_state(root: Path) -> tuple:
     """`_dir_state` of the root and of its split folders."""
-    folders = (root, *(root / n for n in ("train", *TEST_FOLDERS) if (root / n).is_dir()))
+    splits = (*TRAIN_FOLDERS, *TEST_FOLDERS)
+    folders = (root, *(Path(e.path) for e in os.scandir(root) if e.is_dir() and e.name.lower() in splits))
     return tuple(item for folder in folders for item in _dir_state(folder))
 
 
@@ -171,17 +188,31 @@ def _fingerprint(root: Path, state: tuple) -> str:
     digest = hashlib.sha256()
     for folder in (train, test) if test is not None else (train,):
         for path, _ in _samples(folder)[0]:
-            digest.update(f"{Path(path).relative_to(root).as_posix()}\0{os.stat(path).st_size}\n".encode())
+            digest.update(f"{Path(path).relative_to(root).as_posix()}\0{os.stat(path).st_size}\0".encode())
+            digest.update(_ends(path))
     return digest.hexdigest()[:16]
+
+
+def _ends(path: str) -> bytes:
+    """The first and last `FINGERPRINT_BYTES` of a file (all of a smaller one): where two
+    images of one name and size differ (a PNG's or JPEG's compressed pixels run to its end,
+    a BMP's rows fill it), read in a few microseconds however large the file."""
+    with open(path, "rb") as f:
+        head = f.read(FINGERPRINT_BYTES)
+        if len(head) < FINGERPRINT_BYTES:
+            return head
+        f.seek(max(f.tell(), os.fstat(f.fileno()).st_size - FINGERPRINT_BYTES))
+        return head + f.read()
 
 
 def folder_fingerprint(root: str | Path) -> str:
     """A hash of what an image folder holds, not where it is: every image's path relative to
-    the folder and its size in bytes. Part of every run's and cache's identity
-    (`dashlib.data.data_identity`), so two folders with the same class count never share a
-    run; a folder that moves, or is copied, keeps it. Cached per process until a class
-    folder changes (an image edited in place to the same byte size is not noticed)."""
-    root = Path(root).expanduser().resolve()
+    the folder, its size in bytes and the bytes at both its ends (`_ends`). Part of every
+    run's and cache's identity (`dashlib.data.data_identity`), so two folders with the same
+    class count never share a run; a folder that moves, or is copied, keeps it. Cached per
+    process until a class folder changes (an image edited in place, to the same byte size
+    and only away from its ends, is not noticed)."""
+    root = existing_root(root)
     return _fingerprint(root, _folder_state(root))
 
 
@@ -191,12 +222,17 @@ def unreadable(path: str, err: Exception) -> ImageFolderError:
 
 
 def folder_channels(root: str | Path) -> int:
-    """1 if the first `PEEK` images are all grey, else 3."""
+    """1 if the images looked at are all grey, else 3: the first of each class (so that a
+    class of colour images among grey ones is seen) and `PEEK` spread evenly over the rest."""
     from PIL import Image, UnidentifiedImageError
 
     train, _ = split_folders(root)
     samples, _ = _samples(train)
-    for path, _ in samples[:PEEK]:
+    firsts: dict[int, int] = {}
+    for i, (_, label) in enumerate(samples):
+        firsts.setdefault(label, i)
+    spread = {round(i * (len(samples) - 1) / max(PEEK - 1, 1)) for i in range(PEEK)}
+    for path, _ in (samples[i] for i in sorted({*firsts.values(), *spread})):
         try:
             with Image.open(path) as image:
                 mode = image.mode

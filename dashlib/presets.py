@@ -165,13 +165,17 @@ def _check_student_smaller(preset: Preset) -> None:
              f"lower student.ch or student.num_res_blocks")
 
 
-def get_preset(name: str, **overrides: Any) -> Preset:
+def get_preset(name: str, /, **overrides: Any) -> Preset:
     """A registered preset, with dotted-key overrides ("train.steps": 10), fitted to its
-    data and checked (`check`)."""
+    data and checked (`check`). Its name is its identity (run folders, figures): not an
+    override."""
     try:
         preset = PRESETS.get(name)
     except UnknownNameError:
         raise ConfigError(f"unknown preset {name!r}; choose one of: {', '.join(PRESETS.names())}") from None
+    if "name" in overrides:
+        raise ConfigError(f"a preset's name cannot be overridden (name={overrides['name']!r}); "
+                          f"choose the preset with --preset, one of: {', '.join(PRESETS.names())}")
     if not overrides:
         return check(preset)
     return check(fit_to_data(override(preset, **sized_for_data(preset, overrides))))

@@ -157,7 +157,10 @@ def reproduce(preset: str = DEFAULT_PRESET, quick: bool = False, only: Sequence[
 
     if figures is not None:  # a file there would fail in the first notebook that saves a figure
         check_writable_dir(figures_dir(preset, quick, figures, overrides), "the figures folder (--figures)")
-    names = list(only) if only else list(NOTEBOOKS)
+    from dashlib.device import resolve_device
+
+    resolve_device(device)  # a bad --device fails here, not in the second notebook
+    names = list(dict.fromkeys(only)) if only else list(NOTEBOOKS)  # each once, in the order given
     unknown = [n for n in names if n not in NOTEBOOKS + EXTRA_NOTEBOOKS]
     if unknown:
         raise ReproduceError(f"unknown notebook(s) {unknown}; choose from "

@@ -86,9 +86,9 @@ def train_teacher(preset: Preset, force: bool = False, resume: bool = False,
     prepares the folder and writes files (dashlib.distributed)."""
     payload = teacher_payload(preset)
     run = teacher_run(preset)
+    dev = resolve_device(device)  # checked even when the run is reused: a typo is an error either way
     if run.finished and not force:
         return run
-    dev = resolve_device(device)
     data = load_dataset(preset.data)  # a missing dataset fails here, before anything is written
     check_batch_fits(preset.train.batch_size, data.train.x.shape[1:], dev, "train.batch_size")
     diffusion = Diffusion(preset.diffusion)

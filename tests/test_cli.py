@@ -72,3 +72,30 @@ def test_version_prints_the_package_version(capsys):
         raise AssertionError("--version must exit")
     out = capsys.readouterr().out.strip()
     assert out.startswith("dash ") and out.split()[1] == dashlib.__version__
+
+
+def test_distill_takes_its_method_from_set_and_passes_speed_options_to_every_run(capsys, monkeypatch):
+    import dashlib.distill.run as run_module
+
+    calls = []
+    def run_jobs(jobs, force=False, device="auto", workers=1, progress=True, runtime=None):
+        calls.append((jobs, runtime))
+        return []
+
+    monkeypatch.setattr(run_module, "run_jobs", run_jobs)
+    assert main(["distill", "--preset", "tiny", "--set", "distill.method=cond-only", "--seed", "1", "2",
+                 "--channels-last", "off", "--no-progress"]) == 0
+    (jobs, runtime), = calls
+    assert [(m, s) for _, m, s, _ in jobs] == [("cond-only", 1), ("cond-only", 2)]
+    assert runtime.channels_last == "off"
+
+
+def test_samples_drawn_with_other_sampler_settings_do_not_overwrite_each_other(capsys, tmp_path):
+    assert main(["train-teacher", "--preset", "tiny", "--steps", "6", "--no-progress"]) == 0
+    paths = []
+    for eta in ("0", "1"):
+        assert main(["sample", "--preset", "tiny", "--set", "train.steps=6", "--w", "3", "--n", "4",
+                     "--steps", "3", "--eta", eta, "--out", str(tmp_path)]) == 0
+        paths.append(Path(capsys.readouterr().out.strip().splitlines()[-1]))
+    assert paths[0] != paths[1] and all(p.is_file() for p in paths)
+    assert torch.load(paths[1], weights_only=True)["sampler"]["eta"] == 1.0

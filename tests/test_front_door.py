@@ -199,6 +199,75 @@ def test_two_image_folders_of_the_same_shape_never_share_a_run_but_a_moved_one_d
     assert all(x != y for x, y in zip(ids(a), first))
 
 
+def test_images_of_the_same_names_and_sizes_but_other_pixels_are_another_folder(tmp_path):
+    """Regenerated images in a fixed-size format (BMP, PPM, raw TIFF) keep every name and
+    byte size: the fingerprint reads their bytes too."""
+    from dashlib.imagefolder import folder_fingerprint
+
+    rng = np.random.default_rng(0)
+    for root in ("a", "b"):
+        for name in ("cat", "dog"):
+            (tmp_path / root / name).mkdir(parents=True)
+            for i in range(3):
+                pixels = rng.integers(0, 256, (12, 12, 3), dtype=np.uint8)
+                Image.fromarray(pixels).save(tmp_path / root / name / f"{i}.bmp")
+    sizes = {p.stat().st_size for p in tmp_path.rglob("*.bmp")}
+    assert len(sizes) == 1  # every file of the same size, in both folders
+    assert folder_fingerprint(tmp_path / "a") != folder_fingerprint(tmp_path / "b")
+
+
+@pytest.mark.parametrize("train, test", [("Train", "Test"), ("train", "valid"), ("training", "validation")])
+def test_split_folders_are_found_by_any_usual_name_in_any_case(tmp_path, train, test):
+    write_folder(tmp_path / "ds" / train, COLOURS, per_class=5)
+    write_folder(tmp_path / "ds" / test, COLOURS, per_class=2, seed=1)
+    data = load_dataset(DataConfig(name="imagefolder", data_root=str(tmp_path / "ds")))
+    assert data.class_names == ("blue", "green", "red") and (len(data.train), len(data.test)) == (15, 6)
+
+
+def test_a_class_of_colour_images_among_grey_ones_makes_the_folder_colour(tmp_path):
+    from dashlib.imagefolder import PEEK
+
+    write_folder(tmp_path / "ds", {"a_grey": (90, 90, 90)}, per_class=3 * PEEK, mode="L")
+    write_folder(tmp_path / "ds", {"b_colour": (200, 40, 40)}, per_class=3)
+    assert dataset_info(DataConfig(name="imagefolder", data_root=str(tmp_path / "ds"))).channels == 3
+
+
+def test_a_broken_link_in_a_class_folder_is_not_an_image(tmp_path):
+    root = write_folder(tmp_path / "pets", COLOURS, per_class=3)
+    (root / "red" / "gone.png").symlink_to(tmp_path / "nowhere.png")
+    data = load_dataset(DataConfig(name="imagefolder", data_root=str(root), holdout_fraction=0.34))
+    assert len(data.train) + len(data.test) == 9
+
+
+def test_a_large_holdout_leaves_every_class_an_image_to_train_on(tmp_path):
+    root = write_folder(tmp_path / "pets", {"red": (200, 0, 0)}, per_class=12)
+    write_folder(root, {"blue": (0, 0, 200)}, per_class=2)
+    data = load_dataset(DataConfig(name="imagefolder", data_root=str(root), holdout_fraction=0.9))
+    assert torch.bincount(data.train.y).tolist() == [1, 1]  # blue: 1 of 2; red: 12 - round(10.8)
+    assert torch.bincount(data.test.y).tolist() == [1, 11]
+
+
+def test_evaluating_a_run_on_other_images_is_refused_and_on_the_moved_ones_accepted(tmp_path, monkeypatch,
+                                                                                    capsys):
+    import shutil
+
+    from dashlib.cli import main
+
+    monkeypatch.setenv("DASH_RUNS", str(tmp_path / "runs"))
+    a = write_folder(tmp_path / "a", COLOURS, per_class=8)  # 2 test images a class: enough for the metrics
+    b = write_folder(tmp_path / "b", COLOURS, per_class=8, seed=1)
+    common = ["--preset", "tiny", "--set", "data.name=imagefolder", "--set", "train.steps=2",
+              "--no-progress"]
+    assert main(["train-teacher", *common, "--data-root", str(a)]) == 0
+    teacher = next((tmp_path / "runs" / "tiny").glob("teacher-*"))
+    shutil.move(a, tmp_path / "moved")
+    assert main(["evaluate", "--run", str(teacher), "--data-root", str(b), "--n", "8", "--seeds", "1",
+                 "--steps", "2", "--no-progress"]) == 2
+    assert f"the images under {b} are not those {teacher} was trained on" in capsys.readouterr().err
+    assert main(["evaluate", "--run", str(teacher), "--data-root", str(tmp_path / "moved"), "--n", "8",
+                 "--seeds", "1", "--steps", "2", "--w", "1", "--no-progress"]) == 0
+
+
 def test_image_folder_is_cached_and_reread_when_it_changes(tmp_path, monkeypatch):
     import dashlib.imagefolder as imagefolder
 
@@ -536,8 +605,8 @@ def test_reproduce_with_a_changed_budget_says_what_changed(tmp_path):
                "--figures", "figs", "--no-progress", "--threads", "1", cwd=tmp_path,
                env_runs=tmp_path / "runs")
     assert out.returncode == 0, out.stderr[-2000:]
-    readme = Path(out.stdout.strip().splitlines()[-1])
-    assert readme.parent.parent == tmp_path / "figs" and readme.parent.name.startswith("tiny-set-")
-    assert json.loads((readme.parent / "overrides.json").read_text()) == {
+    figures = Path(out.stdout.strip().splitlines()[-1])  # the folder: 00 writes no figures index
+    assert figures.parent == tmp_path / "figs" and figures.name.startswith("tiny-set-")
+    assert json.loads((figures / "overrides.json").read_text()) == {
         "preset": "tiny", "overrides": {"train.steps": 3}}
-    assert (tmp_path / "runs" / readme.parent.name / "notebooks" / "00_quickstart.ipynb").is_file()
+    assert (tmp_path / "runs" / figures.name / "notebooks" / "00_quickstart.ipynb").is_file()

@@ -19,9 +19,10 @@ from dashlib.cliargs import (
 
 def _args(p: argparse.ArgumentParser) -> None:
     add_preset(p)
-    p.add_argument("--method", default="dash",
+    p.add_argument("--method",
                    help="a method (scratch, cond-only, composite, multi-w-composite, fitnets, "
-                        "gap-match, pruning, single-head, dash) or 'all' (default: dash)")
+                        "gap-match, pruning, single-head, dash) or 'all' (default: the preset's "
+                        "distill.method, dash unless --set changes it)")
     p.add_argument("--seed", type=seed_arg, nargs="+", help="seed(s) (default: the preset's)")
     p.add_argument("--steps", type=int, help="distillation steps (default: the preset's)")
     p.add_argument("--workers", type=workers_arg, default=1,
@@ -50,17 +51,17 @@ def cmd_distill(args: argparse.Namespace) -> int:
     from dashlib.distill import METHODS, distill, distill_many
 
     preset = preset_from_args(args)
-    methods = METHODS.names() if args.method == "all" else [args.method]
+    method = args.method or preset.distill.method
+    methods = METHODS.names() if method == "all" else [method]
     seeds = args.seed or [None]
-    progress = not args.no_progress
+    progress, runtime = not args.no_progress, runtime_from_args(args)
     if len(methods) * len(seeds) == 1 and args.workers <= 1:
         runs = [distill(preset, methods[0], seeds[0], args.steps, force=args.force,
-                        resume=args.resume, device=args.device, progress=progress,
-                        runtime=runtime_from_args(args))]
+                        resume=args.resume, device=args.device, progress=progress, runtime=runtime)]
     else:
         runs = list(distill_many(preset, methods, seeds, args.steps, force=args.force,
                                  device=args.device, workers=args.workers,
-                                 progress=progress).values())
+                                 progress=progress, runtime=runtime).values())
     print(format_table([r.read_results() for r in runs]), file=sys.stderr)
     for run in runs:
         print(run.results)

@@ -48,11 +48,12 @@ def _evaluate_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--inception-weights", help="local Inception-v3 weights file (torch-fidelity's .pth)")
     p.add_argument("--download-weights", action="store_true",
                    help="allow downloading the Inception-v3 weights when they are not found locally")
-    p.add_argument("--data-root", help="where the dataset lives now (CIFAR)")
+    p.add_argument("--data-root", help="where the run's dataset lives now, if it moved (the same files)")
     p.add_argument("--workers", type=workers_arg,
                    help="worker processes (default: one per CPU core; 1 on CUDA)")
     p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
-                   help="override a preset field, e.g. --set eval.classifier_steps=300 (repeatable)")
+                   help="override an eval.* or sample.* field, e.g. --set eval.classifier_steps=300 "
+                        "(repeatable; the run fixes the rest)")
     add_runtime(p)
 
 
@@ -73,10 +74,14 @@ def _print_summary(summary: list[dict[str, Any]]) -> None:
 @command("evaluate", "sample a run and score it: FID/IS/KID/PRC (torch-fidelity) and guidance fidelity",
          _evaluate_args)
 def cmd_evaluate(args: argparse.Namespace) -> int:
-    from dashlib.evaluate import evaluate_runs, results_path, run_preset
-    from dashlib.presets import get_preset
+    from dashlib.evaluate import evaluate_runs, evaluation_settings, results_path
 
-    preset = get_preset(run_preset(args.run), **parse_set(args.overrides))
+    overrides = parse_set(args.overrides)
+    if args.data_root:
+        overrides["data.data_root"] = args.data_root
+    if isinstance(overrides.get("data.data_root"), str):  # relative to the caller, as everywhere
+        overrides["data.data_root"] = str(Path(overrides["data.data_root"]).expanduser().resolve())
+    preset, sample = evaluation_settings(args.run, overrides)
     changes = {"n_samples": args.n, "seeds": tuple(args.seeds) if args.seeds else None,
                "guidance": tuple(args.w) if args.w else None, "feature_extractor": args.extractor,
                "inception_weights": args.inception_weights,
@@ -84,8 +89,9 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     config = dataclasses.replace(preset.eval, **{k: v for k, v in changes.items() if v is not None})
     steps = tuple(args.steps) if args.steps else (config.ddim_steps,)
     report = evaluate_runs([args.run], config, steps=steps, workers=args.workers, device=args.device,
-                           progress=not args.no_progress, sample=preset.sample, data_root=args.data_root)
-    path = report.write(results_path(args.run, config, steps, preset.sample))
+                           progress=not args.no_progress, sample=sample,
+                           data_root=overrides.get("data.data_root"))
+    path = report.write(results_path(args.run, config, steps, sample))
     for clf in report.meta["classifiers"].values():
         print(f"classifier {clf['run']}: test accuracy {clf['test_accuracy']:.4f}", file=sys.stderr)
     _print_summary(report.summary)

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import argparse
 
-from dashlib.cliargs import add_preset, command, data_overrides, seed_arg, workers_arg
+from dashlib.cliargs import add_preset, check_data_root, command, data_overrides, seed_arg, workers_arg
 
 
 def _args(p: argparse.ArgumentParser) -> None:
@@ -28,10 +28,13 @@ def cmd_reproduce(args: argparse.Namespace) -> int:
     from dashlib.threads import default_threads
 
     overrides = data_overrides(args)
+    check_data_root(args.preset, overrides)
     if args.seeds:
         overrides["eval.seeds"] = list(args.seeds)
     reproduce(args.preset, quick=args.quick, only=args.only, figures=args.figures, device=args.device,
               progress=not args.no_progress, overrides=overrides,
               threads=args.threads or default_threads(), workers=args.workers)
-    print(figures_dir(args.preset, args.quick, args.figures, overrides).resolve() / "README.md")
+    figures = figures_dir(args.preset, args.quick, args.figures, overrides).resolve()
+    index = figures / "README.md"  # absent when --only ran no notebook that saves figures
+    print(index if index.is_file() else figures)
     return 0

@@ -187,19 +187,22 @@ def _worker_init() -> None:
     use_threads(1)
 
 
-def _distill_job(args: tuple[Preset, str, int | None, int | None, bool, str]) -> str:
+def _distill_job(args: tuple[Preset, str, int | None, int | None, bool, str],
+                 runtime: Runtime | None = None) -> str:
     preset, method, seed, steps, force, device = args
     return str(distill(preset, method, seed, steps, force=force, resume=True, device=device,
-                       progress=False).path)
+                       progress=False, runtime=runtime).path)
 
 
 def run_jobs(jobs: Sequence[tuple[Preset, str, int | None, int | None]], force: bool = False,
-             device: str = "auto", workers: int = 1, progress: bool = True) -> list[Run]:
+             device: str = "auto", workers: int = 1, progress: bool = True,
+             runtime: Runtime | None = None) -> list[Run]:
     """Distil each (preset, method, seed, steps), in order; with workers > 1 in
     single-threaded worker processes (on a small CPU, two 1-thread processes
     beat one 2-thread one), a lone job left to train too, so that its weights do
     not depend on which other runs were done already (the thread count changes a
-    run's rounding). Interrupted runs are resumed; finished ones reused."""
+    run's rounding). Interrupted runs are resumed; finished ones reused. Every run
+    trains with the speed options `runtime` (None: the defaults)."""
     for _, m, _, _ in jobs:
         METHODS.get(m)  # fail fast on a typo, before any training
     runs = [distill_run(*j).path for j in jobs]
@@ -215,9 +218,9 @@ def run_jobs(jobs: Sequence[tuple[Preset, str, int | None, int | None]], force: 
     todo = [(p, m, s, st, force, device) for p, m, s, st in jobs]
     pending = [j for j in todo if force or not distill_run(*j[:4]).finished]
     if workers > 1 and pending:
-        run_pool(pending, workers, device, progress)
+        run_pool(pending, workers, device, progress, runtime)
         todo = [(p, m, s, st, False, d) for p, m, s, st, _, d in todo]
-    return [distill(p, m, s, st, force=f, resume=True, device=d, progress=progress)
+    return [distill(p, m, s, st, force=f, resume=True, device=d, progress=progress, runtime=runtime)
             for p, m, s, st, f, d in todo]
 
 
@@ -238,7 +241,8 @@ def missing_targets(jobs: Sequence[tuple[Any, ...]]) -> dict[Path, list[tuple[An
     return missing
 
 
-def run_pool(jobs: Sequence[tuple[Any, ...]], workers: int, device: str, progress: bool) -> None:
+def run_pool(jobs: Sequence[tuple[Any, ...]], workers: int, device: str, progress: bool,
+             runtime: Runtime | None = None) -> None:
     """Train the (preset, method, seed, steps, force, device) jobs in `workers` spawned
     single-threaded processes, costliest first (`longest_first`).
 
@@ -258,7 +262,7 @@ def run_pool(jobs: Sequence[tuple[Any, ...]], workers: int, device: str, progres
             tqdm(total=len(jobs), desc="distill", disable=not progress) as bar:
         tables = {pool.submit(_targets_job, (r[0][0], resolve_config(*r[0][:4]), device))
                   for r in missing.values()}
-        running = tables | {pool.submit(_distill_job, j) for j in longest_first(
+        running = tables | {pool.submit(_distill_job, j, runtime) for j in longest_first(
             [j for j in jobs if j not in waiting])}
         try:
             while running:
@@ -268,7 +272,7 @@ def run_pool(jobs: Sequence[tuple[Any, ...]], workers: int, device: str, progres
                     bar.update(future not in tables)
                 if tables and all(t.done() for t in tables):
                     tables = set()
-                    running |= {pool.submit(_distill_job, j) for j in longest_first(waiting)}
+                    running |= {pool.submit(_distill_job, j, runtime) for j in longest_first(waiting)}
         except BaseException:
             pool.shutdown(cancel_futures=True)
             raise
@@ -313,10 +317,12 @@ def precompute_targets(jobs: Sequence[tuple[Preset, DistillConfig]], device: str
 
 def distill_many(preset: Preset, methods: Sequence[str], seeds: Sequence[int | None] = (None,),
                  steps: int | None = None, force: bool = False, device: str = "auto",
-                 workers: int = 1, progress: bool = True) -> dict[tuple[str, int | None], Run]:
-    """Distil every (method, seed) of one preset; returns {(method, seed): run}."""
+                 workers: int = 1, progress: bool = True,
+                 runtime: Runtime | None = None) -> dict[tuple[str, int | None], Run]:
+    """Distil every (method, seed) of one preset, with the speed options `runtime`;
+    returns {(method, seed): run}."""
     if isinstance(workers, bool) or not isinstance(workers, int) or workers < 1:
         raise ConfigError(f"workers = {workers!r} is invalid: at least 1 worker process is needed")
     keys = [(m, s) for m in methods for s in seeds]
-    runs = run_jobs([(preset, m, s, steps) for m, s in keys], force, device, workers, progress)
+    runs = run_jobs([(preset, m, s, steps) for m, s in keys], force, device, workers, progress, runtime)
     return dict(zip(keys, runs))
