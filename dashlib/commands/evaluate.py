@@ -13,7 +13,7 @@ from dashlib.cliargs import (
     add_preset,
     add_runtime,
     command,
-    parse_set,
+    data_overrides,
     preset_from_args,
     runtime_from_args,
     seed_arg,
@@ -76,11 +76,7 @@ def _print_summary(summary: list[dict[str, Any]]) -> None:
 def cmd_evaluate(args: argparse.Namespace) -> int:
     from dashlib.evaluate import evaluate_runs, evaluation_settings, results_path
 
-    overrides = parse_set(args.overrides)
-    if args.data_root:
-        overrides["data.data_root"] = args.data_root
-    if isinstance(overrides.get("data.data_root"), str):  # relative to the caller, as everywhere
-        overrides["data.data_root"] = str(Path(overrides["data.data_root"]).expanduser().resolve())
+    overrides = data_overrides(args)  # --set and --data-root, the root relative to the caller
     preset, sample = evaluation_settings(args.run, overrides)
     changes = {"n_samples": args.n, "seeds": tuple(args.seeds) if args.seeds else None,
                "guidance": tuple(args.w) if args.w else None, "feature_extractor": args.extractor,
