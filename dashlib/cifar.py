@@ -12,11 +12,14 @@ published layout works (the tests build one with random images).
 
 from __future__ import annotations
 
+import hashlib
 import pickle
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
+
+from dashlib.io import file_ends
 
 #: (module, name) pairs a CIFAR batch's pickle may reference; everything else is refused.
 ALLOWED = {("numpy.core.multiarray", "_reconstruct"), ("numpy._core.multiarray", "_reconstruct"),
@@ -31,12 +34,14 @@ class Layout:
     meta: str
     label_key: str
     names_key: str
+    num_classes: int
 
 
 LAYOUTS = {
     "cifar10": Layout("cifar-10-batches-py", tuple(f"data_batch_{i}" for i in range(1, 6)), "test_batch",
-                      "batches.meta", "labels", "label_names"),
-    "cifar100": Layout("cifar-100-python", ("train",), "test", "meta", "fine_labels", "fine_label_names"),
+                      "batches.meta", "labels", "label_names", 10),
+    "cifar100": Layout("cifar-100-python", ("train",), "test", "meta", "fine_labels", "fine_label_names",
+                       100),
 }
 
 
@@ -65,15 +70,19 @@ def read_pickle(path: Path) -> dict[str, object]:
     return {k.decode() if isinstance(k, bytes) else str(k): v for k, v in obj.items()}
 
 
-def _images_labels(batch: dict[str, object], label_key: str, path: Path) -> tuple[np.ndarray, np.ndarray]:
+def _images_labels(batch: dict[str, object], layout: Layout, path: Path) -> tuple[np.ndarray, np.ndarray]:
+    label_key, k = layout.label_key, layout.num_classes
     try:
         data = np.asarray(batch["data"], dtype=np.uint8).reshape(-1, 3, 32, 32)
-        labels = np.asarray(batch[label_key], dtype=np.int64)
-    except (KeyError, ValueError) as err:
+        labels = np.asarray(batch[label_key], dtype=np.int64).reshape(-1)
+    except (KeyError, ValueError, TypeError) as err:
         raise CifarFormatError(f"{path} lacks CIFAR's 'data' (N, 3072) uint8 array or its "
                                f"'{label_key}' list ({type(err).__name__}: {err})") from None
     if len(labels) != len(data):
         raise CifarFormatError(f"{path}: {len(data)} images but {len(labels)} labels")
+    if len(labels) and (labels.min() < 0 or labels.max() >= k):
+        raise CifarFormatError(f"{path}: labels run from {labels.min()} to {labels.max()}, outside "
+                               f"the {k} classes 0-{k - 1}")
     return data, labels
 
 
@@ -81,9 +90,27 @@ def read_split(root: Path, name: str, train: bool) -> tuple[np.ndarray, np.ndarr
     """uint8 images (N, 3, 32, 32) and int64 labels (N,) of one split."""
     layout = LAYOUTS[name]
     files = layout.train if train else (layout.test,)
-    parts = [_images_labels(read_pickle(root / layout.folder / f), layout.label_key, root / layout.folder / f)
+    parts = [_images_labels(read_pickle(root / layout.folder / f), layout, root / layout.folder / f)
              for f in files]
     return np.concatenate([p[0] for p in parts]), np.concatenate([p[1] for p in parts])
+
+
+def fingerprint(root: Path, name: str) -> str:
+    """A hash of the batch files' names, sizes and the bytes at both ends of each (as an
+    image folder's, `dashlib.imagefolder.folder_fingerprint`): any copy in the published
+    layout is read, so a re-packed or relabelled one (or `write_cifar_root`'s noise) must
+    not share runs with the real archive."""
+    layout = LAYOUTS[name]
+    digest = hashlib.sha256()
+    for f in (*layout.train, layout.test, layout.meta):
+        path = root / layout.folder / f
+        if not path.is_file():
+            if f == layout.meta:  # optional: class names default to numbers
+                continue
+            raise CifarFormatError(f"{path} is missing")
+        digest.update(f"{f}\0{path.stat().st_size}\0".encode())
+        digest.update(file_ends(str(path)))
+    return digest.hexdigest()[:16]
 
 
 def class_names(root: Path, name: str, num_classes: int) -> tuple[str, ...]:
@@ -92,7 +119,9 @@ def class_names(root: Path, name: str, num_classes: int) -> tuple[str, ...]:
     if not path.is_file():
         return tuple(str(i) for i in range(num_classes))
     names = read_pickle(path).get(layout.names_key, [])
-    return tuple(n.decode() if isinstance(n, bytes) else str(n) for n in names)  # type: ignore[union-attr]
+    if not isinstance(names, (list, tuple)) or len(names) != num_classes:  # not this layout's: numbers
+        return tuple(str(i) for i in range(num_classes))
+    return tuple(n.decode() if isinstance(n, bytes) else str(n) for n in names)
 
 
 def write_cifar_root(root: Path, name: str = "cifar10", per_batch: int = 40, seed: int = 0) -> Path:

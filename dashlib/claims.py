@@ -105,12 +105,21 @@ class SweepPart:
         return [(b, s) for b in sorted(self.budgets) for s in self.seeds]
 
 
+def rule_budgets(steps: int) -> tuple[int, ...]:
+    """0.2x, 0.5x, 1x and 2x a distillation budget (each at least 1 step)."""
+    return tuple(sorted({max(1, round(steps * f)) for f in (0.2, 0.5, 1.0, 2.0)}))
+
+
 def _rule_part(preset: str, quick: bool) -> SweepPart:
-    """Any other preset: 0.2x, 0.5x, 1x and 2x its distillation steps, seeds 0-2."""
-    steps = get_preset(preset).distill.steps
-    budgets = tuple(sorted({max(1, round(steps * f)) for f in (0.2, 0.5, 1.0, 2.0)}))
+    """Any other preset: `rule_budgets` of its distillation steps, seeds 0-2."""
+    budgets = rule_budgets(get_preset(preset).distill.steps)
     return SweepPart(preset, budgets[:2] if quick else budgets, (0, 1) if quick else (0, 1, 2),
                      CLAIM_VARIANTS)
+
+
+#: Keys the sweep sets per cell (`Variant.preset`): a --set of one would make variants alike
+#: (`distill.tirt=min-snr` turns "dash" into "dash-no-tirt") or be overwritten.
+SWEPT_KEYS = ("distill.method", "distill.seed", "distill.tirt")
 
 
 def sweep_plan(preset: str, quick: bool = False,
@@ -119,8 +128,24 @@ def sweep_plan(preset: str, quick: bool = False,
     200-2000 x seeds 0-2) and digits16
     (cond-only, DASH, DASH without TIRT at 500 and 2000); `tiny` the same shape in seconds.
     `quick` keeps the two smallest budgets and two seeds (a smoke test, not the claims);
-    `overrides` (dotted preset keys, as `--set`) apply to every part."""
+    `overrides` (dotted preset keys, as `--set`) apply to every part. A `distill.steps`
+    override sets every part's budgets to `rule_budgets` of it; a `data.image_size` one
+    keeps the first part only (the others are the plan's other resolutions)."""
+    overrides = dict(overrides or {})
+    swept = sorted(k for k in overrides if k in SWEPT_KEYS)
+    if swept:
+        raise ConfigError(f"{', '.join(swept)}: the claims sweep sets these itself for each variant, "
+                          f"seed and budget; leave them out (--budgets, --seeds and --variants choose "
+                          f"the grid)")
     parts = _plan(preset, quick)
+    if "data.image_size" in overrides:
+        parts = parts[:1]
+    if "distill.steps" in overrides:
+        steps = overrides.pop("distill.steps")
+        if isinstance(steps, bool) or not isinstance(steps, int) or steps < 1:
+            raise ConfigError(f"distill.steps = {steps!r} is invalid: the sweep's middle budget, an int >= 1")
+        budgets = rule_budgets(steps)
+        parts = [dataclasses.replace(p, budgets=budgets[:2] if quick else budgets) for p in parts]
     if overrides:
         parts = [dataclasses.replace(p, overrides={**p.overrides, **overrides}) for p in parts]
     return parts
@@ -191,7 +216,8 @@ def run_stage(part: SweepPart, budget: int, seed: int, workers: int, device: str
     jobs = [(VARIANTS.get(v).preset(base, budget, seed), VARIANTS.get(v).method, None, None)
             for v in part.variants]
     runs = run_jobs(jobs, device=device, workers=workers, progress=progress)
-    report = evaluate_runs(runs, sweep_eval(base), workers=workers, device=device, progress=progress)
+    report = evaluate_runs(runs, sweep_eval(base), workers=workers, device=device, progress=progress,
+                           sample=base.sample)
     by_run = {r["run"]: r for r in report.summary}
     clf = report_accuracy(report)
     out = {}
@@ -213,7 +239,8 @@ def teacher_record(part: SweepPart, workers: int, device: str, progress: bool) -
 
     base = part.base()
     run = train_teacher(base, device=device, progress=progress)
-    report = evaluate_runs([run], sweep_eval(base), workers=workers, device=device, progress=progress)
+    report = evaluate_runs([run], sweep_eval(base), workers=workers, device=device, progress=progress,
+                           sample=base.sample)
     s = report.summary[0]
     return {"preset": part.preset, "run": str(run.path), "fid": s.get("fid_mean"),
             "accuracy": s.get("accuracy_mean"), "steps": base.train.steps,

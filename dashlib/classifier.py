@@ -37,29 +37,34 @@ from dashlib.runs import Run, make_run, prepare
 SHIFT = 1
 
 
+#: The widest stage, in multiples of the first one's width: without a cap the width would
+#: double at every stage (19M parameters at 128x128 images, 76M at 256x256); up to 32x32
+#: images no stage reaches it.
+MAX_WIDTH_FACTOR = 8
+
+
 class Classifier(nn.Module):
     """(B, C, H, W) images in [-1, 1] -> (features (B, 4w), logits (B, K)).
 
-    Stages of two 3x3 conv-BatchNorm-ReLU blocks at widths w, 2w, 4w, ...,
-    with 2x2 max-pooling between stages until the map is 4x4 (8x8 input: 2
-    stages; 32x32: 4), then global average pooling, a ReLU layer of width 4w
-    (the features) and a linear layer to the K logits.
+    Stages of two 3x3 conv-BatchNorm-ReLU blocks at widths w, 2w, 4w, 8w, 8w, ...
+    (`MAX_WIDTH_FACTOR`), with 2x2 max-pooling between stages until the map is 4x4
+    (8x8 input: 2 stages; 32x32: 4; 128x128: 6), then global average pooling, a ReLU
+    layer of width 4w (the features) and a linear layer to the K logits.
     """
 
-    def __init__(self, in_channels: int, image_size: int, num_classes: int, width: int = 32) -> None:
+    def __init__(self, in_channels: int, image_size: int, num_classes: int, width: int = 32,
+                 max_width_factor: int | None = MAX_WIDTH_FACTOR) -> None:
         super().__init__()
         self.in_channels, self.image_size, self.num_classes = in_channels, image_size, num_classes
-        self.feature_dim = 4 * width
+        self.feature_dim, self.max_width_factor = 4 * width, max_width_factor
         layers: list[nn.Module] = []
-        c_in, c, size = in_channels, width, image_size
-        while True:
+        c_in = in_channels
+        for i, c in enumerate(stage_widths(image_size, width, max_width_factor)):
+            if i:
+                layers.append(nn.MaxPool2d(2))
             for _ in range(2):
                 layers += [nn.Conv2d(c_in, c, 3, padding=1, bias=False), nn.BatchNorm2d(c), nn.ReLU()]
                 c_in = c
-            if size <= 4 or size % 2:
-                break
-            layers.append(nn.MaxPool2d(2))
-            size, c = size // 2, 2 * c
         self.body = nn.Sequential(*layers, nn.AdaptiveAvgPool2d(1), nn.Flatten())
         self.head = nn.Sequential(nn.Linear(c_in, self.feature_dim), nn.ReLU())
         self.dropout = nn.Dropout(0.2)
@@ -72,7 +77,19 @@ class Classifier(nn.Module):
     def spec(self) -> dict[str, int]:
         """The constructor arguments, stored beside the weights."""
         return {"in_channels": self.in_channels, "image_size": self.image_size,
-                "num_classes": self.num_classes, "width": self.feature_dim // 4}
+                "num_classes": self.num_classes, "width": self.feature_dim // 4,
+                "max_width_factor": self.max_width_factor}
+
+
+def stage_widths(image_size: int, width: int, max_width_factor: int | None = MAX_WIDTH_FACTOR) -> list[int]:
+    """The width of each stage: doubling after every 2x2 pooling, which halves the map until
+    it is 4x4 (or odd), up to `max_width_factor` x `width` (None: no cap)."""
+    widths, size = [width], image_size
+    while size > 4 and size % 2 == 0:
+        size //= 2
+        widths.append(2 * widths[-1] if max_width_factor is None else
+                      min(2 * widths[-1], max_width_factor * width))
+    return widths
 
 
 def random_shift(x: Tensor, generator: torch.Generator, max_shift: int = SHIFT) -> Tensor:
@@ -103,7 +120,15 @@ def classifier_payload(data: DataConfig, config: EvalConfig) -> dict[str, Any]:
     """Everything that determines a classifier; where the data lives does not."""
     return {"kind": "classifier", "data": data_identity(to_dict(data)), "steps": config.classifier_steps,
             "width": config.classifier_width, "batch_size": config.classifier_batch_size,
-            "lr": config.classifier_lr, "seed": config.classifier_seed, "shift": SHIFT}
+            "lr": config.classifier_lr, "seed": config.classifier_seed, "shift": SHIFT,
+            # only where the cap changes the network, so that smaller images keep their runs
+            **({"max_width_factor": MAX_WIDTH_FACTOR} if capped(data.image_size, config.classifier_width)
+               else {})}
+
+
+def capped(image_size: int, width: int) -> bool:
+    """Whether `MAX_WIDTH_FACTOR` narrows a classifier for these images."""
+    return stage_widths(image_size, width) != stage_widths(image_size, width, None)
 
 
 def classifier_run(data: DataConfig, config: EvalConfig) -> Run:
@@ -166,7 +191,7 @@ def load_classifier(source: Run | str | Path, device: str | torch.device = "cpu"
     ckpt = load_checkpoint(file)
     if ckpt.get("kind") != "classifier" or "spec" not in ckpt:
         raise CheckpointError(f"{file} is not a dash classifier (train one with `dash train-classifier`)")
-    model = Classifier(**ckpt["spec"])
+    model = Classifier(**{"max_width_factor": None, **ckpt["spec"]})  # older files: no cap
     model.load_state_dict(ckpt["model"])
     return model.to(device).eval()
 

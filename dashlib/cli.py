@@ -39,7 +39,7 @@ from dashlib.train import NonFiniteLossError
 KNOWN_ERRORS: tuple[type[BaseException], ...] = (
     ConfigError, DataNotFoundError, CheckpointError, RunStateError, NonFiniteLossError,
     UnknownNameError, InceptionWeightsError, FileNotFoundError, ReproduceError, OutputPathError,
-    CorruptFileError, EvaluationError,
+    CorruptFileError, EvaluationError, PermissionError,  # its message names the file
 )
 
 

@@ -109,9 +109,13 @@ def data_overrides(args: argparse.Namespace) -> dict[str, Any]:
     return overrides
 
 
-def add_runtime(p: argparse.ArgumentParser) -> None:
+def add_runtime(p: argparse.ArgumentParser, speed: bool = True) -> None:
+    """--device and --no-progress; with `speed`, the speed options of `runtime_from_args` too
+    (only for commands that pass them on: the others would ignore them silently)."""
     p.add_argument("--device", default="auto", help="auto (CUDA if present), cpu, cuda, cuda:1, ...")
     p.add_argument("--no-progress", action="store_true", help="hide progress bars")
+    if not speed:
+        return
     p.add_argument("--compile", action="store_true", help="torch.compile the UNets (slow start)")
     p.add_argument("--channels-last", default="auto", choices=("auto", "on", "off"),
                    help="NHWC memory layout (default auto: by the measured rule table in dashlib.runtime)")
@@ -140,11 +144,12 @@ def add_training(p: argparse.ArgumentParser) -> None:
     add_force_resume(p)
 
 
-def add_force_resume(p: argparse.ArgumentParser) -> None:
+def add_force_resume(p: argparse.ArgumentParser,
+                     resume_help: str = "continue an interrupted run exactly") -> None:
     """--force (start over) and --resume (continue) contradict each other: one at most."""
     g = p.add_mutually_exclusive_group()
     g.add_argument("--force", action="store_true", help="retrain even if a finished run exists")
-    g.add_argument("--resume", action="store_true", help="continue an interrupted run exactly")
+    g.add_argument("--resume", action="store_true", help=resume_help)
 
 
 def check_data_root(preset: str, overrides: dict[str, Any]) -> None:

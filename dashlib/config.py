@@ -316,7 +316,8 @@ class DistillConfig(OptimConfig):
     Min-SNR-5 prior: TIRT without lambda_t), "uncertainty" (the principled
     EDM2 weighting, learned by the student from zero) or "auto" (the method's
     default: transfer for DASH, uniform for every baseline). `w_train` is the
-    composite/single-head training scale; `w_range` the multi-w range.
+    composite training scale (single-head students imitate the sampler's guidance,
+    `sample.*`); `w_range` the multi-w range.
     `null_rows` feeds the null label to output-level students during training.
     `method` names a `dashlib.distill.METHODS` objective, which checks the knobs it
     reads (`presets.check`); the loop's fields are `OptimConfig`'s.

@@ -23,6 +23,7 @@ from dashlib.imagefolder import (
     FolderImages,
     folder_channels,
     folder_classes,
+    folder_classes_of,
     folder_fingerprint,
     read_split,
     split_folders,
@@ -271,9 +272,26 @@ def _torchvision_loader(name: str) -> Loader:
     return load
 
 
+def _cifar_fingerprint(name: str) -> Callable[[DataConfig], str]:
+    def fingerprint(config: DataConfig) -> str:
+        from dashlib import cifar
+
+        root = Path(config.data_root).expanduser().resolve()
+        if not (root / _SOURCES[name].folder).is_dir():
+            _open_torchvision(name, config, train=True)  # downloads, or explains how to get the files
+        try:
+            return cifar.fingerprint(root, name)
+        except cifar.CifarFormatError as err:
+            raise DataNotFoundError(f"{name} under {root} is incomplete: {err}. Fetch "
+                                    f"{_SOURCES[name].url} again and extract it into {root}") from None
+
+    return fingerprint
+
+
 for _name in _SOURCES:
     DATASETS.add(_name, DatasetSource(_torchvision_loader(_name),
-                                      _fixed(_SOURCES[_name].num_classes, _SOURCES[_name].channels)))
+                                      _fixed(_SOURCES[_name].num_classes, _SOURCES[_name].channels),
+                                      _cifar_fingerprint(_name) if _name.startswith("cifar") else None))
 
 
 def _imagefolder_split(images: FolderImages) -> Split:
@@ -287,22 +305,32 @@ def load_imagefolder(config: DataConfig) -> Dataset:
     train_dir, test_dir = split_folders(config.data_root)
     channels = config.channels or folder_channels(config.data_root)
     cache = runs_root() / "data-cache"
-    train = read_split(train_dir, config.image_size, channels, cache)
+    content = folder_fingerprint(config.data_root)  # computed once per process for the run's id anyway
+    train = read_split(train_dir, config.image_size, channels, cache, content=content)
     if test_dir is None:
         train_split, test_split = stratified_split(_imagefolder_split(train).x, train.y,
                                                    config.holdout_fraction, config.split_seed)
     else:
-        test = read_split(test_dir, config.image_size, channels, cache)
-        if test.classes != train.classes:
-            raise DataNotFoundError(f"{test_dir} and {train_dir} name different classes "
-                                    f"({list(test.classes)} against {list(train.classes)})")
+        test = read_split(test_dir, config.image_size, channels, cache, content=content)
+        _same_classes(test_dir, test.classes, train_dir, train.classes)
         train_split, test_split = _imagefolder_split(train), _imagefolder_split(test)
     return Dataset("imagefolder", train_split, test_split, len(train.classes), train.classes)
 
 
 def _imagefolder_info(config: DataConfig) -> DatasetInfo:
-    return DatasetInfo(len(folder_classes(config.data_root)),
-                       config.channels or folder_channels(config.data_root))
+    """Class and channel counts from the listings (no image decoded); a test folder naming
+    other classes than the train folder is refused here, before anything trains."""
+    classes = folder_classes(config.data_root)
+    train_dir, test_dir = split_folders(config.data_root)
+    if test_dir is not None:
+        _same_classes(test_dir, folder_classes_of(test_dir), train_dir, classes)
+    return DatasetInfo(len(classes), config.channels or folder_channels(config.data_root))
+
+
+def _same_classes(test_dir: Path, test: tuple[str, ...], train_dir: Path, train: tuple[str, ...]) -> None:
+    if test != train:
+        raise DataNotFoundError(f"{test_dir} and {train_dir} name different classes "
+                                f"({list(test)} against {list(train)})")
 
 
 DATASETS.add("imagefolder", DatasetSource(load_imagefolder, _imagefolder_info,

@@ -31,6 +31,7 @@ import dataclasses
 import math
 import os
 import statistics
+import sys
 import time
 from collections import OrderedDict
 from collections.abc import Iterable, Mapping, Sequence
@@ -185,7 +186,7 @@ def run_preset(run: Run | str | Path) -> str:
 
 
 def run_spec(run: Run | str | Path, sample: SampleConfig | None = None,
-             data_root: str | None = None) -> RunSpec:
+             data_root: str | None = None, download: bool = False) -> RunSpec:
     """Resolve a finished run: its preset, data, sampler settings, size and weights digest."""
     from dashlib.presets import get_preset
 
@@ -202,6 +203,8 @@ def run_spec(run: Run | str | Path, sample: SampleConfig | None = None,
     sample = sample or (from_dict(SampleConfig, own_sample) if own_sample else preset.sample)
     if data_root is not None:
         data = dataclasses.replace(data, data_root=data_root)
+    if download:
+        data = dataclasses.replace(data, download=True)
     check_run_data(run, data)
     model = artifact.model
     return RunSpec(
@@ -213,26 +216,32 @@ def run_spec(run: Run | str | Path, sample: SampleConfig | None = None,
         T=artifact.diffusion.T)
 
 
-#: the `--set` key prefixes `dash evaluate` takes (and data.data_root: where the data is now)
+#: the `--set` key prefixes `dash evaluate` takes (and `WHERE_DATA`: where the data is now)
 EVALUATION_KEYS = ("eval.", "sample.")
+WHERE_DATA = ("data.data_root", "data.download")
 
 
 def evaluation_settings(run: Run | str | Path, overrides: Mapping[str, Any]) -> tuple[Preset, SampleConfig]:
     """(preset, sampler) to evaluate `run` with: the preset it was made with, on its own
     data (sized for its classes, so at least one sample per class) and its own sampler
     settings (a single-head student's), with `eval.*` and `sample.*` overrides and
-    `data.data_root` for data that has moved. Any other key is refused: the run fixes it."""
+    `data.data_root` and `data.download` for data that has moved or is not here yet. Any
+    other key is refused: the run fixes it.
+    The preset keeps its registered image size and models (a run trained at another size
+    may have needed model changes that only its own files hold): evaluation reads the
+    run's models and data from the run (`run_spec`), and this preset for `eval` and
+    `sample` alone."""
     from dashlib.config import override
     from dashlib.presets import get_preset
 
     run = run if isinstance(run, Run) else Run(Path(run))
     name = run_preset(run)
-    fixed = sorted(k for k in overrides if not k.startswith(EVALUATION_KEYS) and k != "data.data_root")
+    fixed = sorted(k for k in overrides if not k.startswith(EVALUATION_KEYS) and k not in WHERE_DATA)
     if fixed:
         raise ConfigError(f"{', '.join(fixed)}: the run {run.path} fixes these (evaluation takes eval.* and "
                           f"sample.* keys, and --data-root); train another run to change them")
     config = read_json_object(run.config) if run.config.is_file() else {}
-    data = {f"data.{k}": v for k, v in config.get("data", {}).items()}
+    data = {f"data.{k}": v for k, v in config.get("data", {}).items() if k != "image_size"}
     preset = get_preset(name, **{**data, **overrides})
     own = config.get("sample")
     sample_keys = {k.removeprefix("sample."): v for k, v in overrides.items() if k.startswith("sample.")}
@@ -272,8 +281,10 @@ def cells(specs: Iterable[RunSpec], guidance: Sequence[Guidance | str | float], 
     out = []
     for spec in specs:
         base = from_dict(SampleConfig, spec.sample)
-        settings = [Guidance.parse(g, base) for g in guidance]
-        out += [Cell(spec, g, s, seed, n) for g in settings for s in steps for seed in seeds]
+        # one cell per setting: "3" and "3.0", or a step count given twice, would count as seeds
+        settings = list(dict.fromkeys(Guidance.parse(g, base) for g in guidance))
+        out += [Cell(spec, g, s, seed, n) for g in settings for s in dict.fromkeys(steps)
+                for seed in dict.fromkeys(seeds)]
     return out
 
 
@@ -493,11 +504,26 @@ def prepare_spaces(specs: Sequence[RunSpec], config: EvalConfig, device: torch.d
         extractors = tuple(make_extractor(k, clf, config.inception_weights, config.download_weights)
                            for k in kinds)
         reference = reference_set(data, config.max_reference, config.reference_seed)
+        if len(reference.images) < MIN_SAMPLES:
+            raise ConfigError(f"the reference set (the train split of {data.name}) holds "
+                              f"{len(reference.images)} images; the metrics need at least {MIN_SAMPLES}: "
+                              f"add images, or hold fewer out (data.holdout_fraction)")
         test = to_uint8(load_dataset(data).test.x)
-        real = {e.kind: fidelity_metrics(test, reference, e, device, fidelity_cache_root(), config.metrics)
-                for e in extractors}
+        real = real_floor(test, reference, extractors, config, device)
         out[key] = Space(clf, extractors, reference.name, real)
     return out
+
+
+def real_floor(test: Tensor, reference: Reference, extractors: Sequence[Extractor], config: EvalConfig,
+               device: torch.device) -> dict[str, dict[str, float]]:
+    """The real test split (N, C, H, W) uint8 scored against the reference, per feature space:
+    {} (with a note) when the split is too small to score, which only loses this reference line."""
+    if len(test) < MIN_SAMPLES:
+        print(f"dash: note: the test split holds {len(test)} images, too few to score as the real-data "
+              f"floor (at least {MIN_SAMPLES}); evaluating without it", file=sys.stderr)
+        return {}
+    return {e.kind: fidelity_metrics(test, reference, e, device, fidelity_cache_root(), config.metrics)
+            for e in extractors}
 
 
 def check_request(specs: Sequence[RunSpec], config: EvalConfig, steps: Sequence[int]) -> None:
@@ -519,20 +545,22 @@ def check_request(specs: Sequence[RunSpec], config: EvalConfig, steps: Sequence[
 def evaluate_runs(runs: Sequence[Run | str | Path], config: EvalConfig,
                   steps: Sequence[int] | None = None, workers: int | None = None, device: str = "auto",
                   progress: bool = True, sample: SampleConfig | None = None,
-                  data_root: str | None = None, out: str | Path | None = None) -> EvalReport:
+                  data_root: str | None = None, out: str | Path | None = None,
+                  download: bool = False) -> EvalReport:
     """Evaluate every run at `config.guidance` x `steps` (default: `config.ddim_steps`) x `config.seeds`.
 
     `workers=None` picks `default_workers`. Each run samples with the sampler
     settings stored in its config (single-head students), else its preset's;
     `sample` replaces both (steps and guidance are still set per cell).
-    `data_root` says where the datasets live now. Rows carry every feature
+    `data_root` says where the datasets live now, `download` lets torchvision fetch
+    them there (datasets it hosts). Rows carry every feature
     space's metrics prefixed (`classifier_fid`, `inception_fid`) and the
     primary one's (`config.feature_extractor`) unprefixed (`fid`). Writes the
     report to `out` if given.
     """
     start = time.perf_counter()
     dev = resolve_device(device)
-    specs = [run_spec(r, sample, data_root) for r in runs]
+    specs = [run_spec(r, sample, data_root, download) for r in runs]
     steps = tuple(steps) if steps is not None else (config.ddim_steps,)
     check_request(specs, config, steps)
     size = max(int(s.data["image_size"]) for s in specs)  # one channel: a lower bound of what sampling needs

@@ -31,7 +31,6 @@ repeated to three (the classifier reads one back).
 
 from __future__ import annotations
 
-import hashlib
 import io
 import sys
 import time
@@ -57,7 +56,7 @@ from dashlib.config import IMAGE_METRICS, ConfigError, DataConfig, to_dict
 from dashlib.data import balanced_subset, data_identity, load_dataset, to_uint8
 from dashlib.images import save_png
 from dashlib.inception import inception_weights_path, load_inception_state
-from dashlib.io import UnreadableCheckpointError, atomic_torch_save, load_checkpoint
+from dashlib.io import UnreadableCheckpointError, atomic_torch_save, file_digest, load_checkpoint
 from dashlib.registry import Registry
 from dashlib.runs import Run, config_hash, runs_root
 
@@ -198,15 +197,6 @@ class Extractor:
     digest: str | None = None
 
 
-def file_digest(path: str | Path, length: int = 16) -> str:
-    """A short sha256 of a file's content (weights files identify caches by it)."""
-    digest = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()[:length]
-
-
 ExtractorFactory = Callable[[Run, "str | None", bool], Extractor]
 #: feature_extractor name -> factory(classifier run, inception weights path, allow download).
 EXTRACTORS: Registry[ExtractorFactory] = Registry("feature extractor")
@@ -265,8 +255,10 @@ def fidelity_cache_root() -> Path:
 def kid_subsets(n: int) -> int:
     """100 subsets of 1000 (the standard) when N > 1000; 10 otherwise.
 
-    With N <= 1000 every subset of the generated set is the whole set, so more
-    subsets only resample the reference; each costs three N x N cubic kernels
+    Subsets hold min(1000, N, N_ref) images. With N <= 1000 and a reference at least as
+    large, every subset of the generated set is the whole set, so more subsets only
+    resample the reference (with a smaller reference they draw N_ref of the N
+    generated images each, and KID is noisier); each costs three N x N cubic kernels
     (~30 ms at N = 500 on one CPU thread), which 100 times would dominate.
     """
     return 100 if n > KID_SUBSET_SIZE else 10

@@ -70,10 +70,12 @@ def sample_to_files(preset: Preset, run: str | Path | None, guidance: Guidance |
     check_batch_fits(n, shape, dev, "--n")
     labels = balanced_labels(n, k)
     samples = generate(artifact, config, labels, seed, dev, runtime, chosen)
-    tag = chosen.label if chosen.constant is None else f"w{chosen.constant:g}"
+    tag = chosen.label if chosen.constant is None else f"w{chosen.label}"
     # the settings the name does not spell out (eta, TAG's w range, spacing, ...) hashed into
-    # it, so that samples drawn with other settings never overwrite these
-    settings = {**to_dict(config), "guidance": tag, "batch_size": None}
+    # it, so that samples drawn with other settings never overwrite these; the batch size
+    # only where it changes the samples (eta > 0 draws each step's noise chunk by chunk)
+    settings = {**to_dict(chosen.in_config(config)),
+                "batch_size": config.batch_size if config.eta > 0 else None}
     stem = f"samples-{tag}-steps{config.steps}-n{n}-seed{seed}-{config_hash(settings)[:6]}"
     png, tensor = folder / f"{stem}.png", folder / f"{stem}.pt"
     if is_main():  # under torchrun rank 0 writes, the others wait for the files

@@ -38,6 +38,8 @@ import torch
 from torch import Tensor
 from tqdm import tqdm
 
+from dashlib.io import file_ends
+
 if TYPE_CHECKING:
     import PIL.Image
 
@@ -48,13 +50,14 @@ DEEP_GREY_SCALE: dict[str, float | None] = {"I": 65535.0, "I;16": 65535.0, "I;16
                                             "I;16L": 65535.0, "I;16N": 65535.0, "F": None}
 #: names of a folder's own split folders, matched in any case ("Train", "VAL", ...)
 TRAIN_FOLDERS = ("train", "training")
-TEST_FOLDERS = ("test", "val", "valid", "validation")
-#: bytes hashed from each end of an image file for the folder's fingerprint
-FINGERPRINT_BYTES = 4096
+TEST_FOLDERS = ("test", "testing", "val", "valid", "validation")
 #: JPEGs are decoded (PIL draft mode) at no less than this multiple of the target size
 DRAFT_FACTOR = 2
 #: part of the decode cache's key: bumped when decoding changes, so old caches are not reused
 DECODE_VERSION = 3
+#: entries (files and folders) the class folders of one split may hold: far more than any image
+#: dataset's (ImageNet's training split: 1.3 million), far fewer than a system folder's
+MAX_ENTRIES = 10_000_000
 #: the EXIF tag of a photo's orientation (1: upright; 2-8: mirrored and/or turned)
 EXIF_ORIENTATION = 0x0112
 #: images per decoding task (`decode_all`): enough that the pool's overhead per task is small
@@ -87,17 +90,40 @@ def existing_root(root: str | Path) -> Path:
 
 def split_folders(root: str | Path) -> tuple[Path, Path | None]:
     """(train folder, test folder or None): DIR/train + DIR/test (`TRAIN_FOLDERS`,
-    `TEST_FOLDERS`, any case) if DIR holds both, (DIR/train, None) if a train folder is
-    DIR's only folder, else (DIR, None)."""
+    `TEST_FOLDERS`, any case; of several test folders the first in that order, so test/
+    over val/) if DIR holds both, (DIR/train, None) if a train folder is DIR's only
+    folder, else (DIR, None) when no folder is a split: one of those names holding
+    sub-folders and no images (`_holds_classes`; a "train" folder of images is a class). Any
+    other layout with a split folder is an error: read as classes, every image would be
+    labelled with its split's name."""
     root = existing_root(root)
     folders = sorted(e.name for e in os.scandir(root) if e.is_dir() and not skipped(e.name))
-    train = next((f for f in folders if f.lower() in TRAIN_FOLDERS), None)
-    test = next((f for f in folders if f.lower() in TEST_FOLDERS), None)
-    if train is not None and test is not None:
-        return root / train, root / test
-    if train is not None and len(folders) == 1:  # a train split alone: its classes, with a held-out part
-        return root / train, None
+    # a folder of a split's name that holds images is a class ("train" is one of CIFAR-100's)
+    train = [f for f in folders if f.lower() in TRAIN_FOLDERS and _holds_classes(root / f)]
+    test = [f for f in folders if f.lower() in TEST_FOLDERS and _holds_classes(root / f)]
+    if len(train) == 1 and test:
+        return root / train[0], root / min(test, key=lambda f: TEST_FOLDERS.index(f.lower()))
+    if len(train) == 1 and len(folders) == 1:  # a train split alone: its classes, with a held-out part
+        return root / train[0], None
+    if train or test:
+        others = [f for f in folders if f not in train + test]
+        raise ImageFolderError(
+            f"{root} holds the split folder(s) {', '.join(train + test)} "
+            f"{'beside ' + ', '.join(others) if others else 'without one train folder'}; "
+            f"lay it out as DIR/<class>/<images>, "
+            f"or as one train folder ({', '.join(TRAIN_FOLDERS)}) of DIR/<train>/<class>/<images>, "
+            f"alone or with a test folder ({', '.join(TEST_FOLDERS)}) laid out alike")
     return root, None
+
+
+def _holds_classes(folder: Path) -> bool:
+    """Whether a folder looks like a split (sub-folders, no images of its own) rather
+    than a class (images)."""
+    from torchvision.datasets.folder import IMG_EXTENSIONS
+
+    entries = [e for e in os.scandir(folder) if not skipped(e.name)]
+    return any(_is_dir(e) for e in entries) and not any(
+        e.name.lower().endswith(IMG_EXTENSIONS) for e in entries if not _is_dir(e))
 
 
 def skipped(name: str) -> bool:
@@ -134,8 +160,48 @@ def _samples(folder: Path) -> tuple[tuple[tuple[str, int], ...], tuple[str, ...]
     return _listed(folder, _dir_state(folder))
 
 
+def check_tree(folder: Path, limit: int | None = None) -> None:
+    """Refuse, before torchvision's listing walks them (following symbolic links), class
+    folders that hold a symbolic-link loop, which it would follow level after level listing
+    the same images each time, or more than `limit` (`MAX_ENTRIES`) entries, which means the
+    folder is not a dataset (say --data-root / or a home folder) and would take long to list."""
+    limit = MAX_ENTRIES if limit is None else limit
+    count = 0
+    # (folder, the (device, inode) of every folder above it): a loop meets one of its own
+    stack = [(e.path, frozenset()) for e in sorted(os.scandir(folder), key=lambda e: e.name, reverse=True)
+             if not skipped(e.name) and _is_dir(e)]
+    while stack:
+        directory, above = stack.pop()
+        try:
+            info = os.stat(directory)
+            entries = list(os.scandir(directory))
+        except OSError:  # unreadable: torchvision's walk skips it too
+            continue
+        key = (info.st_dev, info.st_ino)
+        if key in above:
+            raise ImageFolderError(
+                f"{directory} links to a folder that contains it (a symbolic-link loop, which the "
+                f"listing would follow level after level); remove that link, or pass --data-root "
+                f"the folder that holds one sub-folder of images per class")
+        count += len(entries)
+        if count > limit:
+            raise ImageFolderError(
+                f"the class folders of {folder} hold more than {limit:,} files and folders: is it the "
+                f"image folder? Pass --data-root DIR with one sub-folder of images per class, e.g. "
+                f"DIR/cat/*.png, DIR/dog/*.png")
+        stack.extend((e.path, above | {key}) for e in reversed(entries) if _is_dir(e))
+
+
+def _is_dir(entry: os.DirEntry) -> bool:
+    try:
+        return entry.is_dir()  # follows symbolic links, as torchvision's walk does
+    except OSError:
+        return False
+
+
 @functools.lru_cache(maxsize=16)
 def _listed(folder: Path, state: tuple) -> tuple[tuple[tuple[str, int], ...], tuple[str, ...]]:
+    check_tree(folder)
     try:
         listing = _listing(folder)
     except (FileNotFoundError, RuntimeError) as err:
@@ -189,25 +255,13 @@ def _fingerprint(root: Path, state: tuple) -> str:
     for folder in (train, test) if test is not None else (train,):
         for path, _ in _samples(folder)[0]:
             digest.update(f"{Path(path).relative_to(root).as_posix()}\0{os.stat(path).st_size}\0".encode())
-            digest.update(_ends(path))
+            digest.update(file_ends(path))
     return digest.hexdigest()[:16]
-
-
-def _ends(path: str) -> bytes:
-    """The first and last `FINGERPRINT_BYTES` of a file (all of a smaller one): where two
-    images of one name and size differ (a PNG's or JPEG's compressed pixels run to its end,
-    a BMP's rows fill it), read in a few microseconds however large the file."""
-    with open(path, "rb") as f:
-        head = f.read(FINGERPRINT_BYTES)
-        if len(head) < FINGERPRINT_BYTES:
-            return head
-        f.seek(max(f.tell(), os.fstat(f.fileno()).st_size - FINGERPRINT_BYTES))
-        return head + f.read()
 
 
 def folder_fingerprint(root: str | Path) -> str:
     """A hash of what an image folder holds, not where it is: every image's path relative to
-    the folder, its size in bytes and the bytes at both its ends (`_ends`). Part of every
+    the folder, its size in bytes and the bytes at both its ends (`file_ends`). Part of every
     run's and cache's identity (`dashlib.data.data_identity`), so two folders with the same
     class count never share a run; a folder that moves, or is copied, keeps it. Cached per
     process until a class folder changes (an image edited in place, to the same byte size
@@ -244,8 +298,14 @@ def folder_channels(root: str | Path) -> int:
 
 
 def folder_classes(root: str | Path) -> tuple[str, ...]:
+    """The class names of the image folder's train split."""
     train, _ = split_folders(root)
-    return _samples(train)[1]
+    return folder_classes_of(train)
+
+
+def folder_classes_of(split: Path) -> tuple[str, ...]:
+    """The class names of one split folder (listed, not decoded)."""
+    return _samples(split)[1]
 
 
 def eight_bit(image: PIL.Image.Image) -> PIL.Image.Image:
@@ -331,8 +391,11 @@ def decode_all(paths: list[str], size: int, channels: int,
         return collect(pool.map(decode_chunk, chunks))
 
 
-def _cache_key(samples: tuple[tuple[str, int], ...], size: int, channels: int) -> str:
-    digest = hashlib.sha256(f"{DECODE_VERSION}:{size}:{channels}".encode())
+def _cache_key(samples: tuple[tuple[str, int], ...], size: int, channels: int, content: str = "") -> str:
+    """Names, labels, sizes and modification times of the files, and `content` (the folder's
+    fingerprint, which reads the bytes at each file's ends: a copy that keeps times, `cp -p`
+    or an archive's, of other images of the same sizes changes it)."""
+    digest = hashlib.sha256(f"{DECODE_VERSION}:{size}:{channels}:{content}".encode())
     for path, label in samples:
         stat = Path(path).stat()
         digest.update(f"{path}\0{label}\0{stat.st_size}\0{stat.st_mtime_ns}\n".encode())
@@ -354,12 +417,14 @@ def _read_cache(path: Path) -> FolderImages | None:
 
 
 def read_split(folder: Path, size: int, channels: int, cache_dir: Path | None,
-               progress: bool = True) -> FolderImages:
-    """Every image of one split folder, decoded (or read from the cache)."""
+               progress: bool = True, content: str = "") -> FolderImages:
+    """Every image of one split folder, decoded (or read from the cache, keyed by `_cache_key`
+    with `content`, the image folder's `folder_fingerprint`)."""
     from dashlib.io import atomic_torch_save
 
     samples, classes = _samples(folder)
-    cache = cache_dir / f"imagefolder-{_cache_key(samples, size, channels)}.pt" if cache_dir else None
+    cache = (cache_dir / f"imagefolder-{_cache_key(samples, size, channels, content)}.pt"
+             if cache_dir else None)
     saved = _read_cache(cache) if cache is not None and cache.is_file() else None
     if saved is not None:
         return saved

@@ -9,6 +9,8 @@ that would run code when unpickled is refused.
 
 from __future__ import annotations
 
+import functools
+import hashlib
 import io
 import json
 import math
@@ -220,3 +222,36 @@ def runs_root() -> Path:
         raise OutputPathError(f"the runs folder {root} (DASH_RUNS) is a file, not a folder; "
                               f"point DASH_RUNS at a folder")
     return root
+
+
+def file_digest(path: str | Path, length: int = 16) -> str:
+    """A short sha256 of a file's content (weights files identify caches by it); read once
+    per process while the file's size and modification time stay the same."""
+    info = os.stat(path)
+    return _digest(str(Path(path).resolve()), info.st_size, info.st_mtime_ns)[:length]
+
+
+@functools.lru_cache(maxsize=64)
+def _digest(path: str, size: int, mtime_ns: int) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+#: bytes read from each end of a file for a content fingerprint (`file_ends`)
+FINGERPRINT_BYTES = 4096
+
+
+def file_ends(path: str | Path) -> bytes:
+    """The first and last `FINGERPRINT_BYTES` of a file (all of a smaller one): where two
+    files of one name and size differ (a PNG's or JPEG's compressed pixels run to its end,
+    a BMP's rows or a CIFAR batch's arrays fill it), read in a few microseconds however
+    large the file. Image folders and CIFAR copies are fingerprinted by it."""
+    with open(path, "rb") as f:
+        head = f.read(FINGERPRINT_BYTES)
+        if len(head) < FINGERPRINT_BYTES:
+            return head
+        f.seek(max(f.tell(), os.fstat(f.fileno()).st_size - FINGERPRINT_BYTES))
+        return head + f.read()

@@ -105,8 +105,9 @@ def compression_widths(p: Preset) -> tuple[int, ...]:
 
 def quick_changes(p: Preset) -> dict[str, Any]:
     """The --quick budget of any preset, by rule: a fraction of its training steps and
-    samples, its first evaluation seed, the ends of its step sweep, its table guidance
-    settings as the guidance sweep, and one compression width."""
+    samples, its first evaluation seed, the first and middle entries of its step sweep
+    (digits: 10 and 50 of 10-100), its table guidance settings as the guidance sweep,
+    and one compression width."""
     def steps(n: int, fraction: float) -> int:
         return max(min(n, QUICK_MIN_STEPS), round(n * fraction))
 
@@ -168,8 +169,17 @@ def budget(preset: str | Preset, quick: bool = False, workers: int = 2, device: 
         raise ConfigError(f"unknown budget setting(s) {sorted(unknown)}: preset keys are dotted "
                           f"(e.g. train.steps); budget keys are {sorted(fields)}")
     p = check(fit_to_data(override(base, **sized_for_data(base, dotted))) if dotted else base)
-    return Budget(preset=p, quick=quick, methods=tuple(knobs.pop("methods", METHODS.names())),
-                  widths=tuple(knobs.pop("widths")), workers=workers, device=device, **knobs)
+    return Budget(preset=p, quick=quick, methods=_listed("methods", knobs.pop("methods", METHODS.names())),
+                  widths=_listed("widths", knobs.pop("widths")), workers=workers, device=device, **knobs)
+
+
+def _listed(name: str, value: Any) -> tuple[Any, ...]:
+    """A budget list as given (`--set methods=["dash"]`), or one bare value (`widths=8`,
+    `methods=dash`) as a list of one; never empty."""
+    items = tuple(value) if isinstance(value, (list, tuple)) else (value,)
+    if not items:
+        raise ConfigError(f"budget {name} = {value!r} is invalid: give at least one")
+    return items
 
 
 def teacher(b: Budget, progress: bool = True) -> Artifact:
@@ -239,8 +249,10 @@ def evaluate(b: Budget, runs: dict[str, Run], guidance: tuple[str, ...] | None =
 
     config = b.preset.eval if guidance is None else dataclasses.replace(b.preset.eval,
                                                                         guidance=tuple(guidance))
+    # the budget's sampler (with its --set sample.* changes): a run stores none but a single-head
+    # student's, which it was trained with from this same preset
     report = evaluate_runs(list(runs.values()), config, steps=steps, workers=b.workers,
-                           device=b.device, progress=progress)
+                           device=b.device, progress=progress, sample=b.preset.sample)
     names = {str(r.path): name for name, r in runs.items()}
     for row in report.rows + report.summary:
         row["method"] = names.get(row["run"], row["method"])

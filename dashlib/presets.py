@@ -178,41 +178,63 @@ def get_preset(name: str, /, **overrides: Any) -> Preset:
                           f"choose the preset with --preset, one of: {', '.join(PRESETS.names())}")
     if not overrides:
         return check(preset)
-    return check(fit_to_data(override(preset, **sized_for_data(preset, overrides))))
+    fitted = check(fit_to_data(override(preset, **sized_for_data(preset, overrides))))
+    check_fitted(fitted, overrides)
+    return fitted
 
 
-def resized(config: ModelConfig, size: int, name: str) -> ModelConfig:
+def check_fitted(fitted: Preset, overrides: Mapping[str, Any]) -> None:
+    """Refuse overrides that `fit_to_data` had to replace: the data decide them."""
+    asked = overrides.get("eval.n_samples")
+    if asked is not None and fitted.eval.n_samples != asked:  # raised to one sample per class
+        raise ConfigError(f"eval.n_samples = {asked} is too small: samples are balanced over the "
+                          f"{fitted.teacher.num_classes} classes; ask for at least {fitted.eval.n_samples}")
+    for model in ("teacher", "student"):
+        for field, how in (("num_classes", "the dataset's class count"),
+                           ("in_channels", "the data's channels; --set data.channels=1|3 converts "
+                                           "the images")):
+            key, value = f"{model}.{field}", getattr(getattr(fitted, model), field)
+            if key in overrides and overrides[key] != value:
+                raise ConfigError(f"{key} = {overrides[key]!r} does not match the data ({value}): it "
+                                  f"follows {how}")
+
+
+def resized(config: ModelConfig, size: int, name: str,
+            ch_mult: tuple[int, ...] | None = None) -> ModelConfig:
     """The same UNet for size x size images: attention stays at the same depths
-    (digits' attention at 4 of 8 becomes 16 of 32). `name` is the model's, for the error."""
-    down = 2 ** (len(config.ch_mult) - 1)
+    (digits' attention at 4 of 8 becomes 16 of 32). `ch_mult` (default: the model's)
+    gives the levels the new size must halve through; `name` is the model's, for the error."""
+    ch_mult = tuple(ch_mult or config.ch_mult)
+    down = 2 ** (len(ch_mult) - 1)
     if size % down:
         fits = sorted({max(down, size // down * down), (size // down + 1) * down})
-        raise ConfigError(f"data.image_size = {size} does not fit the {name}'s {len(config.ch_mult)} "
-                          f"resolution levels (ch_mult {config.ch_mult}): it must be divisible by {down}, "
+        raise ConfigError(f"data.image_size = {size} does not fit the {name}'s {len(ch_mult)} "
+                          f"resolution levels (ch_mult {ch_mult}): it must be divisible by {down}, "
                           f"e.g. {' or '.join(map(str, fits))}; or set {name}.ch_mult too")
     depths = [round(math.log2(config.image_size / r)) for r in config.attn_resolutions]
-    return dataclasses.replace(config, image_size=size, attn_resolutions=tuple(size // 2**d for d in depths))
+    return dataclasses.replace(config, image_size=size, ch_mult=ch_mult,
+                               attn_resolutions=tuple(size // 2**d for d in depths))
 
 
 def sized_for_data(preset: Preset, overrides: Mapping[str, Any]) -> dict[str, Any]:
     """`overrides` plus, when they change `data.image_size` but not a model's
-    `image_size`, that model `resized` to it (its other overrides applied first; an
-    explicit `attn_resolutions` is kept). So `--set data.image_size=32` is all it
+    `image_size`, that model `resized` to it (attention at the preset model's depths,
+    unless `attn_resolutions` is given; levels from the overrides' `ch_mult` if given,
+    checked at the new size, not the old). So `--set data.image_size=32` is all it
     takes to run a preset's models on larger images."""
     out = dict(overrides)
     size = out.get("data.image_size")
     if not isinstance(size, int) or isinstance(size, bool) or size < 1:
         return out  # absent, or invalid: DataConfig's own check names it
     for model in ("teacher", "student"):
-        if f"{model}.image_size" in out:
+        config = getattr(preset, model)
+        if f"{model}.image_size" in out or config.image_size == size:
             continue
-        own = {k.partition(".")[2]: v for k, v in out.items()
-               if k.startswith(f"{model}.") and k != f"{model}.attn_resolutions"}  # for the new size
-        config = override(getattr(preset, model), **own)
-        if config.image_size != size:
-            fitted = resized(config, size, model)
-            out[f"{model}.image_size"] = size
-            out.setdefault(f"{model}.attn_resolutions", fitted.attn_resolutions)
+        ch_mult = out.get(f"{model}.ch_mult")
+        valid = isinstance(ch_mult, (list, tuple)) and ch_mult and all(isinstance(c, int) for c in ch_mult)
+        fitted = resized(config, size, model, tuple(ch_mult) if valid else None)
+        out[f"{model}.image_size"] = size
+        out.setdefault(f"{model}.attn_resolutions", fitted.attn_resolutions)
     return out
 
 

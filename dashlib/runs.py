@@ -102,6 +102,19 @@ def _unstarted(run: Run) -> bool:
     return names <= {run.config.name, run.log.name}
 
 
+def portable(payload: Any) -> Any:
+    """`payload` with the location fields of any nested "data" dict left out (what a
+    checkpoint's stored config is compared by on resume: the run folder, found by
+    `identity`, already vouches for the data's content wherever it lives now)."""
+    if not isinstance(payload, Mapping):
+        return payload
+    from dashlib.data import LOCATION_FIELDS
+
+    return {key: ({k: v for k, v in value.items() if k not in LOCATION_FIELDS}
+                  if key == "data" and isinstance(value, Mapping) else portable(value))
+            for key, value in payload.items()}
+
+
 def identity(payload: Any) -> Any:
     """`payload` with any nested "data" dict replaced by its `dashlib.data.data_identity`
     (no location fields; an image folder's content fingerprint), so a run is found again

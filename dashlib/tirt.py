@@ -30,6 +30,7 @@ whether it runs distributed.
 from __future__ import annotations
 
 import math
+from collections.abc import Mapping
 from typing import Protocol
 
 import torch
@@ -97,6 +98,13 @@ class TimestepWeighting(nn.Module):
         normalised `over` the batch, the final mean is over local rows (DDP averages
         the equal shares' gradients)."""
         return (self.weights(t, over) * loss).mean()
+
+    def reduce_terms(self, t: Tensor, terms: Mapping[str, Tensor], coef: Mapping[str, float],
+                     over: BatchReduce = LOCAL_ROWS) -> Tensor:
+        """The objective of a weighted sum of per-sample loss terms (each (B,)),
+        sum_k coef_k * terms_k. `reduce` is linear in the loss here, so each term is
+        reduced on its own (the order distillation runs have always summed in)."""
+        return sum(coef[k] * self.reduce(t, v, over) for k, v in terms.items() if coef[k])
 
     def freeze(self) -> TimestepWeighting:
         self.table.requires_grad_(False)
@@ -178,6 +186,14 @@ class UncertaintyWeighting(TimestepWeighting):
             return super().reduce(t, loss, over)
         u = self.table[t]
         return (self.base[t] * loss * torch.exp(-u) + u).mean()
+
+    def reduce_terms(self, t: Tensor, terms: Mapping[str, Tensor], coef: Mapping[str, float],
+                     over: BatchReduce = LOCAL_ROWS) -> Tensor:
+        """Reduced once, on the weighted sum: `reduce` is not linear while u_t learns (its
+        + u_t term), and reducing each term would add sum_k coef_k * u_t instead of u_t."""
+        if self.frozen:
+            return super().reduce_terms(t, terms, coef, over)
+        return self.reduce(t, sum(coef[k] * v for k, v in terms.items() if coef[k]), over)
 
 
 @WEIGHTINGS.register("min-snr")

@@ -19,6 +19,7 @@ import sys
 import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import torch
@@ -42,7 +43,7 @@ from dashlib.distributed import (
 )
 from dashlib.ema import EMA
 from dashlib.io import atomic_torch_save, check_config_match, load_checkpoint
-from dashlib.runs import Run, remove_stale_temps, removed_if_unstarted
+from dashlib.runs import Run, portable, remove_stale_temps, removed_if_unstarted
 from dashlib.runtime import (
     PRECISIONS,
     Runtime,
@@ -136,6 +137,12 @@ def match_param_layout(optimizer: torch.optim.Optimizer) -> None:
         for key, value in state.items():
             if torch.is_tensor(value) and value.shape == param.shape and value.stride() != param.stride():
                 state[key] = torch.empty_like(param, dtype=value.dtype).copy_(value)
+
+
+def last_record(log: Path) -> dict[str, float]:
+    """The last line of a run's log.jsonl ({} if there is none)."""
+    lines = log.read_text().splitlines() if log.is_file() else []
+    return json.loads(lines[-1]) if lines and lines[-1].strip() else {}
 
 
 class Trainer:
@@ -248,7 +255,7 @@ class Trainer:
 
     def load_checkpoint(self) -> None:
         ckpt = load_checkpoint(self.run.checkpoint)
-        check_config_match(self.run.checkpoint, ckpt["config"], self.payload)
+        check_config_match(self.run.checkpoint, portable(ckpt["config"]), portable(self.payload))
         self.resume_precision(ckpt.get("precision"))  # may change the layout: before the states
         self.objective.load_state_dict(ckpt["objective"])
         self.optimizer.load_state_dict(ckpt["optimizer"])
@@ -318,7 +325,9 @@ class Trainer:
                         log.flush()
                 if self.step % self.loop.ckpt_every == 0 or self.step == self.loop.steps:
                     self.save_checkpoint()
-        return record
+        # resumed from the last step's checkpoint (stopped before the final files): no step
+        # ran, so the last logged record is the run's last
+        return record or last_record(self.run.log)
 
     def _record(self, logs: Mapping[str, Tensor], start: float) -> dict[str, float]:
         record = {"step": self.step, "lr": self.optimizer.param_groups[0]["lr"],

@@ -152,3 +152,51 @@ def test_readme_block_is_replaced_between_its_markers():
     assert "| C2: DASH beats scratch (FID) | holds (+1.000 vs 0.014) |" in out
     assert "**partial**" in out and "p 20 steps: 1 cells" in out
     assert claims_report.fill_readme(out, state) == out  # idempotent
+
+
+def test_a_distillation_budget_set_by_hand_is_swept_around_at_every_preset():
+    for preset in ("digits16", "tiny", "digits"):
+        parts = claims.sweep_plan(preset, overrides={"distill.steps": 10})
+        assert all(p.budgets == (2, 5, 10, 20) for p in parts), preset
+        assert all("distill.steps" not in p.overrides for p in parts)
+    (quick,) = claims.sweep_plan("digits16", quick=True, overrides={"distill.steps": 10})
+    assert quick.budgets == (2, 5) and quick.seeds == (0, 1)
+    with pytest.raises(ConfigError, match="distill.steps = 0"):
+        claims.sweep_plan("tiny", overrides={"distill.steps": 0})
+
+
+def test_keys_the_sweep_sets_per_variant_are_refused_and_a_new_size_is_one_part():
+    changed = {f"distill.{k}" for v in claims.VARIANTS for k in claims.VARIANTS.get(v).changes}
+    assert changed <= set(claims.SWEPT_KEYS)
+    with pytest.raises(ConfigError, match="distill.tirt: the claims sweep sets these itself"):
+        claims.sweep_plan("digits", overrides={"distill.tirt": "min-snr"})
+    (only,) = claims.sweep_plan("digits", overrides={"data.image_size": 16})
+    assert only.preset == "digits" and only.base().teacher.image_size == 16
+
+
+def test_the_sweep_evaluates_with_the_sampler_its_overrides_set(monkeypatch):
+    from dashlib import evaluate
+
+    seen = []
+
+    class Report:
+        summary = [{"fid_mean": 1.0, "accuracy_mean": 0.5}]
+
+    def fake_evaluate_runs(runs, config, **kwargs):
+        seen.append(kwargs.get("sample"))
+        return Report()
+
+    monkeypatch.setattr(evaluate, "evaluate_runs", fake_evaluate_runs)
+    monkeypatch.setattr(claims, "report_accuracy", lambda report: 0.9)
+    monkeypatch.setattr("dashlib.teacher.train_teacher", lambda base, **kw: _FakeRun())
+    (part,) = claims.sweep_plan("tiny", overrides={"sample.eta": 1.0})
+    claims.teacher_record(part, workers=1, device="cpu", progress=False)
+    assert seen[0] is not None and seen[0].eta == 1.0
+
+
+class _FakeRun:
+    path = "teacher"
+
+    @staticmethod
+    def read_results():
+        return {"wall_time_s": 1.0}

@@ -1,3 +1,4 @@
+import dataclasses
 import os
 import time
 
@@ -68,3 +69,32 @@ def test_random_shift_moves_pixels_but_keeps_shape():
     assert all(s.shape == x.shape for s in shifted)
     assert any(not torch.equal(s, x) for s in shifted)
     assert torch.equal(random_shift(x, g, max_shift=0), x)
+
+
+def test_the_classifier_stops_widening_at_the_cap_and_reads_older_files(tmp_path):
+    from dashlib.classifier import MAX_WIDTH_FACTOR, capped, stage_widths
+
+    assert stage_widths(8, 32) == [32, 64] and stage_widths(32, 32) == [32, 64, 128, 256]
+    assert max(stage_widths(256, 32)) == MAX_WIDTH_FACTOR * 32 and len(stage_widths(256, 32)) == 7
+    assert not capped(32, 32) and capped(64, 32)
+    big = Classifier(3, 128, 5)
+    assert sum(p.numel() for p in big.parameters()) < 5_000_000  # 19M without the cap
+    features, logits = big(torch.zeros(2, 3, 128, 128))
+    assert features.shape == (2, 128) and logits.shape == (2, 5)
+    # a file written before the cap (no max_width_factor in its spec) loads uncapped
+    old = Classifier(1, 64, 3, width=4, max_width_factor=None)
+    spec = {k: v for k, v in old.spec().items() if k != "max_width_factor"}
+    torch.save({"kind": "classifier", "spec": spec, "model": old.state_dict()}, tmp_path / "old.pt")
+    loaded = load_classifier(tmp_path / "old.pt")
+    assert loaded.max_width_factor is None
+    x = torch.rand(2, 1, 64, 64) * 2 - 1
+    assert torch.equal(loaded(x)[1], old.eval()(x)[1])
+
+
+def test_classifier_runs_of_images_the_cap_does_not_touch_keep_their_identity():
+    from dashlib.classifier import classifier_payload
+
+    p = get_preset("digits")
+    assert "max_width_factor" not in classifier_payload(p.data, p.eval)
+    big = dataclasses.replace(p.data, image_size=64)
+    assert classifier_payload(big, p.eval)["max_width_factor"] == 8

@@ -99,3 +99,49 @@ def test_samples_drawn_with_other_sampler_settings_do_not_overwrite_each_other(c
         paths.append(Path(capsys.readouterr().out.strip().splitlines()[-1]))
     assert paths[0] != paths[1] and all(p.is_file() for p in paths)
     assert torch.load(paths[1], weights_only=True)["sampler"]["eta"] == 1.0
+    more = []  # a w that ":g" would round, and the batch size where eta > 0 draws noise per chunk
+    for extra in (["--w", "2.5", "--eta", "0"], ["--w", "2.5000001", "--eta", "0"],
+                  ["--w", "3", "--eta", "1", "--set", "sample.batch_size=2"]):
+        assert main(["sample", "--preset", "tiny", "--set", "train.steps=6", "--n", "4", "--steps", "3",
+                     "--out", str(tmp_path), *extra]) == 0
+        more.append(Path(capsys.readouterr().out.strip().splitlines()[-1]))
+    assert len({*paths, *more}) == 5 and "w2.5000001" in more[1].name
+
+
+def test_evaluate_offers_no_speed_options_it_would_ignore_and_keeps_every_digit_of_w(capsys):
+    import pytest
+
+    from dashlib.commands.evaluate import _guidance
+
+    with pytest.raises(SystemExit) as exit_info:
+        main(["evaluate", "--run", "nowhere", "--compile"])
+    assert exit_info.value.code == 2 and "unrecognized arguments: --compile" in capsys.readouterr().err
+    assert _guidance("0.1234567") == "0.1234567" and _guidance("2.50") == "2.5" and _guidance("TAG") == "tag"
+
+
+def test_too_few_evaluation_samples_for_the_classes_is_an_error_not_a_silent_raise():
+    import pytest
+
+    from dashlib.config import ConfigError
+    from dashlib.presets import get_preset
+
+    with pytest.raises(ConfigError, match="eval.n_samples = 7 is too small.*10 classes; ask for at least 10"):
+        get_preset("digits", **{"eval.n_samples": 7})
+    assert get_preset("digits", **{"eval.n_samples": 10}).eval.n_samples == 10
+    with pytest.raises(ConfigError, match="teacher.in_channels = 3 does not match the data .1.*channels"):
+        get_preset("digits", **{"teacher.in_channels": 3, "student.in_channels": 3})
+    with pytest.raises(ConfigError, match="teacher.num_classes = 4 does not match the data .10."):
+        get_preset("digits", **{"teacher.num_classes": 4, "student.num_classes": 4})
+    assert get_preset("digits", **{"data.channels": 3}).teacher.in_channels == 3
+
+
+def test_a_file_dash_may_not_read_is_a_one_line_error(capsys, monkeypatch):
+    from dashlib.commands import core
+
+    def denied(*args, **kwargs):
+        raise PermissionError(13, "Permission denied", "/data/pets/cat/001.png")
+
+    monkeypatch.setattr(core, "preset_from_args", denied)
+    assert main(["info", "--preset", "tiny"]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("dash: error: ") and "Permission denied: '/data/pets/cat/001.png'" in err

@@ -98,6 +98,15 @@ def test_data_image_size_alone_resizes_both_models_keeping_attention_depth(prese
     assert get_preset(preset).teacher.image_size == get_preset(preset).data.image_size != size
 
 
+def test_levels_given_with_a_new_size_are_checked_at_that_size():
+    deep = [1, 2, 2, 2, 2]  # 5 levels: fits 64, not the preset's own 8
+    p = get_preset("digits", **{"data.image_size": 64, "teacher.ch_mult": deep, "student.ch_mult": deep})
+    assert p.teacher.ch_mult == tuple(deep) and p.teacher.image_size == 64
+    assert p.teacher.attn_resolutions == (32,)
+    with pytest.raises(ConfigError, match=r"does not fit the teacher's 5 resolution levels"):
+        get_preset("digits", **{"data.image_size": 24, "teacher.ch_mult": deep})
+
+
 def test_resized_models_train_and_sample_at_the_new_size():
     from dashlib.unet import build_unet
 

@@ -11,7 +11,7 @@ from dashlib.data import load_dataset
 from dashlib.diffusion import Diffusion
 from dashlib.distill import METHODS, distill, distill_run, resolve_config
 from dashlib.distill.methods import single_head_config
-from dashlib.distill.pruning import magnitude_prune
+from dashlib.distill.pruning import emptied, emptied_note, magnitude_prune
 from dashlib.io import load_checkpoint
 from dashlib.presets import check
 from dashlib.teacher import train_teacher
@@ -129,6 +129,33 @@ def test_pruning_keeps_the_paper_share_and_stays_sparse(tiny):
     assert abs(share - 8.95 / 35.75) < 0.01 and results["params_counted"] == "nonzero"
     model = load_artifact(run).model
     assert count_params(model, nonzero=True) == results["params"]
+
+
+def test_a_pruned_away_output_layer_is_reported_and_gives_rho_zero(tiny, capsys):
+    # the tiny teacher trains 20 steps: its zero-initialised output convolution has barely
+    # left 0, so one global magnitude threshold removes all of it
+    run = distill(tiny, "pruning", steps=2, progress=False)
+    results = run.read_results()
+    assert "conv_out.weight" in results["emptied_layers"]
+    model = load_artifact(run).model
+    assert not model.conv_out.weight.any()
+    assert results["rho"] == 0.0  # a constant output has no guidance gap
+    # the note is printed when the student is built (a rerun reuses the run: force it)
+    distill(tiny, "pruning", steps=2, progress=False, force=True)
+    err = capsys.readouterr().err
+    assert "dash: note: pruning[tiny]" in err and "conv_out.weight" in err and "rho 0" in err
+
+
+def test_emptied_names_only_layers_with_no_weight_left(tiny_model):
+    model = copy.deepcopy(tiny_model)
+    masks = {n: torch.ones_like(p, dtype=torch.bool) for n, p in model.named_parameters()
+             if n.endswith("conv_in.weight") or n.endswith("conv_out.weight")}
+    assert emptied(masks) == [] and emptied_note([]) == ""
+    masks["conv_out.weight"][:] = False
+    masks["conv_in.weight"].view(-1)[1:] = False  # one weight left: not emptied
+    assert emptied(masks) == ["conv_out.weight"]
+    assert "rho 0" in emptied_note(["conv_out.weight"])
+    assert "rho 0" not in emptied_note(["down.0.blocks.0.conv2.weight"])
 
 
 def test_magnitude_prune_removes_the_smallest_weights(tiny_model):
@@ -329,3 +356,15 @@ def test_one_pool_for_the_ablation_and_the_widths_trains_each_run_once(tiny):
     paths = {name: r.path for name, r in {**variants, **widths}.items()}
     alone = {**pipeline.ablation_runs(b, progress=False), **pipeline.width_runs(b, progress=False)}
     assert paths == {name: r.path for name, r in alone.items()}  # the same runs, reused
+
+
+def test_the_teacher_targets_follow_the_teachers_weights_not_only_its_run(tiny):
+    from dashlib.distill.targets import targets_path
+
+    run = train_teacher(tiny, progress=False)
+    config = resolve_config(tiny, "dash", None, 2)
+    before = targets_path(tiny, config)
+    ckpt = load_checkpoint(run.final)  # a retrained teacher: same run folder, other weights
+    ckpt["model"]["conv_in.weight"] += 1e-3
+    torch.save(ckpt, run.final)
+    assert targets_path(tiny, config) != before

@@ -65,6 +65,11 @@ def test_dash_efficiency_writes_json(tiny, capsys):
     assert data["flops_ratio"] > 1 and "latency_s" not in data["teacher"]
     assert data["student"]["source"].startswith("preset architecture")
     assert main(["efficiency", "--preset", "tiny", "--batch", "0"]) == 2
+    # a measurement with other sampler settings (one branch at w = 1) gets its own folder
+    assert main(["efficiency", "--preset", "tiny", "--steps", "2", "--batch", "4", "--repeats", "0",
+                 "--device", "cpu", "--set", "sample.guidance=constant", "--set", "sample.w=1"]) == 0
+    other = Path(capsys.readouterr().out.strip().splitlines()[-1])
+    assert other != path and path.is_file()
 
 
 def test_latency_samples_the_way_dash_sample_does(tiny):

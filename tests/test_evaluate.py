@@ -158,3 +158,57 @@ def test_cells_with_one_branch_are_costed_at_half_a_cfg_cell(tiny):
     assert cost(tasks["teacher", "tag"]) == cost(cfg_cell)
     one_head = {cost(t) for (kind, _), t in tasks.items() if kind != "teacher"}
     assert len(one_head) == 1  # no null branch: one row per sample at every setting
+
+
+def test_a_setting_given_twice_is_one_cell_not_another_seed():
+    from dashlib.evaluate import RunSpec, cells
+    from dashlib.presets import get_preset
+
+    p = get_preset("tiny")
+    spec = RunSpec("r", "r", "teacher", "teacher", "tiny", dataclasses.asdict(p.data),
+                   dataclasses.asdict(p.sample), "d", True, 2, 1, 1, p.diffusion.T)
+    got = cells([spec], ["3", "3.0", "tag", 3.0], [4, 4, 5], [42, 42], 10)
+    assert [(c.guidance.label, c.steps, c.seed) for c in got] == [
+        ("3", 4, 42), ("3", 5, 42), ("tag", 4, 42), ("tag", 5, 42)]
+
+
+def test_a_test_split_too_small_to_score_only_loses_the_real_data_floor(capsys):
+    from dashlib.evaluate import real_floor
+    from dashlib.presets import get_preset
+
+    floor = real_floor(torch.zeros(4, 1, 8, 8, dtype=torch.uint8), None, (), get_preset("tiny").eval, "cpu")
+    assert floor == {} and "the test split holds 4 images, too few" in capsys.readouterr().err
+
+
+def test_a_reproduction_evaluates_with_the_sampler_its_overrides_set(monkeypatch):
+    from dashlib import evaluate, pipeline
+    from dashlib.presets import get_preset
+
+    seen = {}
+
+    class Report:
+        rows, summary = [], []
+
+    def fake_evaluate_runs(runs, config, **kwargs):
+        seen.update(kwargs)
+        return Report()
+
+    monkeypatch.setattr(evaluate, "evaluate_runs", fake_evaluate_runs)
+    pipeline.evaluate(pipeline.budget("tiny", overrides={"sample.eta": 1.0}), {})
+    assert seen["sample"].eta == 1.0
+    pipeline.evaluate(pipeline.budget("tiny"), {})  # the preset's own: earlier cells are reused
+    assert seen["sample"] == get_preset("tiny").sample
+
+
+def test_a_run_trained_at_a_size_its_preset_models_cannot_take_can_still_be_evaluated():
+    from dashlib.evaluate import evaluation_settings
+    from dashlib.presets import get_preset
+
+    odd = get_preset("digits", **{"data.image_size": 18, "teacher.ch_mult": [1, 2],
+                                  "student.ch_mult": [1, 2]})  # 18 does not halve twice
+    run = fake_run(odd)
+    preset, sample = evaluation_settings(run, {"eval.n_samples": 20})
+    assert preset.eval.n_samples == 20 and sample == get_preset("digits").sample
+    evaluation_settings(run, {"data.download": True})  # where the data comes from: not the run's to fix
+    with pytest.raises(ConfigError, match="data.name: the run .* fixes these"):
+        evaluation_settings(run, {"data.name": "mnist"})

@@ -216,12 +216,44 @@ def test_images_of_the_same_names_and_sizes_but_other_pixels_are_another_folder(
     assert folder_fingerprint(tmp_path / "a") != folder_fingerprint(tmp_path / "b")
 
 
-@pytest.mark.parametrize("train, test", [("Train", "Test"), ("train", "valid"), ("training", "validation")])
+@pytest.mark.parametrize("train, test", [("Train", "Test"), ("train", "valid"), ("training", "validation"),
+                                         ("training", "testing")])
 def test_split_folders_are_found_by_any_usual_name_in_any_case(tmp_path, train, test):
     write_folder(tmp_path / "ds" / train, COLOURS, per_class=5)
     write_folder(tmp_path / "ds" / test, COLOURS, per_class=2, seed=1)
     data = load_dataset(DataConfig(name="imagefolder", data_root=str(tmp_path / "ds")))
     assert data.class_names == ("blue", "green", "red") and (len(data.train), len(data.test)) == (15, 6)
+
+
+def test_a_split_folder_beside_other_folders_is_an_error_not_two_classes(tmp_path):
+    from dashlib.imagefolder import split_folders
+
+    write_folder(tmp_path / "a" / "train", COLOURS, per_class=3)
+    (tmp_path / "a" / "extra").mkdir()
+    with pytest.raises(FileNotFoundError, match="holds the split folder.s. train beside extra"):
+        load_dataset(DataConfig(name="imagefolder", data_root=str(tmp_path / "a")))
+    write_folder(tmp_path / "b" / "test", COLOURS, per_class=3)  # a test split without a train one
+    with pytest.raises(FileNotFoundError, match="holds the split folder.s. test without one train folder"):
+        split_folders(tmp_path / "b")
+    for name in ("train", "val", "test"):  # train/val/test: the test folder is the test split
+        write_folder(tmp_path / "c" / name, COLOURS, per_class=2)
+    assert split_folders(tmp_path / "c") == (tmp_path / "c" / "train", tmp_path / "c" / "test")
+    # a class named like a split (CIFAR-100 has "train") holds images: it stays a class
+    write_folder(tmp_path / "d", {"train": (200, 40, 40), "bus": (50, 60, 210), "test": (0, 0, 0)},
+                 per_class=3)
+    assert split_folders(tmp_path / "d") == (tmp_path / "d", None)
+    data = load_dataset(DataConfig(name="imagefolder", data_root=str(tmp_path / "d"), holdout_fraction=0.34))
+    assert data.class_names == ("bus", "test", "train")
+
+
+def test_a_test_folder_of_other_classes_is_refused_before_any_image_is_decoded(tmp_path, monkeypatch):
+    from dashlib import imagefolder
+
+    write_folder(tmp_path / "ds" / "train", COLOURS, per_class=3)
+    write_folder(tmp_path / "ds" / "test", {"red": (200, 40, 40), "Blue": (50, 60, 210)}, per_class=2)
+    monkeypatch.setattr(imagefolder, "decode_all", lambda *a, **k: pytest.fail("decoded"))
+    with pytest.raises(FileNotFoundError, match="name different classes"):
+        dataset_info(DataConfig(name="imagefolder", data_root=str(tmp_path / "ds")))
 
 
 def test_a_class_of_colour_images_among_grey_ones_makes_the_folder_colour(tmp_path):
@@ -237,6 +269,34 @@ def test_a_broken_link_in_a_class_folder_is_not_an_image(tmp_path):
     (root / "red" / "gone.png").symlink_to(tmp_path / "nowhere.png")
     data = load_dataset(DataConfig(name="imagefolder", data_root=str(root), holdout_fraction=0.34))
     assert len(data.train) + len(data.test) == 9
+
+
+def test_a_symbolic_link_loop_in_a_class_folder_is_an_error_not_a_long_walk(tmp_path):
+    root = write_folder(tmp_path / "pets", COLOURS, per_class=3)
+    (root / "red" / "again").symlink_to(root / "red")  # torchvision would list red/again/again/...
+    with pytest.raises(FileNotFoundError, match=r"red/again links to a folder that contains it"):
+        load_dataset(DataConfig(name="imagefolder", data_root=str(root)))
+
+
+def test_a_folder_linked_twice_without_a_loop_is_listed_as_before(tmp_path):
+    root = write_folder(tmp_path / "pets", COLOURS, per_class=3)
+    write_folder(tmp_path / "more", {"red": (200, 0, 0)}, per_class=2, seed=3)
+    (root / "red" / "extra").symlink_to(tmp_path / "more" / "red")
+    (root / "blue" / "extra").symlink_to(tmp_path / "more" / "red")
+    data = load_dataset(DataConfig(name="imagefolder", data_root=str(root), holdout_fraction=0.2))
+    assert len(data.train) + len(data.test) == 9 + 2 + 2
+
+
+def test_a_folder_far_larger_than_a_dataset_is_refused_before_it_is_listed(tmp_path, monkeypatch):
+    from dashlib import imagefolder
+
+    root = write_folder(tmp_path / "pets", COLOURS, per_class=4)
+    imagefolder.check_tree(root, limit=12)  # 3 classes x 4 images
+    with pytest.raises(FileNotFoundError, match="more than 11 files and folders: is it the image folder"):
+        imagefolder.check_tree(root, limit=11)
+    monkeypatch.setattr(imagefolder, "MAX_ENTRIES", 11)
+    with pytest.raises(FileNotFoundError, match="is it the image folder"):
+        load_dataset(DataConfig(name="imagefolder", data_root=str(root)))
 
 
 def test_a_large_holdout_leaves_every_class_an_image_to_train_on(tmp_path):
@@ -391,6 +451,40 @@ def test_a_cifar_batch_that_would_run_code_is_refused(tmp_path):
     assert not marker.exists()
 
 
+def test_cifar_labels_outside_the_classes_are_refused_when_read(tmp_path):
+    from dashlib.cifar import write_cifar_root
+
+    root = write_cifar_root(tmp_path, "cifar10", per_batch=20)
+    path = root / "cifar-10-batches-py" / "test_batch"
+    with open(path, "rb") as f:
+        batch = pickle.load(f, encoding="latin1")
+    batch[b"labels"][0] = 10
+    with open(path, "wb") as f:
+        pickle.dump(batch, f, protocol=2)
+    with pytest.raises(FileNotFoundError, match="labels run from 0 to 10, outside the 10 classes 0-9"):
+        load_dataset(DataConfig(name="cifar10", data_root=str(root), image_size=32))
+
+
+def test_two_cifar_copies_of_other_content_never_share_a_run_and_a_moved_one_does(tmp_path):
+    import shutil
+
+    from dashlib.cifar import write_cifar_root
+    from dashlib.presets import get_preset
+    from dashlib.teacher import teacher_run
+
+    def run_of(root):
+        return teacher_run(get_preset("cifar10", **{"data.data_root": str(root)})).path
+
+    a = write_cifar_root(tmp_path / "a", "cifar10", per_batch=20, seed=0)
+    b = write_cifar_root(tmp_path / "b", "cifar10", per_batch=20, seed=1)
+    assert run_of(a) != run_of(b)
+    before = run_of(a)
+    shutil.move(a, tmp_path / "moved")
+    assert run_of(tmp_path / "moved") == before
+    with pytest.raises(FileNotFoundError, match="cifar10 was not found under .*nowhere"):
+        run_of(tmp_path / "nowhere")
+
+
 def test_paper_path_starts_from_a_cifar_root_relative_to_the_caller(tmp_path):
     """The CIFAR path used to stop at notebook 00: the data root was taken relative to notebooks/."""
     from dashlib.cifar import write_cifar_root
@@ -432,6 +526,13 @@ def test_budget_keys_unknown_or_bad_are_config_errors():
         budget("tiny", threads=1, overrides={"efficiency_batch": 0})
     with pytest.raises(ConfigError, match="dict"):
         budget("tiny", threads=1, overrides="train.steps=3")
+    # one bare value is a list of one; an empty list and a bad name are errors, not tracebacks
+    assert budget("tiny", threads=1, overrides={"widths": 8}).widths == (8,)
+    assert budget("tiny", threads=1, overrides={"methods": "dash"}).methods == ("dash",)
+    with pytest.raises(ConfigError, match="budget methods = \\[\\] is invalid"):
+        budget("tiny", threads=1, overrides={"methods": []})
+    with pytest.raises(ConfigError, match="budget methods \\[5\\] are unknown"):
+        budget("tiny", threads=1, overrides={"methods": 5})
 
 
 def test_relative_data_roots(tmp_path, monkeypatch):
@@ -610,3 +711,53 @@ def test_reproduce_with_a_changed_budget_says_what_changed(tmp_path):
     assert json.loads((figures / "overrides.json").read_text()) == {
         "preset": "tiny", "overrides": {"train.steps": 3}}
     assert (tmp_path / "runs" / figures.name / "notebooks" / "00_quickstart.ipynb").is_file()
+
+
+def test_an_interrupted_run_resumes_from_its_images_moved_elsewhere(tmp_path, interrupted_at):
+    import shutil
+
+    from dashlib.presets import get_preset
+    from dashlib.teacher import train_teacher
+
+    root = write_folder(tmp_path / "pets", COLOURS, per_class=6)
+    budget = {"data.name": "imagefolder", "train.steps": 6, "train.ckpt_every": 2}
+    with interrupted_at(3):
+        train_teacher(get_preset("tiny", **budget, **{"data.data_root": str(root)}), progress=False)
+    moved = tmp_path / "moved"
+    shutil.move(root, moved)
+    run = train_teacher(get_preset("tiny", **budget, **{"data.data_root": str(moved)}), resume=True,
+                        progress=False)
+    assert run.finished and run.read_results()["steps"] == 6
+
+
+def test_reproduce_prints_the_figures_folder_its_notebooks_write_to(tmp_path, monkeypatch, capsys):
+    from dashlib import reproduce as reproduce_module
+    from dashlib.cli import main
+
+    monkeypatch.setattr(reproduce_module, "reproduce", lambda *args, **kwargs: [])  # no notebooks
+    write_folder(tmp_path / "data", COLOURS, per_class=3)
+    monkeypatch.chdir(tmp_path)  # the default data root, "data", is the caller's
+    assert main(["reproduce", "--preset", "tiny", "--set", "data.name=imagefolder", "--quick",
+                 "--figures", str(tmp_path / "figs")]) == 0
+    assert capsys.readouterr().out.strip() == str(tmp_path / "figs" / "tiny-data" / "quick")
+
+
+def test_images_replaced_in_place_keeping_their_times_are_decoded_again(tmp_path):
+    """rsync -a or an archive's extraction can bring other pixels of the same byte size with
+    the old modification times: the decode cache reads the fingerprint too."""
+    from dashlib import imagefolder
+
+    rng = np.random.default_rng(0)
+    root = tmp_path / "ds"
+    for name in ("cat", "dog"):
+        (root / name).mkdir(parents=True)
+        for i in range(3):
+            Image.fromarray(rng.integers(0, 256, (8, 8, 3), dtype=np.uint8)).save(root / name / f"{i}.bmp")
+    config = DataConfig(name="imagefolder", data_root=str(root), holdout_fraction=0.34)
+    first = load_dataset(config).train.x
+    for path in sorted(root.rglob("*.bmp")):
+        times = path.stat()
+        Image.fromarray(rng.integers(0, 256, (8, 8, 3), dtype=np.uint8)).save(path)
+        os.utime(path, ns=(times.st_atime_ns, times.st_mtime_ns))
+    imagefolder._fingerprint.cache_clear()  # as a new process would
+    assert not torch.equal(load_dataset(config).train.x, first)

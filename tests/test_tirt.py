@@ -202,3 +202,20 @@ def test_one_rank_global_batch_is_the_local_reduction():
     x = torch.rand(7, 3, generator=torch.Generator().manual_seed(1))
     assert torch.equal(GlobalBatch(1).sum(x), LOCAL_ROWS.sum(x))
     assert torch.equal(GlobalBatch(1).mean(x[:, 0]), LOCAL_ROWS.mean(x[:, 0]))
+
+
+def test_a_learning_uncertainty_weighting_counts_its_regulariser_once_over_several_terms(diffusion):
+    t = torch.tensor([10, 200, 500, 900])
+    terms = {"im": torch.tensor([0.5, 1.0, 2.0, 0.1]), "gap": torch.tensor([0.2, 0.3, 0.1, 0.4])}
+    coef = {"im": 1.0, "gap": 1.1}
+    u = make_weighting("uncertainty", diffusion)
+    with torch.no_grad():
+        u.table.fill_(0.3)
+    once = u.reduce(t, terms["im"] + 1.1 * terms["gap"])
+    assert torch.allclose(u.reduce_terms(t, terms, coef), once)
+    per_term = u.reduce(t, terms["im"]) + 1.1 * u.reduce(t, terms["gap"])
+    assert not torch.allclose(per_term, once)  # u_t counted 2.1 times: the old objective
+    for name in ("tirt", "min-snr", "uniform"):  # linear: per term, as runs always summed
+        w = make_weighting(name, diffusion)
+        expected = w.reduce(t, terms["im"]) + 1.1 * w.reduce(t, terms["gap"])
+        assert torch.equal(w.reduce_terms(t, terms, coef), expected)

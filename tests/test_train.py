@@ -107,3 +107,17 @@ def test_tirt_snapshots_are_logged_about_40_times_whatever_the_log_interval(tiny
     snaps = [r["step"] for r in records if "tirt_bins" in r]
     assert 36 <= len(snaps) <= 41, snaps
     assert snaps[-1] == 120
+
+
+def test_a_run_stopped_after_its_last_checkpoint_resumes_with_its_last_losses(preset):
+    from dashlib.runs import Run
+    from dashlib.teacher import teacher_run
+
+    run = train_teacher(preset, progress=False)
+    results = json.loads(run.results.read_text())
+    run.final.unlink()  # stopped between the last checkpoint and the final files
+    run.results.unlink()
+    resumed = train_teacher(preset, resume=True, progress=False)
+    again = json.loads(resumed.results.read_text())
+    assert isinstance(resumed, Run) and resumed.path == teacher_run(preset).path
+    assert again["final_loss"] == results["final_loss"] is not None

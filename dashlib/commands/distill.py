@@ -27,7 +27,8 @@ def _args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--steps", type=int, help="distillation steps (default: the preset's)")
     p.add_argument("--workers", type=workers_arg, default=1,
                    help="parallel single-threaded worker processes for several runs (default 1)")
-    add_force_resume(p)
+    add_force_resume(p, "continue an interrupted run exactly (several runs, from --method all, "
+                        "several --seed or --workers, always continue interrupted ones)")
     add_runtime(p)
 
 

@@ -32,7 +32,9 @@ def _guidance(value: str) -> str:
         raise argparse.ArgumentTypeError(f"{value!r} is neither a number nor 'tag'") from None
     if not math.isfinite(number) or abs(number) > FLOAT32_MAX:
         raise argparse.ArgumentTypeError(f"{value!r} is not a finite number (|w| <= 3.4e38, float32)")
-    return f"{number:g}"
+    from dashlib.guidance import number_label
+
+    return number_label(number)
 
 
 def _evaluate_args(p: argparse.ArgumentParser) -> None:
@@ -49,12 +51,15 @@ def _evaluate_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--download-weights", action="store_true",
                    help="allow downloading the Inception-v3 weights when they are not found locally")
     p.add_argument("--data-root", help="where the run's dataset lives now, if it moved (the same files)")
+    p.add_argument("--download", action="store_true",
+                   help="let torchvision download the run's dataset (cifar10/100, mnist, fashion-mnist) "
+                        "to --data-root if it is not there")
     p.add_argument("--workers", type=workers_arg,
                    help="worker processes (default: one per CPU core; 1 on CUDA)")
     p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
                    help="override an eval.* or sample.* field, e.g. --set eval.classifier_steps=300 "
                         "(repeatable; the run fixes the rest)")
-    add_runtime(p)
+    add_runtime(p, speed=False)  # sampling in the workers follows the speed rules of dashlib.runtime
 
 
 def _fmt(mean: float | None, std: float | None) -> str:
@@ -86,7 +91,8 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     steps = tuple(args.steps) if args.steps else (config.ddim_steps,)
     report = evaluate_runs([args.run], config, steps=steps, workers=args.workers, device=args.device,
                            progress=not args.no_progress, sample=sample,
-                           data_root=overrides.get("data.data_root"))
+                           data_root=overrides.get("data.data_root"),
+                           download=bool(overrides.get("data.download")))
     path = report.write(results_path(args.run, config, steps, sample))
     for clf in report.meta["classifiers"].values():
         print(f"classifier {clf['run']}: test accuracy {clf['test_accuracy']:.4f}", file=sys.stderr)
@@ -99,7 +105,7 @@ def _classifier_args(p: argparse.ArgumentParser) -> None:
     add_preset(p)
     p.add_argument("--steps", type=int, help="training steps (default: the preset's eval.classifier_steps)")
     p.add_argument("--force", action="store_true", help="retrain even if a finished classifier exists")
-    add_runtime(p)
+    add_runtime(p, speed=False)
 
 
 @command("train-classifier", "train (or reuse) the dataset classifier used for classifier FID and "
@@ -132,6 +138,8 @@ def _efficiency_args(p: argparse.ArgumentParser) -> None:
 @command("efficiency", "teacher vs student: params, FLOPs, latency and peak memory of 50-step CFG "
          "sampling (Table 4)", _efficiency_args)
 def cmd_efficiency(args: argparse.Namespace) -> int:
+    import torch
+
     from dashlib.artifacts import load_artifact
     from dashlib.config import ConfigError, to_dict
     from dashlib.device import resolve_device
@@ -149,13 +157,18 @@ def cmd_efficiency(args: argparse.Namespace) -> int:
     device = resolve_device(args.device)
     teacher = load_artifact(args.teacher_run).model if args.teacher_run else build_unet(preset.teacher, 0)
     student = load_artifact(args.student_run).model if args.student_run else build_unet(preset.student, 0)
+    runtime = runtime_from_args(args)
     result = efficiency(preset, teacher, student, device, steps=args.steps, batch=args.batch,
-                        repeats=args.repeats, runtime=runtime_from_args(args))
+                        repeats=args.repeats, runtime=runtime)
     result["teacher"]["source"] = args.teacher_run or "preset architecture (untrained weights)"
     result["student"]["source"] = args.student_run or "preset architecture (untrained weights)"
     payload = {"preset": preset.name, "teacher": to_dict(teacher.config), "student": to_dict(student.config),
                "teacher_run": args.teacher_run, "student_run": args.student_run, "steps": args.steps,
-               "batch": args.batch, "device": str(device)}
+               "batch": args.batch, "device": str(device),
+               # what else changes the measurement: the sampler (one branch at w = 0 or 1 halves the
+               # rows), the speed options and the threads
+               "sample": to_dict(preset.sample), "diffusion": to_dict(preset.diffusion),
+               "runtime": dataclasses.asdict(runtime), "threads": torch.get_num_threads()}
     if args.out:
         out = Path(args.out)
     else:

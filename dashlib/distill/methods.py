@@ -26,7 +26,7 @@ from torch import Tensor, nn
 from dashlib.config import DistillConfig, ModelConfig, Preset, SampleConfig, fail
 from dashlib.diffusion import Diffusion
 from dashlib.distill import losses
-from dashlib.distill.pruning import apply_masks, magnitude_prune, prunable
+from dashlib.distill.pruning import apply_masks, emptied, emptied_note, magnitude_prune, prunable
 from dashlib.distill.targets import TeacherTargets
 from dashlib.guidance import Guidance, branches, cfg_combine
 from dashlib.losses import mse_per_sample
@@ -115,6 +115,14 @@ class DistillObjective(Objective):
         """Weight of each named term in the total loss."""
         return self.term_weights(self.hyper)
 
+    def report(self) -> dict[str, Any]:
+        """What this method adds to the run's results.json (nothing by default)."""
+        return {}
+
+    def notes(self) -> list[str]:
+        """Warnings about this student for the user, one line each (none by default)."""
+        return []
+
     def terms(self, batch: Batch, x_t: Tensor) -> dict[str, Tensor]:
         raise NotImplementedError
 
@@ -122,8 +130,7 @@ class DistillObjective(Objective):
         x_t = self.diffusion.q_sample(batch.x0, batch.t, batch.eps)
         terms = self.terms(batch, x_t)
         coef = self.coefficients()
-        total = sum(coef[k] * self.weighting.reduce(batch.t, v, over) for k, v in terms.items()
-                    if coef[k])
+        total = self.weighting.reduce_terms(batch.t, terms, coef, over)
         self.weighting.observe(batch.t, sum(coef[k] * v for k, v in terms.items()), over=over)
         return total, {k: v.detach().mean() for k, v in terms.items()}  # type: ignore[return-value]
 
@@ -332,6 +339,13 @@ class Pruning(Scratch):
 
     def after_step(self) -> None:
         apply_masks(self.model, self.masks)
+
+    def report(self) -> dict[str, Any]:
+        return {"emptied_layers": emptied(self.masks)}
+
+    def notes(self) -> list[str]:
+        note = emptied_note(emptied(self.masks))
+        return [note] if note else []
 
 
 @METHODS.register("single-head")

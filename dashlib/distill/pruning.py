@@ -37,6 +37,29 @@ def magnitude_prune(model: nn.Module, keep_fraction: float) -> dict[str, Tensor]
     return masks
 
 
+def emptied(masks: dict[str, Tensor]) -> list[str]:
+    """Names of the weights that keep no entry at all: a layer pruned away whole. One
+    global threshold does this to layers whose weights are all small, such as the
+    zero-initialised ones (each residual block's second convolution, the output
+    convolution) of a teacher trained briefly."""
+    return [name for name, mask in masks.items() if not bool(mask.any())]
+
+
+def emptied_note(names: list[str], output: str = "conv_out.weight") -> str:
+    """A one-line note for a student with layers pruned away whole ("" if none)."""
+    if not names:
+        return ""
+    names = sorted(names, key=lambda name: name != output)  # the output layer first: it matters most
+    shown = ", ".join(names[:6]) + (f" and {len(names) - 6} more" if len(names) > 6 else "")
+    text = f"magnitude pruning removed every weight of {len(names)} layer(s) ({shown})"
+    if output in names:
+        text += ("; with the output convolution gone the student's output is its bias alone, "
+                 "the same for every input and label, so its guidance gap is 0 (rho 0). The "
+                 "teacher's zero-initialised layers have barely left 0: train the teacher longer, "
+                 "or keep more weights (distill.prune_fraction)")
+    return text
+
+
 @torch.no_grad()
 def apply_masks(model: nn.Module, masks: dict[str, Tensor]) -> None:
     params = dict(model.named_parameters())

@@ -8,6 +8,7 @@ processes. Every method gets the same data, step budget and optimiser.
 from __future__ import annotations
 
 import dataclasses
+import sys
 import time
 from collections.abc import Sequence
 from concurrent.futures import FIRST_COMPLETED, ProcessPoolExecutor, wait
@@ -121,6 +122,9 @@ def distill(preset: Preset, method: str | None = None, seed: int | None = None,
     student = cls.build_student(preset, config, teacher.model)
     objective = cls.from_config(student, teacher.model, make_weighting_for(config, teacher, diffusion),
                                 diffusion, config, preset.sample)
+    if is_main():
+        for note in objective.notes():
+            print(f"dash: note: {config.method}[{preset.name}]: {note}", file=sys.stderr)
     if targets and cls.uses_targets and fits(preset, config):
         path = on_main(lambda: ensure_targets(preset, config, teacher.model, data, diffusion, progress))
         objective.targets = load_targets(path)
@@ -178,7 +182,7 @@ def write_results(run: Run, preset: Preset, config: DistillConfig, objective: Di
         "tirt": config.tirt, "null_init": config.null_init, "null_rows": config.null_rows,
         "tirt_drift": (drift_report(objective.weighting)
                        if config.tirt in ("relearn", "uncertainty") else None),
-        "wall_time_s": wall, "precision": precision, "run": str(run.path)})
+        "wall_time_s": wall, "precision": precision, "run": str(run.path), **objective.report()})
 
 
 # --- many runs ---------------------------------------------------------------------

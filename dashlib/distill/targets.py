@@ -27,9 +27,9 @@ from dashlib.config import DistillConfig, Preset, to_dict
 from dashlib.data import Split
 from dashlib.diffusion import Diffusion
 from dashlib.guidance import branches
-from dashlib.io import atomic_torch_save, load_checkpoint
+from dashlib.io import atomic_torch_save, file_digest, load_checkpoint
 from dashlib.runs import run_id, runs_root
-from dashlib.teacher import teacher_payload
+from dashlib.teacher import teacher_payload, teacher_run
 from dashlib.train import Batch
 
 MAX_BYTES = 256 * 2**20
@@ -51,8 +51,11 @@ class TeacherTargets:
 
 
 def targets_payload(preset: Preset, config: DistillConfig) -> dict[str, Any]:
-    """What the table depends on: the teacher and the batch sequence."""
+    """What the table depends on: the teacher (its run and its weights: a teacher retrained
+    with --force keeps its run folder but may round differently) and the batch sequence."""
+    final = teacher_run(preset).final
     return {"kind": "targets", "teacher": run_id(teacher_payload(preset)),
+            "teacher_weights": file_digest(final) if final.is_file() else None,
             "data": to_dict(preset.data), "diffusion": to_dict(preset.diffusion),
             "seed": config.seed, "batch_size": config.batch_size, "steps": config.steps,
             "version": VERSION}
