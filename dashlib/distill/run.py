@@ -105,7 +105,9 @@ def distill(preset: Preset, method: str | None = None, seed: int | None = None,
 
     With `targets` (default) a method that reads the teacher at the batch's own
     labels uses the precomputed teacher outputs (`dashlib.distill.targets`)
-    when they fit in memory; the numbers it sees are the same either way."""
+    when they fit in memory; the numbers it sees are the same either way up to float
+    rounding (the table is computed in fp32 on the computing process's threads, the on-line
+    teacher under the run's autocast, bf16 where the precision rule picks it)."""
     config = resolve_config(preset, method, seed, steps)
     payload = distill_payload(preset, config)
     run = make_run(preset.name, f"distill-{config.method}", payload)
