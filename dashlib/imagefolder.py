@@ -157,7 +157,17 @@ def _samples(folder: Path) -> tuple[tuple[tuple[str, int], ...], tuple[str, ...]
     """((path, label) of every image, class names) of one split folder: listed once per
     process until a class folder changes (`_dir_state`), however many of the loader's
     steps (fingerprint, channels, classes, decoding) ask."""
-    return _listed(folder, _dir_state(folder))
+    return _listed(folder, _dir_state(folder), _minimum(folder))
+
+
+def _minimum(folder: Path) -> int:
+    """Images each class needs: 2 where dash holds some out (a folder without a test split:
+    one to train on, one to test), 1 in either split of a train + test pair."""
+    try:
+        train, test = split_folders(folder.parent)
+    except (ImageFolderError, OSError):
+        return 2
+    return 1 if test is not None and folder in (train, test) else 2
 
 
 def check_tree(folder: Path, limit: int | None = None) -> None:
@@ -200,7 +210,8 @@ def _is_dir(entry: os.DirEntry) -> bool:
 
 
 @functools.lru_cache(maxsize=16)
-def _listed(folder: Path, state: tuple) -> tuple[tuple[tuple[str, int], ...], tuple[str, ...]]:
+def _listed(folder: Path, state: tuple,
+            minimum: int = 2) -> tuple[tuple[tuple[str, int], ...], tuple[str, ...]]:
     check_tree(folder)
     try:
         listing = _listing(folder)
@@ -211,10 +222,10 @@ def _listed(folder: Path, state: tuple) -> tuple[tuple[tuple[str, int], ...], tu
     if len(listing.classes) < 2:
         raise ImageFolderError(f"{folder} holds {len(listing.classes)} class folder(s): class-conditional "
                                f"diffusion needs at least 2 (one sub-folder of images per class)")
-    if counts.min() < 2:
+    if counts.min() < minimum:
         name = listing.classes[int(counts.argmin())]
         raise ImageFolderError(f"class {name!r} in {folder} has {counts.min()} image(s); every class "
-                               f"needs at least 2{_others(folder / name, listing.samples)}")
+                               f"needs at least {minimum}{_others(folder / name, listing.samples)}")
     return tuple(listing.samples), tuple(listing.classes)
 
 

@@ -368,3 +368,16 @@ def test_the_teacher_targets_follow_the_teachers_weights_not_only_its_run(tiny):
     ckpt["model"]["conv_in.weight"] += 1e-3
     torch.save(ckpt, run.final)
     assert targets_path(tiny, config) != before
+
+
+def test_a_student_of_a_retrained_teacher_is_reused_with_a_note(tiny, capsys):
+    run = distill(tiny, "dash", steps=2, progress=False)
+    assert run.read_results()["teacher_weights"]
+    mtime = run.final.stat().st_mtime_ns
+    teacher = train_teacher(tiny, progress=False)
+    ckpt = load_checkpoint(teacher.final)  # as a retrain with --force would leave it
+    ckpt["model"]["conv_in.weight"] += 1e-3
+    torch.save(ckpt, teacher.final)
+    capsys.readouterr()
+    assert distill(tiny, "dash", steps=2, progress=False) == run and run.final.stat().st_mtime_ns == mtime
+    assert "was distilled from other teacher weights" in capsys.readouterr().err

@@ -256,6 +256,16 @@ def test_a_test_folder_of_other_classes_is_refused_before_any_image_is_decoded(t
         dataset_info(DataConfig(name="imagefolder", data_root=str(tmp_path / "ds")))
 
 
+def test_one_image_per_class_is_enough_in_a_folder_that_has_its_own_test_split(tmp_path):
+    write_folder(tmp_path / "ds" / "train", COLOURS, per_class=3)
+    write_folder(tmp_path / "ds" / "test", COLOURS, per_class=1)
+    data = load_dataset(DataConfig(name="imagefolder", data_root=str(tmp_path / "ds")))
+    assert (len(data.train), len(data.test)) == (9, 3)
+    write_folder(tmp_path / "one", COLOURS, per_class=1)  # without a test split: 2 (one held out)
+    with pytest.raises(FileNotFoundError, match="has 1 image.s.; every class needs at least 2"):
+        load_dataset(DataConfig(name="imagefolder", data_root=str(tmp_path / "one")))
+
+
 def test_a_class_of_colour_images_among_grey_ones_makes_the_folder_colour(tmp_path):
     from dashlib.imagefolder import PEEK
 

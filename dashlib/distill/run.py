@@ -27,7 +27,7 @@ from dashlib.diffusion import Diffusion
 from dashlib.distill.methods import METHODS, DistillObjective
 from dashlib.distill.targets import compute_targets, fits, load_targets, targets_path
 from dashlib.distributed import barrier, is_main, on_main, rank_world
-from dashlib.io import atomic_write_json
+from dashlib.io import atomic_write_json, file_digest
 from dashlib.runs import Run, make_run, prepare, run_id
 from dashlib.runtime import Runtime
 from dashlib.teacher import teacher_payload, train_teacher
@@ -112,7 +112,13 @@ def distill(preset: Preset, method: str | None = None, seed: int | None = None,
     payload = distill_payload(preset, config)
     run = make_run(preset.name, f"distill-{config.method}", payload)
     teacher_folder = train_teacher(preset, device=device, progress=progress, runtime=runtime)
+    teacher_weights = file_digest(teacher_folder.final)
     if run.finished and not force:
+        trained_from = run.read_results().get("teacher_weights") if run.results.is_file() else None
+        if trained_from not in (None, teacher_weights) and is_main():
+            print(f"dash: note: {run.path} was distilled from other teacher weights than "
+                  f"{teacher_folder.final} holds now (the teacher was retrained); it is reused as it "
+                  f"is: pass --force to distil it again", file=sys.stderr)
         return run
     dev = resolve_device(device)
     teacher = load_artifact(teacher_folder, expect=preset.teacher, device=dev)
@@ -145,7 +151,8 @@ def distill(preset: Preset, method: str | None = None, seed: int | None = None,
                       _weighting_name(config, teacher),
                       extra={"method": config.method, "teacher_run": str(teacher_folder.path)})
         write_results(run, preset, config, objective, calibrator.score(student_ema), last, wall,
-                      teacher_params=count_params(teacher.model), precision=trainer.precision)
+                      teacher_params=count_params(teacher.model), precision=trainer.precision,
+                      teacher_weights=teacher_weights)
     barrier()
     return run
 
@@ -169,7 +176,8 @@ def _weighting_name(config: DistillConfig, teacher: Artifact) -> str:
 
 def write_results(run: Run, preset: Preset, config: DistillConfig, objective: DistillObjective,
                   calibration: dict[str, Any], last: dict[str, Any], wall: float,
-                  teacher_params: int, precision: str = "float32") -> None:
+                  teacher_params: int, precision: str = "float32",
+                  teacher_weights: str | None = None) -> None:
     nonzero = objective.params_counted == "nonzero"
     params = count_params(objective.model, nonzero=nonzero)
     terms = list(objective.coefficients())
@@ -184,7 +192,8 @@ def write_results(run: Run, preset: Preset, config: DistillConfig, objective: Di
         "tirt": config.tirt, "null_init": config.null_init, "null_rows": config.null_rows,
         "tirt_drift": (drift_report(objective.weighting)
                        if config.tirt in ("relearn", "uncertainty") else None),
-        "wall_time_s": wall, "precision": precision, "run": str(run.path), **objective.report()})
+        "wall_time_s": wall, "precision": precision, "run": str(run.path),
+        "teacher_weights": teacher_weights, **objective.report()})
 
 
 # --- many runs ---------------------------------------------------------------------
