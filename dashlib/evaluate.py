@@ -560,7 +560,8 @@ def evaluate_runs(runs: Sequence[Run | str | Path], config: EvalConfig,
     """
     start = time.perf_counter()
     dev = resolve_device(device)
-    specs = [run_spec(r, sample, data_root, download) for r in runs]
+    # a run given twice (two names for one folder) is one run: its rows would count as seeds
+    specs = list({s.path: s for s in (run_spec(r, sample, data_root, download) for r in runs)}.values())
     steps = tuple(steps) if steps is not None else (config.ddim_steps,)
     check_request(specs, config, steps)
     size = max(int(s.data["image_size"]) for s in specs)  # one channel: a lower bound of what sampling needs

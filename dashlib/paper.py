@@ -108,7 +108,8 @@ def f4_tirt_curriculum(b: Budget, teacher_run: Run, folder: str | Path,
     if art.weighting is None:
         raise ValueError("the teacher has no timestep weighting to plot")
     fig = plots.tirt_curriculum(read_log(teacher_run), art.weighting.profile(prior=True).tolist(),
-                                art.weighting.profile().tolist(), art.diffusion.T)
+                                art.weighting.profile().tolist(), art.diffusion.T,
+                                weighting=b.preset.train.weighting)
     return _save(fig, b, folder, "F4_tirt_curriculum",
                  "The teacher's TIRT weights over training, the Min-SNR-5 prior and the drift",
                  ["C5"], notebook)
@@ -277,23 +278,26 @@ def t4_efficiency(b: Budget, teacher: Artifact, student: Artifact, folder: str |
     e = efficiency(b.preset, teacher.model, student.model, resolve_device(b.device), steps=steps,
                    batch=batch, repeats=repeats)
     rows = []
+    timed = "speedup" in e  # none with efficiency_repeats = 0: those cells stay empty, not 0
     for name, cost in (("teacher", e["teacher"]), ("dash student", e["student"])):
         is_teacher = name == "teacher"
+        peak = cost.get("peak_memory_bytes")
         rows.append({"model": name, "params": _count(cost["params"]),
                      T4_COLUMNS[2]: cost["flops"] / 1e9,
                      "latency (s)": cost.get("latency_s"),
-                     "peak memory (MB)": (cost.get("peak_memory_bytes") or 0) / 2**20,
-                     "speedup": 1.0 if is_teacher else e.get("speedup"),
+                     "peak memory (MB)": None if peak is None else peak / 2**20,
+                     "speedup": (1.0 if timed else None) if is_teacher else e.get("speedup"),
                      "FLOPs ratio": 1.0 if is_teacher else e["flops_ratio"],
                      "speedup / FLOPs ratio": None if is_teacher else e.get("speedup_over_flops_ratio")})
-    memory = e["teacher"].get("peak_memory_method", "")
+    memory = e["teacher"].get("peak_memory_method") or "not measured"
+    latency = f"latency median of {repeats}" if timed else "latency not measured (efficiency_repeats = 0)"
     columns = [T4_COLUMNS[0], T4_COLUMNS[1], f"GFLOPs ({steps}-step CFG run, batch {batch})",
                *T4_COLUMNS[3:]]
     for r in rows:
         r[columns[2]] = r.pop(T4_COLUMNS[2])
     return save_table(rows, columns, folder, "T4_efficiency",
                       f"Efficiency on {e['device_name']} ({e['threads']} threads; {e['guidance']} "
-                      f"guidance; latency median of {repeats}; memory: {memory})", ["C1"],
+                      f"guidance; {latency}; memory: {memory})", ["C1"],
                       b.provenance(notebook), digits=2)
 
 

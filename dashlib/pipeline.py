@@ -64,6 +64,9 @@ class Budget:
         unknown = set(self.methods) - set(METHODS.names())
         if unknown:
             raise ConfigError(f"budget methods {sorted(unknown)} are unknown; choose from {METHODS.names()}")
+        if "dash" not in self.methods:  # T4, F7, the explorer and the ablations measure its student
+            raise ConfigError(f"budget methods {list(self.methods)} leave out dash, which the notebooks "
+                              f"compare every other method with; add it")
         if not self.widths or not all(_whole(w) and w >= 1 for w in self.widths):
             raise ConfigError(f"budget widths = {self.widths!r} is invalid: positive whole numbers")
 
@@ -80,6 +83,18 @@ class Budget:
     def table_guidance(self) -> str:
         """`guidance` as its results label ("tag", "3"), the key of its evaluation rows."""
         return self.guidance.label
+
+    @property
+    def sweep_guidance(self) -> tuple[str, ...]:
+        """The guidance sweep (F3) plus the tables' setting where the sweep lacks it (T1
+        reads it from the same evaluation)."""
+        return tuple(dict.fromkeys((*self.preset.eval.sweep_guidance, self.table_guidance)))
+
+    @property
+    def sweep_steps(self) -> tuple[int, ...]:
+        """The DDIM step sweep (F7) plus the tables' step count where the sweep lacks it
+        (F7's compression panel draws the teacher at that count)."""
+        return tuple(sorted({*self.preset.eval.sweep_steps, self.preset.eval.ddim_steps}))
 
     def provenance(self, notebook: str) -> Provenance:
         p = self.preset
@@ -253,10 +268,20 @@ def evaluate(b: Budget, runs: dict[str, Run], guidance: tuple[str, ...] | None =
     # student's, which it was trained with from this same preset
     report = evaluate_runs(list(runs.values()), config, steps=steps, workers=b.workers,
                            device=b.device, progress=progress, sample=b.preset.sample)
-    names = {str(r.path): name for name, r in runs.items()}
-    for row in report.rows + report.summary:
-        row["method"] = names.get(row["run"], row["method"])
-    return report
+    return named(report, runs)
+
+
+def named(report: Any, runs: dict[str, Run]) -> Any:
+    """The report with each row and summary entry once per name of its run, "method" set to
+    that name: two names may share one folder (a variant that a --set makes equal to another,
+    `--set distill.an=0`), which is evaluated once and reported under both."""
+    from dashlib.evaluate import EvalReport
+
+    def per_name(entries: list[dict[str, Any]]) -> list[dict[str, Any]]:
+        return [{**e, "method": name} for name, run in runs.items() for e in entries
+                if e["run"] == str(run.path)]
+
+    return EvalReport(per_name(report.rows), per_name(report.summary), report.meta)
 
 
 def ablation_runs(b: Budget, progress: bool = True) -> dict[str, Run]:

@@ -153,7 +153,8 @@ def guidance_sweep(rows: Sequence[Mapping[str, Any]], quality: str = "fid",
                 # spread the TAG stars sideways so methods with equal values stay visible
                 dx = 0.5 * (i - (len(names) - 1) / 2) / max(len(names), 1)
                 ax.errorbar([tag_x + dx], [m], yerr=[s], marker="*", ms=9, color=colour(name),
-                            capsize=2, ls="none", alpha=0.9)
+                            capsize=2, ls="none", alpha=0.9,
+                            label=None if xs else name)  # the legend's entry when there is no line
         has_tag = any("tag" in m for m in table.values())
         ax.set_xticks(numeric + ([tag_x] if has_tag else []),
                       [f"{t:g}" for t in numeric] + (["TAG"] if has_tag else []))
@@ -174,9 +175,10 @@ def guidance_sweep(rows: Sequence[Mapping[str, Any]], quality: str = "fid",
 # --- F4 ------------------------------------------------------------------------------
 
 def tirt_curriculum(records: Sequence[Mapping[str, Any]], prior: Sequence[float],
-                    final: Sequence[float], T: int) -> Figure:
+                    final: Sequence[float], T: int, weighting: str = "tirt") -> Figure:
     """The teacher's effective TIRT weights over training (binned), the Min-SNR-5
-    prior, and the drift measurement; `records` are log lines with `tirt_bins`."""
+    prior, and the drift measurement; `records` are log lines with `tirt_bins`.
+    `weighting` names the teacher's weighting where it is not TIRT (`train.weighting`)."""
     style()
     snaps = [r for r in records if r.get("tirt_bins")]
     fig, (ax_w, ax_d) = plt.subplots(1, 2, figsize=(11, 4.2))
@@ -186,11 +188,13 @@ def tirt_curriculum(records: Sequence[Mapping[str, Any]], prior: Sequence[float]
     for i, r in enumerate(snaps):
         ax_w.plot(centres, r["tirt_bins"], color=cmap(i / max(len(snaps) - 1, 1)), lw=1,
                   alpha=0.8, label=f"step {r['step']}" if i in (0, len(snaps) - 1) else None)
+    tirt = weighting == "tirt"
     ax_w.plot(np.linspace(0, T, len(prior)), prior, color="black", ls="--", lw=1.5,
-              label="prior: min(SNR, 5), frozen")
-    ax_w.plot(np.linspace(0, T, len(final)), final, color="crimson", lw=2, label="final (transferred)")
+              label="prior: min(SNR, 5), frozen" if tirt else f"{weighting} at step 0")
+    ax_w.plot(np.linspace(0, T, len(final)), final, color="crimson", lw=2,
+              label="final (transferred)" if tirt else f"{weighting}, final")
     ax_w.set(xlabel="timestep t", ylabel="effective weight w_t (mean 1)",
-             title="TIRT weights over training")
+             title="TIRT weights over training" if tirt else f"the teacher's {weighting} weights (not TIRT)")
     ax_w.legend(fontsize=8)
     drift = [r for r in snaps if r.get("tirt_drift") is not None]
     ax_c = ax_d.twinx()

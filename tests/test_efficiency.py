@@ -83,3 +83,23 @@ def test_latency_samples_the_way_dash_sample_does(tiny):
         times = latencies(model, diffusion, config, 3, torch.device("cpu"), 1, Runtime(freeze=freeze))
         assert len(times) == 1 and times[0] > 0
         assert (model in _FROZEN) is frozen
+
+
+def test_table_4_leaves_what_was_not_measured_empty_not_zero(tmp_path):
+    import json as json_module
+
+    from eval_fakes import fake_run
+
+    from dashlib import paper, pipeline
+    from dashlib.artifacts import load_artifact
+
+    b = pipeline.budget("tiny", threads=1, overrides={"efficiency_repeats": 0, "efficiency_steps": 2,
+                                                       "efficiency_batch": 2})
+    teacher = load_artifact(fake_run(b.preset))
+    student = load_artifact(fake_run(b.preset, kind="student", method="dash"))
+    paper.t4_efficiency(b, teacher, student, tmp_path)
+    import csv
+
+    rows = list(csv.DictReader((tmp_path / "T4_efficiency.csv").open()))
+    assert [(r["peak memory (MB)"], r["speedup"]) for r in rows] == [("", ""), ("", "")], rows
+    assert "latency not measured" in json_module.loads((tmp_path / "T4_efficiency.json").read_text())["title"]

@@ -771,3 +771,31 @@ def test_images_replaced_in_place_keeping_their_times_are_decoded_again(tmp_path
         os.utime(path, ns=(times.st_atime_ns, times.st_mtime_ns))
     imagefolder._fingerprint.cache_clear()  # as a new process would
     assert not torch.equal(load_dataset(config).train.x, first)
+
+
+def test_budgets_keep_dash_and_evaluate_what_their_tables_and_figures_read():
+    from dashlib.pipeline import budget
+
+    with pytest.raises(ConfigError, match="leave out dash"):
+        budget("tiny", threads=1, overrides={"methods": ["cond-only", "scratch"]})
+    quick = budget("digits", quick=True, threads=1, overrides={"sample.guidance": "constant"})
+    assert quick.table_guidance in quick.sweep_guidance  # T1 reads it from the sweep's report
+    assert quick.preset.eval.ddim_steps in quick.sweep_steps  # F7's teacher line
+    full = budget("digits", threads=1)
+    assert full.sweep_guidance == full.preset.eval.sweep_guidance  # unchanged where nothing lacked
+    assert full.sweep_steps == full.preset.eval.sweep_steps
+
+
+def test_two_names_of_one_run_are_reported_under_both_and_counted_once():
+    from dashlib.evaluate import EvalReport
+    from dashlib.pipeline import named
+    from dashlib.runs import Run
+
+    rows = [{"run": "/r/a", "method": "dash", "seed": s} for s in (1, 2)]
+    summary = [{"run": "/r/a", "method": "dash", "seeds": [1, 2]}]
+    runs = {"+TIRT (DASH)": Run(Path("/r/a")), "DASH - L_an": Run(Path("/r/a"))}
+    out = named(EvalReport(rows, summary, {}), runs)
+    assert [r["method"] for r in out.summary] == ["+TIRT (DASH)", "DASH - L_an"]
+    assert [(r["method"], r["seed"]) for r in out.rows] == [
+        ("+TIRT (DASH)", 1), ("+TIRT (DASH)", 2), ("DASH - L_an", 1), ("DASH - L_an", 2)]
+    assert all(r["seeds"] == [1, 2] for r in out.summary)

@@ -70,3 +70,19 @@ def test_sample_grids_show_at_most_ten_distinct_classes_in_order(k):
     x = labels.float().view(-1, 1, 1, 1).expand(-1, 1, 4, 4) / k
     grid = grid_image(x, rows, len(shown), scale=1)
     assert grid.shape[1] == len(shown) * 4 + (len(shown) + 1) * 1
+
+
+def test_a_sweep_of_tag_alone_still_names_every_method_in_the_legend():
+    rows = [{"method": m, "guidance": "tag", "seed": s, "fid": 1.0 + s, "accuracy": 0.9}
+            for m in ("teacher", "dash") for s in (0, 1)]
+    fig = plots.guidance_sweep(rows, chance=0.1)
+    labels = [t.get_text() for legend in fig.legends + [a.get_legend() for a in fig.axes if a.get_legend()]
+              for t in legend.get_texts()]
+    assert {"teacher", "dash"} <= set(labels), labels
+
+
+def test_f4_says_so_when_the_teacher_was_not_trained_with_tirt():
+    fig = plots.tirt_curriculum([], [1.0] * 4, [1.0] * 4, 100, weighting="uniform")
+    assert "not TIRT" in fig.axes[0].get_title()
+    labels = [t.get_text() for t in fig.axes[0].get_legend().get_texts()]
+    assert "prior: min(SNR, 5), frozen" not in labels and "uniform at step 0" in labels

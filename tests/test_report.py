@@ -31,3 +31,16 @@ def test_csv_splits_mean_and_std_into_numeric_columns(tmp_path):
     assert df["FID_mean"][0] == 0.4221 and df["FID_std"][0] == 0.0381
     assert math.isnan(df["FID_std"][1]) and math.isnan(df["FID_mean"][2]) and math.isnan(df["rho"][1])
     assert json.loads((tmp_path / "T9.json").read_text())["files"][2] == "T9.csv"
+
+
+def test_a_nested_figures_index_links_to_the_papers_summary_that_exists(tmp_path):
+    import re
+    from pathlib import Path
+
+    from dashlib.report import write_index
+
+    docs = Path(__file__).resolve().parents[1] / "docs" / "paper.md"
+    folder = tmp_path / "figures" / "tiny-pets" / "quick"
+    folder.mkdir(parents=True)
+    link = re.search(r"\[docs/paper.md\]\(([^)]+)\)", write_index(folder).read_text()).group(1)
+    assert (folder / link).resolve() == docs

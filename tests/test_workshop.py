@@ -247,3 +247,11 @@ def test_the_notebook_with_solutions_runs_on_tiny(tmp_path):
                                                           ("W0_workshop_data", "W1_workshop_fields",
                                                            "W2_workshop_samples",
                                                            "W3_workshop_gap_profile")}
+
+
+def test_the_data_plot_takes_more_classes_than_its_palette():
+    from dashlib.workshop.plots import plot_data
+    from dashlib.workshop.toy import toy_config_for
+
+    fig = plot_data(toy_config_for("tiny", num_classes=12), n=120)
+    assert fig.axes

@@ -36,6 +36,11 @@ from dashlib.workshop.train import Workshop
 COLORS = plt.get_cmap("tab10").colors
 
 
+def class_colour(k: int) -> tuple[float, float, float]:
+    """Class k's colour: tab10's, repeating after 10 classes."""
+    return COLORS[k % len(COLORS)]
+
+
 def grid_points(extent: float, n: int) -> Tensor:
     """(n * n, 2) points on a square grid over [-extent, extent]^2."""
     axis = torch.linspace(-extent, extent, n)
@@ -48,8 +53,8 @@ def draw_modes(ax: plt.Axes, config: ToyConfig, highlight: int | None = None) ->
     centers = mode_centers(config)
     for k in range(config.num_classes):
         c = centers[k]
-        ax.scatter(c[:, 0], c[:, 1], s=140, facecolors=COLORS[k] if k == highlight else "none",
-                   edgecolors=COLORS[k], linewidths=2, alpha=0.5, zorder=1)
+        ax.scatter(c[:, 0], c[:, 1], s=140, facecolors=class_colour(k) if k == highlight else "none",
+                   edgecolors=class_colour(k), linewidths=2, alpha=0.5, zorder=1)
 
 
 def style(ax: plt.Axes, extent: float) -> None:
@@ -108,7 +113,7 @@ def plot_samples(shop: Workshop, guidance: Sequence[Guidance | str | float] = (0
             x = sample_toy(model, shop.diffusion, shop.config, y, g, torch.Generator().manual_seed(seed))
             ax = axes[i, j]
             draw_modes(ax, shop.config)
-            ax.scatter(x[:, 0], x[:, 1], s=3, c=[COLORS[c] for c in y.tolist()], zorder=2)
+            ax.scatter(x[:, 0], x[:, 1], s=3, c=[class_colour(c) for c in y.tolist()], zorder=2)
             style(ax, extent)
             acc, hit = class_accuracy(x, y, shop.config), on_mode(x, y, shop.config)
             ax.set_title(f"{g.title}: class {acc:.0%}, on a mode {hit:.0%}", fontsize=9)
@@ -124,7 +129,7 @@ def plot_data(config: ToyConfig, n: int = 1500, seed: int = 0) -> Figure:
     fig, ax = plt.subplots(figsize=(4.8, 3.6))
     for k in range(config.num_classes):
         pts = x[y == k]
-        ax.scatter(pts[:, 0], pts[:, 1], s=3, color=COLORS[k], label=f"class {k}")
+        ax.scatter(pts[:, 0], pts[:, 1], s=3, color=class_colour(k), label=f"class {k}")
     style(ax, 1.05)
     ax.set_title(f"{config.num_classes} classes x {config.modes_per_class} modes")
     ax.legend(loc="upper left", bbox_to_anchor=(1.02, 1.0), borderaxespad=0.0, markerscale=4,
