@@ -187,7 +187,7 @@ def test_a_reproduction_evaluates_with_the_sampler_its_overrides_set(monkeypatch
     seen = {}
 
     class Report:
-        rows, summary = [], []
+        rows, summary, meta = [], [], {}
 
     def fake_evaluate_runs(runs, config, **kwargs):
         seen.update(kwargs)
