@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import atexit
 import contextlib
+import datetime
 import inspect
 import io
 import os
@@ -107,9 +108,22 @@ def init_distributed(device: str = "auto") -> DistInfo:
     return DistInfo(rank, world, local_rank, backend)
 
 
+#: how long a rank waits at exit for the others before leaving anyway
+LEAVE_TIMEOUT_S = 60
+
+
 def _leave() -> None:
-    if dist.is_initialized():
-        dist.destroy_process_group()
+    """Leave the group together: a rank that destroyed its group while another's gloo
+    threads still talked to it made that one abort ("terminate called without an active
+    exception") after every file was written. A rank that failed does not wait for long."""
+    if not dist.is_initialized():
+        return
+    if dist.get_backend() == "gloo":  # NCCL's barrier has no timeout of its own: not there
+        try:
+            dist.monitored_barrier(timeout=datetime.timedelta(seconds=LEAVE_TIMEOUT_S))
+        except Exception:  # noqa: BLE001 - a rank missing at exit: leave without it
+            pass
+    dist.destroy_process_group()
 
 
 @contextlib.contextmanager
