@@ -12,14 +12,13 @@ published layout works (the tests build one with random images).
 
 from __future__ import annotations
 
-import hashlib
 import pickle
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 
-from dashlib.io import file_ends
+from dashlib.io import files_fingerprint
 
 #: (module, name) pairs a CIFAR batch's pickle may reference; everything else is refused.
 ALLOWED = {("numpy.core.multiarray", "_reconstruct"), ("numpy._core.multiarray", "_reconstruct"),
@@ -101,16 +100,14 @@ def fingerprint(root: Path, name: str) -> str:
     layout is read, so a re-packed or relabelled one (or `write_cifar_root`'s noise) must
     not share runs with the real archive."""
     layout = LAYOUTS[name]
-    digest = hashlib.sha256()
+    files = []
     for f in (*layout.train, layout.test, layout.meta):
         path = root / layout.folder / f
-        if not path.is_file():
-            if f == layout.meta:  # optional: class names default to numbers
-                continue
+        if path.is_file():
+            files.append((f, path))
+        elif f != layout.meta:  # the meta file is optional: class names default to numbers
             raise CifarFormatError(f"{path} is missing")
-        digest.update(f"{f}\0{path.stat().st_size}\0".encode())
-        digest.update(file_ends(str(path)))
-    return digest.hexdigest()[:16]
+    return files_fingerprint(files)
 
 
 def class_names(root: Path, name: str, num_classes: int) -> tuple[str, ...]:

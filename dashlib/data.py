@@ -228,14 +228,21 @@ def _open_torchvision(name: str, config: DataConfig, train: bool) -> object:
         ) from None
 
 
+def _cifar_root(name: str, config: DataConfig) -> Path:
+    """The CIFAR root, its archive downloaded first where it is missing and allowed (else the
+    error that says how to get it); dash reads the files itself (`dashlib.cifar`)."""
+    root = Path(config.data_root).expanduser().resolve()
+    if not (root / _SOURCES[name].folder).is_dir():
+        _open_torchvision(name, config, train=True)
+    return root
+
+
 def _cifar_split(name: str, config: DataConfig, train: bool) -> tuple[Split, tuple[str, ...]]:
     """One CIFAR split, read by `dashlib.cifar` (safe unpickling, any copy in the published
     layout); torchvision only downloads it, when `download` is on and the folder is missing."""
     from dashlib import cifar
 
-    root = Path(config.data_root).expanduser().resolve()
-    if not (root / _SOURCES[name].folder).is_dir():
-        _open_torchvision(name, config, train)  # downloads, or explains how to get the files
+    root = _cifar_root(name, config)
     try:
         images, labels = cifar.read_split(root, name, train)
     except cifar.CifarFormatError as err:
@@ -276,9 +283,7 @@ def _cifar_fingerprint(name: str) -> Callable[[DataConfig], str]:
     def fingerprint(config: DataConfig) -> str:
         from dashlib import cifar
 
-        root = Path(config.data_root).expanduser().resolve()
-        if not (root / _SOURCES[name].folder).is_dir():
-            _open_torchvision(name, config, train=True)  # downloads, or explains how to get the files
+        root = _cifar_root(name, config)
         try:
             return cifar.fingerprint(root, name)
         except cifar.CifarFormatError as err:

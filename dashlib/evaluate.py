@@ -49,7 +49,7 @@ from tqdm import tqdm
 from dashlib.artifacts import Artifact, load_artifact
 from dashlib.classifier import Classifier, load_classifier, predict, train_classifier
 from dashlib.config import ConfigError, DataConfig, EvalConfig, Preset, SampleConfig, from_dict, to_dict
-from dashlib.data import load_dataset, to_uint8
+from dashlib.data import LOCATION_FIELDS, load_dataset, to_uint8
 from dashlib.device import check_batch_fits, resolve_device
 from dashlib.errors import EvaluationError
 from dashlib.fidelity import (
@@ -74,7 +74,7 @@ from dashlib.io import (
     load_checkpoint,
     read_json_object,
 )
-from dashlib.runs import Run, RunStateError, config_hash
+from dashlib.runs import Run, RunStateError, config_hash, map_data
 from dashlib.sampling import balanced_labels
 from dashlib.threads import use_threads
 from dashlib.unet import count_params
@@ -218,7 +218,7 @@ def run_spec(run: Run | str | Path, sample: SampleConfig | None = None,
 
 #: the `--set` key prefixes `dash evaluate` takes (and `WHERE_DATA`: where the data is now)
 EVALUATION_KEYS = ("eval.", "sample.")
-WHERE_DATA = ("data.data_root", "data.download")
+WHERE_DATA = tuple(f"data.{field}" for field in LOCATION_FIELDS)
 
 
 def evaluation_settings(run: Run | str | Path, overrides: Mapping[str, Any]) -> tuple[Preset, SampleConfig]:
@@ -259,19 +259,11 @@ def check_run_data(run: Run, data: DataConfig) -> None:
 
     if data.name not in DATASETS or DATASETS.get(data.name).fingerprint is None or not run.config.is_file():
         return
-    payload = _with_data(read_json_object(run.config), to_dict(data))
+    payload = map_data(read_json_object(run.config), lambda _: to_dict(data))
     if not run.path.name.endswith("-" + run_id(payload)):
         raise ConfigError(f"the images under {data.data_root} are not those {run.path} was trained on "
                           f"(their names, sizes or contents differ, or the run was made by an older "
                           f"dash); pass the folder it was trained on with --data-root")
-
-
-def _with_data(payload: Any, data: dict[str, Any]) -> Any:
-    """`payload` with every nested "data" dict (the student's, its teacher's) set to `data`."""
-    if not isinstance(payload, dict):
-        return payload
-    return {k: data if k == "data" and isinstance(v, dict) else _with_data(v, data)
-            for k, v in payload.items()}
 
 
 def cells(specs: Iterable[RunSpec], guidance: Sequence[Guidance | str | float], steps: Sequence[int],

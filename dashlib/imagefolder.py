@@ -38,7 +38,7 @@ import torch
 from torch import Tensor
 from tqdm import tqdm
 
-from dashlib.io import file_ends
+from dashlib.io import files_fingerprint
 
 if TYPE_CHECKING:
     import PIL.Image
@@ -262,12 +262,9 @@ def _folder_state(root: Path) -> tuple:
 @functools.lru_cache(maxsize=16)
 def _fingerprint(root: Path, state: tuple) -> str:
     train, test = split_folders(root)
-    digest = hashlib.sha256()
-    for folder in (train, test) if test is not None else (train,):
-        for path, _ in _samples(folder)[0]:
-            digest.update(f"{Path(path).relative_to(root).as_posix()}\0{os.stat(path).st_size}\0".encode())
-            digest.update(file_ends(path))
-    return digest.hexdigest()[:16]
+    return files_fingerprint((Path(path).relative_to(root).as_posix(), path)
+                             for folder in ((train, test) if test is not None else (train,))
+                             for path, _ in _samples(folder)[0])
 
 
 def folder_fingerprint(root: str | Path) -> str:

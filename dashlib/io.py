@@ -17,7 +17,7 @@ import math
 import os
 import pickle
 import tempfile
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -255,3 +255,13 @@ def file_ends(path: str | Path) -> bytes:
             return head
         f.seek(max(f.tell(), os.fstat(f.fileno()).st_size - FINGERPRINT_BYTES))
         return head + f.read()
+
+
+def files_fingerprint(files: Iterable[tuple[str, str | Path]]) -> str:
+    """A 16-hex hash of (name, path) pairs: each name, its file's size and `file_ends`
+    (image folders name their files by relative path, CIFAR copies by batch name)."""
+    digest = hashlib.sha256()
+    for name, path in files:
+        digest.update(f"{name}\0{os.stat(path).st_size}\0".encode())
+        digest.update(file_ends(path))
+    return digest.hexdigest()[:16]

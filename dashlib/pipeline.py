@@ -184,11 +184,11 @@ def budget(preset: str | Preset, quick: bool = False, workers: int = 2, device: 
         raise ConfigError(f"unknown budget setting(s) {sorted(unknown)}: preset keys are dotted "
                           f"(e.g. train.steps); budget keys are {sorted(fields)}")
     p = check(fit_to_data(override(base, **sized_for_data(base, dotted))) if dotted else base)
-    return Budget(preset=p, quick=quick, methods=_listed("methods", knobs.pop("methods", METHODS.names())),
-                  widths=_listed("widths", knobs.pop("widths")), workers=workers, device=device, **knobs)
+    return Budget(preset=p, quick=quick, methods=_as_tuple("methods", knobs.pop("methods", METHODS.names())),
+                  widths=_as_tuple("widths", knobs.pop("widths")), workers=workers, device=device, **knobs)
 
 
-def _listed(name: str, value: Any) -> tuple[Any, ...]:
+def _as_tuple(name: str, value: Any) -> tuple[Any, ...]:
     """A budget list as given (`--set methods=["dash"]`), or one bare value (`widths=8`,
     `methods=dash`) as a list of one; never empty."""
     items = tuple(value) if isinstance(value, (list, tuple)) else (value,)

@@ -129,18 +129,24 @@ def notebook_parameters(preset: str, quick: bool, figures: Path, device: str, th
             "overrides": dict(overrides)}
 
 
-def resolve_overrides(preset: str, overrides: Mapping[str, Any] | None) -> dict[str, Any]:
-    """The overrides with the data root made absolute against the caller's working directory
-    (the notebooks run in notebooks/), checked by building the budget once."""
-    from dashlib.pipeline import budget
+def with_data_root(preset: str, overrides: Mapping[str, Any] | None) -> dict[str, Any]:
+    """The overrides with the data root (the preset's where none is given) made absolute
+    against the caller's working directory (the notebooks run in notebooks/)."""
+    from dashlib.presets import get_preset
 
     out = dict(overrides or {})
     root = out.get("data.data_root")
     if root is None:
-        from dashlib.presets import get_preset
-
         root = get_preset(preset).data.data_root
     out["data.data_root"] = str(Path(str(root)).expanduser().resolve())
+    return out
+
+
+def resolve_overrides(preset: str, overrides: Mapping[str, Any] | None) -> dict[str, Any]:
+    """`with_data_root`, checked by building the budget once."""
+    from dashlib.pipeline import budget
+
+    out = with_data_root(preset, overrides)
     budget(preset, overrides=out)  # a bad preset, key or dataset fails here, before any notebook
     return out
 

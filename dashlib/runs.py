@@ -10,7 +10,7 @@ from __future__ import annotations
 import hashlib
 import json
 import shutil
-from collections.abc import Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -102,33 +102,30 @@ def _unstarted(run: Run) -> bool:
     return names <= {run.config.name, run.log.name}
 
 
+def map_data(payload: Any, fn: Callable[[Mapping[str, Any]], Any]) -> Any:
+    """`payload` with `fn` applied to every nested "data" dict (a run's, its teacher's)."""
+    if not isinstance(payload, Mapping):
+        return payload
+    return {key: fn(value) if key == "data" and isinstance(value, Mapping) else map_data(value, fn)
+            for key, value in payload.items()}
+
+
 def portable(payload: Any) -> Any:
     """`payload` with the location fields of any nested "data" dict left out (what a
     checkpoint's stored config is compared by on resume: the run folder, found by
     `identity`, already vouches for the data's content wherever it lives now)."""
-    if not isinstance(payload, Mapping):
-        return payload
     from dashlib.data import LOCATION_FIELDS
 
-    return {key: ({k: v for k, v in value.items() if k not in LOCATION_FIELDS}
-                  if key == "data" and isinstance(value, Mapping) else portable(value))
-            for key, value in payload.items()}
+    return map_data(payload, lambda data: {k: v for k, v in data.items() if k not in LOCATION_FIELDS})
 
 
 def identity(payload: Any) -> Any:
     """`payload` with any nested "data" dict replaced by its `dashlib.data.data_identity`
     (no location fields; an image folder's content fingerprint), so a run is found again
     when the dataset moves or is given as another path, and never shared by two folders."""
-    if not isinstance(payload, Mapping):
-        return payload
-    out = {}
-    for key, value in payload.items():
-        if key == "data" and isinstance(value, Mapping):
-            from dashlib.data import data_identity
+    from dashlib.data import data_identity
 
-            value = data_identity(value)
-        out[key] = identity(value)
-    return out
+    return map_data(payload, data_identity)
 
 
 def run_id(payload: Mapping[str, Any]) -> str:

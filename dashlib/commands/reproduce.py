@@ -24,7 +24,7 @@ def _args(p: argparse.ArgumentParser) -> None:
 
 @command("reproduce", "run every notebook headless with papermill (figures and tables)", _args)
 def cmd_reproduce(args: argparse.Namespace) -> int:
-    from dashlib.reproduce import figures_dir, reproduce, resolve_overrides
+    from dashlib.reproduce import figures_dir, reproduce, with_data_root
     from dashlib.threads import default_threads
 
     overrides = data_overrides(args)
@@ -34,9 +34,9 @@ def cmd_reproduce(args: argparse.Namespace) -> int:
     reproduce(args.preset, quick=args.quick, only=args.only, figures=args.figures, device=args.device,
               progress=not args.no_progress, overrides=overrides,
               threads=args.threads or default_threads(), workers=args.workers)
-    # resolved as reproduce() resolved them (an image folder's default root fills in its name)
+    # the data root as reproduce() filled it in (an image folder's default root names the folder)
     figures = figures_dir(args.preset, args.quick, args.figures,
-                          resolve_overrides(args.preset, overrides)).resolve()
+                          with_data_root(args.preset, overrides)).resolve()
     index = figures / "README.md"  # absent when --only ran no notebook that saves figures
     print(index if index.is_file() else figures)
     return 0
