@@ -57,6 +57,26 @@ def legend_beside(ax: Any, handles: Sequence[Any] | None = None,
                      borderaxespad=0.0, fontsize=8, **kwargs)
 
 
+class _PlainLogFormatter(matplotlib.ticker.LogFormatterSciNotation):
+    """Labels the ticks matplotlib's log formatter would label, as plain numbers ("12.5",
+    "0.2") rather than "1.25x10^1": a log axis spanning less than a decade (a small
+    dataset's FID) otherwise reads in scientific notation."""
+
+    def __call__(self, x: float, pos: int | None = None) -> str:
+        return f"{x:.3g}" if super().__call__(x, pos) else ""
+
+
+def plain_log_ticks(axis: Any) -> None:
+    """Give a log-scaled `axis` (ax.yaxis / ax.xaxis) plain-number tick labels, keeping
+    which ticks are labelled."""
+    for get, put in ((axis.get_major_formatter, axis.set_major_formatter),
+                     (axis.get_minor_formatter, axis.set_minor_formatter)):
+        old = get()
+        if isinstance(old, matplotlib.ticker.LogFormatter):
+            put(_PlainLogFormatter(base=old._base, labelOnlyBase=old.labelOnlyBase,
+                                   minor_thresholds=old.minor_thresholds, linthresh=old._linthresh))
+
+
 # --- F1 ------------------------------------------------------------------------------
 
 def sample_grids(grids: Mapping[str, Tensor], subtitle: str = "") -> Figure:
@@ -160,6 +180,7 @@ def guidance_sweep(rows: Sequence[Mapping[str, Any]], quality: str = "fid",
                       [f"{t:g}" for t in numeric] + (["TAG"] if has_tag else []))
         ax.set(xlabel="guidance scale w (★ = TAG schedule)", ylabel=label)
     axes[0].set_yscale("log")
+    plain_log_ticks(axes[0].yaxis)
     axes[1].set_ylim(0, 1.02)
     handles, labels = axes[0].get_legend_handles_labels()
     if chance is not None:  # named in the legend: a text label on the line hid the data
@@ -239,6 +260,7 @@ def distillation_dynamics(logs: Mapping[str, Sequence[Mapping[str, Any]]]) -> Fi
                     color=colour(name), label=name)
     axes[0].set(yscale="log", xlabel="step", ylabel="output-level loss (per-pixel MSE)",
                 title="Training loss")
+    plain_log_ticks(axes[0].yaxis)
     axes[1].set(xlabel="step", ylabel="rho", title="Gap magnitude (1 = teacher's)")
     axes[2].set(xlabel="step", ylabel="cos(δ_S, δ_T)", title="Gap direction")
     axes[1].axhline(1, color="black", ls="--", lw=1)

@@ -123,10 +123,5 @@ class TeacherObjective(DiffusionObjective):
         super().__init__(model, weighting, diffusion, train.label_dropout, train.label_dropout_mode)
         self.tirt_lr = train.tirt_lr
 
-    def param_groups(self, lr: float, weight_decay: float) -> list[dict[str, Any]]:
-        groups = [{"params": list(self.model.parameters()), "lr": lr, "weight_decay": weight_decay}]
-        table = [p for p in self.weighting.parameters() if p.requires_grad]
-        if table:
-            groups.append({"params": table, "lr": self.tirt_lr if self.tirt_lr is not None else lr,
-                           "weight_decay": 0.0})
-        return groups
+    def table_lr(self, lr: float) -> float:
+        return self.tirt_lr if self.tirt_lr is not None else lr

@@ -108,9 +108,24 @@ class Objective(nn.Module):
         return self.loss(batch, over)
 
     def param_groups(self, lr: float, weight_decay: float) -> list[dict[str, Any]]:
-        """Optimizer groups; by default every trainable parameter at `lr`."""
-        params = [p for p in self.parameters() if p.requires_grad]
-        return [{"params": params, "lr": lr, "weight_decay": weight_decay}]
+        """Optimizer groups: every trainable parameter at `lr` with `weight_decay`, except a
+        learned timestep-weighting table (the `weighting` submodule's parameters: TIRT's
+        lambda_t, the uncertainty weighting's u_t), in a group of its own at
+        `table_lr(lr)` and without weight decay (docs/choices.md), which would pull
+        lambda_t towards the prior and u_t towards 0 whatever the losses say."""
+        weighting = getattr(self, "weighting", None)
+        table = ([p for p in weighting.parameters() if p.requires_grad]
+                 if isinstance(weighting, nn.Module) else [])
+        in_table = {id(p) for p in table}
+        params = [p for p in self.parameters() if p.requires_grad and id(p) not in in_table]
+        groups = [{"params": params, "lr": lr, "weight_decay": weight_decay}]
+        if table:
+            groups.append({"params": table, "lr": self.table_lr(lr), "weight_decay": 0.0})
+        return groups
+
+    def table_lr(self, lr: float) -> float:
+        """The learning rate of a learned weighting table; by default the network's."""
+        return lr
 
     def after_step(self) -> None:
         """Called after every optimizer step (e.g. to re-apply a pruning mask)."""

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import math
 import os
+import re
 
 import pytest
 
@@ -116,7 +117,9 @@ def test_sweep_is_resumable_and_reuses_finished_cells(tmp_path, monkeypatch):
     runs = {c["run"] for c in second["cells"].values()}
     assert len(runs) == 4
     rows = claims_report.verdict_rows(second)
-    assert rows and all("2" in r for r in rows)
+    # two seeds on each side: every cell is a verdict with its margin and spread
+    cell = r"(holds|refuted|within spread) \([+-]\d+\.\d{3} vs \d+\.\d{3}\)"
+    assert rows and all(re.fullmatch(cell, r["2"]) for r in rows), rows
 
 
 def test_a_weak_classifier_is_flagged_in_the_figures_index(tmp_path):

@@ -102,6 +102,7 @@ def test_sampling_autocasts_only_when_asked(tiny_model, monkeypatch):
     with torch.no_grad():
         out, ref = fast(x, t, y), model(x, t, y)
     assert out.dtype == torch.float32
+    assert not torch.equal(out, ref)  # it ran in bf16 (rounded), not in fp32
     assert torch.allclose(out, ref, atol=0.05), (out - ref).abs().max()
 
 

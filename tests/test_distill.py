@@ -107,6 +107,35 @@ def test_relearned_tirt_moves(tiny):
     assert table.abs().max() > 0 and run.read_results()["tirt_drift"] is not None
 
 
+@pytest.mark.parametrize("tirt", ["relearn", "uncertainty", "transfer"])
+def test_a_learned_weighting_table_gets_no_weight_decay(tiny, tiny_model, tirt):
+    """docs/choices.md: the teacher's TIRT table has no weight decay; a student's relearned
+    (lambda_t) or uncertainty (u_t) table neither, and the network keeps its decay."""
+    from dashlib.distill.methods import DASH
+    from dashlib.distill.run import make_weighting_for
+    from dashlib.teacher import TeacherObjective
+
+    diffusion = Diffusion(tiny.diffusion)
+    teacher = load_artifact(train_teacher(tiny, progress=False))
+    config = override(tiny, **{"distill.tirt": tirt}).distill
+    weighting = make_weighting_for(config, teacher, diffusion)
+    objective = DASH(copy.deepcopy(tiny_model), teacher.model, weighting, diffusion)
+    groups = objective.param_groups(1e-3, 0.5)
+    table = [p for p in weighting.parameters() if p.requires_grad]
+    assert [p for p in groups[0]["params"]] == [p for p in objective.model.parameters()]
+    assert groups[0]["weight_decay"] == 0.5
+    if tirt == "transfer":
+        assert not table and len(groups) == 1
+    else:
+        assert len(groups) == 2 and groups[1]["params"] == table and groups[1]["weight_decay"] == 0.0
+    learned = make_weighting("tirt", diffusion)
+    mine = TeacherObjective(copy.deepcopy(tiny_model), learned, diffusion,
+                            override(tiny, **{"train.tirt_lr": 0.25}).train)
+    groups = mine.param_groups(1e-3, 0.5)
+    assert groups[1] == {"params": list(learned.parameters()), "lr": 0.25, "weight_decay": 0.0}
+    assert groups[0]["params"] == list(mine.model.parameters())
+
+
 def test_cond_only_never_trains_the_null_row(tiny):
     run = distill(tiny, "cond-only", steps=8, progress=False)
     cfg = resolve_config(tiny, "cond-only")
@@ -171,11 +200,23 @@ def test_magnitude_prune_removes_the_smallest_weights(tiny_model):
 def test_single_head_student_is_sized_like_the_paper(tiny):
     from dashlib.presets import get_preset
 
-    for name in ("digits", "cifar10"):
+    # the nearest width in steps of 2: digits 20 (0.269; 18 gives 0.218), cifar 78 (0.2525)
+    for name, tolerance in (("digits", 0.02), ("cifar10", 0.002)):
         preset = get_preset(name)
         cfg = single_head_config(preset, 8.99 / 35.75)
         share = count_params(UNet(cfg)) / count_params(UNet(preset.teacher))
-        assert not cfg.cfg and abs(share - 8.99 / 35.75) < 0.03
+        assert not cfg.cfg and abs(share - 8.99 / 35.75) < tolerance
+        assert cfg.ch % cfg.norm_groups == 0
+
+
+def test_single_head_groups_keep_the_shared_divisor_and_else_the_nearest_one():
+    from dashlib.distill.methods import single_head_groups
+
+    assert single_head_groups(20, 8) == 4          # gcd, as before (digits' single-head run)
+    assert single_head_groups(76, 32) == 4
+    assert single_head_groups(78, 32) == 26        # gcd 2: nearest divisor of 78 to 32
+    assert single_head_groups(18, 8) == 9
+    assert single_head_groups(6, 1) == 1
 
 
 def test_run_folder_depends_on_method_seed_and_config(tiny):

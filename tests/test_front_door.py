@@ -8,6 +8,7 @@ import os
 import pickle
 import subprocess
 import sys
+import warnings
 from pathlib import Path
 
 import numpy as np
@@ -379,7 +380,9 @@ def test_a_truncated_image_cache_is_decoded_again_with_a_warning(tmp_path):
     with pytest.warns(UserWarning, match="unreadable image cache"):
         again = load_dataset(config)
     assert torch.equal(again.train.x, first.train.x)
-    assert load_dataset(config).num_classes == 3  # rewritten: read without a warning
+    with warnings.catch_warnings():  # rewritten: read without a warning
+        warnings.simplefilter("error")
+        assert load_dataset(config).num_classes == 3
 
 
 @pytest.mark.parametrize("layout, message", [
@@ -567,6 +570,11 @@ def test_threads_default_and_set(monkeypatch):
     assert default_threads() == available_cores()
     assert budget("tiny", workers=2, threads=1).workers == 2  # workers are single-threaded processes
     assert torch.get_num_threads() == 1
+    try:  # conftest already runs one thread: 2 shows the budget sets them
+        budget("tiny", threads=2)
+        assert torch.get_num_threads() == 2
+    finally:
+        torch.set_num_threads(1)
     with pytest.raises(ConfigError, match="threads"):
         budget("tiny", threads=0)
 

@@ -86,3 +86,17 @@ def test_f4_says_so_when_the_teacher_was_not_trained_with_tirt():
     assert "not TIRT" in fig.axes[0].get_title()
     labels = [t.get_text() for t in fig.axes[0].get_legend().get_texts()]
     assert "prior: min(SNR, 5), frozen" not in labels and "uniform at step 0" in labels
+
+
+@pytest.mark.parametrize("lo, hi", [(12.2, 12.85), (0.17, 24.9)])
+def test_f3_log_axis_reads_in_plain_numbers(lo, hi):
+    """Less than a decade of FID (a small dataset's) labels minor ticks, which matplotlib
+    writes as 1.25x10^1; the figure writes 12.5."""
+    rows = [{"method": m, "guidance": g, "seed": 0, "fid": fid, "accuracy": 0.5}
+            for m, (a, b) in zip(METHODS, [(lo, hi)] * len(METHODS)) for g, fid in (("0", a), ("tag", b))]
+    fig = plots.guidance_sweep(rows)
+    fig.canvas.draw()
+    axis = fig.axes[0].yaxis
+    ticks = [*axis.get_majorticklabels(), *axis.get_minorticklabels()]
+    labels = [t.get_text() for t in ticks if t.get_text()]
+    assert labels and all(float(label) > 0 for label in labels), labels

@@ -115,6 +115,23 @@ def test_a_student_identical_to_the_teacher_has_no_imitation_loss():
     assert float(loss.detach()) == 0.0
     stats = gap_at(teacher, teacher, diffusion, TINY, t=10, n=64)
     assert stats["rho"] == pytest.approx(1.0) and stats["cos"] == pytest.approx(1.0)
+    half = gap_at(_HalfGap(teacher), teacher, diffusion, TINY, t=10, n=64)
+    assert half["rho"] == pytest.approx(0.5) and half["cos"] == pytest.approx(1.0)
+    assert half["uncond_mse"] == 0 and half["cond_mse"] > 0
+
+
+class _HalfGap(torch.nn.Module):
+    """The teacher with half its guidance gap: eps_u + (eps_c - eps_u) / 2 on class rows."""
+
+    def __init__(self, teacher):
+        super().__init__()
+        self.teacher, self.null_label = teacher, teacher.null_label
+
+    def forward(self, x, t, y):
+        cond = self.teacher(x, t, y)
+        uncond = self.teacher(x, t, torch.full_like(y, self.null_label))
+        is_null = (y == self.null_label).view(-1, *([1] * (x.ndim - 1)))
+        return torch.where(is_null, uncond, uncond + 0.5 * (cond - uncond))
 
 
 def test_training_learns_and_dash_supervises_the_unconditional_branch(shop):

@@ -57,11 +57,20 @@ def resolve_config(preset: Preset, method: str | None = None, seed: int | None =
 def distill_payload(preset: Preset, config: DistillConfig) -> dict[str, Any]:
     """Everything that determines a distillation run (hashed into its folder name)."""
     cls = METHODS.get(config.method)
-    return {"kind": "distill", "preset": preset.name, "method": config.method,
-            "teacher": run_id(teacher_payload(preset)),
-            "student": to_dict(cls.architecture(preset, config)), "distill": to_dict(config),
-            "data": to_dict(preset.data), "diffusion": to_dict(preset.diffusion),
-            "sample": to_dict(preset.sample) if cls.reads_sampling_guidance else None}
+    payload = {"kind": "distill", "preset": preset.name, "method": config.method,
+               "teacher": run_id(teacher_payload(preset)),
+               "student": to_dict(cls.architecture(preset, config)), "distill": to_dict(config),
+               "data": to_dict(preset.data), "diffusion": to_dict(preset.diffusion),
+               "sample": to_dict(preset.sample) if cls.reads_sampling_guidance else None}
+    if config.tirt in LEARNED_TABLES and config.weight_decay > 0:
+        # the table the student learns has had no weight decay since 2026-12-06
+        # (`Objective.param_groups`); a run trained before that is not this run
+        payload["table_weight_decay"] = 0.0
+    return payload
+
+
+#: `DistillConfig.tirt` values whose student learns a timestep-weighting table of its own.
+LEARNED_TABLES = ("relearn", "uncertainty")
 
 
 def distill_run(preset: Preset, method: str | None = None, seed: int | None = None,
@@ -191,7 +200,7 @@ def write_results(run: Run, preset: Preset, config: DistillConfig, objective: Di
         "final_losses": {k: last.get(k) for k in ["loss", *terms]},
         "tirt": config.tirt, "null_init": config.null_init, "null_rows": config.null_rows,
         "tirt_drift": (drift_report(objective.weighting)
-                       if config.tirt in ("relearn", "uncertainty") else None),
+                       if config.tirt in LEARNED_TABLES else None),
         "wall_time_s": wall, "precision": precision, "run": str(run.path),
         "teacher_weights": teacher_weights, **objective.report()})
 
