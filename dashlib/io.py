@@ -122,6 +122,12 @@ def _jsonable(value: Any) -> Any:
     return value
 
 
+def json_line(record: Any) -> str:
+    """One line of strict JSON (non-finite floats as null, as in every JSON file dash
+    writes), for logs that other tools read line by line (jq, JavaScript)."""
+    return json.dumps(_jsonable(record)) + "\n"
+
+
 def atomic_write_json(path: str | Path, data: Any) -> Path:
     return atomic_write_text(path, json.dumps(_jsonable(data), indent=2, sort_keys=False) + "\n")
 

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import dataclasses
 import os
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -95,6 +96,17 @@ class Budget:
         """The DDIM step sweep (F7) plus the tables' step count where the sweep lacks it
         (F7's compression panel draws the teacher at that count)."""
         return tuple(sorted({*self.preset.eval.sweep_steps, self.preset.eval.ddim_steps}))
+
+    #: The students the explorer shows unless asked for others: an output-level one whose
+    #: gap breaks, and DASH.
+    EXPLORED = ("cond-only", "dash")
+
+    def explored_methods(self, methods: Sequence[str] | None = None) -> tuple[str, ...]:
+        """The explorer's students: `methods` as given, or by default those of `EXPLORED`
+        the budget trains (`--set methods=...` leaving cond-only out leaves it out here too)."""
+        if methods is not None:
+            return tuple(methods)
+        return tuple(m for m in self.EXPLORED if m in self.methods)
 
     def provenance(self, notebook: str) -> Provenance:
         p = self.preset

@@ -93,6 +93,33 @@ def data_label(overrides: Mapping[str, Any]) -> str:
     return f"-{name}"
 
 
+def claim_figures_folder(folder: Path, preset: str, overrides: Mapping[str, Any]) -> None:
+    """An image folder's figures go to figures/<preset>-<folder name>/, so two folders of
+    one name would share it: the folder records its data (`data.json`: root and content
+    fingerprint), and a folder of the same name elsewhere with other images is refused
+    (moved, or the same root with images added, it is taken as the same data)."""
+    if overrides.get("data.name") != "imagefolder":
+        return
+    from dashlib.config import to_dict
+    from dashlib.data import data_identity
+    from dashlib.io import atomic_write_json, read_json
+    from dashlib.presets import get_preset
+
+    root = str(overrides["data.data_root"])
+    data = get_preset(preset, **{k: v for k, v in overrides.items() if k.startswith("data.")}).data
+    files = data_identity(to_dict(data)).get("files")
+    marker = folder / "data.json"
+    if marker.is_file():
+        old = read_json(marker)
+        if old.get("data_root") != root and old.get("files") != files:
+            raise ReproduceError(
+                f"{folder} holds the figures of the image folder {old.get('data_root')}; {root} has the "
+                f"same name but other images, and its figures would replace them: pass --figures DIR "
+                f"(a folder of its own), or delete {folder}")
+    folder.mkdir(parents=True, exist_ok=True)
+    atomic_write_json(marker, {"data_root": root, "files": files})
+
+
 def run_notebook(source: Path, target: Path, parameters: Mapping[str, Any],
                  progress: bool = True) -> Path:
     """Execute one notebook with papermill; raise ReproduceError on a failing cell.
@@ -175,6 +202,7 @@ def reproduce(preset: str = DEFAULT_PRESET, quick: bool = False, only: Sequence[
     out_dir = runs_root().resolve() / output_label(preset, overrides) / (
         "notebooks-quick" if quick else "notebooks")
     fig_dir = figures_dir(preset, quick, figures, overrides).resolve()
+    claim_figures_folder(figures_dir(preset, False, figures, overrides).resolve(), preset, overrides)
     changes = budget_changes(preset, overrides)
     if changes:  # say what the -set-<hash> folder's budget is
         from dashlib.io import atomic_write_json

@@ -42,7 +42,7 @@ from dashlib.distributed import (
     wrap_objective,
 )
 from dashlib.ema import EMA
-from dashlib.io import atomic_torch_save, check_config_match, load_checkpoint
+from dashlib.io import atomic_torch_save, check_config_match, json_line, load_checkpoint
 from dashlib.runs import Run, portable, remove_stale_temps, removed_if_unstarted
 from dashlib.runtime import (
     PRECISIONS,
@@ -134,6 +134,16 @@ class Objective(nn.Module):
 Hook = Callable[[int], Mapping[str, float]]
 
 
+def warmup_note(loop: OptimConfig) -> str:
+    """What a warm-up longer than the run means: the learning rate never reaches `lr`."""
+    name = type(loop).__name__
+    section = "distill" if name == "DistillConfig" else "train"
+    peak = loop.lr * loop.steps / loop.warmup_steps
+    return (f"{name}.warmup_steps = {loop.warmup_steps} is more than its steps = {loop.steps}, so the "
+            f"learning rate rises to {peak:.3g} at most, never to lr = {loop.lr:g}; lower warmup_steps "
+            f"(--set {section}.warmup_steps=N) if that is not meant")
+
+
 def cosine_lr(step: int, loop: OptimConfig) -> float:
     """Linear warm-up, then cosine decay from lr to lr_min over the run."""
     if step < loop.warmup_steps:
@@ -181,6 +191,8 @@ class Trainer:
             self.objective = objective.to(device)
             self.set_precision(amp_dtype(device, loop.amp, objective.model.config.ch))
             self.hooks = dict(hooks or {})
+            if loop.warmup_steps > loop.steps and self.rank == 0:
+                print(f"dash: note: {desc}: {warmup_note(loop)}", file=sys.stderr)
             groups = objective.param_groups(loop.lr, loop.weight_decay)
             for g in groups:
                 g["base_lr"] = g["lr"]
@@ -336,7 +348,7 @@ class Trainer:
                     record = self._record(logs, start)
                     bar.set_postfix(loss=f"{record['loss']:.4f}")
                     if self.rank == 0:
-                        log.write(json.dumps(record) + "\n")
+                        log.write(json_line(record))
                         log.flush()
                 if self.step % self.loop.ckpt_every == 0 or self.step == self.loop.steps:
                     self.save_checkpoint()

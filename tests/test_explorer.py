@@ -303,3 +303,11 @@ def _probe_like(x):
 
     n = x.shape[0]
     return Probe(ProbeKey(0, 5, 0), x, x, x, torch.full((n,), 5), torch.zeros(n, dtype=torch.long))
+
+
+def test_the_explorer_shows_the_budgets_own_students_by_default():
+    from dashlib.pipeline import budget
+
+    assert budget("tiny").explored_methods() == ("cond-only", "dash")
+    assert budget("tiny", overrides={"methods": ["scratch", "dash"]}).explored_methods() == ("dash",)
+    assert budget("tiny").explored_methods(["fitnets"]) == ("fitnets",)  # as asked

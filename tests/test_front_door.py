@@ -686,6 +686,32 @@ def test_readme_image_folder_example_runs_every_notebook(tmp_path):
     assert "tiny-pets/notebooks-quick" in str(next((tmp_path / "runs").glob("tiny-pets/notebooks-quick/*")))
 
 
+def test_two_image_folders_of_one_name_do_not_share_a_figures_folder(tmp_path):
+    import shutil
+
+    from dashlib.reproduce import ReproduceError, claim_figures_folder, figures_dir, resolve_overrides
+
+    first = write_folder(tmp_path / "a" / "pets", COLOURS, per_class=2)
+    other = write_folder(tmp_path / "b" / "pets", COLOURS, per_class=2, seed=1)
+
+    def claim(root):
+        overrides = resolve_overrides("tiny", {"data.name": "imagefolder", "data.data_root": str(root)})
+        folder = figures_dir("tiny", False, tmp_path / "figs", overrides)
+        claim_figures_folder(folder, "tiny", overrides)
+        return folder
+
+    folder = claim(first)
+    assert folder.name == "tiny-pets" and (folder / "data.json").is_file()
+    with pytest.raises(ReproduceError, match="same name but other images.*--figures"):
+        claim(other)
+    write_folder(first, {"red": COLOURS["red"]}, per_class=3, seed=2)  # images added: the same folder
+    assert claim(first) == folder
+    moved = tmp_path / "c" / "pets"
+    shutil.copytree(first, moved)  # moved elsewhere: the same images
+    assert claim(moved) == folder
+    assert json.loads((folder / "data.json").read_text())["data_root"] == str(moved.resolve())
+
+
 # --- a changed budget gets its own figures folder -------------------------------------------------
 
 def test_a_changed_budget_never_writes_into_the_presets_own_figures(tmp_path):

@@ -103,10 +103,17 @@ def test_tirt_snapshots_are_logged_about_40_times_whatever_the_log_interval(tiny
     still fire on about 40 log lines (not only on the multiples of lcm(2, 3) = 6)."""
     preset = override(tiny, **{"train.steps": 120, "train.log_every": 2, "train.ckpt_every": 60})
     run = train_teacher(preset, progress=False)
-    records = [json.loads(line) for line in run.log.read_text().splitlines()]
+    records = [json.loads(line, parse_constant=_not_json) for line in run.log.read_text().splitlines()]
     snaps = [r["step"] for r in records if "tirt_bins" in r]
     assert 36 <= len(snaps) <= 41, snaps
     assert snaps[-1] == 120
+    # the drift is undefined until every timestep bin was seen: null in the log, not NaN
+    drift = [r["tirt_drift"] for r in records if "tirt_bins" in r]
+    assert drift[0] is None and drift[-1] is not None
+
+
+def _not_json(token):
+    raise AssertionError(f"log.jsonl holds {token}, which strict JSON readers refuse")
 
 
 def test_a_run_stopped_after_its_last_checkpoint_resumes_with_its_last_losses(preset):
@@ -121,3 +128,13 @@ def test_a_run_stopped_after_its_last_checkpoint_resumes_with_its_last_losses(pr
     again = json.loads(resumed.results.read_text())
     assert isinstance(resumed, Run) and resumed.path == teacher_run(preset).path
     assert again["final_loss"] == results["final_loss"] is not None
+
+
+def test_a_warmup_longer_than_the_run_is_pointed_out(tiny, capsys):
+    preset = override(tiny, **{"train.steps": 4, "train.warmup_steps": 10, "train.lr": 1e-3})
+    train_teacher(preset, progress=False)
+    err = capsys.readouterr().err
+    assert "TrainConfig.warmup_steps = 10 is more than its steps = 4" in err
+    assert "rises to 0.0004 at most" in err and "--set train.warmup_steps=N" in err
+    train_teacher(override(tiny, **{"train.steps": 4, "train.warmup_steps": 4}), progress=False)
+    assert "warmup_steps" not in capsys.readouterr().err
