@@ -288,7 +288,13 @@ def sample_images(artifact: Artifact, config: SampleConfig, n: int, seed: int,
     """(uint8 samples (n, C, H, W), labels (n,)): n samples balanced over the classes, seeded,
     guided by `guidance` (default: `config`'s)."""
     labels = balanced_labels(n, artifact.model.config.num_classes)
-    return to_uint8(generate(artifact, config, labels, seed, device, guidance=guidance)), labels
+    x = generate(artifact, config, labels, seed, device, guidance=guidance)
+    if not bool(torch.isfinite(x).all()):  # to_uint8 would score NaN as black pixels
+        raise EvaluationError(f"{artifact.run.path} sampled non-finite "
+                              f"values (guidance {(guidance or Guidance.from_config(config)).label}, "
+                              f"{config.steps} steps, seed {seed}): its weights or this guidance scale "
+                              f"overflow; nothing from this cell would be a real score")
+    return to_uint8(x), labels
 
 
 def guidance_fidelity(classifier: Classifier, images: Tensor, labels: Tensor,
@@ -496,14 +502,26 @@ def prepare_spaces(specs: Sequence[RunSpec], config: EvalConfig, device: torch.d
         extractors = tuple(make_extractor(k, clf, config.inception_weights, config.download_weights)
                            for k in kinds)
         reference = reference_set(data, config.max_reference, config.reference_seed)
-        if len(reference.images) < MIN_SAMPLES:
-            raise ConfigError(f"the reference set (the train split of {data.name}) holds "
-                              f"{len(reference.images)} images; the metrics need at least {MIN_SAMPLES}: "
-                              f"add images, or hold fewer out (data.holdout_fraction)")
+        check_reference_size(data, len(reference.images))
         test = to_uint8(load_dataset(data).test.x)
         real = real_floor(test, reference, extractors, config, device)
         out[key] = Space(clf, extractors, reference.name, real)
     return out
+
+
+def check_reference_size(data: DataConfig, n: int | None = None) -> None:
+    """Refuse a reference set (`n` images; by default the train split of a dataset whose
+    content the config does not fix, an image folder) too small for the metrics."""
+    from dashlib.data import DATASETS
+
+    if n is None:
+        if data.name not in DATASETS or DATASETS.get(data.name).fingerprint is None:
+            return  # the registered datasets are large enough
+        n = len(load_dataset(data).train)
+    if n < MIN_SAMPLES:
+        raise ConfigError(f"the reference set (the train split of {data.name}) holds {n} images; the "
+                          f"metrics need at least {MIN_SAMPLES}: add images, or hold fewer out "
+                          f"(data.holdout_fraction)")
 
 
 def real_floor(test: Tensor, reference: Reference, extractors: Sequence[Extractor], config: EvalConfig,
@@ -528,7 +546,11 @@ def check_request(specs: Sequence[RunSpec], config: EvalConfig, steps: Sequence[
                           f"{T} diffusion timesteps; choose at most {T}")
     if config.feature_extractor == "inception":
         inception_weights_path(config.inception_weights, config.download_weights)
-    least = max(MIN_SAMPLES, *(s.num_classes for s in specs))
+    classes = max(s.num_classes for s in specs)
+    if config.max_reference is not None and config.max_reference < classes:
+        raise ConfigError(f"EvalConfig.max_reference = {config.max_reference} is too small: the reference "
+                          f"set would leave out classes of the {classes}; give at least {classes}")
+    least = max(MIN_SAMPLES, classes)
     if config.n_samples < least:
         raise ConfigError(f"EvalConfig.n_samples = {config.n_samples} is too small: samples are balanced "
                           f"over the classes and the metrics need {MIN_SAMPLES}; ask for at least {least}")

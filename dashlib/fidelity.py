@@ -65,6 +65,8 @@ INCEPTION_EXTRACTOR = "dash-inception-v3"
 CACHE_VERSION = 1
 METRICS = IMAGE_METRICS  # the metric groups every extractor must serve
 PRC_NEIGHBORHOOD = 3
+#: The fewest real images the metrics compare with (precision/recall needs k + 2).
+MIN_REFERENCE = PRC_NEIGHBORHOOD + 2
 KID_SUBSET_SIZE = 1000
 RNG_SEED = 2020  # torch-fidelity's default: KID subsets and the IS shuffle
 FEATURE_BATCH = 128
@@ -235,12 +237,29 @@ class Reference:
     name: str
 
 
+#: A train split whose largest class holds more than this many times the images of its
+#: smallest is not compared with as it is: the samples are class-balanced
+#: (`balanced_labels`), so the reference is drawn balanced too.
+IMBALANCE = 1.25
+
+
 def reference_set(data: DataConfig, max_reference: int | None = None, seed: int = 0) -> Reference:
     """The train split of `data` as uint8, or a class-balanced subset of at most `max_reference`
-    images drawn with `seed`; named by dataset, size, the subset and a hash of the data config."""
+    images drawn with `seed`; named by dataset, size, the subset and a hash of the data config.
+    An imbalanced split (`IMBALANCE`) gives the same number of images of every class (the
+    smallest class's count, within `max_reference`): against natural proportions a perfect
+    class-balanced generator would score a FID of the label mix alone."""
     fields = data_identity(to_dict(data))
     train = load_dataset(data).train
     name = f"{data.name}{data.image_size}-train-{config_hash(fields)}"
+    counts = torch.bincount(train.y)
+    counts = counts[counts > 0]
+    balanced = len(counts) * int(counts.min())
+    if max_reference is not None:
+        balanced = min(balanced, max_reference)
+    if counts.max() > IMBALANCE * counts.min() and balanced >= MIN_REFERENCE:
+        keep = balanced_subset(train.y, balanced, torch.Generator().manual_seed(seed))
+        return Reference(to_uint8(train.x[keep]), f"{name}-bal{balanced}s{seed}")
     if max_reference is not None and max_reference < len(train):
         keep = balanced_subset(train.y, max_reference, torch.Generator().manual_seed(seed))
         return Reference(to_uint8(train.x[keep]), f"{name}-ref{max_reference}s{seed}")

@@ -70,6 +70,15 @@ class Budget:
                               f"compare every other method with; add it")
         if not self.widths or not all(_whole(w) and w >= 1 for w in self.widths):
             raise ConfigError(f"budget widths = {self.widths!r} is invalid: positive whole numbers")
+        if "fid" not in self.preset.eval.metrics:  # checked here: the notebooks fail only at the end
+            raise ConfigError(f"eval.metrics = {list(self.preset.eval.metrics)} leaves out fid, which the "
+                              f"notebooks' tables and figures (T1, T2, F3, F6, F7) compare; keep fid in "
+                              f"(dash evaluate scores any subset)")
+        T = self.preset.diffusion.T
+        if self.efficiency_steps > T:
+            raise ConfigError(f"budget efficiency_steps = {self.efficiency_steps} is more than the {T} "
+                              f"diffusion timesteps (T4 samples with that many DDIM steps); "
+                              f"--set efficiency_steps=N with N <= {T}")
 
     @property
     def seeds(self) -> tuple[int, ...]:
@@ -196,6 +205,9 @@ def budget(preset: str | Preset, quick: bool = False, workers: int = 2, device: 
         raise ConfigError(f"unknown budget setting(s) {sorted(unknown)}: preset keys are dotted "
                           f"(e.g. train.steps); budget keys are {sorted(fields)}")
     p = check(fit_to_data(override(base, **sized_for_data(base, dotted))) if dotted else base)
+    from dashlib.evaluate import check_reference_size
+
+    check_reference_size(p.data)  # else the evaluation stops only after every model trained
     return Budget(preset=p, quick=quick, methods=_as_tuple("methods", knobs.pop("methods", METHODS.names())),
                   widths=_as_tuple("widths", knobs.pop("widths")), workers=workers, device=device, **knobs)
 

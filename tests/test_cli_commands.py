@@ -90,3 +90,13 @@ def test_reproduce_passes_seeds_workers_and_threads_to_every_notebook(capsys, mo
     for _, params in seen:
         assert params["overrides"]["eval.seeds"] == [7, 8]
         assert params["workers"] == 1 and params["threads"] == 1 and params["preset"] == "tiny"
+
+
+def test_efficiency_refuses_a_teacher_and_student_made_for_other_images(capsys):
+    assert main(["train-teacher", "--preset", "tiny", "--steps", "2", "--no-progress",
+                 "--set", "data.image_size=16"]) == 0
+    teacher = _last_line(capsys).parent
+    # the student would be the tiny preset's 8x8 default architecture
+    assert main(["efficiency", "--preset", "tiny", "--teacher-run", str(teacher), "--repeats", "0"]) == 2
+    err = capsys.readouterr().err
+    assert "made for other images (image_size: teacher 16, student 8)" in err

@@ -89,6 +89,25 @@ def test_samples_are_balanced_and_seeded(tiny):
     assert torch.equal(a, b) and not torch.equal(a, c)
 
 
+def test_non_finite_samples_stop_the_cell_instead_of_scoring_as_black(tiny):
+    from dashlib.errors import EvaluationError
+    from dashlib.guidance import Guidance
+
+    artifact = load_artifact(fake_run(tiny))
+    config = dataclasses.replace(tiny.sample, clip_x0=False)
+    with pytest.raises(EvaluationError, match="non-finite"):
+        sample_images(artifact, config, 8, seed=0, guidance=Guidance("constant", w=3e38))
+
+
+def test_a_reference_set_smaller_than_the_classes_is_refused():
+    from dashlib.presets import get_preset
+
+    eight = get_preset("tiny", **{"data.synthetic_classes": 8})
+    config = dataclasses.replace(eight.eval, max_reference=6, n_samples=8)
+    with pytest.raises(ConfigError, match="max_reference = 6 is too small.*at least 8"):
+        evaluate_runs([fake_run(eight)], config, progress=False)
+
+
 def test_sweeps_cover_their_grids(tiny):
     teacher = fake_run(tiny)
     config = dataclasses.replace(tiny.eval, n_samples=8, seeds=(0,))

@@ -607,6 +607,23 @@ def test_reference_set_is_capped_class_balanced_and_seeded():
     assert len(reference_set(data, 10_000).images) == len(load_dataset(data).train)
 
 
+def test_an_imbalanced_train_split_gives_a_balanced_reference(tmp_path):
+    """The samples are class-balanced: against a 3:1 split a perfect generator would score
+    the label mix alone, so the reference takes the smallest class's count of each class."""
+    from dashlib.fidelity import reference_set
+
+    root = write_folder(tmp_path / "lopsided", {"red": COLOURS["red"]}, per_class=24)
+    write_folder(root, {"blue": COLOURS["blue"]}, per_class=8)
+    data = DataConfig(name="imagefolder", data_root=str(root), image_size=8)
+    counts = load_dataset(data).train.y.bincount()
+    assert counts[1] > 1.25 * counts[0]  # classes in name order: blue, red
+    ref = reference_set(data)
+    assert len(ref.images) == 2 * counts[0] and f"-bal{2 * counts[0]}s0" in ref.name
+    assert len(reference_set(data, 10).images) == 10  # within max_reference
+    even = DataConfig(name="synthetic", synthetic_size=400, synthetic_classes=4)
+    assert "-bal" not in reference_set(even).name  # balanced splits are taken whole
+
+
 def test_balanced_subset_takes_every_class_evenly():
     y = torch.tensor([0] * 90 + [1] * 8 + [2] * 30)
     keep = balanced_subset(y, 30, torch.Generator().manual_seed(0))
@@ -691,8 +708,8 @@ def test_two_image_folders_of_one_name_do_not_share_a_figures_folder(tmp_path):
 
     from dashlib.reproduce import ReproduceError, claim_figures_folder, figures_dir, resolve_overrides
 
-    first = write_folder(tmp_path / "a" / "pets", COLOURS, per_class=2)
-    other = write_folder(tmp_path / "b" / "pets", COLOURS, per_class=2, seed=1)
+    first = write_folder(tmp_path / "a" / "pets", COLOURS, per_class=4)
+    other = write_folder(tmp_path / "b" / "pets", COLOURS, per_class=4, seed=1)
 
     def claim(root):
         overrides = resolve_overrides("tiny", {"data.name": "imagefolder", "data.data_root": str(root)})
@@ -704,7 +721,7 @@ def test_two_image_folders_of_one_name_do_not_share_a_figures_folder(tmp_path):
     assert folder.name == "tiny-pets" and (folder / "data.json").is_file()
     with pytest.raises(ReproduceError, match="same name but other images.*--figures"):
         claim(other)
-    write_folder(first, {"red": COLOURS["red"]}, per_class=3, seed=2)  # images added: the same folder
+    write_folder(first, {"red": COLOURS["red"]}, per_class=6, seed=2)  # images added: the same folder
     assert claim(first) == folder
     moved = tmp_path / "c" / "pets"
     shutil.copytree(first, moved)  # moved elsewhere: the same images
@@ -737,7 +754,7 @@ def test_a_changed_budget_never_writes_into_the_presets_own_figures(tmp_path):
 def test_a_relative_image_folder_names_its_outputs_by_the_folder(tmp_path, monkeypatch):
     from dashlib.reproduce import figures_dir, resolve_overrides
 
-    write_folder(tmp_path / "pets", COLOURS, per_class=2)
+    write_folder(tmp_path / "pets", COLOURS, per_class=4)
     monkeypatch.chdir(tmp_path / "pets")
     given = {"data.name": "imagefolder", "data.data_root": "."}
     named = figures_dir("tiny", False, tmp_path / "figs", given)
@@ -833,3 +850,30 @@ def test_two_names_of_one_run_are_reported_under_both_and_counted_once():
     assert [(r["method"], r["seed"]) for r in out.rows] == [
         ("+TIRT (DASH)", 1), ("+TIRT (DASH)", 2), ("DASH - L_an", 1), ("DASH - L_an", 2)]
     assert all(r["seeds"] == [1, 2] for r in out.summary)
+
+
+def test_a_budget_the_notebooks_cannot_finish_is_refused_before_training():
+    from dashlib.pipeline import budget
+
+    with pytest.raises(ConfigError, match="leaves out fid"):
+        budget("tiny", overrides={"eval.metrics": ["isc", "kid"]})
+    with pytest.raises(ConfigError, match="efficiency_steps = 150 is more than the 100"):
+        budget("tiny", overrides={"efficiency_steps": 150})
+    assert budget("tiny", overrides={"eval.metrics": ["fid"]}).preset.eval.metrics == ("fid",)
+
+
+def test_sample_grids_enlarge_only_small_images(tmp_path):
+    from dashlib.images import grid_scale, save_grid
+
+    assert (grid_scale(8), grid_scale(12), grid_scale(16), grid_scale(128)) == (4, 4, 1, 1)
+    samples, labels = torch.zeros(4, 3, 32, 32), torch.tensor([0, 1, 0, 1])
+    with Image.open(save_grid(samples, labels, 2, tmp_path / "grid.png")) as im:
+        assert im.size[0] < 2 * (32 + 2) + 10  # two per row at 1x, not 4x
+
+
+def test_an_image_folder_too_small_to_score_is_refused_before_any_training(tmp_path):
+    from dashlib.pipeline import budget
+
+    root = write_folder(tmp_path / "few", COLOURS, per_class=2)  # 3 train images once 3 are held out
+    with pytest.raises(ConfigError, match="reference set .* holds 3 images; the metrics need at least 5"):
+        budget("tiny", overrides={"data.name": "imagefolder", "data.data_root": str(root)})

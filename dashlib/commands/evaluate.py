@@ -76,12 +76,24 @@ def _print_summary(summary: list[dict[str, Any]]) -> None:
               file=sys.stderr)
 
 
+#: Sampler keys each evaluation cell sets itself, and the option that sets them.
+CELL_KEYS = {"sample.steps": "--steps", "sample.guidance": "--w", "sample.w": "--w"}
+
+
 @command("evaluate", "sample a run and score it: FID/IS/KID/PRC (torch-fidelity) and guidance fidelity",
          _evaluate_args)
 def cmd_evaluate(args: argparse.Namespace) -> int:
     from dashlib.evaluate import evaluate_runs, evaluation_settings, results_path
 
     overrides = data_overrides(args)  # --set and --data-root, the root relative to the caller
+    per_cell = sorted(k for k in overrides if k in CELL_KEYS)
+    if per_cell:
+        from dashlib.config import ConfigError
+
+        raise ConfigError(f"{', '.join(per_cell)}: every evaluation cell sets its own guidance and DDIM "
+                          f"steps, so this would be ignored; use "
+                          f"{' and '.join(sorted({CELL_KEYS[k] for k in per_cell}))} "
+                          f"(several values allowed)")
     preset, sample = evaluation_settings(args.run, overrides)
     changes = {"n_samples": args.n, "seeds": tuple(args.seeds) if args.seeds else None,
                "guidance": tuple(args.w) if args.w else None, "feature_extractor": args.extractor,
@@ -157,6 +169,7 @@ def cmd_efficiency(args: argparse.Namespace) -> int:
     device = resolve_device(args.device)
     teacher = load_artifact(args.teacher_run).model if args.teacher_run else build_unet(preset.teacher, 0)
     student = load_artifact(args.student_run).model if args.student_run else build_unet(preset.student, 0)
+    check_same_data(teacher.config, student.config, args)
     runtime = runtime_from_args(args)
     result = efficiency(preset, teacher, student, device, steps=args.steps, batch=args.batch,
                         repeats=args.repeats, runtime=runtime)
@@ -185,3 +198,22 @@ def cmd_efficiency(args: argparse.Namespace) -> int:
     print(line, file=sys.stderr)
     print(out)
     return 0
+
+
+#: What a teacher and a student compared in `dash efficiency` must share: the same images.
+SAME_DATA_FIELDS = ("image_size", "in_channels", "num_classes")
+
+
+def check_same_data(teacher: Any, student: Any, args: argparse.Namespace) -> None:
+    """Refuse a teacher and a student made for other data (a run against the preset's default
+    architecture of another size): their FLOPs ratio would compare different images."""
+    differ = [f for f in SAME_DATA_FIELDS if getattr(teacher, f) != getattr(student, f)]
+    if differ:
+        from dashlib.config import ConfigError
+
+        sides = "; ".join(f"{f}: teacher {getattr(teacher, f)}, student {getattr(student, f)}"
+                          for f in differ)
+        raise ConfigError(f"the teacher ({args.teacher_run or 'the preset architecture'}) and the student "
+                          f"({args.student_run or 'the preset architecture'}) are made for other images "
+                          f"({sides}); give both --teacher-run and --student-run, or the --preset (and "
+                          f"--set) the run was trained with")
