@@ -100,3 +100,13 @@ def test_efficiency_refuses_a_teacher_and_student_made_for_other_images(capsys):
     assert main(["efficiency", "--preset", "tiny", "--teacher-run", str(teacher), "--repeats", "0"]) == 2
     err = capsys.readouterr().err
     assert "made for other images (image_size: teacher 16, student 8)" in err
+
+
+def test_sample_of_a_run_uses_its_own_presets_sampler(capsys, tmp_path):
+    assert main(["train-teacher", "--preset", "tiny", "--steps", "3", "--no-progress"]) == 0
+    teacher = _last_line(capsys).parent
+    assert main(["sample", "--run", str(teacher), "--n", "4", "--out", str(tmp_path)]) == 0  # no --preset
+    saved = torch.load(_last_line(capsys), weights_only=True)
+    from dashlib.presets import get_preset
+
+    assert saved["sampler"]["steps"] == get_preset("tiny").sample.steps != get_preset("digits").sample.steps

@@ -78,13 +78,17 @@ def _sample_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--seed", type=seed_arg, default=0, help="sampling seed")
     p.add_argument("--out", help="output folder (default: <run>/samples)")
     add_runtime(p)
+    p.set_defaults(preset=None)  # with --run: the run's own preset (its sampler), else digits
 
 
 @command("sample", "draw class-balanced samples: PNG grid (a row per class) + tensor file",
          _sample_args, distributed=True)
 def cmd_sample(args: argparse.Namespace) -> int:
+    from dashlib.evaluate import run_preset
     from dashlib.generate import sample_to_files
 
+    if args.preset is None:  # a run samples with its own preset's sampler (steps, batch, TAG's range)
+        args.preset = run_preset(args.run) if args.run else "digits"
     preset = preset_from_args(args, **{"sample.steps": args.steps, "sample.eta": args.eta})
     guidance = "tag" if args.tag else args.w
     png, tensor = sample_to_files(preset, run=args.run, guidance=guidance, n=args.n,
