@@ -257,9 +257,9 @@ def run_sweep(parts: Sequence[SweepPart], out: str | Path, workers: int = 1, dev
               on_stage: Callable[[dict[str, Any]], None] | None = None) -> dict[str, Any]:
     """Run the sweep stage by stage, rewriting `out` (JSON) after each; returns its content.
 
-    Cells already in `out` whose run folder still exists are not re-run or
-    re-evaluated; CPU and wall time accumulate over the sessions that wrote
-    `out`. `max_stages` stops after that many stages that did work (tests).
+    Cells already in `out` whose run folder still exists, and is the folder the variant's
+    configuration names now, are not re-run or re-evaluated; CPU and wall time accumulate
+    over the sessions that wrote `out`. `max_stages` stops after that many stages that did work (tests).
     """
     out = Path(out)
     state = _load(out, parts)
@@ -280,8 +280,10 @@ def run_sweep(parts: Sequence[SweepPart], out: str | Path, workers: int = 1, dev
         if part.preset not in state["teachers"]:
             state["teachers"][part.preset] = teacher_record(part, workers, device, progress)
             save()
+        base = part.base()
         for budget, seed in part.stages():
             keys = [cell_key(part.preset, v, budget, seed) for v in part.variants]
+            _drop_stale(state["cells"], part, base, budget, seed)
             if all(k in state["cells"] for k in keys):
                 continue
             if max_stages is not None and done_stages >= max_stages:
@@ -291,6 +293,19 @@ def run_sweep(parts: Sequence[SweepPart], out: str | Path, workers: int = 1, dev
             save()
     save()
     return state
+
+
+def _drop_stale(cells: dict[str, Any], part: SweepPart, base: Preset, budget: int, seed: int) -> None:
+    """Forget the cells of one stage whose run folder is not the one the variant's configuration
+    names now (its identity changed: a fix that hashes runs anew), so they are trained again."""
+    from dashlib.distill.run import distill_run
+
+    for v in part.variants:
+        cell = cells.get(cell_key(part.preset, v, budget, seed))
+        variant = VARIANTS.get(v)
+        current = distill_run(variant.preset(base, budget, seed), variant.method).path
+        if cell is not None and Path(cell["run"]).resolve() != current.resolve():
+            del cells[cell_key(part.preset, v, budget, seed)]
 
 
 def _load(out: Path, parts: Sequence[SweepPart]) -> dict[str, Any]:

@@ -57,6 +57,7 @@ from dashlib.fidelity import (
     PRC_NEIGHBORHOOD,
     Extractor,
     Reference,
+    evened,
     fidelity_cache_root,
     fidelity_metrics,
     file_digest,
@@ -503,7 +504,9 @@ def prepare_spaces(specs: Sequence[RunSpec], config: EvalConfig, device: torch.d
                            for k in kinds)
         reference = reference_set(data, config.max_reference, config.reference_seed)
         check_reference_size(data, len(reference.images))
-        test = to_uint8(load_dataset(data).test.x)
+        split = load_dataset(data).test
+        even = evened(split.y, seed=config.reference_seed)  # as balanced as the samples and reference
+        test = to_uint8(split.x if even is None else split.x[even])
         real = real_floor(test, reference, extractors, config, device)
         out[key] = Space(clf, extractors, reference.name, real)
     return out
@@ -512,16 +515,15 @@ def prepare_spaces(specs: Sequence[RunSpec], config: EvalConfig, device: torch.d
 def check_reference_size(data: DataConfig, n: int | None = None) -> None:
     """Refuse a reference set (`n` images; by default the train split of a dataset whose
     content the config does not fix, an image folder) too small for the metrics."""
-    from dashlib.data import DATASETS
-
     if n is None:
-        if data.name not in DATASETS or DATASETS.get(data.name).fingerprint is None:
-            return  # the registered datasets are large enough
+        if data.name != "imagefolder":
+            return  # the registered datasets are fixed and large enough: never loaded here
         n = len(load_dataset(data).train)
     if n < MIN_SAMPLES:
         raise ConfigError(f"the reference set (the train split of {data.name}) holds {n} images; the "
                           f"metrics need at least {MIN_SAMPLES}: add images, or hold fewer out "
-                          f"(data.holdout_fraction)")
+                          f"(data.holdout_fraction; a folder with its own test/ split: move images "
+                          f"from test/ to train/)")
 
 
 def real_floor(test: Tensor, reference: Reference, extractors: Sequence[Extractor], config: EvalConfig,

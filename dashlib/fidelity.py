@@ -243,6 +243,20 @@ class Reference:
 IMBALANCE = 1.25
 
 
+def evened(y: Tensor, at_most: int | None = None, seed: int = 0) -> Tensor | None:
+    """Sorted indices of an equal number of rows of every class of labels `y` (N,) (the
+    smallest class's count, within `at_most`), where the classes are imbalanced
+    (`IMBALANCE`) and that leaves `MIN_REFERENCE` rows; else None (take the rows as they are)."""
+    counts = torch.bincount(y)
+    counts = counts[counts > 0]
+    n = len(counts) * int(counts.min())
+    if at_most is not None:
+        n = min(n, at_most)
+    if counts.max() <= IMBALANCE * counts.min() or n < MIN_REFERENCE:
+        return None
+    return balanced_subset(y, n, torch.Generator().manual_seed(seed))
+
+
 def reference_set(data: DataConfig, max_reference: int | None = None, seed: int = 0) -> Reference:
     """The train split of `data` as uint8, or a class-balanced subset of at most `max_reference`
     images drawn with `seed`; named by dataset, size, the subset and a hash of the data config.
@@ -252,14 +266,9 @@ def reference_set(data: DataConfig, max_reference: int | None = None, seed: int 
     fields = data_identity(to_dict(data))
     train = load_dataset(data).train
     name = f"{data.name}{data.image_size}-train-{config_hash(fields)}"
-    counts = torch.bincount(train.y)
-    counts = counts[counts > 0]
-    balanced = len(counts) * int(counts.min())
-    if max_reference is not None:
-        balanced = min(balanced, max_reference)
-    if counts.max() > IMBALANCE * counts.min() and balanced >= MIN_REFERENCE:
-        keep = balanced_subset(train.y, balanced, torch.Generator().manual_seed(seed))
-        return Reference(to_uint8(train.x[keep]), f"{name}-bal{balanced}s{seed}")
+    keep = evened(train.y, max_reference, seed)
+    if keep is not None:
+        return Reference(to_uint8(train.x[keep]), f"{name}-bal{len(keep)}s{seed}")
     if max_reference is not None and max_reference < len(train):
         keep = balanced_subset(train.y, max_reference, torch.Generator().manual_seed(seed))
         return Reference(to_uint8(train.x[keep]), f"{name}-ref{max_reference}s{seed}")

@@ -73,7 +73,7 @@ def save_png(image: Tensor, path: str | Path) -> Path:
 
 def grid_scale(image_size: int) -> int:
     """How much `save_grid` enlarges each sample: 4x below 16 pixels (8x8 digits stay
-    legible), 1x from there on (a 4x float copy of 1,000 128x128 samples is 12 GB)."""
+    legible), 1x from there on (a 4x float copy of 1,000 128x128 colour samples is 3 GB)."""
     return 4 if image_size < 16 else 1
 
 

@@ -74,6 +74,11 @@ class Budget:
             raise ConfigError(f"eval.metrics = {list(self.preset.eval.metrics)} leaves out fid, which the "
                               f"notebooks' tables and figures (T1, T2, F3, F6, F7) compare; keep fid in "
                               f"(dash evaluate scores any subset)")
+        classes = self.preset.teacher.num_classes
+        if self.preset.eval.max_reference < classes:
+            raise ConfigError(f"EvalConfig.max_reference = {self.preset.eval.max_reference} is too small: "
+                              f"the reference set would leave out classes of the {classes}; give at "
+                              f"least {classes}")
         T = self.preset.diffusion.T
         if self.efficiency_steps > T:
             raise ConfigError(f"budget efficiency_steps = {self.efficiency_steps} is more than the {T} "
@@ -106,16 +111,13 @@ class Budget:
         (F7's compression panel draws the teacher at that count)."""
         return tuple(sorted({*self.preset.eval.sweep_steps, self.preset.eval.ddim_steps}))
 
-    #: The students the explorer shows unless asked for others: an output-level one whose
-    #: gap breaks, and DASH.
-    EXPLORED = ("cond-only", "dash")
-
-    def explored_methods(self, methods: Sequence[str] | None = None) -> tuple[str, ...]:
-        """The explorer's students: `methods` as given, or by default those of `EXPLORED`
-        the budget trains (`--set methods=...` leaving cond-only out leaves it out here too)."""
+    def explored_methods(self, methods: str | Sequence[str] | None = None) -> tuple[str, ...]:
+        """The explorer's students: `methods` as given (one name or several), or by default
+        the budget's methods that are `explored` (cond-only and DASH; `--set methods=...`
+        leaving cond-only out leaves it out here too)."""
         if methods is not None:
-            return tuple(methods)
-        return tuple(m for m in self.EXPLORED if m in self.methods)
+            return (methods,) if isinstance(methods, str) else tuple(methods)
+        return tuple(m for m in self.methods if METHODS.get(m).explored)
 
     def provenance(self, notebook: str) -> Provenance:
         p = self.preset

@@ -63,7 +63,9 @@ class _PlainLogFormatter(matplotlib.ticker.LogFormatterSciNotation):
     dataset's FID) otherwise reads in scientific notation."""
 
     def __call__(self, x: float, pos: int | None = None) -> str:
-        return f"{x:.3g}" if super().__call__(x, pos) else ""
+        if not super().__call__(x, pos):
+            return ""
+        return f"{x:.12g}" if x >= 1 else f"{x:.3g}"  # 1000, not 1e+03; 1e-06 below 1e-4
 
 
 def plain_log_ticks(axis: Any) -> None:

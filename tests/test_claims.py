@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import math
 import os
 import re
@@ -120,6 +121,14 @@ def test_sweep_is_resumable_and_reuses_finished_cells(tmp_path, monkeypatch):
     # two seeds on each side: every cell is a verdict with its margin and spread
     cell = r"(holds|refuted|within spread) \([+-]\d+\.\d{3} vs \d+\.\d{3}\)"
     assert rows and all(re.fullmatch(cell, r["2"]) for r in rows), rows
+    # a cell whose run is no longer the one its variant's configuration names (the run was
+    # hashed anew by a fix) is trained again, not reported from the old folder
+    stale_key = next(iter(finals))
+    state = json.loads(out.read_text())
+    state["cells"][stale_key]["run"] = str(tmp_path)  # exists, but is not the variant's run
+    out.write_text(json.dumps(state))
+    third = claims.run_sweep([part], out, workers=1, device="cpu", progress=False)
+    assert third["cells"][stale_key]["run"] == finals[stale_key][0]
 
 
 def test_a_weak_classifier_is_flagged_in_the_figures_index(tmp_path):

@@ -860,6 +860,19 @@ def test_a_budget_the_notebooks_cannot_finish_is_refused_before_training():
     with pytest.raises(ConfigError, match="efficiency_steps = 150 is more than the 100"):
         budget("tiny", overrides={"efficiency_steps": 150})
     assert budget("tiny", overrides={"eval.metrics": ["fid"]}).preset.eval.metrics == ("fid",)
+    with pytest.raises(ConfigError, match="max_reference = 6 is too small.*at least 8"):
+        budget("tiny", overrides={"data.synthetic_classes": 8, "eval.max_reference": 6})
+
+
+def test_evened_takes_the_smallest_class_count_of_each_class_only_where_imbalanced():
+    from dashlib.fidelity import evened
+
+    y = torch.tensor([0] * 30 + [1] * 9 + [2] * 12)
+    keep = evened(y, seed=0)
+    assert y[keep].bincount().tolist() == [9, 9, 9] and torch.equal(keep, keep.sort().values)
+    assert len(evened(y, at_most=6, seed=0)) == 6
+    assert evened(torch.tensor([0] * 10 + [1] * 12)) is None  # 1.2x: taken as it is
+    assert evened(torch.tensor([0] * 9 + [1] * 2)) is None  # 4 rows: fewer than the metrics need
 
 
 def test_sample_grids_enlarge_only_small_images(tmp_path):

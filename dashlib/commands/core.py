@@ -68,7 +68,8 @@ def cmd_train_teacher(args: argparse.Namespace) -> int:
 
 def _sample_args(p: argparse.ArgumentParser) -> None:
     add_preset(p)
-    p.add_argument("--run", help="run folder of the model to sample (default: the preset's teacher)")
+    p.add_argument("--run", help="run folder of the model to sample (default: the preset's teacher); "
+                                 "without --preset, the run's own preset sets the sampler")
     g = p.add_mutually_exclusive_group()
     g.add_argument("--w", type=float, help="constant guidance scale (1 = conditional, 0 = unconditional)")
     g.add_argument("--tag", action="store_true", help="time-varying TAG guidance (docs/paper.md)")

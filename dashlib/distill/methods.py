@@ -51,7 +51,8 @@ class DistillObjective(Objective):
     "nonzero" for a student that keeps the teacher's dense shapes), and what one sample
     of a batch costs: `student_rows` (rows through the student, forward and backward)
     and `teacher_rows` (no-grad rows through the teacher when it runs on line, none
-    when the precomputed targets stand in)."""
+    when the precomputed targets stand in); `explored` (the explorer, notebook 06, shows
+    the method's student by default)."""
 
     default_tirt: ClassVar[str] = "uniform"
     uses_teacher: ClassVar[bool] = True
@@ -59,6 +60,7 @@ class DistillObjective(Objective):
     has_uncond_branch: ClassVar[bool] = True
     reads_sampling_guidance: ClassVar[bool] = False
     params_counted: ClassVar[str] = "all"
+    explored: ClassVar[bool] = False
     student_rows: ClassVar[int] = 1
     teacher_rows: ClassVar[int] = 0
     #: The method's hyperparameters and their defaults; each is the `DistillConfig` field
@@ -203,6 +205,7 @@ class CondOnly(DistillObjective):
 
     teacher_rows = 1
     uses_targets = True
+    explored = True  # the output-level student whose gap breaks
     defaults = NULL_ROWS
 
     @classmethod
@@ -396,6 +399,7 @@ class DASH(DistillObjective):
     student_rows = teacher_rows = 2
     default_tirt = "transfer"
     uses_targets = True
+    explored = True
     defaults = {"im": 1.0, "un": 1.0, "an": 0.1}
 
     @classmethod

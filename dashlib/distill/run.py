@@ -62,9 +62,10 @@ def distill_payload(preset: Preset, config: DistillConfig) -> dict[str, Any]:
                "student": to_dict(cls.architecture(preset, config)), "distill": to_dict(config),
                "data": to_dict(preset.data), "diffusion": to_dict(preset.diffusion),
                "sample": to_dict(preset.sample) if cls.reads_sampling_guidance else None}
-    if config.tirt in LEARNED_TABLES and config.weight_decay > 0:
-        # the table the student learns has had no weight decay since 2026-12-06
-        # (`Objective.param_groups`); a run trained before that is not this run
+    if config.tirt in LEARNED_TABLES:
+        # the table the student learns has had its own optimizer group, without weight decay,
+        # since 2026-12-06 (`Objective.param_groups`); a run (or checkpoint) from before that
+        # is not this run, even at weight_decay 0, where only the group layout changed
         payload["table_weight_decay"] = 0.0
     return payload
 
