@@ -512,6 +512,14 @@ def prepare_spaces(specs: Sequence[RunSpec], config: EvalConfig, device: torch.d
     return out
 
 
+def check_max_reference(config: EvalConfig, classes: int) -> None:
+    """Refuse a reference cap below the class count: its class-balanced subset would leave
+    classes out of every metric."""
+    if config.max_reference is not None and config.max_reference < classes:
+        raise ConfigError(f"EvalConfig.max_reference = {config.max_reference} is too small: the reference "
+                          f"set would leave out classes of the {classes}; give at least {classes}")
+
+
 def check_reference_size(data: DataConfig, n: int | None = None) -> None:
     """Refuse a reference set (`n` images; by default the train split of a dataset whose
     content the config does not fix, an image folder) too small for the metrics."""
@@ -549,9 +557,7 @@ def check_request(specs: Sequence[RunSpec], config: EvalConfig, steps: Sequence[
     if config.feature_extractor == "inception":
         inception_weights_path(config.inception_weights, config.download_weights)
     classes = max(s.num_classes for s in specs)
-    if config.max_reference is not None and config.max_reference < classes:
-        raise ConfigError(f"EvalConfig.max_reference = {config.max_reference} is too small: the reference "
-                          f"set would leave out classes of the {classes}; give at least {classes}")
+    check_max_reference(config, classes)
     least = max(MIN_SAMPLES, classes)
     if config.n_samples < least:
         raise ConfigError(f"EvalConfig.n_samples = {config.n_samples} is too small: samples are balanced "

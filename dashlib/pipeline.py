@@ -74,11 +74,9 @@ class Budget:
             raise ConfigError(f"eval.metrics = {list(self.preset.eval.metrics)} leaves out fid, which the "
                               f"notebooks' tables and figures (T1, T2, F3, F6, F7) compare; keep fid in "
                               f"(dash evaluate scores any subset)")
-        classes = self.preset.teacher.num_classes
-        if self.preset.eval.max_reference < classes:
-            raise ConfigError(f"EvalConfig.max_reference = {self.preset.eval.max_reference} is too small: "
-                              f"the reference set would leave out classes of the {classes}; give at "
-                              f"least {classes}")
+        from dashlib.evaluate import check_max_reference
+
+        check_max_reference(self.preset.eval, self.preset.teacher.num_classes)
         T = self.preset.diffusion.T
         if self.efficiency_steps > T:
             raise ConfigError(f"budget efficiency_steps = {self.efficiency_steps} is more than the {T} "
