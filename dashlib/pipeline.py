@@ -13,7 +13,7 @@ import os
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from dashlib.artifacts import Artifact, load_artifact
 from dashlib.config import ConfigError, Preset, override
@@ -24,6 +24,9 @@ from dashlib.presets import check, fit_to_data, get_preset, sized_for_data
 from dashlib.report import Provenance
 from dashlib.runs import Run
 from dashlib.teacher import train_teacher
+
+if TYPE_CHECKING:
+    from dashlib.evaluate import EvalReport
 
 
 def _whole(value: object) -> bool:
@@ -295,7 +298,7 @@ def evaluate(b: Budget, runs: dict[str, Run], guidance: tuple[str, ...] | None =
     return named(report, runs)
 
 
-def named(report: Any, runs: dict[str, Run]) -> Any:
+def named(report: EvalReport, runs: dict[str, Run]) -> EvalReport:
     """The report with each row and summary entry once per name of its run, "method" set to
     that name: two names may share one folder (a variant that a --set makes equal to another,
     `--set distill.an=0`), which is evaluated once and reported under both."""

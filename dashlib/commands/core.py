@@ -87,9 +87,10 @@ def _sample_args(p: argparse.ArgumentParser) -> None:
 def cmd_sample(args: argparse.Namespace) -> int:
     from dashlib.evaluate import run_preset
     from dashlib.generate import sample_to_files
+    from dashlib.reproduce import DEFAULT_PRESET
 
     if args.preset is None:  # a run samples with its own preset's sampler (steps, batch, TAG's range)
-        args.preset = run_preset(args.run) if args.run else "digits"
+        args.preset = run_preset(args.run) if args.run else DEFAULT_PRESET
     preset = preset_from_args(args, **{"sample.steps": args.steps, "sample.eta": args.eta})
     guidance = "tag" if args.tag else args.w
     png, tensor = sample_to_files(preset, run=args.run, guidance=guidance, n=args.n,
