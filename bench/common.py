@@ -90,6 +90,27 @@ def load_average() -> list[float]:
         return []
 
 
+def host_probe(repeat: int = 10) -> dict[str, Any]:
+    """How fast this host runs the work `make reproduce` is made of, so that wall times
+    taken on different hosts (which differ by 1.5x and more) can be compared: the
+    median of `repeat` digits teacher and student training steps (batch 64, one
+    thread, the runtime's rules, fresh weights), and the load average beside them."""
+    from train_throughput import throughput  # noqa: PLC0415 (a bench module: imports dashlib)
+
+    from dashlib.presets import get_preset
+
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        preset = get_preset("digits")
+        steps = {f"digits_{role}_step_s": round(throughput(getattr(preset, role), 64, torch.device("cpu"),
+                                                           repeat)["step_s"], 4)
+                 for role in ("teacher", "student")}
+    finally:
+        torch.set_num_threads(threads)
+    return {**steps, "load_average": load_average(), "threads": 1, "batch": 64}
+
+
 def sync() -> None:
     if torch.cuda.is_available():
         torch.cuda.synchronize()

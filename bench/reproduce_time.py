@@ -20,7 +20,9 @@ A relative program path in the command is taken from this checkout.
 Writes bench/results/reproduce_time.json: command, wall time, exit status,
 each notebook's time (`notebook_s`), its slowest cells (`cell_s`: papermill's
 per-cell durations, with each cell's code), the last lines of its
-output, the machine.
+output, the machine, and `host_probe` before and after the run (`common.host_probe`:
+the digits teacher's and student's training step on one thread, so that times taken
+on hosts of different speeds, or on one host that slowed during the run, compare).
 """
 
 from __future__ import annotations
@@ -35,7 +37,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from common import write
+from common import host_probe, write
 
 ROOT = Path(__file__).resolve().parents[1]
 STAGE = re.compile(r"\] (\S+)\.ipynb done in (\d+(?:\.\d+)?) s")
@@ -97,8 +99,10 @@ def main() -> None:
     with tempfile.TemporaryDirectory(prefix="dash-reproduce-") as tmp:
         if not args.keep_runs:
             env["DASH_RUNS"] = tmp
+        before = host_probe()
         result = timed(args.command, env, cwd)
         result["cell_s"] = cell_times(Path(env.get("DASH_RUNS", cwd / "runs")))
+        result["host_probe"] = {"before": before, "after": host_probe()}
     print(f"{args.command}: {result['wall_min']:.1f} min, exit {result['returncode']}")
     write(args.name, {"fresh_runs": not args.keep_runs, **checkout, **result})
     if result["returncode"]:
