@@ -94,21 +94,24 @@ def host_probe(repeat: int = 10) -> dict[str, Any]:
     """How fast this host runs the work `make reproduce` is made of, so that wall times
     taken on different hosts (which differ by 1.5x and more) can be compared: the
     median of `repeat` digits teacher and student training steps (batch 64, one
-    thread, the runtime's rules, fresh weights), and the load average beside them."""
+    thread, the runtime's rules, fresh weights), the teacher's step on two threads too
+    (the teacher notebook trains on two: hosts differ in how well two threads share a
+    step), and the load average beside them."""
     from train_throughput import throughput  # noqa: PLC0415 (a bench module: imports dashlib)
 
     from dashlib.presets import get_preset
 
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
+    preset, cpu, threads = get_preset("digits"), torch.device("cpu"), torch.get_num_threads()
+    out: dict[str, Any] = {}
     try:
-        preset = get_preset("digits")
-        steps = {f"digits_{role}_step_s": round(throughput(getattr(preset, role), 64, torch.device("cpu"),
-                                                           repeat)["step_s"], 4)
-                 for role in ("teacher", "student")}
+        for n, role in ((1, "teacher"), (1, "student"), (2, "teacher")):
+            torch.set_num_threads(n)
+            suffix = "" if n == 1 else f"_{n}threads"
+            out[f"digits_{role}_step{suffix}_s"] = round(throughput(getattr(preset, role), 64, cpu,
+                                                                    repeat)["step_s"], 4)
     finally:
         torch.set_num_threads(threads)
-    return {**steps, "load_average": load_average(), "threads": 1, "batch": 64}
+    return {**out, "load_average": load_average(), "batch": 64}
 
 
 def sync() -> None:

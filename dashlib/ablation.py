@@ -19,6 +19,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from dashlib.config import Preset, override
+from dashlib.distill.methods import check_variant
 
 
 @dataclass(frozen=True)
@@ -28,6 +29,9 @@ class Variant:
     name: str
     method: str
     changes: Mapping[str, Any] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        check_variant(f"ablation variant {self.name!r}", self.method, self.changes)
 
     def preset(self, preset: Preset) -> Preset:
         return override(preset, **{f"distill.{k}": v for k, v in self.changes.items()})

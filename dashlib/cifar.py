@@ -128,7 +128,7 @@ def write_cifar_root(root: Path, name: str = "cifar10", per_batch: int = 40, see
     the images are noise."""
     rng = np.random.default_rng(seed)
     layout = LAYOUTS[name]
-    k = 10 if name == "cifar10" else 100
+    k = layout.num_classes
     folder = root / layout.folder
     folder.mkdir(parents=True, exist_ok=True)
     label_key = layout.label_key

@@ -33,6 +33,7 @@ from typing import Any
 
 from dashlib.adequacy import report_accuracy
 from dashlib.config import ConfigError, EvalConfig, Preset, override
+from dashlib.distill.methods import check_variant
 from dashlib.io import atomic_write_json, read_json
 from dashlib.presets import get_preset
 from dashlib.registry import Registry
@@ -47,6 +48,10 @@ class Variant:
     method: str
     changes: Mapping[str, Any] = field(default_factory=dict)
     description: str = ""
+
+    def __post_init__(self) -> None:
+        check_variant(f"claims variant of {self.method!r} with {dict(self.changes)}", self.method,
+                      self.changes)
 
     def preset(self, base: Preset, budget: int, seed: int) -> Preset:
         """The part's preset with this variant's distillation settings, budget and seed."""
@@ -151,15 +156,19 @@ def sweep_plan(preset: str, quick: bool = False,
     return parts
 
 
+#: The sweeps planned by hand, per preset (the committed digits one, and the tests' tiny
+#: one); every other preset's follows `_rule_part`.
+PLANS: dict[str, tuple[SweepPart, ...]] = {
+    "digits": (SweepPart("digits", (200, 500, 1000, 2000), (0, 1, 2), CLAIM_VARIANTS + DIAGNOSTIC_VARIANTS),
+               SweepPart("digits16", (500, 2000), (0, 1, 2), ("cond-only", "dash", "dash-no-tirt"))),
+    "tiny": (SweepPart("tiny", (2, 4), (0, 1), CLAIM_VARIANTS),),
+}
+
+
 def _plan(preset: str, quick: bool) -> list[SweepPart]:
-    if preset == "digits":
-        parts = [SweepPart("digits", (200, 500, 1000, 2000), (0, 1, 2),
-                           CLAIM_VARIANTS + DIAGNOSTIC_VARIANTS),
-                 SweepPart("digits16", (500, 2000), (0, 1, 2), ("cond-only", "dash", "dash-no-tirt"))]
-    elif preset == "tiny":
-        parts = [SweepPart("tiny", (2, 4), (0, 1), CLAIM_VARIANTS)]
-    else:
+    if preset not in PLANS:
         return [_rule_part(preset, quick)]
+    parts = list(PLANS[preset])
     if quick:
         parts = [dataclasses.replace(p, budgets=tuple(sorted(p.budgets))[:2], seeds=p.seeds[:2])
                  for p in parts]

@@ -33,58 +33,79 @@ def _pm(mean: float | None, std: float | None, digits: int = 3) -> str:
 def figure(state: Mapping[str, Any]) -> Any:
     """F8: rows FID / accuracy / rho, one column per resolution (preset)."""
     import matplotlib.pyplot as plt
-    import matplotlib.ticker as ticker
 
     from dashlib import plots
 
     plots.style()
-    summary = state["summary"]
     presets = list(dict.fromkeys(p["preset"] for p in state["plan"]))
     fig, axes = plt.subplots(len(PANELS), len(presets), figsize=(4.6 * len(presets), 9.0),
                              squeeze=False, sharex="col")
     for col, preset in enumerate(presets):
-        entries = [e for e in summary if e["preset"] == preset]
-        variants = list(dict.fromkeys(e["variant"] for e in entries))
-        teacher = state["teachers"].get(preset, {})
+        entries = [e for e in state["summary"] if e["preset"] == preset]
         for row, (metric, label, log) in enumerate(PANELS):
             ax = axes[row][col]
-            for i, v in enumerate(variants):
-                pts = sorted((e["budget"], e[f"{metric}_mean"], e[f"{metric}_std"] or 0.0)
-                             for e in entries if e["variant"] == v and e[f"{metric}_mean"] is not None)
-                if not pts:
-                    continue
-                x, m, s = zip(*pts)
-                # a small per-variant offset along the (log) budget axis keeps error bars apart
-                x = [b * (1 + 0.025 * (i - (len(variants) - 1) / 2)) for b in x]
-                c = VARIANT_COLOURS.get(v) or plots.colour(v)
-                ls = "--" if v.startswith("dash-") else "-"
-                ax.errorbar(x, m, yerr=s, fmt=ls, marker="o", ms=4, color=c, capsize=2.5,
-                            lw=2.4 if v == "dash" else 1.4, label=v)
-            if not entries:
-                ax.text(0.5, 0.7, "not run yet", transform=ax.transAxes, ha="center", va="center",
-                        color="grey")
-            if metric in ("fid", "accuracy") and teacher.get(metric) is not None:
-                ax.axhline(teacher[metric], color="black", ls=":", lw=1.2, label="teacher")
-            if metric == "rho":
-                ax.axhline(1.0, color="black", ls=":", lw=1.2, label="teacher (rho = 1)")
-            ax.set_xscale("log")
-            ax.xaxis.set_minor_formatter(ticker.NullFormatter())
-            if log:
-                ax.set_yscale("log")
-                ax.yaxis.set_major_locator(ticker.LogLocator(subs=(1.0, 2.0, 5.0)))
-                ax.yaxis.set_major_formatter(ticker.FormatStrFormatter("%g"))
-                ax.yaxis.set_minor_formatter(ticker.NullFormatter())
-            ax.set_ylabel(label)
+            _panel(ax, entries, metric, label, log, state["teachers"].get(preset, {}))
             if row == 0:
                 ax.set_title(f"{preset}")
             if row == len(PANELS) - 1:
-                ax.set_xlabel("distillation budget (steps)")
-                planned = [p["budgets"] for p in state["plan"] if p["preset"] == preset]
-                budgets = sorted({e["budget"] for e in entries} | set(planned[0] if planned else ()))
-                if budgets:
-                    ax.set_xlim(min(budgets) / 1.3, max(budgets) * 1.3)
-                    ax.set_xticks(budgets)
-                    ax.set_xticklabels([str(b) for b in budgets])
+                _budget_axis(ax, state, preset, entries)
+    _legend(fig, axes)
+    note = "" if state.get("complete") else f" (partial: {len(state.get('missing', []))} cells missing)"
+    fig.suptitle(f"F8: students against the distillation budget, mean ± std over seeds{note}")
+    fig.tight_layout()
+    return fig
+
+
+def _panel(ax: Any, entries: list[Mapping[str, Any]], metric: str, label: str, log: bool,
+           teacher: Mapping[str, Any]) -> None:
+    """One metric of one preset: each variant's mean ± std over seeds against the budget,
+    and the teacher's line (rho's is 1 by definition)."""
+    import matplotlib.ticker as ticker
+
+    from dashlib import plots
+
+    variants = list(dict.fromkeys(e["variant"] for e in entries))
+    for i, v in enumerate(variants):
+        pts = sorted((e["budget"], e[f"{metric}_mean"], e[f"{metric}_std"] or 0.0)
+                     for e in entries if e["variant"] == v and e[f"{metric}_mean"] is not None)
+        if not pts:
+            continue
+        x, m, s = zip(*pts)
+        # a small per-variant offset along the (log) budget axis keeps error bars apart
+        x = [b * (1 + 0.025 * (i - (len(variants) - 1) / 2)) for b in x]
+        c = VARIANT_COLOURS.get(v) or plots.colour(v)
+        ls = "--" if v.startswith("dash-") else "-"
+        ax.errorbar(x, m, yerr=s, fmt=ls, marker="o", ms=4, color=c, capsize=2.5,
+                    lw=2.4 if v == "dash" else 1.4, label=v)
+    if not entries:
+        ax.text(0.5, 0.7, "not run yet", transform=ax.transAxes, ha="center", va="center", color="grey")
+    if metric in ("fid", "accuracy") and teacher.get(metric) is not None:
+        ax.axhline(teacher[metric], color="black", ls=":", lw=1.2, label="teacher")
+    if metric == "rho":
+        ax.axhline(1.0, color="black", ls=":", lw=1.2, label="teacher (rho = 1)")
+    ax.set_xscale("log")
+    ax.xaxis.set_minor_formatter(ticker.NullFormatter())
+    if log:
+        ax.set_yscale("log")
+        ax.yaxis.set_major_locator(ticker.LogLocator(subs=(1.0, 2.0, 5.0)))
+        ax.yaxis.set_major_formatter(ticker.FormatStrFormatter("%g"))
+        ax.yaxis.set_minor_formatter(ticker.NullFormatter())
+    ax.set_ylabel(label)
+
+
+def _budget_axis(ax: Any, state: Mapping[str, Any], preset: str, entries: list[Mapping[str, Any]]) -> None:
+    """The bottom row's x axis: ticks at the budgets run or planned, as plain numbers."""
+    ax.set_xlabel("distillation budget (steps)")
+    planned = [p["budgets"] for p in state["plan"] if p["preset"] == preset]
+    budgets = sorted({e["budget"] for e in entries} | set(planned[0] if planned else ()))
+    if budgets:
+        ax.set_xlim(min(budgets) / 1.3, max(budgets) * 1.3)
+        ax.set_xticks(budgets)
+        ax.set_xticklabels([str(b) for b in budgets])
+
+
+def _legend(fig: Any, axes: Any) -> None:
+    """One legend below the panels, with every label any panel drew, once."""
     handles, labels = axes[0][0].get_legend_handles_labels()
     for ax in axes.flat:
         for h, lab in zip(*ax.get_legend_handles_labels()):
@@ -93,10 +114,6 @@ def figure(state: Mapping[str, Any]) -> Any:
                 labels.append(lab)
     fig.legend(handles, labels, loc="lower center", ncol=min(5, len(labels)), frameon=False,
                bbox_to_anchor=(0.5, -0.06))
-    note = "" if state.get("complete") else f" (partial: {len(state.get('missing', []))} cells missing)"
-    fig.suptitle(f"F8: students against the distillation budget, mean ± std over seeds{note}")
-    fig.tight_layout()
-    return fig
 
 
 def sweep_rows(state: Mapping[str, Any]) -> list[dict[str, Any]]:

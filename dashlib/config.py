@@ -18,7 +18,7 @@ import types
 import typing
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
-from typing import Any, TypeVar
+from typing import Any, ClassVar, TypeVar
 
 C = TypeVar("C")
 
@@ -170,7 +170,7 @@ class ModelConfig(Validated):
             if (self.ch * m) % self.norm_groups:
                 fail(self, "norm_groups", self.norm_groups,
                      f"must divide every level's width ch*mult (here {self.ch}*{m})")
-        one_of(self, "null_init", ("random", "zero", "mean"))
+        one_of(self, "null_init", NULL_INIT_CHOICES)
 
 
 @dataclass(frozen=True)
@@ -231,6 +231,8 @@ class OptimConfig(Validated):
     `dashlib.runtime.amp_dtype`), a checkpoint
     every `ckpt_every` and a log line every `log_every` steps, all randomness from `seed`.
     """
+
+    section: ClassVar[str] = "train"  # its preset section (`--set train.*`; distill overrides)
 
     steps: int = 1000
     batch_size: int = 64
@@ -323,6 +325,7 @@ class DistillConfig(OptimConfig):
     reads (`presets.check`); the loop's fields are `OptimConfig`'s.
     """
 
+    section: ClassVar[str] = "distill"  # its preset section (`--set distill.*`)
     lr: float = 1e-4
     weight_decay: float = 1e-3
     ema_decay: float = 0.999
@@ -355,9 +358,12 @@ class DistillConfig(OptimConfig):
             fail(self, "w_range", self.w_range, "must be two finite numbers (lo, hi) with lo <= hi")
         in_range(self, "prune_fraction", 0.01, 1.0)
         in_range(self, "single_head_fraction", 0.01, 1.0)
-        one_of(self, "null_init", ("random", "zero", "mean"))
+        one_of(self, "null_init", NULL_INIT_CHOICES)
         in_range(self, "label_dropout", 0.0, 1.0)
 
+
+#: `ModelConfig.null_init` choices: how the null-label row starts (`dashlib.unet.NULL_INITS`).
+NULL_INIT_CHOICES = ("random", "zero", "mean")
 
 #: `DistillConfig.tirt` choices (see its docstring).
 TIRT_CHOICES = ("auto", "transfer", "uniform", "relearn", "min-snr", "uncertainty")

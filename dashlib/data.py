@@ -82,6 +82,15 @@ class DatasetSource:
     fingerprint: Callable[[DataConfig], str] | None = None
     #: whether it reads files under `DataConfig.data_root` (False: built in, or generated)
     reads_files: bool = True
+    #: whether it is a user's own folder of images at `data_root`: its size and classes are
+    #: known only by reading it, and its figures are named after the folder
+    user_folder: bool = False
+
+
+def is_user_folder(name: object) -> bool:
+    """Whether dataset `name` is a registered source of a user's own image folder (False
+    for other and unknown names: those are refused where the config is checked)."""
+    return isinstance(name, str) and name in DATASETS and DATASETS.get(name).user_folder
 
 
 DATASETS: Registry[DatasetSource] = Registry("dataset")
@@ -339,7 +348,8 @@ def _same_classes(test_dir: Path, test: tuple[str, ...], train_dir: Path, train:
 
 
 DATASETS.add("imagefolder", DatasetSource(load_imagefolder, _imagefolder_info,
-                                          lambda config: folder_fingerprint(config.data_root)))
+                                          lambda config: folder_fingerprint(config.data_root),
+                                          user_folder=True))
 
 #: DataConfig fields that say where the data is, not what it is: never part of an identity.
 LOCATION_FIELDS = ("data_root", "download")

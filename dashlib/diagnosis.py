@@ -34,7 +34,8 @@ def weight_stats(weighting: TimestepWeighting, batch: int = 64, batches: int = 2
 
     `high_noise_mass`: share of the profile's weight on t >= T/2 (0.5 under w_t = 1);
     `ess_fraction`: mean over batches of (sum w)^2 / (B sum w^2) (1 under w_t = 1);
-    `normaliser_cv`: coefficient of variation of the batch mean of the raw weights."""
+    `normaliser_cv`: coefficient of variation of the batch mean of the raw weights.
+    `generator` draws the timesteps; without one, a generator seeded 0 (the figures' draw)."""
     g = generator if generator is not None else torch.Generator().manual_seed(0)
     T = weighting.T
     profile = weighting.profile()

@@ -49,7 +49,7 @@ from tqdm import tqdm
 from dashlib.artifacts import Artifact, load_artifact
 from dashlib.classifier import Classifier, load_classifier, predict, train_classifier
 from dashlib.config import ConfigError, DataConfig, EvalConfig, Preset, SampleConfig, from_dict, to_dict
-from dashlib.data import LOCATION_FIELDS, load_dataset, to_uint8
+from dashlib.data import LOCATION_FIELDS, is_user_folder, load_dataset, to_uint8
 from dashlib.device import check_batch_fits, resolve_device
 from dashlib.errors import EvaluationError
 from dashlib.fidelity import (
@@ -522,10 +522,10 @@ def check_max_reference(config: EvalConfig, classes: int) -> None:
 
 def check_reference_size(data: DataConfig, n: int | None = None) -> None:
     """Refuse a reference set (`n` images; by default the train split of a dataset whose
-    content the config does not fix, an image folder) too small for the metrics."""
+    content the config does not fix, a user's image folder) too small for the metrics."""
     if n is None:
-        if data.name != "imagefolder":
-            return  # the registered datasets are fixed and large enough: never loaded here
+        if not is_user_folder(data.name):
+            return  # the other registered datasets are fixed and large enough: never loaded here
         n = len(load_dataset(data).train)
     if n < MIN_SAMPLES:
         raise ConfigError(f"the reference set (the train split of {data.name}) holds {n} images; the "

@@ -68,7 +68,8 @@ def _cifar(name: str, num_classes: int) -> Preset:
                             beta=5.0, batch_size=256),
         eval=EvalConfig(n_samples=50_000, seeds=(42, 123, 456), guidance=("0", "1", "3", "tag"),
                         ddim_steps=50, feature_extractor="inception", classifier_steps=10_000,
-                        classifier_width=32, classifier_batch_size=128, keep_samples=False),
+                        classifier_width=32, classifier_batch_size=128, keep_samples=False,
+                        max_reference=50_000),  # the paper's reference: the whole training set
     )
 
 

@@ -84,10 +84,12 @@ _MISSING = object()
 
 def data_label(overrides: Mapping[str, Any]) -> str:
     """"" for the preset's own data, else "-<dataset>" ("-<folder name>" for an image folder)."""
+    from dashlib.data import is_user_folder
+
     name = overrides.get("data.name")
     if not name:
         return ""
-    if name == "imagefolder" and overrides.get("data.data_root"):
+    if is_user_folder(name) and overrides.get("data.data_root"):
         # resolved, so "." or "../pets" name the folder, as they do once `resolve_overrides` ran
         return f"-{Path(str(overrides['data.data_root'])).expanduser().resolve().name}"
     return f"-{name}"
@@ -98,7 +100,9 @@ def claim_figures_folder(folder: Path, preset: str, overrides: Mapping[str, Any]
     one name would share it: the folder records its data (`data.json`: root and content
     fingerprint), and a folder of the same name elsewhere with other images is refused
     (moved, or the same root with images added, it is taken as the same data)."""
-    if overrides.get("data.name") != "imagefolder":
+    from dashlib.data import is_user_folder
+
+    if not is_user_folder(overrides.get("data.name")):
         return
     from dashlib.config import to_dict
     from dashlib.data import data_identity

@@ -56,7 +56,11 @@ def ddim_timesteps(T: int, steps: int, spacing: str = "linspace") -> Tensor:
 
 class DDIMSampler:
     """Draws samples for class labels y, chunked into `config.batch_size` rows, guided by
-    `guidance` (default: the one `config` selects, `Guidance.from_config(config)`)."""
+    `guidance` (default: the one `config` selects, `Guidance.from_config(config)`).
+
+    x_T is drawn for all samples at once, so with eta = 0 (deterministic DDIM) the chunk
+    size never changes a sample; with eta > 0 each step's noise is drawn chunk by chunk, so
+    samples then depend on `batch_size` too (caches name it: `dashlib.generate`)."""
 
     def __init__(self, diffusion: Diffusion, config: SampleConfig, guidance: Guidance | None = None) -> None:
         self.diffusion = diffusion

@@ -103,8 +103,9 @@ class TimestepWeighting(nn.Module):
                      over: BatchReduce = LOCAL_ROWS) -> Tensor:
         """The objective of a weighted sum of per-sample loss terms (each (B,)),
         sum_k coef_k * terms_k. `reduce` is linear in the loss here, so each term is
-        reduced on its own (the order distillation runs have always summed in)."""
-        return sum(coef[k] * self.reduce(t, v, over) for k, v in terms.items() if coef[k])
+        reduced on its own (the order distillation runs have always summed in). At least
+        one coefficient must be nonzero (`weighted_terms`)."""
+        return sum(coef[k] * self.reduce(t, terms[k], over) for k in weighted_terms(terms, coef))
 
     def freeze(self) -> TimestepWeighting:
         self.table.requires_grad_(False)
@@ -159,6 +160,16 @@ def bin_mean(values: Tensor) -> Tensor:
     return total / count.clamp_min(1)
 
 
+def weighted_terms(terms: Mapping[str, Tensor], coef: Mapping[str, float]) -> list[str]:
+    """The names of `terms` whose coefficient is nonzero, in order; a `ValueError` if there
+    are none: an objective of no terms has nothing to train (and would sum to the int 0)."""
+    names = [k for k in terms if coef[k]]
+    if not names:
+        raise ValueError(f"every loss term's coefficient is 0 ({dict(coef)}): nothing to train; "
+                         f"give at least one term a weight above 0")
+    return names
+
+
 WEIGHTINGS: Registry[type[TimestepWeighting]] = Registry("timestep weighting")
 
 
@@ -193,7 +204,7 @@ class UncertaintyWeighting(TimestepWeighting):
         + u_t term), and reducing each term would add sum_k coef_k * u_t instead of u_t."""
         if self.frozen:
             return super().reduce_terms(t, terms, coef, over)
-        return self.reduce(t, sum(coef[k] * v for k, v in terms.items() if coef[k]), over)
+        return self.reduce(t, sum(coef[k] * terms[k] for k in weighted_terms(terms, coef)), over)
 
 
 @WEIGHTINGS.register("min-snr")

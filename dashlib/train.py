@@ -136,8 +136,7 @@ Hook = Callable[[int], Mapping[str, float]]
 
 def warmup_note(loop: OptimConfig) -> str:
     """What a warm-up longer than the run means: the learning rate never reaches `lr`."""
-    name = type(loop).__name__
-    section = "distill" if name == "DistillConfig" else "train"
+    name, section = type(loop).__name__, loop.section
     peak = loop.lr * loop.steps / loop.warmup_steps
     return (f"{name}.warmup_steps = {loop.warmup_steps} is more than its steps = {loop.steps}, so the "
             f"learning rate rises to {peak:.3g} at most, never to lr = {loop.lr:g}; lower warmup_steps "

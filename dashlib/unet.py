@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import functools
 import math
+from collections.abc import Callable
 
 import torch
 import torch.nn.functional as F
@@ -142,6 +143,24 @@ class Level(nn.Module):
         self.attn = nn.ModuleList(attn)
 
 
+def _keep_random(table: Tensor, null: int) -> None:
+    """The null row keeps its random draw, like every class row."""
+
+
+def _zero(table: Tensor, null: int) -> None:
+    table[null].zero_()
+
+
+def _class_mean(table: Tensor, null: int) -> None:
+    table[null].copy_(table[:null].mean(0))
+
+
+#: How a CFG model's null-label embedding row starts (`ModelConfig.null_init`); `table` is
+#: the label embedding (K + 1, D), `null` its null row K.
+NULL_INITS: dict[str, Callable[[Tensor, int], None]] = {
+    "random": _keep_random, "zero": _zero, "mean": _class_mean}
+
+
 class UNet(nn.Module):
     """eps_theta(x_t, t, y): (B, C, H, W), (B,) int, (B,) int -> (B, C, H, W).
 
@@ -204,13 +223,8 @@ class UNet(nn.Module):
 
     @torch.no_grad()
     def _init_null_row(self) -> None:
-        if not self.config.cfg:
-            return
-        n = self.config.num_classes
-        if self.config.null_init == "zero":
-            self.label_emb.weight[n].zero_()
-        elif self.config.null_init == "mean":
-            self.label_emb.weight[n].copy_(self.label_emb.weight[:n].mean(0))
+        if self.config.cfg:
+            NULL_INITS[self.config.null_init](self.label_emb.weight, self.config.num_classes)
 
     @property
     def null_label(self) -> int:

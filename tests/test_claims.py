@@ -212,3 +212,19 @@ class _FakeRun:
     @staticmethod
     def read_results():
         return {"wall_time_s": 1.0}
+
+
+def test_a_variant_table_with_a_typo_fails_when_it_is_built_not_mid_sweep():
+    """Ablation and claims variants check their method and DistillConfig changes at once."""
+    from dashlib.ablation import Variant as AblationVariant
+    from dashlib.registry import UnknownNameError
+
+    with pytest.raises(ConfigError, match="'DASH - L_u'.*tirr is no DistillConfig field"):
+        AblationVariant("DASH - L_u", "dash", {"tirr": "uniform"})
+    with pytest.raises(ConfigError, match="DistillConfig.tirt = 'unifrom' is invalid"):
+        claims.Variant("dash", {"tirt": "unifrom"})
+    with pytest.raises(ConfigError, match="DistillConfig.an = -1"):
+        AblationVariant("negative", "dash", {"an": -1})
+    with pytest.raises(UnknownNameError, match="unknown distillation method 'dsah'"):
+        claims.Variant("dsah")
+    assert claims.Variant("dash", {"tirt": "min-snr"}).changes == {"tirt": "min-snr"}

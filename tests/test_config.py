@@ -125,3 +125,13 @@ def test_image_size_that_the_models_cannot_take_names_the_fix():
         get_preset("digits", **{"data.image_size": 16, "teacher.image_size": 8})
     p = get_preset("digits", **{"data.image_size": 16, "teacher.attn_resolutions": [16]})
     assert p.teacher.attn_resolutions == (16,) and p.student.attn_resolutions == (8,)
+
+
+@pytest.mark.parametrize("name", ["cifar10", "cifar100"])
+def test_the_cifar_presets_evaluate_as_the_paper_does(name):
+    """docs/paper.md, Setup: 50K samples, three seeds, Inception FID against the training
+    set (all 50,000 images), 50-step DDIM."""
+    p = get_preset(name)
+    assert (p.eval.n_samples, p.eval.seeds, p.eval.feature_extractor) == (50_000, (42, 123, 456), "inception")
+    assert p.eval.max_reference == 50_000 and p.sample.steps == p.eval.ddim_steps == 50
+    assert get_preset("digits").eval.max_reference == 10_000  # the CPU presets keep the default cap

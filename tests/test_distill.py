@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from dashlib.artifacts import load_artifact
-from dashlib.config import ConfigError, override
+from dashlib.config import ConfigError, DistillConfig, override
 from dashlib.data import load_dataset
 from dashlib.diffusion import Diffusion
 from dashlib.distill import METHODS, distill, distill_run, resolve_config
@@ -63,7 +63,7 @@ def test_loss_is_zero_when_the_student_is_the_teacher(tiny, tiny_model, method, 
     with torch.no_grad():
         for p in objective.model.parameters():
             p.add_(0.05 * torch.randn_like(p))
-    assert float(objective.loss(_batch(tiny))[0]) > 1e-6
+    assert float(objective.loss(_batch(tiny))[0].detach()) > 1e-6
 
 
 def test_dash_anchor_is_the_data_term(tiny, tiny_model):
@@ -105,6 +105,29 @@ def test_relearned_tirt_moves(tiny):
     run = distill(tiny, "dash", steps=6, progress=False)
     table = load_checkpoint(run.final)["weighting"]["table"]
     assert table.abs().max() > 0 and run.read_results()["tirt_drift"] is not None
+
+
+def test_tirt_modes_say_which_students_learn_a_table_of_their_own(tiny):
+    """`distill.tirt` is one registry (TIRT_MODES): the student's weighting follows from the
+    teacher's, and a run hashes as learning a table only where one is learned: `relearn`
+    of a teacher whose weighting learns nothing (min-snr, uniform) has no table to decay."""
+    from dashlib.config import TIRT_CHOICES
+    from dashlib.distill.run import TIRT_MODES, distill_payload, learns_table, student_weighting
+
+    assert set(TIRT_CHOICES) == {"auto", *TIRT_MODES.names()}
+    expect = {  # (tirt, teacher's weighting): (student's weighting, learns a table)
+        ("transfer", "tirt"): ("tirt", False), ("transfer", None): ("uniform", False),
+        ("uniform", "tirt"): ("uniform", False), ("relearn", "tirt"): ("tirt", True),
+        ("relearn", "min-snr"): ("min-snr", False), ("relearn", "uniform"): ("uniform", False),
+        ("relearn", "uncertainty"): ("uncertainty", True), ("relearn", None): ("uniform", False),
+        ("min-snr", "tirt"): ("min-snr", False), ("uncertainty", "uniform"): ("uncertainty", True)}
+    for (tirt, teacher), (name, learns) in expect.items():
+        config = override(tiny, **{"distill.tirt": tirt}).distill
+        assert (student_weighting(config, teacher), learns_table(config, teacher)) == (name, learns)
+    for teacher, learns in (("tirt", True), ("min-snr", False), ("uniform", False)):
+        preset = override(tiny, **{"distill.tirt": "relearn", "train.weighting": teacher})
+        payload = distill_payload(preset, resolve_config(preset, "dash"))
+        assert ("table_weight_decay" in payload) == learns
 
 
 @pytest.mark.parametrize("tirt", ["relearn", "uncertainty", "transfer"])
@@ -422,3 +445,13 @@ def test_a_student_of_a_retrained_teacher_is_reused_with_a_note(tiny, capsys):
     capsys.readouterr()
     assert distill(tiny, "dash", steps=2, progress=False) == run and run.final.stat().st_mtime_ns == mtime
     assert "was distilled from other teacher weights" in capsys.readouterr().err
+
+
+def test_every_methods_defaults_are_distillconfigs_defaults():
+    """A method built by hand (`DASH(student, teacher, ...)`) gets the knobs a preset's run
+    would: its `defaults` repeat DistillConfig's, so the two must not drift apart."""
+    base = dataclasses.asdict(DistillConfig())
+    for name in METHODS.names():
+        for knob, value in METHODS.get(name).defaults.items():
+            if knob in base:
+                assert value == base[knob], (name, knob)

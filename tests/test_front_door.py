@@ -729,6 +729,33 @@ def test_two_image_folders_of_one_name_do_not_share_a_figures_folder(tmp_path):
     assert json.loads((folder / "data.json").read_text())["data_root"] == str(moved.resolve())
 
 
+def test_any_registered_user_folder_source_is_treated_as_an_image_folder(tmp_path, monkeypatch):
+    """The folder rules ask the dataset registry (`DatasetSource.user_folder`), not the name
+    "imagefolder": a second source of users' folders gets the same naming, guard and size check."""
+    import dataclasses
+
+    from dashlib.config import ConfigError
+    from dashlib.data import DATASETS, is_user_folder
+    from dashlib.evaluate import check_reference_size
+    from dashlib.presets import get_preset
+    from dashlib.reproduce import claim_figures_folder, data_label, figures_dir, resolve_overrides
+
+    monkeypatch.setitem(DATASETS._items, "my-folders", DATASETS.get("imagefolder"))
+    assert is_user_folder("my-folders") and is_user_folder("imagefolder")
+    assert not any(is_user_folder(n) for n in ("digits", "synthetic", "cifar10", "nope", None, 3))
+    pets = write_folder(tmp_path / "pets", COLOURS, per_class=4)
+    overrides = resolve_overrides("tiny", {"data.name": "my-folders", "data.data_root": str(pets)})
+    assert data_label(overrides) == "-pets"
+    folder = figures_dir("tiny", False, tmp_path / "figs", overrides)
+    claim_figures_folder(folder, "tiny", overrides)
+    assert folder.name == "tiny-pets" and (folder / "data.json").is_file()
+    data = dataclasses.replace(get_preset("tiny").data, name="my-folders", data_root=str(pets))
+    with pytest.raises(ConfigError, match="holds [0-9]+ images; the metrics need at least"):
+        check_reference_size(dataclasses.replace(data, holdout_fraction=0.9))
+    check_reference_size(data)  # 12 images, 3 held out: enough
+    check_reference_size(dataclasses.replace(data, name="digits"))  # fixed size: never loaded
+
+
 # --- a changed budget gets its own figures folder -------------------------------------------------
 
 def test_a_changed_budget_never_writes_into_the_presets_own_figures(tmp_path):

@@ -219,3 +219,15 @@ def test_a_learning_uncertainty_weighting_counts_its_regulariser_once_over_sever
         w = make_weighting(name, diffusion)
         expected = w.reduce(t, terms["im"]) + 1.1 * w.reduce(t, terms["gap"])
         assert torch.equal(w.reduce_terms(t, terms, coef), expected)
+
+
+def test_an_objective_whose_every_term_weighs_zero_is_refused_not_summed_to_an_int(diffusion):
+    t = torch.tensor([10, 200])
+    terms = {"im": torch.tensor([0.5, 1.0]), "un": torch.tensor([0.2, 0.3])}
+    for name in ("tirt", "uniform", "uncertainty"):
+        w = make_weighting(name, diffusion)
+        with pytest.raises(ValueError, match="every loss term's coefficient is 0"):
+            w.reduce_terms(t, terms, {"im": 0.0, "un": 0})
+        one = w.reduce_terms(t, terms, {"im": 0.0, "un": 2.0})
+        assert isinstance(one, torch.Tensor) and torch.equal(one, w.reduce_terms(t, {"un": terms["un"]},
+                                                                                  {"un": 2.0}))

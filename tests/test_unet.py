@@ -40,6 +40,19 @@ def test_null_row_initialisation(tiny, init):
     torch.testing.assert_close(w[-1], expected)
 
 
+def test_every_null_init_choice_has_an_initialiser_and_random_keeps_the_draw(tiny):
+    from dashlib.config import NULL_INIT_CHOICES
+    from dashlib.unet import NULL_INITS
+
+    assert tuple(NULL_INITS) == NULL_INIT_CHOICES
+    torch.manual_seed(0)
+    random = UNet(dataclasses.replace(tiny.teacher, null_init="random")).label_emb.weight
+    torch.manual_seed(0)
+    zero = UNet(dataclasses.replace(tiny.teacher, null_init="zero")).label_emb.weight
+    assert torch.equal(random[:-1], zero[:-1])  # the class rows are drawn alike
+    assert random[-1].abs().sum() > 0 and zero[-1].abs().sum() == 0
+
+
 def test_single_head_model_has_no_null_row(tiny):
     model = UNet(dataclasses.replace(tiny.teacher, cfg=False))
     assert model.label_emb.num_embeddings == tiny.teacher.num_classes

@@ -106,6 +106,22 @@ def test_output_level_never_touches_the_null_branch_and_dash_does():
     assert (dash.im, dash.un, dash.an) == (1.0, 1.0, 0.1)
 
 
+def test_the_toy_losses_are_per_sample_and_the_caller_reduces():
+    """As the library's losses: each term (B,), the objective their weighted batch means."""
+    from dashlib.workshop.train import student_terms, teacher_loss
+
+    diffusion = Diffusion(TINY.diffusion)
+    cfg = ToyModelConfig(hidden=16, depth=2, num_classes=TINY.num_classes)
+    teacher, student = build_toy_mlp(cfg, 0), build_toy_mlp(cfg, 1)
+    batch = draw_batch(TINY, diffusion, torch.Generator().manual_seed(0))
+    assert teacher_loss(teacher, diffusion, batch, 0.1).shape == (TINY.batch_size,)
+    terms = student_terms(student, teacher, diffusion, batch)
+    assert {k: v.shape for k, v in terms.items()} == {k: (TINY.batch_size,) for k in ("im", "un", "an")}
+    dash = STUDENT_LOSSES.get("dash")
+    expected = dash.im * terms["im"].mean() + dash.un * terms["un"].mean() + dash.an * terms["an"].mean()
+    assert torch.equal(student_loss(student, teacher, diffusion, batch, dash), expected)
+
+
 def test_a_student_identical_to_the_teacher_has_no_imitation_loss():
     diffusion = Diffusion(TINY.diffusion)
     cfg = ToyModelConfig(hidden=16, depth=2, num_classes=TINY.num_classes)

@@ -42,6 +42,6 @@ def gap(cond_s: Tensor, uncond_s: Tensor, cond_t: Tensor, uncond_t: Tensor) -> T
 def features(student_feats: list[Tensor], teacher_feats: list[Tensor]) -> Tensor:
     """FitNets hint loss: sum over layers l of |A_l(h_S,l) - h_T,l|^2 (already adapted)."""
     total = mse_per_sample(student_feats[0], teacher_feats[0])
-    for s, t in zip(student_feats[1:], teacher_feats[1:]):
+    for s, t in zip(student_feats[1:], teacher_feats[1:], strict=True):  # a missing layer is a bug
         total = total + mse_per_sample(s, t)
     return total

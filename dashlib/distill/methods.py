@@ -23,7 +23,7 @@ from typing import Any, ClassVar
 import torch
 from torch import Tensor, nn
 
-from dashlib.config import DistillConfig, ModelConfig, Preset, SampleConfig, fail
+from dashlib.config import ConfigError, DistillConfig, ModelConfig, Preset, SampleConfig, fail
 from dashlib.diffusion import Diffusion
 from dashlib.distill import losses
 from dashlib.distill.pruning import apply_masks, emptied, emptied_note, magnitude_prune, prunable
@@ -176,13 +176,27 @@ NULL_ROWS = {"null_rows": False, "label_dropout": 0.1}
 METHODS: Registry[type[DistillObjective]] = Registry("distillation method")
 
 
+def check_variant(owner: str, method: str, changes: Mapping[str, Any]) -> None:
+    """Refuse a variant (a method and `DistillConfig` changes) whose method is unknown, or
+    whose changes name no `DistillConfig` field or give a value the field refuses: when
+    its table is built, not in the middle of a sweep."""
+    METHODS.get(method)
+    fields = {f.name for f in dataclasses.fields(DistillConfig)}
+    unknown = sorted(set(changes) - fields)
+    if unknown:
+        raise ConfigError(f"{owner}: {', '.join(unknown)} is no DistillConfig field; choose from "
+                          f"{', '.join(sorted(fields))}")
+    dataclasses.replace(DistillConfig(method=method), **changes)
+
+
 # --- baselines -------------------------------------------------------------------
 
 @METHODS.register("scratch")
 class Scratch(DistillObjective):
     """No teacher: standard CFG training on data with label dropout,
-    L = |eps_S(x_t, t, y') - eps|^2, y' = null with probability `label_dropout`
-    (batch-level, like the teacher)."""
+    L = |eps_S(x_t, t, y') - eps|^2, y' = null with probability `distill.label_dropout`,
+    the whole batch at once (the authors' mode, which every preset's teacher trains with;
+    a teacher set to `train.label_dropout_mode=sample` does not change it)."""
 
     uses_teacher = False
     defaults = {"label_dropout": 0.1}

@@ -10,8 +10,9 @@ from __future__ import annotations
 import dataclasses
 import sys
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from concurrent.futures import FIRST_COMPLETED, ProcessPoolExecutor, wait
+from dataclasses import dataclass
 from multiprocessing import get_context
 from pathlib import Path
 from typing import Any
@@ -28,11 +29,12 @@ from dashlib.distill.methods import METHODS, DistillObjective
 from dashlib.distill.targets import compute_targets, fits, load_targets, targets_path
 from dashlib.distributed import barrier, is_main, on_main, rank_world
 from dashlib.io import atomic_write_json, file_digest
+from dashlib.registry import Registry
 from dashlib.runs import Run, make_run, prepare, run_id
 from dashlib.runtime import Runtime
 from dashlib.teacher import teacher_payload, train_teacher
 from dashlib.threads import use_threads
-from dashlib.tirt import TimestepWeighting, drift_report, make_weighting, transfer
+from dashlib.tirt import WEIGHTINGS, TimestepWeighting, drift_report, make_weighting, transfer
 from dashlib.train import Trainer
 from dashlib.unet import count_params, param_count
 
@@ -62,16 +64,12 @@ def distill_payload(preset: Preset, config: DistillConfig) -> dict[str, Any]:
                "student": to_dict(cls.architecture(preset, config)), "distill": to_dict(config),
                "data": to_dict(preset.data), "diffusion": to_dict(preset.diffusion),
                "sample": to_dict(preset.sample) if cls.reads_sampling_guidance else None}
-    if config.tirt in LEARNED_TABLES:
+    if learns_table(config, preset.train.weighting):
         # the table the student learns has had its own optimizer group, without weight decay,
         # since 2026-12-06 (`Objective.param_groups`); a run (or checkpoint) from before that
         # is not this run, even at weight_decay 0, where only the group layout changed
         payload["table_weight_decay"] = 0.0
     return payload
-
-
-#: `DistillConfig.tirt` values whose student learns a timestep-weighting table of its own.
-LEARNED_TABLES = ("relearn", "uncertainty")
 
 
 def distill_run(preset: Preset, method: str | None = None, seed: int | None = None,
@@ -81,21 +79,55 @@ def distill_run(preset: Preset, method: str | None = None, seed: int | None = No
     return make_run(preset.name, f"distill-{config.method}", distill_payload(preset, config))
 
 
-#: `DistillConfig.tirt` values that name a weighting of their own (dashlib.tirt), not the teacher's.
-OWN_WEIGHTINGS = ("min-snr", "uncertainty")
+@dataclass(frozen=True)
+class TirtMode:
+    """What a `DistillConfig.tirt` value gives the student: the name of its timestep
+    weighting (`dashlib.tirt.WEIGHTINGS`) from the teacher's (None: the teacher kept no
+    table), and whether the student takes a frozen copy of the teacher's table
+    (TIRT Transfer) rather than a new one."""
+
+    student_weighting: Callable[[str | None], str]
+    copies_teacher: bool = False
+
+
+def _teachers(teacher: str | None) -> str:
+    return teacher or "uniform"
+
+
+#: `DistillConfig.tirt` values ("auto" is resolved to the method's `default_tirt` first).
+TIRT_MODES: Registry[TirtMode] = Registry("distill.tirt mode")
+TIRT_MODES.add("transfer", TirtMode(_teachers, copies_teacher=True))
+TIRT_MODES.add("uniform", TirtMode(lambda teacher: "uniform"))
+TIRT_MODES.add("relearn", TirtMode(_teachers))  # the teacher's weighting, learned anew from zero
+TIRT_MODES.add("min-snr", TirtMode(lambda teacher: "min-snr"))
+TIRT_MODES.add("uncertainty", TirtMode(lambda teacher: "uncertainty"))
+
+
+def student_weighting(config: DistillConfig, teacher: str | None) -> str:
+    """The `WEIGHTINGS` name of the student's weighting, given the teacher's (None: none kept)."""
+    return TIRT_MODES.get(config.tirt).student_weighting(teacher)
+
+
+def learns_table(config: DistillConfig, teacher: str | None) -> bool:
+    """Whether the student learns a weighting table of its own (`relearn` of a learnable
+    teacher weighting, `uncertainty`): known from the preset, before anything is built."""
+    mode = TIRT_MODES.get(config.tirt)
+    return not mode.copies_teacher and WEIGHTINGS.get(student_weighting(config, teacher)).learnable
+
+
+def teacher_weighting(teacher: Artifact) -> str | None:
+    """The name of the weighting a trained teacher kept (None: it kept no table)."""
+    return None if teacher.weighting is None else str(teacher.config["train"]["weighting"])
 
 
 def make_weighting_for(config: DistillConfig, teacher: Artifact,
                        diffusion: Diffusion) -> TimestepWeighting:
     """TIRT Transfer (frozen copy of the teacher's), uniform, relearned from zero, or a
-    named weighting of the student's own (fixed Min-SNR-5; uncertainty, learned from zero)."""
-    if config.tirt in OWN_WEIGHTINGS:
-        return make_weighting(config.tirt, diffusion)
-    if config.tirt == "uniform" or teacher.weighting is None:
-        return make_weighting("uniform", diffusion)
-    if config.tirt == "transfer":
+    named weighting of the student's own (fixed Min-SNR-5; uncertainty, learned from zero):
+    `TIRT_MODES`."""
+    if TIRT_MODES.get(config.tirt).copies_teacher and teacher.weighting is not None:
         return transfer(teacher.weighting, diffusion)
-    return make_weighting(teacher.config["train"]["weighting"], diffusion)
+    return make_weighting(student_weighting(config, teacher_weighting(teacher)), diffusion)
 
 
 def calibration_hook(calibrator: Calibrator, objective: DistillObjective) -> Any:
@@ -158,7 +190,7 @@ def distill(preset: Preset, method: str | None = None, seed: int | None = None,
     student_ema = trainer.ema.shadow
     if is_main():  # rank 0 writes; every rank returns once the files exist
         save_artifact(run, "student", payload, student_ema, objective.weighting,
-                      _weighting_name(config, teacher),
+                      student_weighting(config, teacher_weighting(teacher)),
                       extra={"method": config.method, "teacher_run": str(teacher_folder.path)})
         write_results(run, preset, config, objective, calibrator.score(student_ema), last, wall,
                       teacher_params=count_params(teacher.model), precision=trainer.precision,
@@ -174,14 +206,6 @@ def ensure_targets(preset: Preset, config: DistillConfig, teacher: torch.nn.Modu
     if not path.is_file():
         compute_targets(preset, config, teacher, data.train, diffusion, progress)
     return path
-
-
-def _weighting_name(config: DistillConfig, teacher: Artifact) -> str:
-    if config.tirt in OWN_WEIGHTINGS:
-        return config.tirt
-    if config.tirt == "uniform" or teacher.weighting is None:
-        return "uniform"
-    return str(teacher.config["train"]["weighting"])
 
 
 def write_results(run: Run, preset: Preset, config: DistillConfig, objective: DistillObjective,
@@ -201,7 +225,7 @@ def write_results(run: Run, preset: Preset, config: DistillConfig, objective: Di
         "final_losses": {k: last.get(k) for k in ["loss", *terms]},
         "tirt": config.tirt, "null_init": config.null_init, "null_rows": config.null_rows,
         "tirt_drift": (drift_report(objective.weighting)
-                       if config.tirt in LEARNED_TABLES else None),
+                       if objective.weighting.learnable and not objective.weighting.frozen else None),
         "wall_time_s": wall, "precision": precision, "run": str(run.path),
         "teacher_weights": teacher_weights, **objective.report()})
 

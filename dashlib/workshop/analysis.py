@@ -96,6 +96,6 @@ def loss_terms(shop: Workshop, n_batches: int = 8, seed: int = 123) -> dict[str,
             terms = student_terms(model, shop.teacher, shop.diffusion, draw_batch(shop.config,
                                                                                    shop.diffusion, g))
             for k, v in terms.items():
-                sums[k] += float(v) / n_batches
+                sums[k] += float(v.mean()) / n_batches
         out[name] = {f"L_{k}": v for k, v in sums.items()}
     return out

@@ -30,7 +30,7 @@ from dashlib.workshop.analysis import (
     sample_toy,
     toy_sample_config,
 )
-from dashlib.workshop.toy import ToyConfig, mode_centers, sample_data
+from dashlib.workshop.toy import ToyConfig, mode_centers, sample_data, toy_budget_name
 from dashlib.workshop.train import Workshop
 
 COLORS = plt.get_cmap("tab10").colors
@@ -172,7 +172,7 @@ W_FIGURES: dict[str, tuple[str, tuple[str, ...]]] = {
 
 def workshop_provenance(preset: str, quick: bool, config: ToyConfig) -> Provenance:
     """What the workshop figures were made from: the toy budget's steps and seed."""
-    budget = "tiny" if preset == "tiny" else "quick" if quick else "laptop"
+    budget = toy_budget_name(preset, quick)
     return Provenance(preset, (config.seed,),
                       {"teacher": config.teacher_steps, "student": config.student_steps,
                        "ddim": config.ddim_steps},

@@ -73,8 +73,12 @@ def toy_config_for(preset: str, quick: bool = False, **changes: Any) -> ToyConfi
     `quick` reproduction a shorter one; every other case the laptop budget the
     workshop is written for. `changes` replace fields (e.g. seed=1)."""
     check_params(preset=preset, quick=quick)
-    name = "tiny" if preset == "tiny" else "quick" if quick else "laptop"
-    return dataclasses.replace(TOY_BUDGETS.get(name), **changes)
+    return dataclasses.replace(TOY_BUDGETS.get(toy_budget_name(preset, quick)), **changes)
+
+
+def toy_budget_name(preset: str, quick: bool) -> str:
+    """The `TOY_BUDGETS` entry for a preset and reproduction: tiny, quick or laptop."""
+    return "tiny" if preset == "tiny" else "quick" if quick else "laptop"
 
 
 def mode_centers(config: ToyConfig) -> Tensor:

@@ -27,6 +27,7 @@ import torch
 from torch import Tensor, nn
 
 from dashlib.diffusion import Diffusion
+from dashlib.distill.losses import anchor, imitation, unconditional
 from dashlib.guidance import branches
 from dashlib.losses import mse_per_sample
 from dashlib.registry import Registry
@@ -68,27 +69,29 @@ def draw_batch(config: ToyConfig, diffusion: Diffusion, generator: torch.Generat
 
 
 def teacher_loss(model: ToyMLP, diffusion: Diffusion, batch: ToyBatch, p_drop: float) -> Tensor:
-    """CFG training: the mean of |eps_theta(x_t, t, y') - eps|^2 with per-sample dropout."""
+    """CFG training, per sample (B,): |eps_theta(x_t, t, y') - eps|^2, y' = null with
+    probability `p_drop` per sample."""
     y = torch.where(batch.u < p_drop, torch.full_like(batch.y, model.null_label), batch.y)
     x_t = diffusion.q_sample(batch.x0, batch.t, batch.eps)
-    return mse_per_sample(model(x_t, batch.t, y), batch.eps).mean()
+    return mse_per_sample(model(x_t, batch.t, y), batch.eps)
 
 
 def student_terms(student: ToyMLP, teacher: ToyMLP, diffusion: Diffusion,
                   batch: ToyBatch) -> dict[str, Tensor]:
-    """L_im, L_un, L_an (scalars); both student branches come from one batched forward."""
+    """DASH's L_im, L_un, L_an per sample, each (B,) (`dashlib.distill.losses`, the same
+    terms the real students train on); both student branches from one batched forward."""
     x_t = diffusion.q_sample(batch.x0, batch.t, batch.eps)
     with torch.no_grad():
         cond_t, uncond_t = branches(teacher, x_t, batch.t, batch.y)
     cond_s, uncond_s = branches(student, x_t, batch.t, batch.y)
-    return {"im": mse_per_sample(cond_s, cond_t).mean(),
-            "un": mse_per_sample(uncond_s, uncond_t).mean(),
-            "an": mse_per_sample(cond_s, batch.eps).mean()}
+    return {"im": imitation(cond_s, cond_t), "un": unconditional(uncond_s, uncond_t),
+            "an": anchor(cond_s, batch.eps)}
 
 
 def student_loss(student: ToyMLP, teacher: ToyMLP, diffusion: Diffusion, batch: ToyBatch,
                  weights: StudentLoss) -> Tensor:
-    terms = student_terms(student, teacher, diffusion, batch)
+    """The scalar objective: each term's batch mean, weighted (uniformly over timesteps)."""
+    terms = {k: v.mean() for k, v in student_terms(student, teacher, diffusion, batch).items()}
     return weights.im * terms["im"] + weights.un * terms["un"] + weights.an * terms["an"]
 
 
@@ -142,7 +145,7 @@ def train_toy_teacher(config: ToyConfig, diffusion: Diffusion,
     model = build_toy_mlp(ToyModelConfig(config.teacher_hidden, config.depth, config.num_classes),
                           seed=config.seed)
     g = torch.Generator().manual_seed(config.seed)
-    losses = fit(model.parameters(), lambda b: teacher_loss(model, diffusion, b, config.label_dropout),
+    losses = fit(model.parameters(), lambda b: teacher_loss(model, diffusion, b, config.label_dropout).mean(),
                  config, diffusion, config.teacher_steps, g, on_step)
     return model.eval(), losses
 
