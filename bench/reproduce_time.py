@@ -21,8 +21,9 @@ Writes bench/results/reproduce_time.json: command, wall time, exit status,
 each notebook's time (`notebook_s`), its slowest cells (`cell_s`: papermill's
 per-cell durations, with each cell's code), the last lines of its
 output, the machine, and `host_probe` before and after the run (`common.host_probe`:
-the digits teacher's and student's training step on one thread, so that times taken
-on hosts of different speeds, or on one host that slowed during the run, compare).
+the digits teacher's and student's training step on one thread and the teacher's on
+two, so that times taken on hosts of different speeds, or on one host that slowed
+during the run, compare).
 """
 
 from __future__ import annotations

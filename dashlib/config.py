@@ -314,7 +314,8 @@ class DistillConfig(OptimConfig):
 
     `im`, `un`, `an` weight DASH's imitation, unconditional and anchor terms;
     `tirt` is "transfer" (teacher's lambda_t, frozen), "uniform" (w_t = 1),
-    "relearn" (lambda_t learned again by the student), "min-snr" (the fixed
+    "relearn" (the teacher's weighting learned again by the student from zero: lambda_t for
+    TIRT; a weighting that learns nothing stays fixed), "min-snr" (the fixed
     Min-SNR-5 prior: TIRT without lambda_t), "uncertainty" (the principled
     EDM2 weighting, learned by the student from zero) or "auto" (the method's
     default: transfer for DASH, uniform for every baseline). `w_train` is the

@@ -59,7 +59,8 @@ class DDIMSampler:
     `guidance` (default: the one `config` selects, `Guidance.from_config(config)`).
 
     x_T is drawn for all samples at once, so with eta = 0 (deterministic DDIM) the chunk
-    size never changes a sample; with eta > 0 each step's noise is drawn chunk by chunk, so
+    size changes a sample at most at float rounding (kernels may pick other paths for
+    other batch sizes); with eta > 0 each step's noise is drawn chunk by chunk, so
     samples then depend on `batch_size` too (caches name it: `dashlib.generate`)."""
 
     def __init__(self, diffusion: Diffusion, config: SampleConfig, guidance: Guidance | None = None) -> None:

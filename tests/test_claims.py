@@ -215,16 +215,18 @@ class _FakeRun:
 
 
 def test_a_variant_table_with_a_typo_fails_when_it_is_built_not_mid_sweep():
-    """Ablation and claims variants check their method and DistillConfig changes at once."""
+    """Ablation and claims variants check their method, DistillConfig changes and the
+    method's own rules at once, and say which variant is wrong."""
     from dashlib.ablation import Variant as AblationVariant
-    from dashlib.registry import UnknownNameError
 
-    with pytest.raises(ConfigError, match="'DASH - L_u'.*tirr is no DistillConfig field"):
+    with pytest.raises(ConfigError, match="'DASH - L_u'.*tirr is not a DistillConfig field"):
         AblationVariant("DASH - L_u", "dash", {"tirr": "uniform"})
-    with pytest.raises(ConfigError, match="DistillConfig.tirt = 'unifrom' is invalid"):
+    with pytest.raises(ConfigError, match="'dash' with .*DistillConfig.tirt = 'unifrom' is invalid"):
         claims.Variant("dash", {"tirt": "unifrom"})
-    with pytest.raises(ConfigError, match="DistillConfig.an = -1"):
+    with pytest.raises(ConfigError, match="'negative': DistillConfig.an = -1"):
         AblationVariant("negative", "dash", {"an": -1})
-    with pytest.raises(UnknownNameError, match="unknown distillation method 'dsah'"):
+    with pytest.raises(ConfigError, match="'nothing': .*im, un and an are all 0"):
+        AblationVariant("nothing", "dash", {"im": 0.0, "un": 0.0, "an": 0.0})  # DASH's own check
+    with pytest.raises(ConfigError, match="variant of 'dsah'.*unknown distillation method 'dsah'"):
         claims.Variant("dsah")
     assert claims.Variant("dash", {"tirt": "min-snr"}).changes == {"tirt": "min-snr"}

@@ -13,7 +13,7 @@ from dashlib.distill import METHODS, distill, distill_run, resolve_config
 from dashlib.distill.methods import single_head_config
 from dashlib.distill.pruning import emptied, emptied_note, magnitude_prune
 from dashlib.io import load_checkpoint
-from dashlib.presets import check
+from dashlib.presets import check, get_preset
 from dashlib.teacher import train_teacher
 from dashlib.tirt import make_weighting
 from dashlib.train import Batch
@@ -221,7 +221,6 @@ def test_magnitude_prune_removes_the_smallest_weights(tiny_model):
 
 
 def test_single_head_student_is_sized_like_the_paper(tiny):
-    from dashlib.presets import get_preset
 
     # the nearest width in steps of 2: digits 20 (0.269; 18 gives 0.218), cifar 78 (0.2525)
     for name, tolerance in (("digits", 0.02), ("cifar10", 0.002)):
@@ -455,3 +454,38 @@ def test_every_methods_defaults_are_distillconfigs_defaults():
         for knob, value in METHODS.get(name).defaults.items():
             if knob in base:
                 assert value == base[knob], (name, knob)
+
+
+#: sha256 of every (preset, method, distill.tirt, train.weighting) -> run folder name below, at
+#: 19619aa. A run's folder is its identity: finished runs are reused by it and checkpoints
+#: resumed, so a change that moves it retrains everything. Update only for a deliberate change,
+#: and say so in the commit (19619aa's: `relearn` of a min-snr or uniform teacher lost the
+#: `table_weight_decay` its student never used; every other folder is 4211059's).
+RUN_NAMES_DIGEST = "716a79b1f131cd8f6c73989abced7f4ebb1bf6d1be4c0d4b5a27460b9152db31"
+
+
+def test_run_folder_names_do_not_move_by_accident():
+    import hashlib
+
+    from dashlib.config import TIRT_CHOICES
+    from dashlib.tirt import WEIGHTINGS
+
+    lines = []
+    for preset in ("tiny", "digits"):
+        for method in METHODS.names():
+            for tirt in TIRT_CHOICES:
+                for weighting in WEIGHTINGS.names():
+                    p = override(get_preset(preset), **{"distill.tirt": tirt, "train.weighting": weighting})
+                    lines.append(f"{preset} {method} {tirt} {weighting} {distill_run(p, method).path.name}")
+    assert len(lines) == 432
+    assert hashlib.sha256("\n".join(lines).encode()).hexdigest() == RUN_NAMES_DIGEST
+
+
+def test_every_methods_default_tirt_is_a_mode_and_auto_resolves_anywhere():
+    from dashlib.distill.run import TIRT_MODES, distill_payload, learns_table, student_weighting
+
+    for name in METHODS.names():
+        assert METHODS.get(name).default_tirt in TIRT_MODES, name
+    auto = DistillConfig(method="dash")  # tirt="auto": DASH's TIRT Transfer
+    assert (student_weighting(auto, "tirt"), learns_table(auto, "tirt")) == ("tirt", False)
+    assert "table_weight_decay" not in distill_payload(get_preset("tiny"), auto)

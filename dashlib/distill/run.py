@@ -103,16 +103,23 @@ TIRT_MODES.add("min-snr", TirtMode(lambda teacher: "min-snr"))
 TIRT_MODES.add("uncertainty", TirtMode(lambda teacher: "uncertainty"))
 
 
+def tirt_mode(config: DistillConfig) -> TirtMode:
+    """The config's `TIRT_MODES` entry ("auto": its method's `default_tirt`)."""
+    name = METHODS.get(config.method).default_tirt if config.tirt == "auto" else config.tirt
+    return TIRT_MODES.get(name)
+
+
 def student_weighting(config: DistillConfig, teacher: str | None) -> str:
     """The `WEIGHTINGS` name of the student's weighting, given the teacher's (None: none kept)."""
-    return TIRT_MODES.get(config.tirt).student_weighting(teacher)
+    return tirt_mode(config).student_weighting(teacher)
 
 
 def learns_table(config: DistillConfig, teacher: str | None) -> bool:
     """Whether the student learns a weighting table of its own (`relearn` of a learnable
     teacher weighting, `uncertainty`): known from the preset, before anything is built."""
-    mode = TIRT_MODES.get(config.tirt)
-    return not mode.copies_teacher and WEIGHTINGS.get(student_weighting(config, teacher)).learnable
+    if tirt_mode(config).copies_teacher:
+        return False
+    return WEIGHTINGS.get(student_weighting(config, teacher)).learnable
 
 
 def teacher_weighting(teacher: Artifact) -> str | None:
@@ -125,7 +132,7 @@ def make_weighting_for(config: DistillConfig, teacher: Artifact,
     """TIRT Transfer (frozen copy of the teacher's), uniform, relearned from zero, or a
     named weighting of the student's own (fixed Min-SNR-5; uncertainty, learned from zero):
     `TIRT_MODES`."""
-    if TIRT_MODES.get(config.tirt).copies_teacher and teacher.weighting is not None:
+    if tirt_mode(config).copies_teacher and teacher.weighting is not None:
         return transfer(teacher.weighting, diffusion)
     return make_weighting(student_weighting(config, teacher_weighting(teacher)), diffusion)
 
