@@ -94,6 +94,7 @@ def test_transferred_tirt_stays_frozen_through_distillation(tiny):
     assert teacher.weighting.table.abs().max() > 0  # learned, so equality below means something
     run = distill(tiny, "dash", steps=6, progress=False)
     assert run.read_results()["tirt"] == "transfer"
+    assert run.read_results()["tirt_drift"] is None  # a frozen copy learns nothing to report
     for path in (run.final, run.checkpoint):
         table = load_checkpoint(path)["weighting" if path == run.final else "objective"]
         key = "table" if path == run.final else "weighting.table"

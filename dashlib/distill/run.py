@@ -90,17 +90,23 @@ class TirtMode:
     copies_teacher: bool = False
 
 
-def _teachers(teacher: str | None) -> str:
+def teachers_or_uniform(teacher: str | None) -> str:
+    """The teacher's weighting, or uniform where the teacher kept no table."""
     return teacher or "uniform"
+
+
+def fixed(name: str) -> Callable[[str | None], str]:
+    """The weighting `name` whatever the teacher's."""
+    return lambda teacher: name
 
 
 #: `DistillConfig.tirt` values ("auto" is resolved to the method's `default_tirt` first).
 TIRT_MODES: Registry[TirtMode] = Registry("distill.tirt mode")
-TIRT_MODES.add("transfer", TirtMode(_teachers, copies_teacher=True))
-TIRT_MODES.add("uniform", TirtMode(lambda teacher: "uniform"))
-TIRT_MODES.add("relearn", TirtMode(_teachers))  # the teacher's weighting, learned anew from zero
-TIRT_MODES.add("min-snr", TirtMode(lambda teacher: "min-snr"))
-TIRT_MODES.add("uncertainty", TirtMode(lambda teacher: "uncertainty"))
+TIRT_MODES.add("transfer", TirtMode(teachers_or_uniform, copies_teacher=True))
+TIRT_MODES.add("uniform", TirtMode(fixed("uniform")))
+TIRT_MODES.add("relearn", TirtMode(teachers_or_uniform))  # the teacher's weighting, learned anew from zero
+TIRT_MODES.add("min-snr", TirtMode(fixed("min-snr")))
+TIRT_MODES.add("uncertainty", TirtMode(fixed("uncertainty")))
 
 
 def tirt_mode(config: DistillConfig) -> TirtMode:
@@ -232,7 +238,7 @@ def write_results(run: Run, preset: Preset, config: DistillConfig, objective: Di
         "final_losses": {k: last.get(k) for k in ["loss", *terms]},
         "tirt": config.tirt, "null_init": config.null_init, "null_rows": config.null_rows,
         "tirt_drift": (drift_report(objective.weighting)
-                       if objective.weighting.learnable and not objective.weighting.frozen else None),
+                       if learns_table(config, preset.train.weighting) else None),
         "wall_time_s": wall, "precision": precision, "run": str(run.path),
         "teacher_weights": teacher_weights, **objective.report()})
 
