@@ -103,7 +103,7 @@ def compare(name: str, batch: int, steps: int, device: torch.device, runtime: Ru
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--presets", nargs="+", default=["digits", "digits16", "cifar10"],
+    ap.add_argument("--presets", nargs="+", default=["tiny", "digits", "digits16", "cifar10"],
                     help="default: every preset size (cifar100 differs by 90 class rows only)")
     ap.add_argument("--batch", type=int, default=64)
     ap.add_argument("--steps", type=int, default=50)

@@ -14,7 +14,7 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
-from dashlib.report import Provenance, save_figure, save_table
+from dashlib.report import MeanStd, Provenance, save_figure, save_table
 
 #: The DASH variants' own colours (the methods keep `plots.colour`'s).
 VARIANT_COLOURS = {"dash-no-tirt": "#9467bd", "dash-relearned-tirt": "#e377c2",
@@ -24,10 +24,9 @@ PANELS = (("fid", "FID (classifier features)", True), ("accuracy", "accuracy", F
           ("rho", "rho (gap ratio)", True))
 
 
-def _pm(mean: float | None, std: float | None, digits: int = 3) -> str:
-    if mean is None:
-        return "–"
-    return f"{mean:.{digits}f}" if std is None else f"{mean:.{digits}f} ± {std:.{digits}f}"
+def _pm(mean: float | None, std: float | None, digits: int = 3) -> MeanStd:
+    """"m ± s" in Markdown and LaTeX, numeric `_mean` / `_std` columns in the CSV."""
+    return MeanStd(mean, std, digits)
 
 
 def figure(state: Mapping[str, Any]) -> Any:
@@ -218,7 +217,8 @@ def readme_block(state: Mapping[str, Any]) -> str:
     status = "complete" if state["complete"] else "**partial**"
     lines += ["", f"Sweep {status}: {len(state['cells'])} students, total CPU time "
                   f"{state['total_cpu_s'] / 60:.0f} min over {len(state['sessions'])} session(s) "
-                  f"(commit {state['git_commit']}; bench/results/claims_sweep.json).", README_END]
+                  f"(summarised at commit {state['git_commit']}; bench/results/claims_sweep.json).",
+              README_END]
     return "\n".join(lines)
 
 

@@ -317,6 +317,8 @@ def load_imagefolder(config: DataConfig) -> Dataset:
     from dashlib.io import runs_root
 
     train_dir, test_dir = split_folders(config.data_root)
+    if test_dir is not None:  # from the listings, before any image is decoded
+        _same_classes(test_dir, folder_classes_of(test_dir), train_dir, folder_classes_of(train_dir))
     channels = config.channels or folder_channels(config.data_root)
     cache = runs_root() / "data-cache"
     content = folder_fingerprint(config.data_root)  # computed once per process for the run's id anyway
@@ -326,7 +328,6 @@ def load_imagefolder(config: DataConfig) -> Dataset:
                                                    config.holdout_fraction, config.split_seed)
     else:
         test = read_split(test_dir, config.image_size, channels, cache, content=content)
-        _same_classes(test_dir, test.classes, train_dir, train.classes)
         train_split, test_split = _imagefolder_split(train), _imagefolder_split(test)
     return Dataset("imagefolder", train_split, test_split, len(train.classes), train.classes)
 

@@ -122,7 +122,8 @@ def upsample_by_broadcast(x: Tensor) -> Tensor:
     """Nearest 2x of an NCHW tensor as two broadcast copies (columns, then rows)."""
     b, c, h, w = x.shape
     cols = x[..., None].expand(b, c, h, w, 2).reshape(b, c, h, 2 * w)
-    return cols[:, :, :, None].expand(b, c, h, 2, 2 * w).reshape(b, c, 2 * h, 2 * w)
+    # a 1x1 map reshapes to a view of stride 0, not a copy; larger maps are copied already
+    return cols[:, :, :, None].expand(b, c, h, 2, 2 * w).reshape(b, c, 2 * h, 2 * w).contiguous()
 
 
 class Upsample(nn.Module):

@@ -73,4 +73,6 @@ def test_matched_inputs_are_stratified_and_seeded(tiny):
     b = matched_inputs(data.test, diffusion, 50, torch.Generator().manual_seed(1))
     assert torch.equal(a.t, b.t) and torch.equal(a.eps, b.eps)
     counts = torch.bincount(a.t * 10 // diffusion.T, minlength=10)
-    assert counts.min() >= 4
+    assert counts.tolist() == [5] * 10  # one stratum per 1/50 of T: exactly 5 in each tenth
+    c = matched_inputs(data.test, diffusion, 50, torch.Generator().manual_seed(2))
+    assert not torch.equal(a.t, c.t) and not torch.equal(a.eps, c.eps)

@@ -72,9 +72,18 @@ def test_lists_become_tuples():
 
 
 def test_every_preset_is_valid_and_consistent():
+    """Each registered preset passes `presets.check` (registry names, its method's own
+    knobs, a student smaller than the teacher), is already fitted to its data, and samples
+    within its diffusion's T."""
+    from dashlib.presets import fit_to_data
+    from dashlib.unet import param_count
+
     for name in PRESETS:
-        p = PRESETS.get(name)
-        assert p.teacher.image_size == p.data.image_size
+        p = get_preset(name)  # runs `check`, which PRESETS.get skips
+        assert p == PRESETS.get(name)
+        assert param_count(p.student) < param_count(p.teacher), name
+        assert fit_to_data(p) == p, name
+        assert max(p.sample.steps, p.eval.ddim_steps, *p.eval.sweep_steps) <= p.diffusion.T, name
 
 
 def test_checking_a_preset_leaves_the_global_rng_alone():

@@ -381,6 +381,7 @@ def test_a_parallel_pool_trains_what_one_process_trains(tiny, tmp_path, monkeypa
         runs = run_jobs(jobs, workers=workers, device="cpu", progress=False)
         assert not missing_targets(jobs)
         weights[workers] = [load_artifact(r).model.state_dict() for r in runs]
+    assert len(weights[2]) == len(weights[1]) == len(jobs)
     for parallel, serial in zip(weights[2], weights[1]):
         assert all(torch.equal(parallel[k], serial[k]) for k in serial)
 

@@ -50,11 +50,20 @@ def test_efficiency_reports_every_number(tiny):
     for side in ("teacher", "student"):
         r = result[side]
         assert r["latency_s"] > 0 and r["flops"] == pytest.approx(3 * r["flops_per_step"])
+        assert r["flops_per_sample"] == pytest.approx(r["flops"] / 4) and r["rows_per_step"] == 8  # CFG
+        assert 0 < r["params_nonzero"] <= r["params"]  # zero-initialised output layers count out
         assert r["peak_memory_method"].startswith(("cpu_peak_rss_growth", "unavailable"))
         if r["peak_memory_method"] == "cpu_peak_rss_growth":
-            assert r["peak_memory_bytes"] >= 0
+            assert isinstance(r["peak_memory_bytes"], int)
+    teacher, student = result["teacher"], result["student"]
     assert result["flops_ratio"] > 1 and result["param_ratio"] > 1
+    assert result["flops_ratio"] == pytest.approx(teacher["flops"] / student["flops"])
+    assert result["param_ratio"] == pytest.approx(teacher["params"] / student["params"])
+    assert result["speedup"] == pytest.approx(teacher["latency_s"] / student["latency_s"])
     assert result["speedup_over_flops_ratio"] == pytest.approx(result["speedup"] / result["flops_ratio"])
+    if "memory_ratio" in result:
+        memory = teacher["peak_memory_bytes"] / student["peak_memory_bytes"]
+        assert result["memory_ratio"] == pytest.approx(memory)
 
 
 def test_dash_efficiency_writes_json(tiny, capsys):

@@ -73,6 +73,7 @@ def test_two_worker_processes_agree_with_one(tiny, small_eval):
             f.unlink()
     serial = evaluate_runs([teacher, student], config, workers=1, device="cpu", progress=False)
     assert parallel.meta["workers"] == 2 and serial.meta["computed"] == 4
+    assert len(parallel.rows) == len(serial.rows) == 4  # 2 runs x 2 seeds x 1 guidance
     for a, b in zip(parallel.rows, serial.rows):
         assert (a["name"], a["seed"]) == (b["name"], b["seed"])
         assert a["classifier_fid"] == pytest.approx(b["classifier_fid"], rel=1e-2, abs=1e-3)

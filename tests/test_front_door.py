@@ -253,8 +253,11 @@ def test_a_test_folder_of_other_classes_is_refused_before_any_image_is_decoded(t
     write_folder(tmp_path / "ds" / "train", COLOURS, per_class=3)
     write_folder(tmp_path / "ds" / "test", {"red": (200, 40, 40), "Blue": (50, 60, 210)}, per_class=2)
     monkeypatch.setattr(imagefolder, "decode_all", lambda *a, **k: pytest.fail("decoded"))
+    config = DataConfig(name="imagefolder", data_root=str(tmp_path / "ds"))
     with pytest.raises(FileNotFoundError, match="name different classes"):
-        dataset_info(DataConfig(name="imagefolder", data_root=str(tmp_path / "ds")))
+        dataset_info(config)  # what every command checks first
+    with pytest.raises(FileNotFoundError, match="name different classes"):
+        load_dataset(config)  # and loading on its own (`dash evaluate --run`)
 
 
 def test_one_image_per_class_is_enough_in_a_folder_that_has_its_own_test_split(tmp_path):

@@ -191,6 +191,10 @@ def test_claims_notebook_runs_only_when_named(tmp_path, monkeypatch):
     verdict = (r"(holds|refuted|within spread) \([+-]\d+\.\d{3} vs \d+\.\d{3}\)"
                r"|no spread \(one seed\) \([+-]\d+\.\d{3}\)")
     assert rows and all(re.fullmatch(verdict, r[b]) for r in rows for b in ("2", "4")), rows
+    with open(figures / "T8_claims_sweep.csv") as f:  # numbers, not "m ± s" text
+        sweep = list(csv.DictReader(f))
+    assert sweep and {"FID_mean", "FID_std", "rho_mean", "accuracy_std"} <= set(sweep[0])
+    assert all(float(r["FID_mean"]) >= 0 and "±" not in "".join(r.values()) for r in sweep), sweep
     assert (tmp_path / "runs" / "tiny" / "claims_sweep.json").is_file()  # the resumable state
 
 

@@ -31,6 +31,17 @@ def test_eta_positive_is_stochastic_but_seeded(setup):
     a, b = _sample(setup, 7, eta=1.0), _sample(setup, 7, eta=1.0)
     assert torch.equal(a, b)
     assert not torch.allclose(a, _sample(setup, 7, eta=0.0))
+    # from one x_T, the generator reaches the result only through the noise eta adds per step
+    diffusion, model = setup
+    x_T = torch.randn(10, 1, 8, 8, generator=torch.Generator().manual_seed(0))
+    y = balanced_labels(10, 4)
+
+    def from_x_T(eta: float, seed: int) -> torch.Tensor:
+        cfg = SampleConfig(steps=6, guidance="constant", w=2.0, eta=eta)
+        return DDIMSampler(diffusion, cfg).sample_from(model, x_T, y, torch.Generator().manual_seed(seed))
+
+    assert not torch.allclose(from_x_T(1.0, 1), from_x_T(1.0, 2))
+    assert torch.equal(from_x_T(0.0, 1), from_x_T(0.0, 2))
 
 
 def test_chunking_does_not_change_samples(setup):

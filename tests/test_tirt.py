@@ -104,8 +104,11 @@ def test_uncertainty_equalises_while_tirt_collapses_onto_easy_timesteps(diffusio
 def test_drift_report_is_nan_until_every_bin_is_seen(diffusion):
     w = make_weighting("tirt", diffusion)
     assert torch.isnan(torch.tensor(drift_report(w)["drift"]))
-    w.observe(torch.arange(0, 1000, 1000 // LOSS_BINS), torch.ones(LOSS_BINS))
-    assert drift_report(w)["drift"] == pytest.approx(0.0)
+    t = torch.arange(0, 1000, 1000 // LOSS_BINS)
+    w.observe(t[:-1], torch.ones(LOSS_BINS - 1))  # every bin but the last
+    assert torch.isnan(torch.tensor(drift_report(w)["drift"]))
+    w.observe(t[-1:], torch.ones(1))
+    assert drift_report(w)["drift"] == pytest.approx(0.0)  # the table is still zero: no drift
 
 
 class ThreadRanks:
@@ -219,6 +222,10 @@ def test_a_learning_uncertainty_weighting_counts_its_regulariser_once_over_sever
         w = make_weighting(name, diffusion)
         expected = w.reduce(t, terms["im"]) + 1.1 * w.reduce(t, terms["gap"])
         assert torch.equal(w.reduce_terms(t, terms, coef), expected)
+        closed = (w.weights(t) * (terms["im"] + 1.1 * terms["gap"])).mean()  # the objective, written out
+        assert torch.allclose(w.reduce_terms(t, terms, coef), closed)
+    closed = (u.base[t] * (terms["im"] + 1.1 * terms["gap"]) * torch.exp(-0.3 * torch.ones(4)) + 0.3).mean()
+    assert torch.allclose(u.reduce_terms(t, terms, coef), closed)  # u_t added once, not 2.1 times
 
 
 def test_an_objective_whose_every_term_weighs_zero_is_refused_not_summed_to_an_int(diffusion):

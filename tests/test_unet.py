@@ -78,6 +78,34 @@ def test_upsample_is_nearest_interpolation_bit_for_bit_in_the_same_layout(side, 
     assert (side * side >= UPSAMPLE_BROADCAST_MIN_PIXELS) == (side >= 8)  # both routes covered
 
 
+@pytest.mark.parametrize("side", [1, 2, 3, 4, 8, 16])
+@pytest.mark.parametrize("route", ["upsample_via_nhwc", "upsample_by_broadcast"])
+def test_each_upsample_route_is_nearest_interpolation_of_an_nchw_tensor(side, route):
+    """Each route alone, at every size (not only where `upsample_nearest` sends it), on
+    an odd channel count: F.interpolate's values, bit for bit, in NCHW."""
+    from dashlib import unet
+
+    x = torch.randn(2, 7, side, side, generator=torch.Generator().manual_seed(side))
+    out = getattr(unet, route)(x)
+    assert torch.equal(out, F.interpolate(x, scale_factor=2.0, mode="nearest"))
+    assert out.is_contiguous() and out.shape == (2, 7, 2 * side, 2 * side)
+
+
+def test_upsample_nearest_takes_the_route_its_rule_names(monkeypatch):
+    from dashlib import unet
+
+    taken = []
+    for route in ("upsample_via_nhwc", "upsample_by_broadcast"):
+        real = getattr(unet, route)
+        monkeypatch.setattr(unet, route, lambda x, r=route, f=real: taken.append(r) or f(x))
+    with torch.no_grad():
+        for side in (2, 4, 8, 16):
+            upsample_nearest(torch.randn(1, 3, side, side))
+        upsample_nearest(torch.randn(1, 3, 8, 8).to(memory_format=torch.channels_last))  # native
+    small = [side for side in (2, 4, 8, 16) if side * side < UPSAMPLE_BROADCAST_MIN_PIXELS]
+    assert taken == ["upsample_via_nhwc"] * len(small) + ["upsample_by_broadcast"] * (4 - len(small))
+
+
 def test_upsample_keeps_the_native_gradient():
     x = torch.randn(2, 3, 8, 8, requires_grad=True)
     upsample_nearest(x).square().sum().backward()

@@ -120,6 +120,11 @@ def test_the_toy_losses_are_per_sample_and_the_caller_reduces():
     dash = STUDENT_LOSSES.get("dash")
     expected = dash.im * terms["im"].mean() + dash.un * terms["un"].mean() + dash.an * terms["an"].mean()
     assert torch.equal(student_loss(student, teacher, diffusion, batch, dash), expected)
+    # the imitation term itself, written out: the conditional outputs' squared error per sample
+    with torch.no_grad():  # two separate forwards, not `branches`' batched pair
+        x_t = diffusion.q_sample(batch.x0, batch.t, batch.eps)
+        cond_s, cond_t = student(x_t, batch.t, batch.y), teacher(x_t, batch.t, batch.y)
+    torch.testing.assert_close(terms["im"].detach(), ((cond_s - cond_t) ** 2).flatten(1).mean(1))
 
 
 def test_a_student_identical_to_the_teacher_has_no_imitation_loss():
@@ -283,8 +288,12 @@ def test_the_notebook_with_solutions_runs_on_tiny(tmp_path):
 
 
 def test_the_data_plot_takes_more_classes_than_its_palette():
-    from dashlib.workshop.plots import plot_data
+    from dashlib.workshop.plots import class_colour, plot_data
     from dashlib.workshop.toy import toy_config_for
 
     fig = plot_data(toy_config_for("tiny", num_classes=12), n=120)
-    assert fig.axes
+    handles, labels = fig.axes[0].get_legend_handles_labels()
+    assert labels == [f"class {k}" for k in range(12)]  # every class in the legend
+    colours = [tuple(h.get_facecolor()[0][:3]) for h in handles]
+    assert colours[10] == pytest.approx(class_colour(0)) and colours[11] == pytest.approx(class_colour(1))
+    assert len(set(colours[:10])) == 10  # the palette repeats only after 10 classes
