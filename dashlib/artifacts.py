@@ -51,9 +51,8 @@ def load_artifact(run: Run | str, expect: ModelConfig | None = None,
     "auto" (CUDA when present).
     """
     run = run if isinstance(run, Run) else Run(Path(run))
-    if not run.path.is_dir():
-        raise CheckpointError(f"run folder {run.path} does not exist; pass a run's folder, as the "
-                              f"training command printed it (runs/<preset>/<kind>-<hash>)")
+    if run.missing:
+        raise CheckpointError(run.missing)
     if not run.final.is_file():
         raise CheckpointError(f"{run.path} has no final.pt: the run has not finished "
                               f"(train it first, or --resume it)")

@@ -140,8 +140,9 @@ def sweep_plan(preset: str, quick: bool = False,
     swept = sorted(k for k in overrides if k in SWEPT_KEYS)
     if swept:
         raise ConfigError(f"{', '.join(swept)}: the claims sweep sets these itself for each variant, "
-                          f"seed and budget; leave them out (--budgets, --seeds and --variants choose "
-                          f"the grid)")
+                          f"seed and budget; leave them out (`--set distill.steps=N` scales the "
+                          f"budgets; bench/claims_sweep.py's --budgets, --seeds and --variants choose "
+                          f"a grid of your own)")
     parts = _plan(preset, quick)
     if "data.image_size" in overrides:
         parts = parts[:1]
@@ -247,7 +248,7 @@ def teacher_record(part: SweepPart, workers: int, device: str, progress: bool) -
     from dashlib.teacher import train_teacher
 
     base = part.base()
-    run = train_teacher(base, device=device, progress=progress)
+    run = train_teacher(base, resume=True, device=device, progress=progress)
     report = evaluate_runs([run], sweep_eval(base), workers=workers, device=device, progress=progress,
                            sample=base.sample)
     s = report.summary[0]

@@ -111,8 +111,7 @@ def main(argv: Sequence[str] | None = None) -> int:
               f"(--set train.batch_size / distill.batch_size), --n or the model size", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
-        print("dash: interrupted; rerun with --resume to continue from the last checkpoint",
-              file=sys.stderr)
+        print(f"dash: interrupted; {COMMANDS.get(args.command).interrupted}", file=sys.stderr)
         return 130
 
 

@@ -25,15 +25,22 @@ class Command:
     add_arguments: Callable[[argparse.ArgumentParser], None]
     run: Callable[[argparse.Namespace], int]
     distributed: bool = False  # may run under torchrun with several processes
+    #: what a user interrupting it (Ctrl-C) can do next
+    interrupted: str = "nothing of it was kept; rerun the command"
+
+
+#: the `interrupted` advice of the commands that train from checkpoints
+RESUME_ADVICE = "rerun with --resume to continue from the last checkpoint"
 
 
 COMMANDS: Registry[Command] = Registry("command")
 
 
 def command(name: str, help: str, add_arguments: Callable[[argparse.ArgumentParser], None],
-            distributed: bool = False) -> Callable[..., Any]:
+            distributed: bool = False, interrupted: str | None = None) -> Callable[..., Any]:
     def decorator(run: Callable[[argparse.Namespace], int]) -> Callable[[argparse.Namespace], int]:
-        COMMANDS.add(name, Command(help, add_arguments, run, distributed))
+        advice = {} if interrupted is None else {"interrupted": interrupted}
+        COMMANDS.add(name, Command(help, add_arguments, run, distributed, **advice))
         return run
 
     return decorator
@@ -73,7 +80,11 @@ def parse_set(items: Sequence[str]) -> dict[str, Any]:
             raise ConfigError(f"--set expects KEY=VALUE (e.g. train.lr=3e-4), got {item!r}")
         try:
             out[key] = json.loads(raw)
-        except json.JSONDecodeError:
+        except json.JSONDecodeError as err:
+            if raw.lstrip().startswith(("[", "{")):  # meant as JSON: a plain string would mislead
+                raise ConfigError(f"--set {item!r}: the value starts as a JSON list or object but does "
+                                  f"not parse ({err.msg} at character {err.pos}); e.g. "
+                                  f"--set 'eval.seeds=[42, 123]'") from None
             out[key] = raw
     return out
 

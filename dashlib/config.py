@@ -71,6 +71,18 @@ def _describe(hint: Any) -> str:
     return getattr(hint, "__name__", None) or str(hint).replace("typing.", "")
 
 
+#: a JSON list of each item type, for the `--set` example of a tuple field
+_LIST_EXAMPLES = {int: "[42, 123]", float: "[0.5, 1.0]", str: '["a", "b"]'}
+
+
+def _example(hint: Any) -> str:
+    """How to give a tuple field on the command line: " (a JSON list, e.g. ...)"; else ""."""
+    args = typing.get_args(hint)
+    if typing.get_origin(hint) is not tuple or not args or args[0] not in _LIST_EXAMPLES:
+        return ""
+    return f" (a JSON list, e.g. --set 'KEY={_LIST_EXAMPLES[args[0]]}', strings in double quotes)"
+
+
 class Validated:
     """Mixin: type-check every field, then run the class's own `validate`."""
 
@@ -86,7 +98,8 @@ class Validated:
                 object.__setattr__(self, f.name, float(value))
                 value = getattr(self, f.name)
             if not _type_ok(value, hints[f.name]):
-                fail(self, f.name, value, f"must be of type {_describe(hints[f.name])}")
+                hint = hints[f.name]
+                fail(self, f.name, value, f"must be of type {_describe(hint)}{_example(hint)}")
             if f.name.endswith("seed") or f.name.endswith("seeds"):
                 seed_range(self, f.name)
         self.validate()

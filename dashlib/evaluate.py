@@ -170,9 +170,8 @@ class Task:
 def run_preset(run: Run | str | Path) -> str:
     """The preset a run was made with: from config.json, final.pt's config or results.json."""
     run = run if isinstance(run, Run) else Run(Path(run))
-    if not run.path.is_dir():
-        raise RunStateError(f"run folder {run.path} does not exist; pass a run's folder, as the "
-                            f"training command printed it (runs/<preset>/<kind>-<hash>)")
+    if run.missing:
+        raise RunStateError(run.missing)
     for source in (run.config, run.results):
         if source.is_file():
             name = read_json_object(source).get("preset")
@@ -222,6 +221,15 @@ EVALUATION_KEYS = ("eval.", "sample.")
 WHERE_DATA = tuple(f"data.{field}" for field in LOCATION_FIELDS)
 
 
+def check_run_keys(run: Run, overrides: Mapping[str, Any], prefixes: tuple[str, ...], what: str) -> None:
+    """Refuse `--set` keys a finished run fixes: all but `prefixes` and where the data is."""
+    fixed = sorted(k for k in overrides if not k.startswith(prefixes) and k not in WHERE_DATA)
+    if fixed:
+        takes = " and ".join(f"{p}*" for p in prefixes)
+        raise ConfigError(f"{', '.join(fixed)}: the run {run.path} fixes these ({what} takes {takes} "
+                          f"keys, and --data-root); train another run to change them")
+
+
 def evaluation_settings(run: Run | str | Path, overrides: Mapping[str, Any]) -> tuple[Preset, SampleConfig]:
     """(preset, sampler) to evaluate `run` with: the preset it was made with, on its own
     data (sized for its classes, so at least one sample per class) and its own sampler
@@ -237,10 +245,7 @@ def evaluation_settings(run: Run | str | Path, overrides: Mapping[str, Any]) -> 
 
     run = run if isinstance(run, Run) else Run(Path(run))
     name = run_preset(run)
-    fixed = sorted(k for k in overrides if not k.startswith(EVALUATION_KEYS) and k not in WHERE_DATA)
-    if fixed:
-        raise ConfigError(f"{', '.join(fixed)}: the run {run.path} fixes these (evaluation takes eval.* and "
-                          f"sample.* keys, and --data-root); train another run to change them")
+    check_run_keys(run, overrides, EVALUATION_KEYS, "evaluation")
     config = read_json_object(run.config) if run.config.is_file() else {}
     data = {f"data.{k}": v for k, v in config.get("data", {}).items() if k != "image_size"}
     preset = get_preset(name, **{**data, **overrides})

@@ -23,6 +23,8 @@ def model_run(preset: Preset, run: str | Path | None) -> Run:
     """The run to sample: the given folder, or the preset's finished teacher."""
     if run is not None:
         found = Run(Path(run))
+        if found.missing:
+            raise RunStateError(found.missing)
         if not found.final.is_file():
             raise RunStateError(f"{found.path} has no finished model (final.pt); train it first")
         return found
@@ -31,7 +33,8 @@ def model_run(preset: Preset, run: str | Path | None) -> Run:
     teacher = teacher_run(preset)
     if not teacher.final.is_file():
         raise RunStateError(f"no trained teacher for preset {preset.name!r} (looked in "
-                            f"{teacher.path}); run `dash train-teacher --preset {preset.name}` first")
+                            f"{teacher.path}); run `dash train-teacher --preset {preset.name}` first, with "
+                            f"the same --set and --data-root options as here")
     return teacher
 
 
@@ -60,6 +63,10 @@ def sample_to_files(preset: Preset, run: str | Path | None, guidance: Guidance |
     dev = resolve_device(device)
     folder = check_writable_dir(Path(out) if out else src.path / "samples", "the samples folder (--out)")
     artifact = load_artifact(src, device=dev)
+    if not artifact.model.config.cfg and guidance is not None:
+        raise ConfigError(f"{src.path} is a single-head student: it has no unconditional branch, so "
+                          f"--w and --tag do not apply (it samples with the guidance it was distilled "
+                          f"at); leave them out")
     config = preset.sample
     chosen = Guidance.from_config(config) if guidance is None else Guidance.parse(guidance, config)
     k = artifact.model.config.num_classes

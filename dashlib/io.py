@@ -61,6 +61,11 @@ def check_writable_dir(path: str | Path, what: str) -> Path:
         raise OutputPathError(f"cannot create {path} ({what}): {ancestor} is a file, not a folder")
     if not os.access(ancestor, os.W_OK | os.X_OK):
         raise OutputPathError(f"cannot create {path} ({what}): {ancestor} is not writable")
+    try:  # os.access says yes to root everywhere, even where nothing can be made (/proc)
+        os.rmdir(tempfile.mkdtemp(dir=ancestor, prefix=".dash-probe-"))
+    except OSError as err:
+        raise OutputPathError(f"cannot create {path} ({what}): nothing can be made in {ancestor} "
+                              f"({err.strerror})") from None
     return path
 
 
@@ -165,6 +170,13 @@ class UnreadableCheckpointError(CheckpointError):
     one refused as unsafe): a cache may recompute it instead of failing."""
 
 
+def _pickled(path: Path) -> bool:
+    """Whether the file starts as torch.save writes (a zip) or as a pickle (protocol 2+)."""
+    with open(path, "rb") as f:
+        head = f.read(4)
+    return head.startswith(b"PK\x03\x04") or head[:1] == b"\x80"
+
+
 def load_checkpoint(path: str | Path, what: str = "",
                     remedy: str = "Only load checkpoints written by dash; delete the file and retrain "
                                   "(--force) if it is yours.") -> dict[str, Any]:
@@ -182,6 +194,10 @@ def load_checkpoint(path: str | Path, what: str = "",
     try:
         obj = torch.load(path, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as err:
+        if not _pickled(path):  # text or other bytes: no checkpoint, not a pickle that was refused
+            raise UnreadableCheckpointError(
+                f"{path} is not a readable checkpoint (neither torch's zip format nor a pickle). "
+                f"Delete it and rerun with --force, or restore it from a backup.") from None
         raise CheckpointError(
             f"refusing to load {what + ' ' if what else ''}{path}: it holds objects other than tensors "
             f"and plain containers, so loading it could run arbitrary code (weights_only=True refused "

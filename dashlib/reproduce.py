@@ -182,6 +182,18 @@ def resolve_overrides(preset: str, overrides: Mapping[str, Any] | None) -> dict[
     return out
 
 
+def check_data_present(preset: str, overrides: Mapping[str, Any]) -> None:
+    """Find (or, where allowed, download) the data of a dataset that is read from files,
+    so that missing files fail here, in seconds, and not inside the first notebook."""
+    from dashlib.data import DATASETS
+    from dashlib.presets import get_preset
+
+    data = get_preset(preset, **{k: v for k, v in overrides.items() if "." in k}).data
+    source = DATASETS.get(data.name)
+    if source.fingerprint is not None:  # it reads the files (CIFAR, an image folder)
+        source.fingerprint(data)
+
+
 def reproduce(preset: str = DEFAULT_PRESET, quick: bool = False, only: Sequence[str] | None = None,
               figures: str | Path | None = None, device: str = "auto", progress: bool = True,
               overrides: Mapping[str, Any] | None = None, threads: int | None = None,
@@ -203,6 +215,7 @@ def reproduce(preset: str = DEFAULT_PRESET, quick: bool = False, only: Sequence[
         raise ReproduceError(f"unknown notebook(s) {unknown}; choose from "
                              f"{list(NOTEBOOKS + EXTRA_NOTEBOOKS)}")
     overrides = resolve_overrides(preset, overrides)
+    check_data_present(preset, overrides)
     out_dir = runs_root().resolve() / output_label(preset, overrides) / (
         "notebooks-quick" if quick else "notebooks")
     fig_dir = figures_dir(preset, quick, figures, overrides).resolve()

@@ -68,6 +68,18 @@ class Run:
     def finished(self) -> bool:
         return self.final.is_file() and self.results.is_file()
 
+    @property
+    def missing(self) -> str | None:
+        """Why this is no run folder to read (None: a folder): the message for a path that
+        does not exist, or for a file inside a run folder given in its place."""
+        if self.path.is_dir():
+            return None
+        if self.path.is_file():
+            return (f"{self.path} is a file, not a run folder; pass the run folder that holds it "
+                    f"({self.path.parent})")
+        return (f"run folder {self.path} does not exist; pass a run's folder, as the training "
+                f"command printed it (runs/<preset>/<kind>-<hash>)")
+
     def read_config(self) -> dict[str, Any]:
         if not self.config.is_file():
             raise RunStateError(f"{self.path} is not a dash run folder (no config.json)")

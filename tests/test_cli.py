@@ -145,3 +145,60 @@ def test_a_file_dash_may_not_read_is_a_one_line_error(capsys, monkeypatch):
     assert main(["info", "--preset", "tiny"]) == 2
     err = capsys.readouterr().err
     assert err.startswith("dash: error: ") and "Permission denied: '/data/pets/cat/001.png'" in err
+
+
+def test_an_interrupted_command_says_what_its_rerun_does(capsys, monkeypatch):
+    """Ctrl-C: `--resume` is advised only by the commands that have it; the others say what
+    a rerun keeps."""
+    import argparse
+    import dataclasses
+
+    from dashlib.cli import build_parser
+    from dashlib.cliargs import COMMANDS
+
+    def interrupt(args):
+        raise KeyboardInterrupt
+
+    real = COMMANDS.get
+    monkeypatch.setattr(COMMANDS, "get", lambda name: dataclasses.replace(real(name), run=interrupt))
+    subcommands = next(a for a in build_parser()._actions if isinstance(a, argparse._SubParsersAction))
+    advice = {}
+    for name, argv in (("train-teacher", ["--preset", "tiny"]), ("distill", ["--preset", "tiny"]),
+                       ("sample", ["--preset", "tiny"]), ("evaluate", ["--run", "x"]),
+                       ("reproduce", ["--preset", "tiny"]), ("info", ["--preset", "tiny"])):
+        assert main([name, *argv]) == 130
+        err = capsys.readouterr().err
+        has_resume = "--resume" in subcommands.choices[name]._option_string_actions
+        assert err.startswith("dash: interrupted; ") and ("--resume" in err) == has_resume, (name, err)
+        advice[name] = err
+    assert "rerun the same command" in advice["reproduce"] and "kept" in advice["evaluate"]
+
+
+def test_an_interrupted_reproduction_resumes_its_teacher_bit_for_bit(tiny, tmp_path, monkeypatch,
+                                                                       interrupted_at):
+    """`dash reproduce` (pipeline.teacher) continues an unfinished teacher, as its students'
+    pool does, instead of stopping with "pass --resume" (which reproduce does not take)."""
+    from dashlib import pipeline
+    from dashlib.config import override
+
+    preset = override(tiny, **{"train.steps": 12, "train.ckpt_every": 4})
+    finals = {}
+    for name in ("straight", "interrupted"):
+        monkeypatch.setenv("DASH_RUNS", str(tmp_path / name))
+        b = pipeline.budget(preset, workers=1, device="cpu")
+        if name == "interrupted":
+            with interrupted_at(7):
+                pipeline.teacher(b, progress=False)
+        finals[name] = pipeline.teacher(b, progress=False).model.state_dict()
+    assert all(torch.equal(finals["straight"][k], finals["interrupted"][k]) for k in finals["straight"])
+
+
+def test_a_single_head_student_refuses_a_guidance_it_cannot_apply(capsys, tmp_path):
+    """A single-head student has no unconditional branch: --w would name the file after a
+    guidance the samples do not have."""
+    assert main(["distill", "--preset", "tiny", "--method", "single-head", "--steps", "2",
+                 "--no-progress"]) == 0
+    run = Path(capsys.readouterr().out.strip().splitlines()[-1]).parent
+    assert main(["sample", "--run", str(run), "--w", "0", "--n", "4", "--out", str(tmp_path)]) == 2
+    assert "single-head student" in capsys.readouterr().err
+    assert main(["sample", "--run", str(run), "--n", "4", "--steps", "2", "--out", str(tmp_path)]) == 0

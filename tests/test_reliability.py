@@ -166,6 +166,20 @@ def test_a_crafted_pickle_is_refused_and_never_runs(tmp_path):
     assert not marker.exists()
 
 
+def test_a_file_that_is_no_checkpoint_is_called_unreadable_not_unsafe(tmp_path):
+    from dashlib.io import UnreadableCheckpointError
+
+    path = tmp_path / "final.pt"
+    path.write_text("garbage")
+    with pytest.raises(UnreadableCheckpointError, match="neither torch's zip format nor a pickle"):
+        load_checkpoint(path)
+    marker = tmp_path / "pwned"
+    path.write_bytes(pickle.dumps({"model": _Exploit(marker)}, protocol=0))  # no 0x80 opcode first
+    with pytest.raises(UnreadableCheckpointError):  # refused all the same, and never run
+        load_checkpoint(path)
+    assert not marker.exists()
+
+
 def test_truncated_checkpoint_gives_a_clear_error(tmp_path):
     path = tmp_path / "checkpoint.pt"
     atomic_torch_save({"w": torch.randn(1000)}, path)

@@ -5,12 +5,15 @@ from __future__ import annotations
 import argparse
 import json
 import sys
+from pathlib import Path
 
 from dashlib.cliargs import (
+    RESUME_ADVICE,
     add_preset,
     add_runtime,
     add_training,
     command,
+    data_overrides,
     preset_from_args,
     runtime_from_args,
     seed_arg,
@@ -52,7 +55,8 @@ def _train_args(p: argparse.ArgumentParser) -> None:
     add_runtime(p)
 
 
-@command("train-teacher", "train (or reuse) the preset's teacher", _train_args, distributed=True)
+@command("train-teacher", "train (or reuse) the preset's teacher", _train_args, distributed=True,
+         interrupted=RESUME_ADVICE)
 def cmd_train_teacher(args: argparse.Namespace) -> int:
     from dashlib.teacher import train_teacher
 
@@ -85,10 +89,13 @@ def _sample_args(p: argparse.ArgumentParser) -> None:
 @command("sample", "draw class-balanced samples: PNG grid (a row per class) + tensor file",
          _sample_args, distributed=True)
 def cmd_sample(args: argparse.Namespace) -> int:
-    from dashlib.evaluate import run_preset
+    from dashlib.evaluate import check_run_keys, run_preset
     from dashlib.generate import sample_to_files
     from dashlib.reproduce import DEFAULT_PRESET
+    from dashlib.runs import Run
 
+    if args.run:  # the run fixes its models, data and training: only the sampler may change
+        check_run_keys(Run(Path(args.run)), data_overrides(args), ("sample.",), "sampling")
     if args.preset is None:  # a run samples with its own preset's sampler (steps, batch, TAG's range)
         args.preset = run_preset(args.run) if args.run else DEFAULT_PRESET
     preset = preset_from_args(args, **{"sample.steps": args.steps, "sample.eta": args.eta})

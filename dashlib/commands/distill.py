@@ -6,6 +6,7 @@ import argparse
 import sys
 
 from dashlib.cliargs import (
+    RESUME_ADVICE,
     add_force_resume,
     add_preset,
     add_runtime,
@@ -47,7 +48,7 @@ def format_table(rows: list[dict]) -> str:
 
 
 @command("distill", "distil the teacher into a student with one method (or all)", _args,
-         distributed=True)
+         distributed=True, interrupted=RESUME_ADVICE)
 def cmd_distill(args: argparse.Namespace) -> int:
     from dashlib.distill import METHODS, distill, distill_many
 

@@ -81,7 +81,8 @@ CELL_KEYS = {"sample.steps": "--steps", "sample.guidance": "--w", "sample.w": "-
 
 
 @command("evaluate", "sample a run and score it: FID/IS/KID/PRC (torch-fidelity) and guidance fidelity",
-         _evaluate_args)
+         _evaluate_args, interrupted="the evaluation cells finished so far are kept in the run "
+                                     "folder; rerun the command to compute the rest")
 def cmd_evaluate(args: argparse.Namespace) -> int:
     from dashlib.evaluate import evaluate_runs, evaluation_settings, results_path
 
@@ -156,7 +157,7 @@ def cmd_efficiency(args: argparse.Namespace) -> int:
     from dashlib.config import ConfigError, to_dict
     from dashlib.device import resolve_device
     from dashlib.efficiency import efficiency
-    from dashlib.io import atomic_write_json
+    from dashlib.io import OutputPathError, atomic_write_json, check_writable_dir
     from dashlib.runs import make_run
     from dashlib.unet import build_unet
 
@@ -166,6 +167,11 @@ def cmd_efficiency(args: argparse.Namespace) -> int:
             raise ConfigError(f"--{name} = {getattr(args, name)} is invalid: must be > 0")
     if args.repeats < 0:
         raise ConfigError(f"--repeats = {args.repeats} is invalid: must be >= 0")
+    if args.out:  # checked before minutes of timing, not after
+        if Path(args.out).is_dir():
+            raise OutputPathError(f"cannot write {args.out} (--out): it is a folder; give a file name "
+                                  f"such as {Path(args.out) / 'efficiency.json'}")
+        check_writable_dir(Path(args.out).parent, "the folder of --out")
     device = resolve_device(args.device)
     teacher = load_artifact(args.teacher_run).model if args.teacher_run else build_unet(preset.teacher, 0)
     student = load_artifact(args.student_run).model if args.student_run else build_unet(preset.student, 0)

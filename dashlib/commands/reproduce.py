@@ -22,7 +22,9 @@ def _args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--no-progress", action="store_true", help="hide progress bars")
 
 
-@command("reproduce", "run every notebook headless with papermill (figures and tables)", _args)
+@command("reproduce", "run every notebook headless with papermill (figures and tables)", _args,
+         interrupted="rerun the same command: finished runs and evaluation cells are reused, and "
+                     "an unfinished teacher or student resumes from its last checkpoint")
 def cmd_reproduce(args: argparse.Namespace) -> int:
     from dashlib.reproduce import figures_dir, reproduce, with_data_root
     from dashlib.threads import default_threads

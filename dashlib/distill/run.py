@@ -166,7 +166,8 @@ def distill(preset: Preset, method: str | None = None, seed: int | None = None,
     config = resolve_config(preset, method, seed, steps)
     payload = distill_payload(preset, config)
     run = make_run(preset.name, f"distill-{config.method}", payload)
-    teacher_folder = train_teacher(preset, device=device, progress=progress, runtime=runtime)
+    # an unfinished teacher (an interrupted run) continues rather than stopping the distillation
+    teacher_folder = train_teacher(preset, resume=True, device=device, progress=progress, runtime=runtime)
     teacher_weights = file_digest(teacher_folder.final)
     if run.finished and not force:
         trained_from = run.read_results().get("teacher_weights") if run.results.is_file() else None
@@ -276,7 +277,7 @@ def run_jobs(jobs: Sequence[tuple[Preset, str, int | None, int | None]], force: 
         raise ConfigError("--workers > 1 starts its own processes; under torchrun the runs "
                           "already share the processes, so use --workers 1")
     for p in {j[0].name: j[0] for j in jobs}.values():
-        train_teacher(p, device=device, progress=progress)
+        train_teacher(p, resume=True, device=device, progress=progress)
     todo = [(p, m, s, st, force, device) for p, m, s, st in jobs]
     pending = [j for j in todo if force or not distill_run(*j[:4]).finished]
     if workers > 1 and pending:
@@ -371,7 +372,7 @@ def precompute_targets(jobs: Sequence[tuple[Preset, DistillConfig]], device: str
     for path, (preset, config) in needed.items():
         if path.is_file():  # checked first: loading the teacher is the costly part
             continue
-        teacher = load_artifact(train_teacher(preset, device=device, progress=progress),
+        teacher = load_artifact(train_teacher(preset, resume=True, device=device, progress=progress),
                                 expect=preset.teacher, device=resolve_device(device))
         ensure_targets(preset, config, teacher.model, load_dataset(preset.data), teacher.diffusion,
                        progress)
