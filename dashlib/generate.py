@@ -23,8 +23,8 @@ def model_run(preset: Preset, run: str | Path | None) -> Run:
     """The run to sample: the given folder, or the preset's finished teacher."""
     if run is not None:
         found = Run(Path(run))
-        if found.missing:
-            raise RunStateError(found.missing)
+        if found.why_not_a_folder:
+            raise RunStateError(found.why_not_a_folder)
         if not found.final.is_file():
             raise RunStateError(f"{found.path} has no finished model (final.pt); train it first")
         return found
@@ -77,7 +77,9 @@ def sample_to_files(preset: Preset, run: str | Path | None, guidance: Guidance |
     check_batch_fits(n, shape, dev, "--n")
     labels = balanced_labels(n, k)
     samples = generate(artifact, config, labels, seed, dev, runtime, chosen)
-    tag = chosen.label if chosen.constant is None else f"w{chosen.label}"
+    # a single-head student applies no guidance of its own: its files say so, not a w
+    tag = ("single-head" if not artifact.model.config.cfg
+           else chosen.label if chosen.constant is None else f"w{chosen.label}")
     # the settings the name does not spell out (eta, TAG's w range, spacing, ...) hashed into
     # it, so that samples drawn with other settings never overwrite these; the batch size
     # only where it changes the samples (eta > 0 draws each step's noise chunk by chunk)

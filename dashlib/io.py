@@ -51,8 +51,9 @@ def make_dir(path: str | Path, what: str) -> Path:
 
 
 def check_writable_dir(path: str | Path, what: str) -> Path:
-    """Refuse, writing nothing, a folder that could not be created or written: `path` is a
-    file, or its nearest existing ancestor is a file or not writable."""
+    """Refuse a folder that could not be created or written: `path` is a file, or its nearest
+    existing ancestor is a file, not writable, or takes no new folder (an empty probe folder
+    is made there and removed at once; nothing else is written)."""
     path = Path(path)
     if path.exists() and not path.is_dir():
         raise OutputPathError(f"cannot use {path} as {what}: it is a file, not a folder")
@@ -62,10 +63,11 @@ def check_writable_dir(path: str | Path, what: str) -> Path:
     if not os.access(ancestor, os.W_OK | os.X_OK):
         raise OutputPathError(f"cannot create {path} ({what}): {ancestor} is not writable")
     try:  # os.access says yes to root everywhere, even where nothing can be made (/proc)
-        os.rmdir(tempfile.mkdtemp(dir=ancestor, prefix=".dash-probe-"))
+        probe = tempfile.mkdtemp(dir=ancestor, prefix=".dash-probe-")
     except OSError as err:
         raise OutputPathError(f"cannot create {path} ({what}): nothing can be made in {ancestor} "
                               f"({err.strerror})") from None
+    os.rmdir(probe)
     return path
 
 
@@ -171,10 +173,21 @@ class UnreadableCheckpointError(CheckpointError):
 
 
 def _pickled(path: Path) -> bool:
-    """Whether the file starts as torch.save writes (a zip) or as a pickle (protocol 2+)."""
-    with open(path, "rb") as f:
-        head = f.read(4)
-    return head.startswith(b"PK\x03\x04") or head[:1] == b"\x80"
+    """Whether the file is torch's zip format (a pickle inside) or reads as a pickle stream of
+    any protocol (its opcodes parsed up to STOP, never executed): a refused pickle is unsafe,
+    anything else merely unreadable."""
+    import pickletools
+
+    try:
+        with open(path, "rb") as f:
+            if f.read(4) == b"PK\x03\x04":
+                return True
+            f.seek(0)
+            for _ in pickletools.genops(f):
+                pass
+    except Exception:  # noqa: BLE001 (any parse failure: not a pickle)
+        return False
+    return True
 
 
 def load_checkpoint(path: str | Path, what: str = "",
@@ -196,7 +209,7 @@ def load_checkpoint(path: str | Path, what: str = "",
     except pickle.UnpicklingError as err:
         if not _pickled(path):  # text or other bytes: no checkpoint, not a pickle that was refused
             raise UnreadableCheckpointError(
-                f"{path} is not a readable checkpoint (neither torch's zip format nor a pickle). "
+                f"{path} is not a readable checkpoint (not a pickle stream, nor torch's format). "
                 f"Delete it and rerun with --force, or restore it from a backup.") from None
         raise CheckpointError(
             f"refusing to load {what + ' ' if what else ''}{path}: it holds objects other than tensors "

@@ -27,6 +27,8 @@ NOTEBOOKS = ("00_quickstart", "01_teacher", "02_distillation", "03_evaluation", 
              "05_guidance_gap", "06_explorer", "07_workshop")
 #: Run only when named (`--only 08_claims`): they do not fit the default reproduction's budget.
 EXTRA_NOTEBOOKS = ("08_claims",)
+#: notebooks that read none of the preset's data (the workshop's toy models make their own)
+DATALESS_NOTEBOOKS = ("07_workshop",)
 DEFAULT_PRESET = "digits"
 
 
@@ -182,16 +184,24 @@ def resolve_overrides(preset: str, overrides: Mapping[str, Any] | None) -> dict[
     return out
 
 
-def check_data_present(preset: str, overrides: Mapping[str, Any]) -> None:
-    """Find (or, where allowed, download) the data of a dataset that is read from files,
-    so that missing files fail here, in seconds, and not inside the first notebook."""
-    from dashlib.data import DATASETS
+def check_data_present(preset: str, overrides: Mapping[str, Any], names: Sequence[str]) -> None:
+    """Find (or, where allowed, download) the files of a dataset read from files, when one of
+    the notebooks `names` reads it, so that missing files fail here, in seconds, and not
+    inside the first notebook. A dataset hashed by its content (CIFAR, an image folder) is
+    fingerprinted (cheap, and cached for the run ids); any other (MNIST) loaded."""
+    from dashlib.data import DATASETS, load_dataset
     from dashlib.presets import get_preset
 
+    if all(name in DATALESS_NOTEBOOKS for name in names):
+        return
     data = get_preset(preset, **{k: v for k, v in overrides.items() if "." in k}).data
     source = DATASETS.get(data.name)
-    if source.fingerprint is not None:  # it reads the files (CIFAR, an image folder)
+    if not source.reads_files:
+        return
+    if source.fingerprint is not None:
         source.fingerprint(data)
+    else:
+        load_dataset(data)
 
 
 def reproduce(preset: str = DEFAULT_PRESET, quick: bool = False, only: Sequence[str] | None = None,
@@ -215,7 +225,7 @@ def reproduce(preset: str = DEFAULT_PRESET, quick: bool = False, only: Sequence[
         raise ReproduceError(f"unknown notebook(s) {unknown}; choose from "
                              f"{list(NOTEBOOKS + EXTRA_NOTEBOOKS)}")
     overrides = resolve_overrides(preset, overrides)
-    check_data_present(preset, overrides)
+    check_data_present(preset, overrides, names)
     out_dir = runs_root().resolve() / output_label(preset, overrides) / (
         "notebooks-quick" if quick else "notebooks")
     fig_dir = figures_dir(preset, quick, figures, overrides).resolve()

@@ -9,7 +9,9 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
 import shutil
+import socket
 from collections.abc import Callable, Iterator, Mapping
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -69,7 +71,7 @@ class Run:
         return self.final.is_file() and self.results.is_file()
 
     @property
-    def missing(self) -> str | None:
+    def why_not_a_folder(self) -> str | None:
         """Why this is no run folder to read (None: a folder): the message for a path that
         does not exist, or for a file inside a run folder given in its place."""
         if self.path.is_dir():
@@ -90,6 +92,61 @@ class Run:
             raise RunStateError(f"{self.path} has not finished (no results.json); "
                                 f"run it to completion first (or --resume it)")
         return read_json_object(self.results)
+
+
+@contextmanager
+def training_lock(run: Run, owner: bool = True) -> Iterator[None]:
+    """Hold `run`'s lock file (`.<folder>.lock` beside it) while this process prepares,
+    trains and saves it: a second process that would train the same folder (another
+    terminal's `dash distill` resuming the teacher this one trains) is refused instead of
+    writing into it. A lock whose process has gone (killed) is taken over. `owner`: this
+    process writes the folder (rank 0 under torchrun)."""
+    if not owner:
+        yield
+        return
+    lock = run.path.parent / f".{run.path.name}.lock"
+    make_dir(lock.parent, "the run folder, under $DASH_RUNS or ./runs")
+    _take(lock, run)
+    try:
+        yield
+    finally:
+        lock.unlink(missing_ok=True)
+
+
+def _take(lock: Path, run: Run) -> None:
+    for _ in range(2):  # a stale lock is removed once, then taken
+        try:
+            fd = os.open(lock, os.O_CREAT | os.O_EXCL | os.O_WRONLY)
+        except FileExistsError:
+            holder = _holder(lock)
+            if holder is not None:
+                raise RunStateError(f"{run.path} is being trained by {holder} now; wait for it to "
+                                    f"finish (a rerun then reuses the run) or stop it (if nothing "
+                                    f"trains it, delete {lock})") from None
+            lock.unlink(missing_ok=True)
+            continue
+        with os.fdopen(fd, "w") as f:
+            f.write(f"{os.getpid()} {socket.gethostname()}\n")
+        return
+    raise RunStateError(f"cannot take the lock {lock} of {run.path}; delete it if nothing trains the run")
+
+
+def _holder(lock: Path) -> str | None:
+    """Who holds `lock` ("process 123", "process 123 on host h"), or None if nobody does."""
+    try:
+        pid_text, host = lock.read_text().split()[:2]
+        pid = int(pid_text)
+    except (OSError, ValueError):
+        return None  # unreadable or half-written: no holder to wait for
+    if host != socket.gethostname():  # a shared folder: its liveness cannot be checked from here
+        return f"process {pid} on host {host}"
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return None
+    except PermissionError:  # alive, another user's
+        pass
+    return f"process {pid}"
 
 
 @contextmanager

@@ -23,7 +23,7 @@ from dashlib.diffusion import Diffusion
 from dashlib.distributed import barrier, is_main, on_main
 from dashlib.io import atomic_write_json
 from dashlib.losses import mse_per_sample
-from dashlib.runs import Run, make_run, prepare
+from dashlib.runs import Run, make_run, prepare, training_lock
 from dashlib.runtime import Runtime
 from dashlib.tirt import LOCAL_ROWS, BatchReduce, TimestepWeighting, bin_mean, drift_report, make_weighting
 from dashlib.train import Batch, Objective, Trainer
@@ -96,21 +96,22 @@ def train_teacher(preset: Preset, force: bool = False, resume: bool = False,
     weighting = make_weighting(preset.train.weighting, diffusion)
     objective = TeacherObjective(model, weighting, diffusion, preset.train)
     loop = preset.train
-    state = on_main(lambda: prepare(run, payload, force=force, resume=resume))
-    trainer = Trainer(objective, data.train, diffusion, loop, run, payload, dev,
-                      hooks={max(loop.steps // 40, 1): tirt_hook(weighting)}, progress=progress,
-                      desc=f"teacher[{preset.name}]", runtime=runtime)
-    start = time.perf_counter()
-    last = trainer.fit(resume=state == "resume")
-    wall = time.perf_counter() - start
-    if is_main():  # rank 0 writes; every rank returns once the files exist
-        save_artifact(run, "teacher", payload, trainer.ema.shadow, weighting, preset.train.weighting)
-        atomic_write_json(run.results, {
-            "kind": "teacher", "preset": preset.name, "steps": loop.steps, "seed": loop.seed,
-            "params": count_params(model), "final_loss": last.get("loss"),
-            "final_mse": last.get("mse"), "wall_time_s": wall, "tirt_drift": drift_report(weighting),
-            "device": str(dev), "precision": trainer.precision, "processes": trainer.world,
-            "run": str(run.path)})
+    with training_lock(run, owner=is_main()):  # one process trains a folder at a time
+        state = on_main(lambda: prepare(run, payload, force=force, resume=resume))
+        trainer = Trainer(objective, data.train, diffusion, loop, run, payload, dev,
+                          hooks={max(loop.steps // 40, 1): tirt_hook(weighting)}, progress=progress,
+                          desc=f"teacher[{preset.name}]", runtime=runtime)
+        start = time.perf_counter()
+        last = trainer.fit(resume=state == "resume")
+        wall = time.perf_counter() - start
+        if is_main():  # rank 0 writes; every rank returns once the files exist
+            save_artifact(run, "teacher", payload, trainer.ema.shadow, weighting, preset.train.weighting)
+            atomic_write_json(run.results, {
+                "kind": "teacher", "preset": preset.name, "steps": loop.steps, "seed": loop.seed,
+                "params": count_params(model), "final_loss": last.get("loss"),
+                "final_mse": last.get("mse"), "wall_time_s": wall, "tirt_drift": drift_report(weighting),
+                "device": str(dev), "precision": trainer.precision, "processes": trainer.world,
+                "run": str(run.path)})
     barrier()
     return run
 

@@ -167,7 +167,7 @@ CASES = [
     ("a JSON list with a typo", ["info", "--preset", "tiny", "--set", "eval.seeds=[1,2"],
      "starts as a JSON list or object but does not parse"),
     ("reproduce --figures under /proc", ["reproduce", "--preset", "tiny", "--only", "01_teacher",
-                                         "--figures", "/proc/figs"], "nothing can be made in /proc"),
+                                         "--figures", "/proc/figs"], "cannot create /proc/figs"),
     ("efficiency --out a folder", ["efficiency", "--preset", "tiny", "--out", RUNS + "/teacher"],
      "it is a folder; give a file name"),
     ("efficiency --out under a file", ["efficiency", "--preset", "tiny", "--out",

@@ -3,6 +3,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
 import torch
 
 from dashlib.cli import main
@@ -174,22 +175,33 @@ def test_an_interrupted_command_says_what_its_rerun_does(capsys, monkeypatch):
     assert "rerun the same command" in advice["reproduce"] and "kept" in advice["evaluate"]
 
 
+@pytest.mark.parametrize("entry", ["pipeline", "distill", "explorer"])
 def test_an_interrupted_reproduction_resumes_its_teacher_bit_for_bit(tiny, tmp_path, monkeypatch,
-                                                                       interrupted_at):
-    """`dash reproduce` (pipeline.teacher) continues an unfinished teacher, as its students'
-    pool does, instead of stopping with "pass --resume" (which reproduce does not take)."""
+                                                                       interrupted_at, entry):
+    """`dash reproduce` (pipeline.teacher), a distillation and the explorer continue an
+    unfinished teacher, as the students' pool does, instead of stopping with "pass --resume"
+    (which reproduce does not take)."""
     from dashlib import pipeline
+    from dashlib.artifacts import load_artifact
     from dashlib.config import override
+    from dashlib.distill import distill
+    from dashlib.explorer.models import load_models
+    from dashlib.teacher import teacher_run
 
-    preset = override(tiny, **{"train.steps": 12, "train.ckpt_every": 4})
+    preset = override(tiny, **{"train.steps": 12, "train.ckpt_every": 4, "distill.steps": 2})
+    resume = {"pipeline": lambda: pipeline.teacher(pipeline.budget(preset, workers=1, device="cpu"),
+                                                   progress=False),
+              "distill": lambda: distill(preset, "dash", progress=False),
+              "explorer": lambda: load_models(preset, ["dash"])}[entry]
     finals = {}
     for name in ("straight", "interrupted"):
         monkeypatch.setenv("DASH_RUNS", str(tmp_path / name))
-        b = pipeline.budget(preset, workers=1, device="cpu")
         if name == "interrupted":
             with interrupted_at(7):
-                pipeline.teacher(b, progress=False)
-        finals[name] = pipeline.teacher(b, progress=False).model.state_dict()
+                resume()
+            assert teacher_run(preset).checkpoint.is_file() and not teacher_run(preset).finished
+        resume()
+        finals[name] = load_artifact(teacher_run(preset)).model.state_dict()
     assert all(torch.equal(finals["straight"][k], finals["interrupted"][k]) for k in finals["straight"])
 
 

@@ -54,7 +54,8 @@ def test_efficiency_reports_every_number(tiny):
         assert 0 < r["params_nonzero"] <= r["params"]  # zero-initialised output layers count out
         assert r["peak_memory_method"].startswith(("cpu_peak_rss_growth", "unavailable"))
         if r["peak_memory_method"] == "cpu_peak_rss_growth":
-            assert isinstance(r["peak_memory_bytes"], int)
+            memory = r["peak_memory_bytes"]
+            assert isinstance(memory, int) and not isinstance(memory, bool) and memory >= 0
     teacher, student = result["teacher"], result["student"]
     assert result["flops_ratio"] > 1 and result["param_ratio"] > 1
     assert result["flops_ratio"] == pytest.approx(teacher["flops"] / student["flops"])

@@ -582,14 +582,16 @@ def test_threads_default_and_set(monkeypatch):
         budget("tiny", threads=0)
 
 
-def test_more_threads_than_cores_are_capped_with_a_note(capsys):
+def test_more_threads_than_cores_are_capped_with_a_note(capsys, monkeypatch):
     from dashlib.threads import available_cores, use_threads
 
+    monkeypatch.setenv("OMP_NUM_THREADS", os.environ.get("OMP_NUM_THREADS", "1"))  # restored after
+    before = torch.get_num_threads()
     try:
         assert use_threads(1000) == available_cores() == torch.get_num_threads()
         assert f"more than the {available_cores()} cores" in capsys.readouterr().err
     finally:
-        torch.set_num_threads(1)
+        torch.set_num_threads(before)
 
 
 def test_threads_option_on_every_command():

@@ -171,12 +171,14 @@ def test_a_file_that_is_no_checkpoint_is_called_unreadable_not_unsafe(tmp_path):
 
     path = tmp_path / "final.pt"
     path.write_text("garbage")
-    with pytest.raises(UnreadableCheckpointError, match="neither torch's zip format nor a pickle"):
+    with pytest.raises(UnreadableCheckpointError, match="not a pickle stream"):
         load_checkpoint(path)
     marker = tmp_path / "pwned"
-    path.write_bytes(pickle.dumps({"model": _Exploit(marker)}, protocol=0))  # no 0x80 opcode first
-    with pytest.raises(UnreadableCheckpointError):  # refused all the same, and never run
-        load_checkpoint(path)
+    for protocol in (0, 1, 4):  # a crafted pickle of any protocol is called unsafe, and never runs
+        path.write_bytes(pickle.dumps({"model": _Exploit(marker)}, protocol=protocol))
+        with pytest.raises(CheckpointError, match="arbitrary code") as refused:
+            load_checkpoint(path)
+        assert not isinstance(refused.value, UnreadableCheckpointError)  # caches must not discard it
     assert not marker.exists()
 
 
@@ -491,3 +493,27 @@ def test_stale_fidelity_cache_temps_are_swept_fresh_ones_kept(tmp_path):
     os.utime(old, (long_ago, long_ago))
     assert remove_stale_cache_temps(tmp_path) == [old]
     assert not old.exists() and fresh.exists() and kept.exists()
+
+
+def test_a_run_another_live_process_trains_is_refused_and_a_dead_ones_lock_taken_over(tiny, tmp_path,
+                                                                                       monkeypatch):
+    """Teachers resume by themselves inside pipelines, so a second process (another terminal's
+    `dash distill`) must not train the folder the first one is training."""
+    import socket
+
+    from dashlib.runs import RunStateError
+    from dashlib.teacher import teacher_run, train_teacher
+
+    monkeypatch.setenv("DASH_RUNS", str(tmp_path))
+    run = teacher_run(tiny)
+    lock = run.path.parent / f".{run.path.name}.lock"
+    lock.parent.mkdir(parents=True)
+    lock.write_text(f"{os.getppid()} {socket.gethostname()}\n")  # a live process: pytest's parent
+    with pytest.raises(RunStateError, match=f"being trained by process {os.getppid()}"):
+        train_teacher(tiny, resume=True, progress=False)
+    assert not run.path.exists() and lock.is_file()  # nothing written, the holder's lock kept
+    gone = subprocess.Popen([sys.executable, "-c", "pass"])
+    gone.wait()
+    lock.write_text(f"{gone.pid} {socket.gethostname()}\n")  # a killed run's lock: its process is gone
+    assert train_teacher(tiny, resume=True, progress=False).finished
+    assert not lock.exists()  # released after training

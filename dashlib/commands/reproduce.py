@@ -26,8 +26,9 @@ def _args(p: argparse.ArgumentParser) -> None:
          interrupted="rerun the same command: finished runs and evaluation cells are reused, and "
                      "an unfinished teacher or student resumes from its last checkpoint")
 def cmd_reproduce(args: argparse.Namespace) -> int:
+    import torch
+
     from dashlib.reproduce import figures_dir, reproduce, with_data_root
-    from dashlib.threads import default_threads
 
     overrides = data_overrides(args)
     check_data_root(args.preset, overrides)
@@ -35,7 +36,7 @@ def cmd_reproduce(args: argparse.Namespace) -> int:
         overrides["eval.seeds"] = list(args.seeds)
     reproduce(args.preset, quick=args.quick, only=args.only, figures=args.figures, device=args.device,
               progress=not args.no_progress, overrides=overrides,
-              threads=args.threads or default_threads(), workers=args.workers)
+              threads=torch.get_num_threads(), workers=args.workers)  # as `main` set them: capped
     # the data root as reproduce() filled it in (an image folder's default root names the folder)
     figures = figures_dir(args.preset, args.quick, args.figures,
                           with_data_root(args.preset, overrides)).resolve()

@@ -30,7 +30,7 @@ from dashlib.distill.targets import compute_targets, fits, load_targets, targets
 from dashlib.distributed import barrier, is_main, on_main, rank_world
 from dashlib.io import atomic_write_json, file_digest
 from dashlib.registry import Registry
-from dashlib.runs import Run, make_run, prepare, run_id
+from dashlib.runs import Run, make_run, prepare, run_id, training_lock
 from dashlib.runtime import Runtime
 from dashlib.teacher import teacher_payload, train_teacher
 from dashlib.threads import use_threads
@@ -180,35 +180,36 @@ def distill(preset: Preset, method: str | None = None, seed: int | None = None,
     teacher = load_artifact(teacher_folder, expect=preset.teacher, device=dev)
     data = load_dataset(preset.data)
     check_batch_fits(config.batch_size, data.train.x.shape[1:], dev, "distill.batch_size")
-    state = on_main(lambda: prepare(run, payload, force=force, resume=resume))
-    diffusion = teacher.diffusion
-    cls = METHODS.get(config.method)
-    student = cls.build_student(preset, config, teacher.model)
-    objective = cls.from_config(student, teacher.model, make_weighting_for(config, teacher, diffusion),
-                                diffusion, config, preset.sample)
-    if is_main():
-        for note in objective.notes():
-            print(f"dash: note: {config.method}[{preset.name}]: {note}", file=sys.stderr)
-    if targets and cls.uses_targets and fits(preset, config):
-        path = on_main(lambda: ensure_targets(preset, config, teacher.model, data, diffusion, progress))
-        objective.targets = load_targets(path)
-    calibrator = Calibrator(teacher.model, diffusion,
-                            matched_inputs(data.test, diffusion, config.calib_samples,
-                                           torch.Generator().manual_seed(CALIB_SEED)))
-    trainer = Trainer(objective, data.train, diffusion, config, run, payload, dev,
-                      hooks={config.calib_every: calibration_hook(calibrator, objective)},
-                      progress=progress, desc=f"{config.method}[{preset.name}]", runtime=runtime)
-    start = time.perf_counter()
-    last = trainer.fit(resume=state == "resume")
-    wall = time.perf_counter() - start
-    student_ema = trainer.ema.shadow
-    if is_main():  # rank 0 writes; every rank returns once the files exist
-        save_artifact(run, "student", payload, student_ema, objective.weighting,
-                      student_weighting(config, teacher_weighting(teacher)),
-                      extra={"method": config.method, "teacher_run": str(teacher_folder.path)})
-        write_results(run, preset, config, objective, calibrator.score(student_ema), last, wall,
-                      teacher_params=count_params(teacher.model), precision=trainer.precision,
-                      teacher_weights=teacher_weights)
+    with training_lock(run, owner=is_main()):  # one process trains a folder at a time
+        state = on_main(lambda: prepare(run, payload, force=force, resume=resume))
+        diffusion = teacher.diffusion
+        cls = METHODS.get(config.method)
+        student = cls.build_student(preset, config, teacher.model)
+        objective = cls.from_config(student, teacher.model, make_weighting_for(config, teacher, diffusion),
+                                    diffusion, config, preset.sample)
+        if is_main():
+            for note in objective.notes():
+                print(f"dash: note: {config.method}[{preset.name}]: {note}", file=sys.stderr)
+        if targets and cls.uses_targets and fits(preset, config):
+            path = on_main(lambda: ensure_targets(preset, config, teacher.model, data, diffusion, progress))
+            objective.targets = load_targets(path)
+        calibrator = Calibrator(teacher.model, diffusion,
+                                matched_inputs(data.test, diffusion, config.calib_samples,
+                                               torch.Generator().manual_seed(CALIB_SEED)))
+        trainer = Trainer(objective, data.train, diffusion, config, run, payload, dev,
+                          hooks={config.calib_every: calibration_hook(calibrator, objective)},
+                          progress=progress, desc=f"{config.method}[{preset.name}]", runtime=runtime)
+        start = time.perf_counter()
+        last = trainer.fit(resume=state == "resume")
+        wall = time.perf_counter() - start
+        student_ema = trainer.ema.shadow
+        if is_main():  # rank 0 writes; every rank returns once the files exist
+            save_artifact(run, "student", payload, student_ema, objective.weighting,
+                          student_weighting(config, teacher_weighting(teacher)),
+                          extra={"method": config.method, "teacher_run": str(teacher_folder.path)})
+            write_results(run, preset, config, objective, calibrator.score(student_ema), last, wall,
+                          teacher_params=count_params(teacher.model), precision=trainer.precision,
+                          teacher_weights=teacher_weights)
     barrier()
     return run
 

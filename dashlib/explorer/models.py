@@ -42,7 +42,7 @@ def load_models(preset: Preset, methods: Sequence[str] = (),
         from dashlib.distill import distill
 
         for method in methods:
-            run = distill(preset, method, device=device, progress=progress)
+            run = distill(preset, method, resume=True, device=device, progress=progress)
             students[method] = load_artifact(run, device=device)
     for name, folder in (student_runs or {}).items():
         students[name] = load_artifact(folder, device=device)
