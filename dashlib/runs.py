@@ -12,6 +12,7 @@ import json
 import os
 import shutil
 import socket
+import time
 from collections.abc import Callable, Iterator, Mapping
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -131,15 +132,23 @@ def _take(lock: Path, run: Run) -> None:
     raise RunStateError(f"cannot take the lock {lock} of {run.path}; delete it if nothing trains the run")
 
 
+#: seconds within which an unreadable lock counts as one being written, not a stale one
+LOCK_WRITE_GRACE_S = 10.0
+
+
 def _holder(lock: Path) -> str | None:
     """Who holds `lock` ("process 123", "process 123 on host h"), or None if nobody does."""
     try:
         pid_text, host = lock.read_text().split()[:2]
         pid = int(pid_text)
-    except (OSError, ValueError):
-        return None  # unreadable or half-written: no holder to wait for
-    if host != socket.gethostname():  # a shared folder: its liveness cannot be checked from here
-        return f"process {pid} on host {host}"
+    except (OSError, ValueError):  # empty or partial: its writer may be between open and write
+        try:
+            fresh = time.time() - lock.stat().st_mtime < LOCK_WRITE_GRACE_S
+        except OSError:
+            return None
+        return "another process (its lock is being written)" if fresh else None
+    if host != socket.gethostname() or os.name == "nt":  # liveness unknowable (on Windows
+        return f"process {pid} on host {host}"            # os.kill would end the process)
     try:
         os.kill(pid, 0)
     except ProcessLookupError:

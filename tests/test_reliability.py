@@ -512,6 +512,9 @@ def test_a_run_another_live_process_trains_is_refused_and_a_dead_ones_lock_taken
     with pytest.raises(RunStateError, match=f"being trained by process {os.getppid()}"):
         train_teacher(tiny, resume=True, progress=False)
     assert not run.path.exists() and lock.is_file()  # nothing written, the holder's lock kept
+    lock.write_text("")  # a lock just created, its holder's pid not written yet
+    with pytest.raises(RunStateError, match="its lock is being written"):
+        train_teacher(tiny, resume=True, progress=False)
     gone = subprocess.Popen([sys.executable, "-c", "pass"])
     gone.wait()
     lock.write_text(f"{gone.pid} {socket.gethostname()}\n")  # a killed run's lock: its process is gone
