@@ -162,9 +162,9 @@ def train_classifier(data: DataConfig, config: EvalConfig, force: bool = False,
     """Train (or reuse) the dataset's classifier; its results.json has `test_accuracy`."""
     payload = classifier_payload(data, config)
     run = classifier_run(data, config)
+    dev = resolve_device(device)  # checked even when the run is reused: a typo is an error either way
     if prepare(run, payload, force=force, resume=False) == "reuse":
         return run
-    dev = resolve_device(device)
     dataset = load_dataset(data)
     start = time.perf_counter()
     with torch.random.fork_rng(devices=[]):

@@ -107,8 +107,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     except RuntimeError as err:  # torch reports running out of memory as a RuntimeError
         if not is_out_of_memory(err):
             raise
-        print(f"dash: error: out of memory ({str(err).splitlines()[0][:200]}); lower the batch size "
-              f"(--set train.batch_size / distill.batch_size), --n or the model size", file=sys.stderr)
+        print(f"dash: error: out of memory ({str(err).splitlines()[0][:200]}); "
+              f"{COMMANDS.get(args.command).out_of_memory}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         print(f"dash: interrupted; {COMMANDS.get(args.command).interrupted}", file=sys.stderr)

@@ -27,6 +27,9 @@ class Command:
     distributed: bool = False  # may run under torchrun with several processes
     #: what a user interrupting it (Ctrl-C) can do next
     interrupted: str = "nothing of it was kept; rerun the command"
+    #: what a user whose run ran out of memory can lower
+    out_of_memory: str = ("lower the batch size (--set train.batch_size / distill.batch_size), --n or "
+                          "the model size")
 
 
 #: the `interrupted` advice of the commands that train from checkpoints
@@ -37,9 +40,11 @@ COMMANDS: Registry[Command] = Registry("command")
 
 
 def command(name: str, help: str, add_arguments: Callable[[argparse.ArgumentParser], None],
-            distributed: bool = False, interrupted: str | None = None) -> Callable[..., Any]:
+            distributed: bool = False, interrupted: str | None = None,
+            out_of_memory: str | None = None) -> Callable[..., Any]:
     def decorator(run: Callable[[argparse.Namespace], int]) -> Callable[[argparse.Namespace], int]:
-        advice = {} if interrupted is None else {"interrupted": interrupted}
+        advice = {k: v for k, v in (("interrupted", interrupted), ("out_of_memory", out_of_memory))
+                  if v is not None}
         COMMANDS.add(name, Command(help, add_arguments, run, distributed, **advice))
         return run
 
@@ -166,12 +171,17 @@ def add_force_resume(p: argparse.ArgumentParser,
 def check_data_root(preset: str, overrides: dict[str, Any]) -> None:
     """Refuse a data root given for a dataset that reads no files (digits, synthetic),
     which would otherwise be ignored: most likely `data.name` was left out."""
-    from dashlib.data import DATASETS
     from dashlib.presets import PRESETS
 
     if "data.data_root" not in overrides or preset not in PRESETS:
         return
-    name = overrides.get("data.name", PRESETS.get(preset).data.name)
+    check_reads_files(overrides.get("data.name", PRESETS.get(preset).data.name))
+
+
+def check_reads_files(name: object) -> None:
+    """Refuse --data-root for the dataset `name` when it reads no files (see check_data_root)."""
+    from dashlib.data import DATASETS
+
     if isinstance(name, str) and name in DATASETS and not DATASETS.get(name).reads_files:
         readers = [n for n in DATASETS.names() if DATASETS.get(n).reads_files]
         raise ConfigError(f"--data-root (data.data_root) is given, but the dataset {name!r} reads no files; "

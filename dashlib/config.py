@@ -383,6 +383,17 @@ NULL_INIT_CHOICES = ("random", "zero", "mean")
 TIRT_CHOICES = ("auto", "transfer", "uniform", "relearn", "min-snr", "uncertainty")
 
 
+def number_label(w: float) -> str:
+    """The text of a constant w: "3", "0", "2.5" (`:g`), or the full repr where `:g` would round."""
+    short = f"{w:g}"
+    return short if float(short) == w else repr(w)
+
+
+def guidance_key(spec: str) -> str | float:
+    """What a guidance entry means: "tag", or its w as a float ("3" and "3.0" are one setting)."""
+    return spec if spec == "tag" else float(spec)
+
+
 def guidance_spec_ok(spec: object) -> bool:
     """Whether `spec` names a guidance setting: "tag", or a constant w given as a number
     or as its text ("3") that is finite and fits float32 (`dashlib.guidance.Guidance.parse`)."""
@@ -448,6 +459,17 @@ class EvalConfig(Validated):
     reference_seed: int = 0
     metrics: tuple[str, ...] = ("fid", "isc", "kid", "prc")
 
+    def __post_init__(self) -> None:
+        # a guidance grid given as numbers (JSON `[0, 3]`, a notebook's `(0, 3)`) is stored as
+        # the text the cells are named by, as `--w` stores it
+        for name in ("guidance", "sweep_guidance"):
+            specs = getattr(self, name)
+            if isinstance(specs, (list, tuple)):
+                object.__setattr__(self, name, tuple(
+                    number_label(float(g)) if not isinstance(g, str) and guidance_spec_ok(g) else g
+                    for g in specs))
+        super().__post_init__()
+
     def validate(self) -> None:
         for name in ("n_samples", "ddim_steps", "classifier_steps", "classifier_width",
                      "classifier_batch_size", "classifier_lr"):
@@ -461,6 +483,8 @@ class EvalConfig(Validated):
             if not specs or not all(guidance_spec_ok(g) for g in specs):
                 fail(self, name, specs, "must be a non-empty tuple whose entries are 'tag' or a "
                                         "finite number such as '3'")
+            if len({guidance_key(g) for g in specs}) != len(specs):
+                fail(self, name, specs, "must not repeat a guidance setting (3 and 3.0 are one)")
         if not self.sweep_steps or any(s <= 0 for s in self.sweep_steps):
             fail(self, "sweep_steps", self.sweep_steps, "must be a non-empty tuple of positive ints")
         one_of(self, "feature_extractor", ("classifier", "inception"))

@@ -507,9 +507,10 @@ def prepare_spaces(specs: Sequence[RunSpec], config: EvalConfig, device: torch.d
         kinds = ["classifier"] + (["inception"] if config.feature_extractor == "inception" else [])
         extractors = tuple(make_extractor(k, clf, config.inception_weights, config.download_weights)
                            for k in kinds)
-        reference = reference_set(data, config.max_reference, config.reference_seed)
+        dataset = load_dataset(data)  # once: a folder or CIFAR is decoded in seconds, not free
+        reference = reference_set(data, config.max_reference, config.reference_seed, dataset.train)
         check_reference_size(data, len(reference.images))
-        split = load_dataset(data).test
+        split = dataset.test
         even = evened(split.y, seed=config.reference_seed)  # as balanced as the samples and reference
         test = to_uint8(split.x if even is None else split.x[even])
         real = real_floor(test, reference, extractors, config, device)

@@ -53,7 +53,7 @@ from torch_fidelity.utils import get_featuresdict_from_dataset
 
 from dashlib.classifier import load_classifier
 from dashlib.config import IMAGE_METRICS, ConfigError, DataConfig, to_dict
-from dashlib.data import balanced_subset, data_identity, load_dataset, to_uint8
+from dashlib.data import Split, balanced_subset, data_identity, load_dataset, to_uint8
 from dashlib.images import save_png
 from dashlib.inception import inception_weights_path, load_inception_state
 from dashlib.io import UnreadableCheckpointError, atomic_torch_save, file_digest, load_checkpoint
@@ -257,14 +257,16 @@ def evened(y: Tensor, at_most: int | None = None, seed: int = 0) -> Tensor | Non
     return balanced_subset(y, n, torch.Generator().manual_seed(seed))
 
 
-def reference_set(data: DataConfig, max_reference: int | None = None, seed: int = 0) -> Reference:
+def reference_set(data: DataConfig, max_reference: int | None = None, seed: int = 0,
+                  train: Split | None = None) -> Reference:
     """The train split of `data` as uint8, or a class-balanced subset of at most `max_reference`
     images drawn with `seed`; named by dataset, size, the subset and a hash of the data config.
     An imbalanced split (`IMBALANCE`) gives the same number of images of every class (the
     smallest class's count, within `max_reference`): against natural proportions a perfect
-    class-balanced generator would score a FID of the label mix alone."""
+    class-balanced generator would score a FID of the label mix alone. `train`: that split,
+    when the caller has loaded `data` already (else it is loaded here)."""
     fields = data_identity(to_dict(data))
-    train = load_dataset(data).train
+    train = load_dataset(data).train if train is None else train
     name = f"{data.name}{data.image_size}-train-{config_hash(fields)}"
     keep = evened(train.y, max_reference, seed)
     if keep is not None:

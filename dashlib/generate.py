@@ -15,7 +15,7 @@ from dashlib.guidance import Guidance
 from dashlib.images import save_grid
 from dashlib.io import atomic_torch_save, check_writable_dir
 from dashlib.runs import Run, RunStateError, config_hash
-from dashlib.runtime import Runtime, inference_model
+from dashlib.runtime import Runtime, amp_dtype, inference_model, precision_name
 from dashlib.sampling import DDIMSampler, balanced_labels
 
 
@@ -85,11 +85,15 @@ def sample_to_files(preset: Preset, run: str | Path | None, guidance: Guidance |
     # only where it changes the samples (eta > 0 draws each step's noise chunk by chunk)
     settings = {**to_dict(chosen.in_config(config)),
                 "batch_size": config.batch_size if config.eta > 0 else None}
+    dtype = amp_dtype(dev, (runtime or Runtime()).sample_amp, artifact.model.config.ch)
+    if dtype is not None:  # reduced-precision samples differ: named apart, fp32 names unchanged
+        settings["precision"] = precision_name(dtype)
     stem = f"samples-{tag}-steps{config.steps}-n{n}-seed{seed}-{config_hash(settings)[:6]}"
     png, tensor = folder / f"{stem}.png", folder / f"{stem}.pt"
     if is_main():  # under torchrun rank 0 writes, the others wait for the files
         save_grid(samples, labels, k, png)
         atomic_torch_save({"samples": samples, "labels": labels, "guidance": tag,
-                           "steps": config.steps, "seed": seed, "sampler": to_dict(config)}, tensor)
+                           "steps": config.steps, "seed": seed, "sampler": to_dict(config),
+                           "precision": precision_name(dtype)}, tensor)
     barrier()
     return png, tensor

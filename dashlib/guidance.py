@@ -21,7 +21,16 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor, nn
 
-from dashlib.config import ConfigError, SampleConfig, Validated, fail, finite, guidance_spec_ok, one_of
+from dashlib.config import (
+    ConfigError,
+    SampleConfig,
+    Validated,
+    fail,
+    finite,
+    guidance_spec_ok,
+    number_label,
+    one_of,
+)
 from dashlib.registry import Registry
 
 GuidanceFn = Callable[["Guidance", Tensor, int], Tensor]
@@ -63,12 +72,6 @@ def tag_scale(g: Guidance, t: Tensor, T: int) -> Tensor:
     """
     s = torch.sigmoid(g.beta * (0.5 - t.float() / T))
     return g.w_min + (g.w_max - g.w_min) * s
-
-
-def number_label(w: float) -> str:
-    """The text of a constant w: "3", "0", "2.5" (`:g`), or the full repr where `:g` would round."""
-    short = f"{w:g}"
-    return short if float(short) == w else repr(w)
 
 
 @dataclass(frozen=True)

@@ -71,6 +71,23 @@ def check_writable_dir(path: str | Path, what: str) -> Path:
     return path
 
 
+def refuse_folder(path: Path, what: str | None = None, example: str | None = None) -> None:
+    """An OutputPathError if the file `path` (`what` it is for) is an existing folder; `example`:
+    a file name to suggest inside it."""
+    if path.is_dir():
+        raise OutputPathError(f"cannot write {path}{f' ({what})' if what else ''}: it is a folder"
+                              + (f"; give a file name such as {path / example}" if example else ""))
+
+
+def check_writable_file(path: str | Path, what: str, example: str = "results.json") -> Path:
+    """Refuse a file that could not be written, before any work that would end in writing it:
+    `path` is a folder, or its folder could not be created or written (`check_writable_dir`)."""
+    path = Path(path)
+    refuse_folder(path, what, example)
+    check_writable_dir(path.parent, f"the folder of {what}")
+    return path
+
+
 def atomic_write(path: str | Path, write: Callable[[io.BufferedWriter], None]) -> Path:
     """Call `write(f)` on a temporary file, fsync it, then rename it to `path`.
 
@@ -79,8 +96,7 @@ def atomic_write(path: str | Path, write: Callable[[io.BufferedWriter], None]) -
     """
     path = Path(path)
     make_dir(path.parent, f"the folder for {path.name}")
-    if path.is_dir():
-        raise OutputPathError(f"cannot write {path}: it is a folder")
+    refuse_folder(path)
     try:
         fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     except OSError as err:

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
 import sys
 import time
 from collections.abc import Mapping, Sequence
@@ -145,13 +146,28 @@ def run_notebook(source: Path, target: Path, parameters: Mapping[str, Any],
         with RunWatcher(runs_root().resolve(), source.stem, enabled=progress):
             pm.execute_notebook(str(source), str(target), parameters=parameters,
                                 cwd=str(source.parent), progress_bar=False, kernel_name="python3",
-                                log_output=False)
+                                log_output=False, **local_kernel())
     except pm.PapermillExecutionError as err:
         raise ReproduceError(
             f"notebook {source.name} failed in cell {err.cell_index} (execution count "
             f"{err.exec_count}): {err.ename}: {err.evalue}. The executed copy with the full "
             f"traceback is {target}") from None
     return target
+
+
+def local_kernel() -> dict[str, Any]:
+    """papermill's kernel options that talk to the kernel through local socket files (IPC)
+    where the OS has them: over TCP the traffic crosses unencrypted local ports, and every
+    kernel start prints ipykernel's warning about it. Windows has no IPC and keeps TCP."""
+    if os.name != "posix":
+        return {}
+    from jupyter_client.manager import AsyncKernelManager
+
+    class IPCKernelManager(AsyncKernelManager):
+        def __init__(self, **kwargs: Any) -> None:
+            super().__init__(**{"transport": "ipc", **kwargs})
+
+    return {"kernel_manager_class": IPCKernelManager}
 
 
 def notebook_parameters(preset: str, quick: bool, figures: Path, device: str, threads: int,

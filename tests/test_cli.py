@@ -107,6 +107,13 @@ def test_samples_drawn_with_other_sampler_settings_do_not_overwrite_each_other(c
                      "--out", str(tmp_path), *extra]) == 0
         more.append(Path(capsys.readouterr().out.strip().splitlines()[-1]))
     assert len({*paths, *more}) == 5 and "w2.5000001" in more[1].name
+    # bf16 samples differ from fp32 ones: their own file, the fp32 name as before
+    assert main(["sample", "--preset", "tiny", "--set", "train.steps=6", "--w", "3", "--n", "4",
+                 "--steps", "3", "--eta", "0", "--sample-amp", "bf16", "--device", "cpu",
+                 "--out", str(tmp_path)]) == 0
+    bf16 = Path(capsys.readouterr().out.strip().splitlines()[-1])
+    assert bf16 != paths[0] and torch.load(bf16, weights_only=True)["precision"] == "bfloat16"
+    assert torch.load(paths[0], weights_only=True)["precision"] == "float32"
 
 
 def test_evaluate_offers_no_speed_options_it_would_ignore_and_keeps_every_digit_of_w(capsys):

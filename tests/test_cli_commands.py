@@ -55,6 +55,12 @@ def test_sample_tag_and_efficiency_of_named_runs(capsys, tmp_path):
     result = json.loads(out.read_text())
     assert result["teacher"]["source"] == str(teacher) and result["student"]["source"] == str(student)
     assert result["flops_ratio"] > 1 and result["speedup"] > 0
+    assert "swapped" not in capsys.readouterr().err
+    assert main(["efficiency", "--preset", "tiny", "--teacher-run", str(student),
+                 "--student-run", str(teacher), "--steps", "2", "--batch", "2", "--repeats", "0",
+                 "--out", str(out)]) == 0
+    assert "were --teacher-run and --student-run swapped?" in capsys.readouterr().err
+    assert json.loads(out.read_text())["flops_ratio"] < 1
 
 
 def test_evaluate_download_weights_reaches_the_evaluation_config(capsys, monkeypatch):

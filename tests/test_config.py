@@ -71,6 +71,16 @@ def test_lists_become_tuples():
     assert ModelConfig(ch_mult=[1, 2, 2]).ch_mult == (1, 2, 2)
 
 
+def test_a_guidance_grid_of_numbers_is_named_as_its_cells_are_and_repeats_are_refused():
+    p = get_preset("tiny", **{"eval.guidance": [0, 3, 2.5, "tag"], "eval.sweep_guidance": [1.0, "4"]})
+    assert p.eval.guidance == ("0", "3", "2.5", "tag") and p.eval.sweep_guidance == ("1", "4")
+    for repeated in (["3", "3.0"], [3, "3"], ["tag", "tag"]):
+        with pytest.raises(ConfigError, match="must not repeat a guidance setting"):
+            get_preset("tiny", **{"eval.guidance": repeated})
+    with pytest.raises(ConfigError, match="tuple\\[str"):
+        get_preset("tiny", **{"eval.guidance": [True]})
+
+
 def test_every_preset_is_valid_and_consistent():
     """Each registered preset passes `presets.check` (registry names, its method's own
     knobs, a student smaller than the teacher), is already fitted to its data, and samples

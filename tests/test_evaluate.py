@@ -232,3 +232,19 @@ def test_a_run_trained_at_a_size_its_preset_models_cannot_take_can_still_be_eval
     evaluation_settings(run, {"data.download": True})  # where the data comes from: not the run's to fix
     with pytest.raises(ConfigError, match="data.name: the run .* fixes these"):
         evaluation_settings(run, {"data.name": "mnist"})
+
+
+def test_preparing_a_feature_space_reads_its_dataset_once(tiny, small_eval, monkeypatch):
+    import dashlib.evaluate as evaluate_module
+    import dashlib.fidelity as fidelity_module
+    from dashlib.evaluate import prepare_spaces, run_spec
+
+    teacher = fake_run(tiny)
+    spec = run_spec(teacher)
+    prepare_spaces([spec], small_eval, torch.device("cpu"), progress=False)  # trains the classifier
+    loads = []
+    for module in (evaluate_module, fidelity_module):
+        real = module.load_dataset
+        monkeypatch.setattr(module, "load_dataset", lambda data, real=real: loads.append(data) or real(data))
+    prepare_spaces([spec], small_eval, torch.device("cpu"), progress=False)
+    assert len(loads) == 1

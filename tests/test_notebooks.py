@@ -215,3 +215,16 @@ def test_unknown_notebook_is_refused():
     with pytest.raises(ReproduceError, match="unknown notebook"):
         reproduce("tiny", only=["99_nope"])
     assert Path(notebooks_dir()).is_dir()
+
+
+@pytest.mark.skipif(os.name != "posix", reason="IPC sockets are POSIX-only; Windows keeps TCP")
+def test_notebooks_talk_to_their_kernel_through_local_sockets_without_a_warning(tmp_path, capfd):
+    from dashlib.reproduce import run_notebook
+
+    source = tmp_path / "probe.ipynb"
+    # the kernel reads its connection file (named on its command line) while it runs
+    code = "import json, sys; print(json.load(open(sys.argv[sys.argv.index('-f') + 1]))['transport'])"
+    nbformat.write(nbformat.v4.new_notebook(cells=[nbformat.v4.new_code_cell(code)]), source)
+    out = run_notebook(source, tmp_path / "out.ipynb", {}, progress=False)
+    assert nbformat.read(out, as_version=4).cells[0].outputs[0]["text"].strip() == "ipc"
+    assert "without encryption" not in capfd.readouterr().err

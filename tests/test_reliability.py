@@ -365,9 +365,11 @@ def test_out_of_memory_is_one_error_line(monkeypatch, capsys):
         raise torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 80.00 GiB")
 
     monkeypatch.setattr(dashlib.presets, "get_preset", oom)
-    assert main(["info", "--preset", "tiny"]) == 2
-    err = [ln for ln in capsys.readouterr().err.splitlines() if ln.strip()]
-    assert len(err) == 1 and err[0].startswith("dash: error: out of memory") and "batch" in err[0]
+    for argv, advice in ((["info", "--preset", "tiny"], "lower the model size"),  # no batch in info
+                         (["train-teacher", "--preset", "tiny"], "lower the batch size")):
+        assert main(argv) == 2
+        err = [ln for ln in capsys.readouterr().err.splitlines() if ln.strip()]
+        assert len(err) == 1 and err[0].startswith("dash: error: out of memory") and advice in err[0]
 
     def bug(*args, **kwargs):
         raise RuntimeError("a genuine bug")

@@ -20,7 +20,8 @@ from dashlib.cliargs import (
 )
 
 
-@command("info", "print a preset's sizes as JSON", add_preset)
+@command("info", "print a preset's sizes as JSON", add_preset,
+         out_of_memory="lower the model size (--set teacher.ch / student.ch): info builds both models")
 def cmd_info(args: argparse.Namespace) -> int:
     from dashlib.config import to_dict
     from dashlib.device import resolve_device

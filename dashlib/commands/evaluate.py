@@ -12,6 +12,7 @@ from typing import Any
 from dashlib.cliargs import (
     add_preset,
     add_runtime,
+    check_reads_files,
     command,
     data_overrides,
     preset_from_args,
@@ -96,6 +97,9 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
                           f"{' and '.join(sorted({CELL_KEYS[k] for k in per_cell}))} "
                           f"(several values allowed)")
     preset, sample = evaluation_settings(args.run, overrides)
+    if "data.data_root" in overrides:  # the run names its dataset: a root for built-in data is a slip
+        check_reads_files(preset.data.name)
+    check_extractor_options(args, preset.eval.feature_extractor)
     changes = {"n_samples": args.n, "seeds": tuple(args.seeds) if args.seeds else None,
                "guidance": tuple(args.w) if args.w else None, "feature_extractor": args.extractor,
                "inception_weights": args.inception_weights,
@@ -112,6 +116,19 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     _print_summary(report.summary)
     print(path)
     return 0
+
+
+def check_extractor_options(args: argparse.Namespace, preset_extractor: str) -> None:
+    """Refuse Inception options when the evaluation will not use Inception (they would be
+    ignored): the extractor is --extractor, else the run's preset's."""
+    extractor = args.extractor or preset_extractor
+    given = [flag for flag, value in (("--inception-weights", args.inception_weights),
+                                      ("--download-weights", args.download_weights)) if value]
+    if given and extractor != "inception":
+        from dashlib.config import ConfigError
+
+        raise ConfigError(f"{' and '.join(given)} apply to the Inception features, but this evaluation "
+                          f"scores with the {extractor}; add --extractor inception")
 
 
 def _classifier_args(p: argparse.ArgumentParser) -> None:
@@ -157,7 +174,7 @@ def cmd_efficiency(args: argparse.Namespace) -> int:
     from dashlib.config import ConfigError, to_dict
     from dashlib.device import resolve_device
     from dashlib.efficiency import efficiency
-    from dashlib.io import OutputPathError, atomic_write_json, check_writable_dir
+    from dashlib.io import atomic_write_json, check_writable_file
     from dashlib.runs import make_run
     from dashlib.unet import build_unet
 
@@ -168,10 +185,7 @@ def cmd_efficiency(args: argparse.Namespace) -> int:
     if args.repeats < 0:
         raise ConfigError(f"--repeats = {args.repeats} is invalid: must be >= 0")
     if args.out:  # checked before minutes of timing, not after
-        if Path(args.out).is_dir():
-            raise OutputPathError(f"cannot write {args.out} (--out): it is a folder; give a file name "
-                                  f"such as {Path(args.out) / 'efficiency.json'}")
-        check_writable_dir(Path(args.out).parent, "the folder of --out")
+        check_writable_file(args.out, "--out", "efficiency.json")
     device = resolve_device(args.device)
     teacher = load_artifact(args.teacher_run).model if args.teacher_run else build_unet(preset.teacher, 0)
     student = load_artifact(args.student_run).model if args.student_run else build_unet(preset.student, 0)
@@ -196,6 +210,10 @@ def cmd_efficiency(args: argparse.Namespace) -> int:
         out = run.results
     atomic_write_json(out, result)
     t, s = result["teacher"], result["student"]
+    if t["flops_per_sample"] < s["flops_per_sample"]:
+        print(f"note: the teacher ({args.teacher_run or 'the preset architecture'}) costs fewer FLOPs "
+              f"than the student ({args.student_run or 'the preset architecture'}), so the ratios are "
+              f"below 1; were --teacher-run and --student-run swapped?", file=sys.stderr)
     line = (f"FLOPs {t['flops_per_sample'] / 1e9:.1f}G vs {s['flops_per_sample'] / 1e9:.1f}G per sample "
             f"({result['flops_ratio']:.2f}x)")
     if "speedup" in result:
