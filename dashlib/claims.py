@@ -248,7 +248,7 @@ def teacher_record(part: SweepPart, workers: int, device: str, progress: bool) -
     from dashlib.teacher import train_teacher
 
     base = part.base()
-    run = train_teacher(base, resume=True, device=device, progress=progress)
+    run = train_teacher(base, device=device, progress=progress)
     report = evaluate_runs([run], sweep_eval(base), workers=workers, device=device, progress=progress,
                            sample=base.sample)
     s = report.summary[0]

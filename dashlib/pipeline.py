@@ -226,8 +226,8 @@ def _as_tuple(name: str, value: Any) -> tuple[Any, ...]:
 
 def teacher(b: Budget, progress: bool = True) -> Artifact:
     """Train (or reuse) the teacher and load it."""
-    # resume=True: a reproduction that was interrupted continues its teacher (bit for bit)
-    return load_artifact(train_teacher(b.preset, resume=True, device=b.device, progress=progress),
+    # train_teacher resumes by default: an interrupted reproduction continues its teacher bit for bit
+    return load_artifact(train_teacher(b.preset, device=b.device, progress=progress),
                          expect=b.preset.teacher)
 
 

@@ -78,9 +78,13 @@ def tirt_hook(weighting: TimestepWeighting) -> Any:
     return hook
 
 
-def train_teacher(preset: Preset, force: bool = False, resume: bool = False,
+def train_teacher(preset: Preset, force: bool = False, resume: bool = True,
                   device: str = "auto", progress: bool = True, runtime: Runtime | None = None) -> Run:
     """Train (or reuse) the preset's teacher; returns its finished run folder.
+
+    An interrupted run is resumed from its last checkpoint (`resume`, default; a lock file
+    keeps a second process out, `dashlib.runs.training_lock`); `resume=False` refuses one
+    instead, as `dash train-teacher` does without --resume.
 
     Under torchrun every rank trains its share of each batch; rank 0 alone
     prepares the folder and writes files (dashlib.distributed)."""

@@ -31,8 +31,8 @@ def test_resume_after_a_stop_equals_an_uninterrupted_run(preset, monkeypatch, tm
     with interrupted_at(13):
         train_teacher(preset, progress=False)
     with pytest.raises(RunStateError, match="--resume"):
-        train_teacher(preset, progress=False)
-    run = train_teacher(preset, resume=True, progress=False)
+        train_teacher(preset, resume=False, progress=False)  # as `dash train-teacher` without --resume
+    run = train_teacher(preset, progress=False)  # the library resumes by default
 
     resumed = _weights(run)
     assert straight.keys() == resumed.keys()

@@ -152,11 +152,13 @@ def calibration_hook(calibrator: Calibrator, objective: DistillObjective) -> Any
 
 
 def distill(preset: Preset, method: str | None = None, seed: int | None = None,
-            steps: int | None = None, force: bool = False, resume: bool = False,
+            steps: int | None = None, force: bool = False, resume: bool = True,
             device: str = "auto", progress: bool = True, runtime: Runtime | None = None,
             targets: bool = True) -> Run:
     """Train (or reuse) one student; returns its finished run folder. Under torchrun
     every rank trains its share of each batch and rank 0 writes (dashlib.distributed).
+    An interrupted run (and an interrupted teacher) is resumed; `resume=False` refuses an
+    interrupted student instead, as `dash distill` does without --resume.
 
     With `targets` (default) a method that reads the teacher at the batch's own
     labels uses the precomputed teacher outputs (`dashlib.distill.targets`)
@@ -167,7 +169,7 @@ def distill(preset: Preset, method: str | None = None, seed: int | None = None,
     payload = distill_payload(preset, config)
     run = make_run(preset.name, f"distill-{config.method}", payload)
     # an unfinished teacher (an interrupted run) continues rather than stopping the distillation
-    teacher_folder = train_teacher(preset, resume=True, device=device, progress=progress, runtime=runtime)
+    teacher_folder = train_teacher(preset, device=device, progress=progress, runtime=runtime)
     teacher_weights = file_digest(teacher_folder.final)
     if run.finished and not force:
         trained_from = run.read_results().get("teacher_weights") if run.results.is_file() else None
@@ -254,7 +256,7 @@ def _worker_init() -> None:
 def _distill_job(args: tuple[Preset, str, int | None, int | None, bool, str],
                  runtime: Runtime | None = None) -> str:
     preset, method, seed, steps, force, device = args
-    return str(distill(preset, method, seed, steps, force=force, resume=True, device=device,
+    return str(distill(preset, method, seed, steps, force=force, device=device,
                        progress=False, runtime=runtime).path)
 
 
@@ -278,13 +280,13 @@ def run_jobs(jobs: Sequence[tuple[Preset, str, int | None, int | None]], force: 
         raise ConfigError("--workers > 1 starts its own processes; under torchrun the runs "
                           "already share the processes, so use --workers 1")
     for p in {j[0].name: j[0] for j in jobs}.values():
-        train_teacher(p, resume=True, device=device, progress=progress)
+        train_teacher(p, device=device, progress=progress)
     todo = [(p, m, s, st, force, device) for p, m, s, st in jobs]
     pending = [j for j in todo if force or not distill_run(*j[:4]).finished]
     if workers > 1 and pending:
         run_pool(pending, workers, device, progress, runtime)
         todo = [(p, m, s, st, False, d) for p, m, s, st, _, d in todo]
-    return [distill(p, m, s, st, force=f, resume=True, device=d, progress=progress, runtime=runtime)
+    return [distill(p, m, s, st, force=f, device=d, progress=progress, runtime=runtime)
             for p, m, s, st, f, d in todo]
 
 
@@ -373,7 +375,7 @@ def precompute_targets(jobs: Sequence[tuple[Preset, DistillConfig]], device: str
     for path, (preset, config) in needed.items():
         if path.is_file():  # checked first: loading the teacher is the costly part
             continue
-        teacher = load_artifact(train_teacher(preset, resume=True, device=device, progress=progress),
+        teacher = load_artifact(train_teacher(preset, device=device, progress=progress),
                                 expect=preset.teacher, device=resolve_device(device))
         ensure_targets(preset, config, teacher.model, load_dataset(preset.data), teacher.diffusion,
                        progress)

@@ -35,14 +35,14 @@ def load_models(preset: Preset, methods: Sequence[str] = (),
     `methods` go through `dashlib.distill.distill` (train or reuse);
     `student_runs` maps a display name to an existing run folder with final.pt.
     """
-    teacher = load_artifact(train_teacher(preset, resume=True, device=device, progress=progress),
+    teacher = load_artifact(train_teacher(preset, device=device, progress=progress),
                             device=device)
     students: dict[str, Artifact] = {}
     if methods:
         from dashlib.distill import distill
 
         for method in methods:
-            run = distill(preset, method, resume=True, device=device, progress=progress)
+            run = distill(preset, method, device=device, progress=progress)
             students[method] = load_artifact(run, device=device)
     for name, folder in (student_runs or {}).items():
         students[name] = load_artifact(folder, device=device)
