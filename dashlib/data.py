@@ -27,6 +27,7 @@ from dashlib.imagefolder import (
     folder_fingerprint,
     read_split,
     split_folders,
+    split_minimum,
 )
 from dashlib.registry import Registry
 
@@ -317,17 +318,19 @@ def load_imagefolder(config: DataConfig) -> Dataset:
     from dashlib.io import runs_root
 
     train_dir, test_dir = split_folders(config.data_root)
+    minimum = split_minimum(test_dir)
     if test_dir is not None:  # from the listings, before any image is decoded
-        _same_classes(test_dir, folder_classes_of(test_dir), train_dir, folder_classes_of(train_dir))
+        _same_classes(test_dir, folder_classes_of(test_dir, minimum), train_dir,
+                      folder_classes_of(train_dir, minimum))
     channels = config.channels or folder_channels(config.data_root)
     cache = runs_root() / "data-cache"
     content = folder_fingerprint(config.data_root)  # computed once per process for the run's id anyway
-    train = read_split(train_dir, config.image_size, channels, cache, content=content)
+    train = read_split(train_dir, config.image_size, channels, cache, content=content, minimum=minimum)
     if test_dir is None:
         train_split, test_split = stratified_split(_imagefolder_split(train).x, train.y,
                                                    config.holdout_fraction, config.split_seed)
     else:
-        test = read_split(test_dir, config.image_size, channels, cache, content=content)
+        test = read_split(test_dir, config.image_size, channels, cache, content=content, minimum=minimum)
         train_split, test_split = _imagefolder_split(train), _imagefolder_split(test)
     return Dataset("imagefolder", train_split, test_split, len(train.classes), train.classes)
 
@@ -338,7 +341,7 @@ def _imagefolder_info(config: DataConfig) -> DatasetInfo:
     classes = folder_classes(config.data_root)
     train_dir, test_dir = split_folders(config.data_root)
     if test_dir is not None:
-        _same_classes(test_dir, folder_classes_of(test_dir), train_dir, classes)
+        _same_classes(test_dir, folder_classes_of(test_dir, split_minimum(test_dir)), train_dir, classes)
     return DatasetInfo(len(classes), config.channels or folder_channels(config.data_root))
 
 

@@ -27,7 +27,7 @@ import math
 import os
 import warnings
 from collections import Counter
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
@@ -38,7 +38,7 @@ import torch
 from torch import Tensor
 from tqdm import tqdm
 
-from dashlib.io import files_fingerprint
+from dashlib.io import FS_ERRORS, files_fingerprint
 
 if TYPE_CHECKING:
     import PIL.Image
@@ -112,8 +112,28 @@ def split_folders(root: str | Path) -> tuple[Path, Path | None]:
             f"{'beside ' + ', '.join(others) if others else 'without one train folder'}; "
             f"lay it out as DIR/<class>/<images>, "
             f"or as one train folder ({', '.join(TRAIN_FOLDERS)}) of DIR/<train>/<class>/<images>, "
-            f"alone or with a test folder ({', '.join(TEST_FOLDERS)}) laid out alike")
+            f"alone or with a test folder ({', '.join(TEST_FOLDERS)}) laid out alike"
+            f"{_loose_images_note(root, folders)}")
     return root, None
+
+
+def _loose_images_note(root: Path, folders: Sequence[str]) -> str:
+    """For an error: "; note: ..." naming each split-named folder of `root` among `folders`
+    that holds class folders and loose images too, which make it read as a class; else ""."""
+    from torchvision.datasets.folder import IMG_EXTENSIONS
+
+    notes = []
+    for name in folders:
+        if name.lower() not in (*TRAIN_FOLDERS, *TEST_FOLDERS):
+            continue
+        entries = [e for e in os.scandir(root / name) if not skipped(e.name)]
+        loose = sorted(e.name for e in entries if not _is_dir(e) and e.name.lower().endswith(IMG_EXTENSIONS))
+        if loose and any(_is_dir(e) for e in entries):
+            shown = ", ".join(loose[:3]) + (", ..." if len(loose) > 3 else "")
+            notes.append(f"{name}/ holds class folders and {len(loose)} loose image(s) ({shown}), so it "
+                         f"is read as a class, not a split: move those images into a class folder or "
+                         f"out of {name}/")
+    return "".join(f"; note: {note}" for note in notes)
 
 
 def _holds_classes(folder: Path) -> bool:
@@ -153,21 +173,20 @@ def _listing(folder: Path):  # noqa: ANN202 (torchvision is imported lazily)
     return Listing(str(folder), loader=lambda path: path, is_valid_file=valid, allow_empty=True)
 
 
-def _samples(folder: Path) -> tuple[tuple[tuple[str, int], ...], tuple[str, ...]]:
-    """((path, label) of every image, class names) of one split folder: listed once per
-    process until a class folder changes (`_dir_state`), however many of the loader's
-    steps (fingerprint, channels, classes, decoding) ask."""
-    return _listed(folder, _dir_state(folder), _minimum(folder))
+def _samples(folder: Path, minimum: int) -> tuple[tuple[tuple[str, int], ...], tuple[str, ...]]:
+    """((path, label) of every image, class names) of one split folder whose classes need
+    `minimum` images each (`split_minimum`): listed once per process until a class folder
+    changes (`_dir_state`), however many of the loader's steps (fingerprint, channels,
+    classes, decoding) ask."""
+    return _listed(folder, _dir_state(folder), minimum)
 
 
-def _minimum(folder: Path) -> int:
-    """Images each class needs: 2 where dash holds some out (a folder without a test split:
-    one to train on, one to test), 1 in either split of a train + test pair."""
-    try:
-        train, test = split_folders(folder.parent)
-    except (ImageFolderError, OSError):
-        return 2
-    return 1 if test is not None and folder in (train, test) else 2
+def split_minimum(test: Path | None) -> int:
+    """Images each class needs, by what `split_folders` found: 2 without a test split (dash
+    holds some out: one to train on, one to test), 1 in either split of a train + test pair.
+    Decided from the folder the user gave, never from its parent: a train/ folder given
+    itself is held out from like any other."""
+    return 2 if test is None else 1
 
 
 def check_tree(folder: Path, limit: int | None = None) -> None:
@@ -221,7 +240,8 @@ def _listed(folder: Path, state: tuple,
     counts = np.bincount([c for _, c in listing.samples], minlength=len(listing.classes))
     if len(listing.classes) < 2:
         raise ImageFolderError(f"{folder} holds {len(listing.classes)} class folder(s): class-conditional "
-                               f"diffusion needs at least 2 (one sub-folder of images per class)")
+                               f"diffusion needs at least 2 (one sub-folder of images per class)"
+                               f"{_loose_images_note(folder, listing.classes)}")
     if counts.min() < minimum:
         name = listing.classes[int(counts.argmin())]
         raise ImageFolderError(f"class {name!r} in {folder} has {counts.min()} image(s); every class "
@@ -264,7 +284,7 @@ def _fingerprint(root: Path, state: tuple) -> str:
     train, test = split_folders(root)
     return files_fingerprint((Path(path).relative_to(root).as_posix(), path)
                              for folder in ((train, test) if test is not None else (train,))
-                             for path, _ in _samples(folder)[0])
+                             for path, _ in _samples(folder, split_minimum(test))[0])
 
 
 def folder_fingerprint(root: str | Path) -> str:
@@ -288,8 +308,8 @@ def folder_channels(root: str | Path) -> int:
     class of colour images among grey ones is seen) and `PEEK` spread evenly over the rest."""
     from PIL import Image, UnidentifiedImageError
 
-    train, _ = split_folders(root)
-    samples, _ = _samples(train)
+    train, test = split_folders(root)
+    samples, _ = _samples(train, split_minimum(test))
     firsts: dict[int, int] = {}
     for i, (_, label) in enumerate(samples):
         firsts.setdefault(label, i)
@@ -298,7 +318,7 @@ def folder_channels(root: str | Path) -> int:
         try:
             with Image.open(path) as image:
                 mode = image.mode
-        except (UnidentifiedImageError, OSError) as err:
+        except (UnidentifiedImageError, OSError, Image.DecompressionBombError) as err:
             raise unreadable(path, err) from None
         if mode not in GREY_MODES:
             return 3
@@ -307,13 +327,14 @@ def folder_channels(root: str | Path) -> int:
 
 def folder_classes(root: str | Path) -> tuple[str, ...]:
     """The class names of the image folder's train split."""
-    train, _ = split_folders(root)
-    return folder_classes_of(train)
+    train, test = split_folders(root)
+    return folder_classes_of(train, split_minimum(test))
 
 
-def folder_classes_of(split: Path) -> tuple[str, ...]:
-    """The class names of one split folder (listed, not decoded)."""
-    return _samples(split)[1]
+def folder_classes_of(split: Path, minimum: int = 2) -> tuple[str, ...]:
+    """The class names of one split folder (listed, not decoded) whose classes need `minimum`
+    images each (`split_minimum`)."""
+    return _samples(split, minimum)[1]
 
 
 def eight_bit(image: PIL.Image.Image) -> PIL.Image.Image:
@@ -366,7 +387,7 @@ def _decode(path: str, size: int, channels: int) -> np.ndarray:
                 box = (x0 - left, y0 - top, x1 - left, y1 - top)
             image = image.resize((size, size), Image.Resampling.BILINEAR, box=box, reducing_gap=None)
             array = np.asarray(image, dtype=np.uint8)
-    except (UnidentifiedImageError, OSError) as err:
+    except (UnidentifiedImageError, OSError, Image.DecompressionBombError) as err:
         raise unreadable(path, err) from None
     return array[None] if channels == 1 else array.transpose(2, 0, 1)
 
@@ -406,7 +427,7 @@ def _cache_key(samples: tuple[tuple[str, int], ...], size: int, channels: int, c
     digest = hashlib.sha256(f"{DECODE_VERSION}:{size}:{channels}:{content}".encode())
     for path, label in samples:
         stat = Path(path).stat()
-        digest.update(f"{path}\0{label}\0{stat.st_size}\0{stat.st_mtime_ns}\n".encode())
+        digest.update(f"{path}\0{label}\0{stat.st_size}\0{stat.st_mtime_ns}\n".encode(errors=FS_ERRORS))
     return digest.hexdigest()[:16]
 
 
@@ -425,12 +446,13 @@ def _read_cache(path: Path) -> FolderImages | None:
 
 
 def read_split(folder: Path, size: int, channels: int, cache_dir: Path | None,
-               progress: bool = True, content: str = "") -> FolderImages:
+               progress: bool = True, content: str = "", minimum: int = 2) -> FolderImages:
     """Every image of one split folder, decoded (or read from the cache, keyed by `_cache_key`
-    with `content`, the image folder's `folder_fingerprint`)."""
+    with `content`, the image folder's `folder_fingerprint`); its classes need `minimum`
+    images each (`split_minimum`)."""
     from dashlib.io import atomic_torch_save
 
-    samples, classes = _samples(folder)
+    samples, classes = _samples(folder, minimum)
     cache = (cache_dir / f"imagefolder-{_cache_key(samples, size, channels, content)}.pt"
              if cache_dir else None)
     saved = _read_cache(cache) if cache is not None and cache.is_file() else None

@@ -42,15 +42,17 @@ def grid_labels(shown: Tensor, per_class: int) -> tuple[Tensor, Tensor]:
 
 
 def class_rows(samples: Tensor, labels: Tensor, num_classes: int) -> Tensor:
-    """Reorder (N, C, H, W) samples into class-major order, equal count per class.
+    """Reorder (N, C, H, W) samples in [-1, 1] into class-major order, every sample kept.
 
-    Returns (K * m, C, H, W) where m is the smallest per-class count.
+    Returns (K * m, C, H, W) where m is the largest per-class count: a class with fewer
+    samples (N not a multiple of K) is padded with blank (white, 1.0) tiles at its row's end.
     """
     per_class = [samples[labels == k] for k in range(num_classes)]
-    m = min(len(p) for p in per_class)
-    if m == 0:
+    if min(len(p) for p in per_class) == 0:
         raise ValueError("every class needs at least one sample to draw a per-class grid")
-    return torch.cat([p[:m] for p in per_class])
+    m = max(len(p) for p in per_class)
+    blank = samples.new_ones((1, *samples.shape[1:]))
+    return torch.cat([torch.cat([p, blank.expand(m - len(p), *blank.shape[1:])]) for p in per_class])
 
 
 def grid_image(samples: Tensor, labels: Tensor, num_classes: int, scale: int = 4) -> Tensor:

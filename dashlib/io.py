@@ -308,11 +308,17 @@ def file_ends(path: str | Path) -> bytes:
         return head + f.read()
 
 
+#: How a file name is hashed as bytes: the bytes it has on disk, also where they are not
+#: UTF-8 (an old zip's or a latin-1 copy's "caf\xe9.png", which Python holds as a lone
+#: surrogate); a UTF-8 name hashes as before.
+FS_ERRORS = "surrogateescape"
+
+
 def files_fingerprint(files: Iterable[tuple[str, str | Path]]) -> str:
     """A 16-hex hash of (name, path) pairs: each name, its file's size and `file_ends`
     (image folders name their files by relative path, CIFAR copies by batch name)."""
     digest = hashlib.sha256()
     for name, path in files:
-        digest.update(f"{name}\0{os.stat(path).st_size}\0".encode())
+        digest.update(f"{name}\0{os.stat(path).st_size}\0".encode(errors=FS_ERRORS))
         digest.update(file_ends(path))
     return digest.hexdigest()[:16]

@@ -270,6 +270,56 @@ def test_one_image_per_class_is_enough_in_a_folder_that_has_its_own_test_split(t
         load_dataset(DataConfig(name="imagefolder", data_root=str(tmp_path / "one")))
 
 
+def test_a_train_folder_given_itself_needs_two_images_per_class_whatever_lies_beside_it(tmp_path):
+    """dash holds images out of a train/ folder given as --data-root, as of any folder without
+    its own test split; a sibling test/ folder it never reads must not lower the minimum."""
+    write_folder(tmp_path / "ds" / "train", COLOURS, per_class=3)
+    write_folder(tmp_path / "ds" / "train", {"grey": (90, 90, 90)}, per_class=1)
+    write_folder(tmp_path / "ds" / "test", {**COLOURS, "grey": (90, 90, 90)}, per_class=1)
+    data = load_dataset(DataConfig(name="imagefolder", data_root=str(tmp_path / "ds")))  # a pair: 1 will do
+    assert (len(data.train), len(data.test)) == (10, 4)
+    with pytest.raises(FileNotFoundError, match="class 'grey' .* has 1 image.s.; every class needs at least"):
+        load_dataset(DataConfig(name="imagefolder", data_root=str(tmp_path / "ds" / "train")))
+
+
+def test_loose_images_beside_the_class_folders_of_a_split_are_named_in_the_error(tmp_path):
+    write_folder(tmp_path / "ds" / "train", COLOURS, per_class=3)
+    write_folder(tmp_path / "ds" / "test", COLOURS, per_class=1)
+    Image.new("RGB", (10, 10)).save(tmp_path / "ds" / "train" / "thumb.jpg")
+    with pytest.raises(FileNotFoundError, match=r"note: train/ holds class folders and 1 loose image\(s\) "
+                                                r"\(thumb.jpg\), so it is read as a class"):
+        load_dataset(DataConfig(name="imagefolder", data_root=str(tmp_path / "ds")))
+    (tmp_path / "ds" / "test").rename(tmp_path / "elsewhere")  # train/ alone: one class, the same note
+    with pytest.raises(FileNotFoundError, match=r"1 class folder.*note: train/ holds class folders"):
+        load_dataset(DataConfig(name="imagefolder", data_root=str(tmp_path / "ds")))
+
+
+def test_file_names_that_are_not_utf8_are_read_and_hashed_by_their_bytes(tmp_path):
+    from dashlib.imagefolder import folder_fingerprint
+
+    root = write_folder(tmp_path / "old zip", COLOURS, per_class=3)
+    os.rename(os.fsencode(root / "red" / "000.png"), os.fsencode(root / "red") + b"/caf\xe9.png")
+    os.rename(os.fsencode(root / "blue"), os.fsencode(root) + b"/\xe9t\xe9")  # a latin-1 class name
+    before = folder_fingerprint(root)
+    data = load_dataset(DataConfig(name="imagefolder", data_root=str(root)))
+    assert data.num_classes == 3 and "\udce9t\udce9" in data.class_names
+    os.rename(os.fsencode(root / "red") + b"/caf\xe9.png", os.fsencode(root / "red") + b"/caf\xe8.png")
+    assert folder_fingerprint(root) != before  # the name's bytes are part of the identity
+
+
+def test_an_image_beyond_pils_size_limit_is_named_not_a_traceback(tmp_path, monkeypatch):
+    import PIL.Image
+
+    from dashlib.presets import get_preset
+
+    root = write_folder(tmp_path / "pets", COLOURS, per_class=3)
+    monkeypatch.setattr(PIL.Image, "MAX_IMAGE_PIXELS", 20)  # the 9-20 px sides exceed twice this
+    with pytest.raises(FileNotFoundError, match="cannot read image .*exceeds limit.*remove or replace"):
+        get_preset("tiny", **{"data.name": "imagefolder", "data.data_root": str(root)})
+    with pytest.raises(FileNotFoundError, match="cannot read image .*exceeds limit"):
+        load_dataset(DataConfig(name="imagefolder", data_root=str(root), channels=3))  # decoding too
+
+
 def test_a_class_of_colour_images_among_grey_ones_makes_the_folder_colour(tmp_path):
     from dashlib.imagefolder import PEEK
 

@@ -100,3 +100,21 @@ def test_f3_log_axis_reads_in_plain_numbers(lo, hi):
     ticks = [*axis.get_majorticklabels(), *axis.get_minorticklabels()]
     labels = [t.get_text() for t in ticks if t.get_text()]
     assert labels and all(float(label) > 0 for label in labels), labels
+
+
+def test_a_sample_grid_keeps_every_sample_when_classes_get_unequal_counts():
+    import torch
+
+    from dashlib.images import class_rows, grid_image
+    from dashlib.sampling import balanced_labels
+
+    labels = balanced_labels(10, 3)  # 4, 3, 3 samples
+    x = (labels.float() / 3 - 0.5).view(-1, 1, 1, 1).expand(-1, 1, 2, 2).contiguous()
+    rows = class_rows(x, labels, 3)
+    assert rows.shape == (12, 1, 2, 2)  # 3 rows of 4: nothing dropped
+    for k in range(3):
+        row = rows[4 * k:4 * k + 4]
+        shown = row[: (labels == k).sum()]
+        assert torch.equal(shown, x[labels == k]) and torch.all(row[len(shown):] == 1.0)  # blank tiles
+    grid = grid_image(x, labels, 3, scale=1)
+    assert grid.shape[1:] == (3 * 2 + 4, 4 * 2 + 5)
