@@ -16,6 +16,7 @@ the others refuse to.
 from __future__ import annotations
 
 import argparse
+import os
 import re
 import sys
 import typing
@@ -116,7 +117,14 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 
 def console() -> None:
-    sys.exit(main())
+    try:
+        code = main()
+        sys.stdout.flush()
+    except BrokenPipeError:  # `dash info ... | head`: the reader left, which is no error of dash's
+        # the interpreter would flush stdout again at exit and fail the same way: point it at /dev/null
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        code = 141  # 128 + SIGPIPE, as a shell reports a command killed by it
+    sys.exit(code)
 
 
 if __name__ == "__main__":

@@ -80,10 +80,11 @@ def sample_to_files(preset: Preset, run: str | Path | None, guidance: Guidance |
     # a single-head student applies no guidance of its own: its files say so, not a w
     tag = ("single-head" if not artifact.model.config.cfg
            else chosen.label if chosen.constant is None else f"w{chosen.label}")
-    # the settings the name does not spell out (eta, TAG's w range, spacing, ...) hashed into
-    # it, so that samples drawn with other settings never overwrite these; the batch size
-    # only where it changes the samples (eta > 0 draws each step's noise chunk by chunk)
-    settings = {**to_dict(chosen.in_config(config)),
+    # the settings the name does not spell out (eta, TAG's w range, spacing, ...) and the model
+    # (its run folder's name: models sampled into one --out folder) hashed into it, so that
+    # other samples never overwrite these; the batch size only where it changes the samples
+    # (eta > 0 draws each step's noise chunk by chunk)
+    settings = {**to_dict(chosen.in_config(config)), "model": src.path.name,
                 "batch_size": config.batch_size if config.eta > 0 else None}
     dtype = amp_dtype(dev, (runtime or Runtime()).sample_amp, artifact.model.config.ch)
     if dtype is not None:  # reduced-precision samples differ: named apart, fp32 names unchanged

@@ -12,12 +12,15 @@ with an error naming the notebook and cell.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import os
+import shutil
 import sys
+import tempfile
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -143,10 +146,10 @@ def run_notebook(source: Path, target: Path, parameters: Mapping[str, Any],
     # only what the notebook's parameters cell declares (the rest would only warn)
     parameters = {k: v for k, v in parameters.items() if k in declared}
     try:
-        with RunWatcher(runs_root().resolve(), source.stem, enabled=progress):
+        with RunWatcher(runs_root().resolve(), source.stem, enabled=progress), local_kernel() as kernel:
             pm.execute_notebook(str(source), str(target), parameters=parameters,
                                 cwd=str(source.parent), progress_bar=False, kernel_name="python3",
-                                log_output=False, **local_kernel())
+                                log_output=False, **kernel)
     except pm.PapermillExecutionError as err:
         raise ReproduceError(
             f"notebook {source.name} failed in cell {err.cell_index} (execution count "
@@ -155,19 +158,30 @@ def run_notebook(source: Path, target: Path, parameters: Mapping[str, Any],
     return target
 
 
-def local_kernel() -> dict[str, Any]:
+@contextlib.contextmanager
+def local_kernel() -> Iterator[dict[str, Any]]:
     """papermill's kernel options that talk to the kernel through local socket files (IPC)
     where the OS has them: over TCP the traffic crosses unencrypted local ports, and every
-    kernel start prints ipykernel's warning about it. Windows has no IPC and keeps TCP."""
+    kernel start prints ipykernel's warning about it. Windows has no IPC and keeps TCP.
+
+    The sockets lie in a new temporary folder, removed on exit: jupyter_client's default
+    names them in the working directory (the checkout's notebooks/), where two
+    reproductions at once would take each other's sockets."""
     if os.name != "posix":
-        return {}
+        yield {}
+        return
     from jupyter_client.manager import AsyncKernelManager
+
+    folder = tempfile.mkdtemp(prefix="dash-kernel-")
 
     class IPCKernelManager(AsyncKernelManager):
         def __init__(self, **kwargs: Any) -> None:
-            super().__init__(**{"transport": "ipc", **kwargs})
+            super().__init__(**{"transport": "ipc", "ip": os.path.join(folder, "kernel"), **kwargs})
 
-    return {"kernel_manager_class": IPCKernelManager}
+    try:
+        yield {"kernel_manager_class": IPCKernelManager}
+    finally:
+        shutil.rmtree(folder, ignore_errors=True)
 
 
 def notebook_parameters(preset: str, quick: bool, figures: Path, device: str, threads: int,

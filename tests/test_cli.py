@@ -221,3 +221,12 @@ def test_a_single_head_student_refuses_a_guidance_it_cannot_apply(capsys, tmp_pa
     assert main(["sample", "--run", str(run), "--w", "0", "--n", "4", "--out", str(tmp_path)]) == 2
     assert "single-head student" in capsys.readouterr().err
     assert main(["sample", "--run", str(run), "--n", "4", "--steps", "2", "--out", str(tmp_path)]) == 0
+
+
+def test_a_reader_that_leaves_early_gets_no_traceback():
+    """`dash info ... | head -1`: the pipe closes before dash writes; it exits 141 quietly."""
+    proc = subprocess.Popen([sys.executable, "-m", "dashlib", "info", "--preset", "cifar100"],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    proc.stdout.close()
+    err = proc.stderr.read().decode()
+    assert proc.wait(timeout=120) == 141 and "Traceback" not in err, err

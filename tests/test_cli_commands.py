@@ -46,8 +46,13 @@ def test_sample_tag_and_efficiency_of_named_runs(capsys, tmp_path):
     assert main(["distill", *common, "--method", "dash", "--steps", "3", "--no-progress"]) == 0
     student = _last_line(capsys).parent
     assert main(["sample", *common, "--tag", "--n", "4", "--steps", "3", "--out", str(tmp_path)]) == 0
-    saved = torch.load(_last_line(capsys), weights_only=True)
+    teacher_samples = _last_line(capsys)
+    saved = torch.load(teacher_samples, weights_only=True)
     assert saved["samples"].shape == (4, 1, 8, 8) and saved["sampler"]["guidance"] == "tag"
+    # the student's samples, same settings, same folder: a file of their own
+    assert main(["sample", "--run", str(student), "--tag", "--n", "4", "--steps", "3",
+                 "--out", str(tmp_path)]) == 0
+    assert _last_line(capsys) != teacher_samples and teacher_samples.is_file()
     out = tmp_path / "eff.json"
     assert main(["efficiency", "--preset", "tiny", "--teacher-run", str(teacher),
                  "--student-run", str(student), "--steps", "2", "--batch", "2", "--repeats", "1",

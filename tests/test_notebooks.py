@@ -223,8 +223,17 @@ def test_notebooks_talk_to_their_kernel_through_local_sockets_without_a_warning(
 
     source = tmp_path / "probe.ipynb"
     # the kernel reads its connection file (named on its command line) while it runs
-    code = "import json, sys; print(json.load(open(sys.argv[sys.argv.index('-f') + 1]))['transport'])"
+    code = "import json, sys; print(open(sys.argv[sys.argv.index('-f') + 1]).read())"
     nbformat.write(nbformat.v4.new_notebook(cells=[nbformat.v4.new_code_cell(code)]), source)
-    out = run_notebook(source, tmp_path / "out.ipynb", {}, progress=False)
-    assert nbformat.read(out, as_version=4).cells[0].outputs[0]["text"].strip() == "ipc"
+    sockets = []
+    for run in range(2):
+        out = run_notebook(source, tmp_path / f"out{run}.ipynb", {}, progress=False)
+        connection = json.loads(nbformat.read(out, as_version=4).cells[0].outputs[0]["text"])
+        assert connection["transport"] == "ipc"
+        sockets.append(Path(connection["ip"]))
     assert "without encryption" not in capfd.readouterr().err
+    # in a folder of their own, never the notebook's (two reproductions at once would share
+    # names there), and gone afterwards
+    assert sockets[0].parent != sockets[1].parent and all(p.is_absolute() for p in sockets)
+    assert not any(tmp_path in p.parents or p.parent.exists() for p in sockets)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["out0.ipynb", "out1.ipynb", "probe.ipynb"]
