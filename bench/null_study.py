@@ -39,7 +39,8 @@ KEYS = ("rho", "cos", "gap_mse", "cond_mse", "uncond_mse")
 def one(preset_name: str, method: str, null_init: str, null_rows: bool, seed: int,
         steps: int | None) -> dict[str, object]:
     preset = get_preset(preset_name, **{"distill.null_init": null_init, "distill.null_rows": null_rows})
-    run = distill(preset, method=method, seed=seed, steps=steps, progress=False)
+    # an interrupted run is refused, not resumed: its wall_time_s would time only the rest
+    run = distill(preset, method=method, seed=seed, steps=steps, resume=False, progress=False)
     result = json.loads(run.results.read_text())
     return {"method": method, "null_init": null_init, "null_rows": null_rows, "seed": seed,
             "steps": result["steps"], **{k: result[k] for k in KEYS},

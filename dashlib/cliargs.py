@@ -28,8 +28,8 @@ class Command:
     #: what a user interrupting it (Ctrl-C) can do next
     interrupted: str = "nothing of it was kept; rerun the command"
     #: what a user whose run ran out of memory can lower
-    out_of_memory: str = ("lower the batch size (--set train.batch_size / distill.batch_size), --n or "
-                          "the model size")
+    out_of_memory: str = ("lower the batch sizes (--set train.batch_size, distill.batch_size, "
+                          "sample.batch_size) or the model size")
 
 
 #: the `interrupted` advice of the commands that train from checkpoints
@@ -175,18 +175,21 @@ def check_data_root(preset: str, overrides: dict[str, Any]) -> None:
 
     if "data.data_root" not in overrides or preset not in PRESETS:
         return
-    check_reads_files(overrides.get("data.name", PRESETS.get(preset).data.name))
+    name = overrides.get("data.name", PRESETS.get(preset).data.name)
+    if reads_no_files(name):
+        from dashlib.data import DATASETS
 
-
-def check_reads_files(name: object) -> None:
-    """Refuse --data-root for the dataset `name` when it reads no files (see check_data_root)."""
-    from dashlib.data import DATASETS
-
-    if isinstance(name, str) and name in DATASETS and not DATASETS.get(name).reads_files:
         readers = [n for n in DATASETS.names() if DATASETS.get(n).reads_files]
         raise ConfigError(f"--data-root (data.data_root) is given, but the dataset {name!r} reads no files; "
                           f"name the data it holds with --set data.name=..., one of: {', '.join(readers)} "
                           f"(imagefolder: one sub-folder of images per class)")
+
+
+def reads_no_files(name: object) -> bool:
+    """Whether `name` is a registered dataset that reads no files (digits, synthetic)."""
+    from dashlib.data import DATASETS
+
+    return isinstance(name, str) and name in DATASETS and not DATASETS.get(name).reads_files
 
 
 def preset_from_args(args: argparse.Namespace, **extra: Any) -> Any:

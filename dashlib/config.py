@@ -418,7 +418,8 @@ class EvalConfig(Validated):
 
     One evaluation cell is (run, guidance, DDIM steps, seed): `n_samples`
     samples balanced over the classes. `guidance` entries are "tag" or a
-    constant w written as a string ("0", "1", "3"); `sweep_guidance` and
+    constant w, stored as its text ("0", "1", "3"; given as a number or as
+    other text of it, 3.0 or "3.0", it is stored as "3"); `sweep_guidance` and
     `sweep_steps` are the grids of the guidance and step sweeps.
 
     `feature_extractor` is the primary FID/IS/KID/PRC feature space:
@@ -460,14 +461,13 @@ class EvalConfig(Validated):
     metrics: tuple[str, ...] = ("fid", "isc", "kid", "prc")
 
     def __post_init__(self) -> None:
-        # a guidance grid given as numbers (JSON `[0, 3]`, a notebook's `(0, 3)`) is stored as
-        # the text the cells are named by, as `--w` stores it
+        # a constant w, given as a number (JSON `[0, 3]`, a notebook's `(0, 3)`) or as text
+        # ("3.0"), is stored as the text its cells are named by ("3"), as `--w` stores it
         for name in ("guidance", "sweep_guidance"):
             specs = getattr(self, name)
             if isinstance(specs, (list, tuple)):
                 object.__setattr__(self, name, tuple(
-                    number_label(float(g)) if not isinstance(g, str) and guidance_spec_ok(g) else g
-                    for g in specs))
+                    number_label(float(g)) if g != "tag" and guidance_spec_ok(g) else g for g in specs))
         super().__post_init__()
 
     def validate(self) -> None:

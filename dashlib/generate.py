@@ -13,9 +13,9 @@ from dashlib.device import check_batch_fits, resolve_device
 from dashlib.distributed import barrier, is_main, sample_sharded
 from dashlib.guidance import Guidance
 from dashlib.images import save_grid
-from dashlib.io import atomic_torch_save, check_writable_dir
+from dashlib.io import atomic_torch_save, check_writable_dir, file_digest
 from dashlib.runs import Run, RunStateError, config_hash
-from dashlib.runtime import Runtime, amp_dtype, inference_model, precision_name
+from dashlib.runtime import Runtime, inference_model, precision_name, sampling_dtype
 from dashlib.sampling import DDIMSampler, balanced_labels
 
 
@@ -81,14 +81,14 @@ def sample_to_files(preset: Preset, run: str | Path | None, guidance: Guidance |
     tag = ("single-head" if not artifact.model.config.cfg
            else chosen.label if chosen.constant is None else f"w{chosen.label}")
     # the settings the name does not spell out (eta, TAG's w range, spacing, ...) and the model
-    # (its run folder's name: models sampled into one --out folder) hashed into it, so that
-    # other samples never overwrite these; the batch size only where it changes the samples
-    # (eta > 0 draws each step's noise chunk by chunk)
-    settings = {**to_dict(chosen.in_config(config)), "model": src.path.name,
-                "batch_size": config.batch_size if config.eta > 0 else None}
-    dtype = amp_dtype(dev, (runtime or Runtime()).sample_amp, artifact.model.config.ch)
-    if dtype is not None:  # reduced-precision samples differ: named apart, fp32 names unchanged
-        settings["precision"] = precision_name(dtype)
+    # (its weights' digest: several models may be sampled into one --out folder) hashed into it,
+    # so that other samples never overwrite these; the batch size only where it changes the
+    # samples (eta > 0 draws each step's noise chunk by chunk), the precision only where it is
+    # reduced
+    dtype = sampling_dtype(artifact.model, runtime or Runtime(), dev)
+    settings = {**to_dict(chosen.in_config(config)), "model": file_digest(src.final),
+                "batch_size": config.batch_size if config.eta > 0 else None,
+                **({"precision": precision_name(dtype)} if dtype is not None else {})}
     stem = f"samples-{tag}-steps{config.steps}-n{n}-seed{seed}-{config_hash(settings)[:6]}"
     png, tensor = folder / f"{stem}.png", folder / f"{stem}.pt"
     if is_main():  # under torchrun rank 0 writes, the others wait for the files

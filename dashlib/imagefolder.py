@@ -120,15 +120,15 @@ def split_folders(root: str | Path) -> tuple[Path, Path | None]:
 def _loose_images_note(root: Path, folders: Sequence[str]) -> str:
     """For an error: "; note: ..." naming each split-named folder of `root` among `folders`
     that holds class folders and loose images too, which make it read as a class; else ""."""
-    from torchvision.datasets.folder import IMG_EXTENSIONS
-
     notes = []
     for name in folders:
         if name.lower() not in (*TRAIN_FOLDERS, *TEST_FOLDERS):
             continue
-        entries = [e for e in os.scandir(root / name) if not skipped(e.name)]
-        loose = sorted(e.name for e in entries if not _is_dir(e) and e.name.lower().endswith(IMG_EXTENSIONS))
-        if loose and any(_is_dir(e) for e in entries):
+        try:
+            folders_in, loose = _contents(root / name)
+        except OSError:  # unreadable: the error this note adds to is the one to see
+            continue
+        if loose and folders_in:
             shown = ", ".join(loose[:3]) + (", ..." if len(loose) > 3 else "")
             notes.append(f"{name}/ holds class folders and {len(loose)} loose image(s) ({shown}), so it "
                          f"is read as a class, not a split: move those images into a class folder or "
@@ -139,11 +139,18 @@ def _loose_images_note(root: Path, folders: Sequence[str]) -> str:
 def _holds_classes(folder: Path) -> bool:
     """Whether a folder looks like a split (sub-folders, no images of its own) rather
     than a class (images)."""
+    folders_in, loose = _contents(folder)
+    return folders_in and not loose
+
+
+def _contents(folder: Path) -> tuple[bool, list[str]]:
+    """(whether `folder` holds sub-folders, the names of the images directly in it, sorted),
+    `skipped` names left out."""
     from torchvision.datasets.folder import IMG_EXTENSIONS
 
     entries = [e for e in os.scandir(folder) if not skipped(e.name)]
-    return any(_is_dir(e) for e in entries) and not any(
-        e.name.lower().endswith(IMG_EXTENSIONS) for e in entries if not _is_dir(e))
+    return (any(_is_dir(e) for e in entries),
+            sorted(e.name for e in entries if not _is_dir(e) and e.name.lower().endswith(IMG_EXTENSIONS)))
 
 
 def skipped(name: str) -> bool:

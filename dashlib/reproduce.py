@@ -158,6 +158,11 @@ def run_notebook(source: Path, target: Path, parameters: Mapping[str, Any],
     return target
 
 
+#: The longest socket file path every POSIX system takes (sun_path: 108 bytes on Linux, 104 on
+#: macOS, each with its terminating NUL).
+SOCKET_PATH_MAX = 103
+
+
 @contextlib.contextmanager
 def local_kernel() -> Iterator[dict[str, Any]]:
     """papermill's kernel options that talk to the kernel through local socket files (IPC)
@@ -166,13 +171,19 @@ def local_kernel() -> Iterator[dict[str, Any]]:
 
     The sockets lie in a new temporary folder, removed on exit: jupyter_client's default
     names them in the working directory (the checkout's notebooks/), where two
-    reproductions at once would take each other's sockets."""
-    if os.name != "posix":
+    reproductions at once would take each other's sockets. Where no such folder can be
+    made, or its path is too long for a socket's name (`SOCKET_PATH_MAX`; a long $TMPDIR),
+    TCP is kept."""
+    try:
+        folder = tempfile.mkdtemp(prefix="dash-kernel-") if os.name == "posix" else None
+    except OSError:
+        folder = None
+    if folder is None or len(os.path.join(folder, "kernel-65535")) > SOCKET_PATH_MAX:
+        if folder is not None:
+            os.rmdir(folder)
         yield {}
         return
     from jupyter_client.manager import AsyncKernelManager
-
-    folder = tempfile.mkdtemp(prefix="dash-kernel-")
 
     class IPCKernelManager(AsyncKernelManager):
         def __init__(self, **kwargs: Any) -> None:

@@ -343,11 +343,16 @@ class FrozenUNet(nn.Module):
         return self.model(x, t, y) if graph is None else graph(x, t, y)
 
 
+def sampling_dtype(model: UNet, runtime: Runtime, device: torch.device) -> torch.dtype | None:
+    """The autocast dtype `inference_model` samples `model` in (None: fp32)."""
+    return amp_dtype(device, runtime.sample_amp, model.config.ch)
+
+
 def inference_model(model: UNet, runtime: Runtime, device: torch.device) -> nn.Module:
     """The model prepared for sampling: channels-last, compiled or frozen, autocast as
     configured. With the default Runtime on CPU a small model comes back frozen
     (`FREEZE_CH`), a wide one as the model itself."""
-    dtype = amp_dtype(device, runtime.sample_amp, model.config.ch)
+    dtype = sampling_dtype(model, runtime, device)
     to_channels_last(model, runtime, device, dtype, sampling=True)
     compile_unets(model, runtime)
     if dtype is not None:

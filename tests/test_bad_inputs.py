@@ -143,7 +143,7 @@ CASES = [
     ("same guidance twice", ["evaluate", "--run", RUNS + "/teacher", "--w", "3", "3.0"],
      "must not repeat a guidance setting"),
     ("evaluate data root for built-in data", ["evaluate", "--run", RUNS + "/teacher", "--data-root", RUNS],
-     "the dataset 'synthetic' reads no files"),
+     "was trained on 'synthetic', which reads no files; leave --data-root out"),
     ("Inception weights for the classifier", ["evaluate", "--run", RUNS + "/teacher", "--extractor",
                                               "classifier", "--inception-weights", RUNS + "/empty.pth"],
      "add --extractor inception"),

@@ -6,6 +6,7 @@ import pytest
 import torch
 
 from dashlib.classifier import Classifier, load_classifier, random_shift, train_classifier
+from dashlib.config import ConfigError
 from dashlib.data import load_dataset, to_uint8
 from dashlib.evaluate import guidance_fidelity
 from dashlib.presets import get_preset
@@ -42,6 +43,9 @@ def test_trained_classifier_is_reused_not_retrained(digits_classifier, monkeypat
     before = run.final.stat().st_mtime_ns
     assert train_classifier(preset.data, preset.eval, device="cpu", progress=False) == run
     assert run.final.stat().st_mtime_ns == before
+    # a device that does not exist is refused even where the classifier would be reused
+    with pytest.raises(ConfigError, match="device 'bogus' is not a device name"):
+        train_classifier(preset.data, preset.eval, device="bogus", progress=False)
 
 
 def test_guidance_fidelity_of_a_perfect_sampler_is_about_one(digits_classifier):

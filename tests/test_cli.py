@@ -107,7 +107,7 @@ def test_samples_drawn_with_other_sampler_settings_do_not_overwrite_each_other(c
                      "--out", str(tmp_path), *extra]) == 0
         more.append(Path(capsys.readouterr().out.strip().splitlines()[-1]))
     assert len({*paths, *more}) == 5 and "w2.5000001" in more[1].name
-    # bf16 samples differ from fp32 ones: their own file, the fp32 name as before
+    # bf16 samples differ from fp32 ones: a file of their own beside the fp32 one
     assert main(["sample", "--preset", "tiny", "--set", "train.steps=6", "--w", "3", "--n", "4",
                  "--steps", "3", "--eta", "0", "--sample-amp", "bf16", "--device", "cpu",
                  "--out", str(tmp_path)]) == 0

@@ -72,8 +72,14 @@ def test_lists_become_tuples():
 
 
 def test_a_guidance_grid_of_numbers_is_named_as_its_cells_are_and_repeats_are_refused():
-    p = get_preset("tiny", **{"eval.guidance": [0, 3, 2.5, "tag"], "eval.sweep_guidance": [1.0, "4"]})
+    p = get_preset("tiny", **{"eval.guidance": [0, 3, 2.5, "tag"], "eval.sweep_guidance": [1.0, "4.0"]})
     assert p.eval.guidance == ("0", "3", "2.5", "tag") and p.eval.sweep_guidance == ("1", "4")
+    # the text of a number is named as the number is, so a sweep and the tables' w are one cell
+    from dashlib.pipeline import budget
+
+    b = budget("tiny", overrides={"eval.sweep_guidance": ["0", "3.0", "tag"], "sample.guidance": "constant",
+                                  "sample.w": 3}, threads=torch.get_num_threads())  # threads unchanged
+    assert b.sweep_guidance == ("0", "3", "tag")
     for repeated in (["3", "3.0"], [3, "3"], ["tag", "tag"]):
         with pytest.raises(ConfigError, match="must not repeat a guidance setting"):
             get_preset("tiny", **{"eval.guidance": repeated})

@@ -237,3 +237,17 @@ def test_notebooks_talk_to_their_kernel_through_local_sockets_without_a_warning(
     assert sockets[0].parent != sockets[1].parent and all(p.is_absolute() for p in sockets)
     assert not any(tmp_path in p.parents or p.parent.exists() for p in sockets)
     assert sorted(p.name for p in tmp_path.iterdir()) == ["out0.ipynb", "out1.ipynb", "probe.ipynb"]
+
+
+def test_a_temporary_folder_too_long_for_socket_names_keeps_tcp(tmp_path, monkeypatch):
+    from dashlib.reproduce import SOCKET_PATH_MAX, local_kernel
+
+    deep = tmp_path / ("x" * (SOCKET_PATH_MAX - len(str(tmp_path))))
+    deep.mkdir()
+    monkeypatch.setattr("tempfile.tempdir", str(deep))
+    with local_kernel() as kernel:
+        assert kernel == {}
+    assert list(deep.iterdir()) == []  # the folder it tried is gone
+    monkeypatch.setattr("tempfile.tempdir", None)  # the system's (short) default again
+    with local_kernel() as kernel:
+        assert "kernel_manager_class" in kernel

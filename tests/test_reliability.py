@@ -366,7 +366,9 @@ def test_out_of_memory_is_one_error_line(monkeypatch, capsys):
 
     monkeypatch.setattr(dashlib.presets, "get_preset", oom)
     for argv, advice in ((["info", "--preset", "tiny"], "lower the model size"),  # no batch in info
-                         (["train-teacher", "--preset", "tiny"], "lower the batch size")):
+                         (["train-teacher", "--preset", "tiny"], "lower --set train.batch_size"),
+                         (["sample", "--preset", "tiny"], "lower --set sample.batch_size"),
+                         (["efficiency", "--preset", "tiny"], "lower --batch")):
         assert main(argv) == 2
         err = [ln for ln in capsys.readouterr().err.splitlines() if ln.strip()]
         assert len(err) == 1 and err[0].startswith("dash: error: out of memory") and advice in err[0]

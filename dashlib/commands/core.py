@@ -57,7 +57,8 @@ def _train_args(p: argparse.ArgumentParser) -> None:
 
 
 @command("train-teacher", "train (or reuse) the preset's teacher", _train_args, distributed=True,
-         interrupted=RESUME_ADVICE)
+         interrupted=RESUME_ADVICE,
+         out_of_memory="lower --set train.batch_size or the model size (--set teacher.ch)")
 def cmd_train_teacher(args: argparse.Namespace) -> int:
     from dashlib.teacher import train_teacher
 
@@ -88,7 +89,8 @@ def _sample_args(p: argparse.ArgumentParser) -> None:
 
 
 @command("sample", "draw class-balanced samples: PNG grid (a row per class) + tensor file",
-         _sample_args, distributed=True)
+         _sample_args, distributed=True,
+         out_of_memory="lower --set sample.batch_size (rows per forward pass) or --n")
 def cmd_sample(args: argparse.Namespace) -> int:
     from dashlib.evaluate import check_run_keys, run_preset
     from dashlib.generate import sample_to_files

@@ -48,7 +48,8 @@ def format_table(rows: list[dict]) -> str:
 
 
 @command("distill", "distil the teacher into a student with one method (or all)", _args,
-         distributed=True, interrupted=RESUME_ADVICE)
+         distributed=True, interrupted=RESUME_ADVICE,
+         out_of_memory="lower --set distill.batch_size or the model size (--set student.ch)")
 def cmd_distill(args: argparse.Namespace) -> int:
     from dashlib.distill import METHODS, distill, distill_many
 

@@ -12,15 +12,15 @@ from typing import Any
 from dashlib.cliargs import (
     add_preset,
     add_runtime,
-    check_reads_files,
     command,
     data_overrides,
     preset_from_args,
+    reads_no_files,
     runtime_from_args,
     seed_arg,
     workers_arg,
 )
-from dashlib.config import FLOAT32_MAX
+from dashlib.config import FLOAT32_MAX, ConfigError
 
 
 def _guidance(value: str) -> str:
@@ -83,22 +83,22 @@ CELL_KEYS = {"sample.steps": "--steps", "sample.guidance": "--w", "sample.w": "-
 
 @command("evaluate", "sample a run and score it: FID/IS/KID/PRC (torch-fidelity) and guidance fidelity",
          _evaluate_args, interrupted="the evaluation cells finished so far are kept in the run "
-                                     "folder; rerun the command to compute the rest")
+                                     "folder; rerun the command to compute the rest",
+         out_of_memory="lower --set sample.batch_size, --n, --set eval.max_reference or --workers")
 def cmd_evaluate(args: argparse.Namespace) -> int:
     from dashlib.evaluate import evaluate_runs, evaluation_settings, results_path
 
     overrides = data_overrides(args)  # --set and --data-root, the root relative to the caller
     per_cell = sorted(k for k in overrides if k in CELL_KEYS)
     if per_cell:
-        from dashlib.config import ConfigError
-
         raise ConfigError(f"{', '.join(per_cell)}: every evaluation cell sets its own guidance and DDIM "
                           f"steps, so this would be ignored; use "
                           f"{' and '.join(sorted({CELL_KEYS[k] for k in per_cell}))} "
                           f"(several values allowed)")
     preset, sample = evaluation_settings(args.run, overrides)
-    if "data.data_root" in overrides:  # the run names its dataset: a root for built-in data is a slip
-        check_reads_files(preset.data.name)
+    if "data.data_root" in overrides and reads_no_files(preset.data.name):  # the run names its data
+        raise ConfigError(f"--data-root (data.data_root) is given, but {args.run} was trained on "
+                          f"{preset.data.name!r}, which reads no files; leave --data-root out")
     check_extractor_options(args, preset.eval.feature_extractor)
     changes = {"n_samples": args.n, "seeds": tuple(args.seeds) if args.seeds else None,
                "guidance": tuple(args.w) if args.w else None, "feature_extractor": args.extractor,
@@ -125,8 +125,6 @@ def check_extractor_options(args: argparse.Namespace, preset_extractor: str) -> 
     given = [flag for flag, value in (("--inception-weights", args.inception_weights),
                                       ("--download-weights", args.download_weights)) if value]
     if given and extractor != "inception":
-        from dashlib.config import ConfigError
-
         raise ConfigError(f"{' and '.join(given)} apply to the Inception features, but this evaluation "
                           f"scores with the {extractor}; add --extractor inception")
 
@@ -139,7 +137,8 @@ def _classifier_args(p: argparse.ArgumentParser) -> None:
 
 
 @command("train-classifier", "train (or reuse) the dataset classifier used for classifier FID and "
-         "guidance fidelity", _classifier_args)
+         "guidance fidelity", _classifier_args,
+         out_of_memory="lower --set eval.classifier_batch_size")
 def cmd_train_classifier(args: argparse.Namespace) -> int:
     from dashlib.classifier import train_classifier
 
@@ -166,12 +165,12 @@ def _efficiency_args(p: argparse.ArgumentParser) -> None:
 
 
 @command("efficiency", "teacher vs student: params, FLOPs, latency and peak memory of 50-step CFG "
-         "sampling (Table 4)", _efficiency_args)
+         "sampling (Table 4)", _efficiency_args, out_of_memory="lower --batch")
 def cmd_efficiency(args: argparse.Namespace) -> int:
     import torch
 
     from dashlib.artifacts import load_artifact
-    from dashlib.config import ConfigError, to_dict
+    from dashlib.config import to_dict
     from dashlib.device import resolve_device
     from dashlib.efficiency import efficiency
     from dashlib.io import atomic_write_json, check_writable_file
@@ -233,8 +232,6 @@ def check_same_data(teacher: Any, student: Any, args: argparse.Namespace) -> Non
     architecture of another size): their FLOPs ratio would compare different images."""
     differ = [f for f in SAME_DATA_FIELDS if getattr(teacher, f) != getattr(student, f)]
     if differ:
-        from dashlib.config import ConfigError
-
         sides = "; ".join(f"{f}: teacher {getattr(teacher, f)}, student {getattr(student, f)}"
                           for f in differ)
         raise ConfigError(f"the teacher ({args.teacher_run or 'the preset architecture'}) and the student "

@@ -158,7 +158,7 @@ def distill(preset: Preset, method: str | None = None, seed: int | None = None,
     """Train (or reuse) one student; returns its finished run folder. Under torchrun
     every rank trains its share of each batch and rank 0 writes (dashlib.distributed).
     An interrupted run (and an interrupted teacher) is resumed; `resume=False` refuses an
-    interrupted student instead, as `dash distill` does without --resume.
+    interrupted student instead, as a one-run `dash distill` does without --resume.
 
     With `targets` (default) a method that reads the teacher at the batch's own
     labels uses the precomputed teacher outputs (`dashlib.distill.targets`)
