@@ -51,8 +51,7 @@ def load_artifact(run: Run | str, expect: ModelConfig | None = None,
     "auto" (CUDA when present).
     """
     run = run if isinstance(run, Run) else Run(Path(run))
-    if run.why_not_a_folder:
-        raise CheckpointError(run.why_not_a_folder)
+    run.require_folder(CheckpointError)
     if not run.final.is_file():
         raise CheckpointError(f"{run.path} has no final.pt: the run has not finished "
                               f"(train it first, or --resume it)")

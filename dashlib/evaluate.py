@@ -169,9 +169,7 @@ class Task:
 
 def run_preset(run: Run | str | Path) -> str:
     """The preset a run was made with: from config.json, final.pt's config or results.json."""
-    run = run if isinstance(run, Run) else Run(Path(run))
-    if run.why_not_a_folder:
-        raise RunStateError(run.why_not_a_folder)
+    run = (run if isinstance(run, Run) else Run(Path(run))).require_folder()
     for source in (run.config, run.results):
         if source.is_file():
             name = read_json_object(source).get("preset")

@@ -22,9 +22,7 @@ from dashlib.sampling import DDIMSampler, balanced_labels
 def model_run(preset: Preset, run: str | Path | None) -> Run:
     """The run to sample: the given folder, or the preset's finished teacher."""
     if run is not None:
-        found = Run(Path(run))
-        if found.why_not_a_folder:
-            raise RunStateError(found.why_not_a_folder)
+        found = Run(Path(run)).require_folder()
         if not found.final.is_file():
             raise RunStateError(f"{found.path} has no finished model (final.pt); train it first")
         return found

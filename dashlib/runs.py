@@ -83,6 +83,12 @@ class Run:
         return (f"run folder {self.path} does not exist; pass a run's folder, as the training "
                 f"command printed it (runs/<preset>/<kind>-<hash>)")
 
+    def require_folder(self, error: type[Exception] = RunStateError) -> Run:
+        """This run, or `error` with `why_not_a_folder` where the path is no run folder."""
+        if self.why_not_a_folder:
+            raise error(self.why_not_a_folder)
+        return self
+
     def read_config(self) -> dict[str, Any]:
         if not self.config.is_file():
             raise RunStateError(f"{self.path} is not a dash run folder (no config.json)")

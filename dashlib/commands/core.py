@@ -95,13 +95,11 @@ def cmd_sample(args: argparse.Namespace) -> int:
     from dashlib.evaluate import check_run_keys, run_preset
     from dashlib.generate import sample_to_files
     from dashlib.reproduce import DEFAULT_PRESET
-    from dashlib.runs import Run, RunStateError
+    from dashlib.runs import Run
 
     if args.run:  # the run fixes its models, data and training: only the sampler may change
-        run = Run(Path(args.run))
-        if run.why_not_a_folder:
-            raise RunStateError(run.why_not_a_folder)
-        check_run_keys(run, data_overrides(args), ("sample.",), "sampling")
+        # the folder first: a missing one is the error to see, not the keys it would refuse
+        check_run_keys(Run(Path(args.run)).require_folder(), data_overrides(args), ("sample.",), "sampling")
     if args.preset is None:  # a run samples with its own preset's sampler (steps, batch, TAG's range)
         args.preset = run_preset(args.run) if args.run else DEFAULT_PRESET
     preset = preset_from_args(args, **{"sample.steps": args.steps, "sample.eta": args.eta})

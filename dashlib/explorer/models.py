@@ -35,8 +35,7 @@ def load_models(preset: Preset, methods: Sequence[str] = (),
     `methods` go through `dashlib.distill.distill` (train or reuse);
     `student_runs` maps a display name to an existing run folder with final.pt.
     """
-    teacher = load_artifact(train_teacher(preset, device=device, progress=progress),
-                            device=device)
+    teacher = load_artifact(train_teacher(preset, device=device, progress=progress), device=device)
     students: dict[str, Artifact] = {}
     if methods:
         from dashlib.distill import distill
