@@ -25,8 +25,8 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
-from tqdm import tqdm
 
+from dashlib import bars
 from dashlib.config import DataConfig, EvalConfig, to_dict
 from dashlib.data import Split, data_identity, load_dataset
 from dashlib.device import resolve_device
@@ -143,7 +143,7 @@ def fit(model: Classifier, train: Split, config: EvalConfig, device: torch.devic
     steps = config.classifier_steps
     g = torch.Generator().manual_seed(config.classifier_seed)
     loss = torch.zeros(())
-    bar = tqdm(range(steps), desc="classifier", disable=not progress, mininterval=1.0, leave=False)
+    bar = bars.bar(range(steps), desc="classifier", disable=not progress, mininterval=1.0, leave=False)
     for step in bar:
         for group in opt.param_groups:
             group["lr"] = config.classifier_lr * 0.5 * (1 + math.cos(math.pi * step / steps))

@@ -12,7 +12,6 @@ import argparse
 import json
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
 
 from dashlib.config import MAX_SEED, ConfigError
@@ -115,13 +114,15 @@ def add_data(p: argparse.ArgumentParser) -> None:
 def data_overrides(args: argparse.Namespace) -> dict[str, Any]:
     """--set, --data-root and --download as one dict of dotted overrides; a relative
     data root is made absolute against the caller's working directory."""
+    from dashlib.io import absolute
+
     overrides = parse_set(getattr(args, "overrides", []))
     if getattr(args, "data_root", None):
         overrides["data.data_root"] = args.data_root
     if getattr(args, "download", False):
         overrides["data.download"] = True
     if isinstance(overrides.get("data.data_root"), str):
-        overrides["data.data_root"] = str(Path(overrides["data.data_root"]).expanduser().resolve())
+        overrides["data.data_root"] = str(absolute(overrides["data.data_root"]))
     return overrides
 
 

@@ -44,8 +44,8 @@ from typing import Any
 
 import torch
 from torch import Tensor
-from tqdm import tqdm
 
+from dashlib import bars
 from dashlib.artifacts import Artifact, load_artifact
 from dashlib.classifier import Classifier, load_classifier, predict, train_classifier
 from dashlib.config import ConfigError, DataConfig, EvalConfig, Preset, SampleConfig, from_dict, to_dict
@@ -643,7 +643,7 @@ def measure_all(tasks: Sequence[Task], workers: int, progress: bool) -> dict[str
         else:
             todo.append(task)
     todo.sort(key=cost, reverse=True)
-    bar = tqdm(total=len(tasks), initial=len(results), desc="evaluate", disable=not progress,
+    bar = bars.bar(total=len(tasks), initial=len(results), desc="evaluate", disable=not progress,
                dynamic_ncols=True)
     with bar:
         if workers <= 1 or len(todo) <= 1:

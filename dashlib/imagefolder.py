@@ -36,8 +36,8 @@ from typing import TYPE_CHECKING
 import numpy as np
 import torch
 from torch import Tensor
-from tqdm import tqdm
 
+from dashlib import bars
 from dashlib.io import FS_ERRORS, files_fingerprint
 
 if TYPE_CHECKING:
@@ -465,7 +465,7 @@ def read_split(folder: Path, size: int, channels: int, cache_dir: Path | None,
     saved = _read_cache(cache) if cache is not None and cache.is_file() else None
     if saved is not None:
         return saved
-    with tqdm(total=len(samples), desc=f"decode {folder.name}", dynamic_ncols=True,
+    with bars.bar(total=len(samples), desc=f"decode {folder.name}", dynamic_ncols=True,
               disable=not progress or len(samples) < 2000) as bar:
         x = torch.from_numpy(np.stack(decode_all([path for path, _ in samples], size, channels, bar.update)))
     y = torch.tensor([label for _, label in samples], dtype=torch.long)

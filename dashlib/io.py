@@ -38,6 +38,13 @@ def _reason(err: OSError) -> str:
     return f"{err.filename}: {what}" if err.filename else what
 
 
+def absolute(path: str | Path) -> Path:
+    """`path` with ~ expanded, made absolute against the working directory and normalised
+    ("..", "."), symbolic links kept: a data root given as a link is named by the link
+    (its figures folder, `dashlib.reproduce.data_label`), as the user wrote it."""
+    return Path(os.path.abspath(Path(path).expanduser()))
+
+
 def make_dir(path: str | Path, what: str) -> Path:
     """mkdir -p `path`, or an OutputPathError naming it, `what` it is for, and the reason."""
     path = Path(path)

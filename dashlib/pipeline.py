@@ -19,6 +19,7 @@ from dashlib.artifacts import Artifact, load_artifact
 from dashlib.config import ConfigError, Preset, override
 from dashlib.distill import METHODS, distill_many
 from dashlib.guidance import Guidance
+from dashlib.io import absolute
 from dashlib.params import check_params
 from dashlib.presets import check, fit_to_data, get_preset, sized_for_data
 from dashlib.report import Provenance
@@ -166,26 +167,28 @@ def resolve_data_root(overrides: dict[str, Any], base: Path) -> dict[str, Any]:
     `dash reproduce` passes it absolute, resolved against the caller's directory)."""
     root = overrides.get("data.data_root")
     if isinstance(root, str) and not Path(root).expanduser().is_absolute():
-        return {**overrides, "data.data_root": str((base / Path(root)).resolve())}
+        return {**overrides, "data.data_root": str(absolute(base / Path(root)))}
     return overrides
 
 
 def budget(preset: str | Preset, quick: bool = False, workers: int = 2, device: str = "auto",
            runs_dir: str | None = None, overrides: dict[str, Any] | None = None,
-           threads: int | None = None, **changes: Any) -> Budget:
+           threads: int | None = None, progress: bool = True, **changes: Any) -> Budget:
     """The budget of a reproduction; `runs_dir` (if given) becomes $DASH_RUNS.
 
     `overrides` are dotted preset keys, as `--set` ({"data.name": "imagefolder",
     "data.data_root": DIR, "train.steps": 500}); they apply on top of the quick
     rule. `threads` sets this process's CPU threads (`dashlib.threads`; default:
     the available cores, capped by OMP_NUM_THREADS); `workers` are separate
-    single-threaded processes for independent runs. `changes` override the
-    budget itself: `methods`, `widths`, or dotted keys as `overrides`.
+    single-threaded processes for independent runs. `progress=False` hides this
+    process's progress bars (`dashlib.bars`; a headless `dash reproduce --no-progress`).
+    `changes` override the budget itself: `methods`, `widths`, or dotted keys as `overrides`.
     """
+    from dashlib.bars import show_bars
     from dashlib.threads import use_threads
 
     check_params(preset=preset, quick=quick, workers=workers, device=device, runs_dir=runs_dir,
-                 overrides=overrides, threads=threads)
+                 overrides=overrides, threads=threads, progress=progress)
     if isinstance(workers, bool) or not isinstance(workers, int) or workers < 1:
         raise ConfigError(f"budget workers = {workers!r} is invalid: must be an int >= 1 "
                           f"(parallel CPU processes; 1 disables parallelism)")
@@ -193,6 +196,7 @@ def budget(preset: str | Preset, quick: bool = False, workers: int = 2, device: 
         raise ConfigError(f"overrides = {overrides!r} is invalid: must be a dict of dotted preset keys, "
                           f"e.g. {{'train.steps': 500}}")
     use_threads(threads)
+    show_bars(progress)
     if runs_dir is not None:
         os.environ["DASH_RUNS"] = str(Path(runs_dir).resolve())
     overrides = resolve_data_root(dict(overrides or {}), Path(__file__).resolve().parent.parent)

@@ -24,7 +24,7 @@ from collections.abc import Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
-from dashlib.io import check_writable_dir
+from dashlib.io import absolute, check_writable_dir
 from dashlib.runs import runs_root
 
 NOTEBOOKS = ("00_quickstart", "01_teacher", "02_distillation", "03_evaluation", "04_ablations",
@@ -96,8 +96,9 @@ def data_label(overrides: Mapping[str, Any]) -> str:
     if not name:
         return ""
     if is_user_folder(name) and overrides.get("data.data_root"):
-        # resolved, so "." or "../pets" name the folder, as they do once `resolve_overrides` ran
-        return f"-{Path(str(overrides['data.data_root'])).expanduser().resolve().name}"
+        # made absolute, so "." or "../pets" name the folder, as they do once `resolve_overrides`
+        # ran; a symbolic link is named as given, not by its target
+        return f"-{absolute(str(overrides['data.data_root'])).name}"
     return f"-{name}"
 
 
@@ -196,11 +197,11 @@ def local_kernel() -> Iterator[dict[str, Any]]:
 
 
 def notebook_parameters(preset: str, quick: bool, figures: Path, device: str, threads: int,
-                        workers: int, overrides: Mapping[str, Any]) -> dict[str, Any]:
+                        workers: int, overrides: Mapping[str, Any], progress: bool = True) -> dict[str, Any]:
     """What every notebook may declare; `run_notebook` passes each the ones it declares."""
     return {"preset": preset, "quick": quick, "figures_dir": str(figures), "device": device,
             "runs_dir": str(runs_root().resolve()), "threads": threads, "workers": workers,
-            "overrides": dict(overrides)}
+            "overrides": dict(overrides), "progress": progress}
 
 
 def with_data_root(preset: str, overrides: Mapping[str, Any] | None) -> dict[str, Any]:
@@ -212,7 +213,7 @@ def with_data_root(preset: str, overrides: Mapping[str, Any] | None) -> dict[str
     root = out.get("data.data_root")
     if root is None:
         root = get_preset(preset).data.data_root
-    out["data.data_root"] = str(Path(str(root)).expanduser().resolve())
+    out["data.data_root"] = str(absolute(str(root)))
     return out
 
 
@@ -278,7 +279,7 @@ def reproduce(preset: str = DEFAULT_PRESET, quick: bool = False, only: Sequence[
         fig_dir.mkdir(parents=True, exist_ok=True)
         atomic_write_json(fig_dir / "overrides.json", {"preset": preset, "overrides": changes})
     params = notebook_parameters(preset, quick, fig_dir, device, threads or default_threads(), workers,
-                                 overrides)
+                                 overrides, progress)
     done = []
     start = time.perf_counter()
     for i, name in enumerate(names, 1):

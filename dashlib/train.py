@@ -24,8 +24,8 @@ from typing import Any
 
 import torch
 from torch import Tensor, nn
-from tqdm import tqdm
 
+from dashlib import bars
 from dashlib.batches import BatchStream
 from dashlib.config import OptimConfig
 from dashlib.data import Split
@@ -334,7 +334,7 @@ class Trainer:
                 self.run.log.unlink(missing_ok=True)
         self.objective.train()
         record: dict[str, float] = {}
-        bar = tqdm(total=self.loop.steps, initial=self.step, desc=self.desc,
+        bar = bars.bar(total=self.loop.steps, initial=self.step, desc=self.desc,
                    disable=not self.progress or self.rank != 0, mininterval=1.0, dynamic_ncols=True)
         start = time.perf_counter()
         log_path = self.run.log if self.rank == 0 else os.devnull

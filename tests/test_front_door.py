@@ -821,6 +821,26 @@ def test_any_registered_user_folder_source_is_treated_as_an_image_folder(tmp_pat
     check_reference_size(dataclasses.replace(data, name="digits"))  # fixed size: never loaded
 
 
+def test_a_linked_data_root_is_named_by_the_link(tmp_path, monkeypatch, capsys):
+    """`--data-root pets` where pets is a symbolic link to a folder of another name: the
+    figures folder is named as the user wrote it (`io.absolute`), from the command line
+    (`cliargs.data_overrides`) and from a notebook run by hand (`resolve_overrides`)."""
+    from dashlib.cli import build_parser
+    from dashlib.cliargs import data_overrides
+    from dashlib.reproduce import data_label, resolve_overrides
+
+    target = write_folder(tmp_path / "store" / "a1b2c3", COLOURS, per_class=4)
+    (tmp_path / "pets").symlink_to(target, target_is_directory=True)
+    monkeypatch.chdir(tmp_path)
+    args = build_parser().parse_args(["info", "--preset", "tiny", "--set", "data.name=imagefolder",
+                                      "--data-root", "pets"])
+    overrides = data_overrides(args)
+    assert overrides["data.data_root"] == str(tmp_path / "pets")
+    assert data_label(overrides) == "-pets"
+    assert data_label(resolve_overrides("tiny", {"data.name": "imagefolder", "data.data_root": "pets"})) == "-pets"
+    assert data_label({"data.name": "imagefolder", "data.data_root": "store/a1b2c3/../a1b2c3"}) == "-a1b2c3"
+
+
 # --- a changed budget gets its own figures folder -------------------------------------------------
 
 def test_a_changed_budget_never_writes_into_the_presets_own_figures(tmp_path):

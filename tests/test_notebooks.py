@@ -52,6 +52,17 @@ def test_every_notebook_ran(executed):
         assert not errors, f"{path.name}: {errors[:1]}"
 
 
+def test_no_progress_hides_the_bars_inside_the_notebooks(executed):
+    """`reproduce(progress=False)` (`dash reproduce --no-progress`) reaches the notebooks'
+    `progress` parameter: no tqdm bar (text, or a widget's text form) in any output."""
+    paths, _ = executed
+    for path in paths:
+        nb = nbformat.read(path, as_version=4)
+        outputs = [o for c in nb.cells if c.cell_type == "code" for o in c.get("outputs", [])]
+        text = "".join(o.get("text", "") + str(o.get("data", {}).get("text/plain", "")) for o in outputs)
+        assert "%|" not in text, f"{path.name} shows a progress bar: {text[text.index('%|') - 40:][:120]!r}"
+
+
 def test_every_figure_and_table_exists_with_provenance(executed):
     _, figures = executed
     for name in FIGURES:

@@ -441,6 +441,7 @@ def test_negative_infinity_reaches_the_finiteness_check():
     ({"workers": True}, "workers = True is a bool"),
     ({"preset": 7}, "preset = 7"),
     ({"runs_dir": 5}, "runs_dir = 5"),
+    ({"progress": "no"}, "progress = 'no' is a str; it must be True or False"),
 ])
 def test_budget_refuses_mistyped_notebook_parameters(params, phrase):
     from dashlib.params import ParameterError

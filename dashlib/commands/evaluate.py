@@ -20,7 +20,7 @@ from dashlib.cliargs import (
     seed_arg,
     workers_arg,
 )
-from dashlib.config import FLOAT32_MAX, ConfigError
+from dashlib.config import FLOAT32_MAX, ConfigError, EvalConfig
 
 
 def _guidance(value: str) -> str:
@@ -99,12 +99,12 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     if "data.data_root" in overrides and reads_no_files(preset.data.name):  # the run names its data
         raise ConfigError(f"--data-root (data.data_root) is given, but {args.run} was trained on "
                           f"{preset.data.name!r}, which reads no files; leave --data-root out")
-    check_extractor_options(args, preset.eval.feature_extractor)
     changes = {"n_samples": args.n, "seeds": tuple(args.seeds) if args.seeds else None,
                "guidance": tuple(args.w) if args.w else None, "feature_extractor": args.extractor,
                "inception_weights": args.inception_weights,
                "download_weights": args.download_weights or None}
     config = dataclasses.replace(preset.eval, **{k: v for k, v in changes.items() if v is not None})
+    check_extractor_options(config, args)
     steps = tuple(args.steps) if args.steps else (config.ddim_steps,)
     report = evaluate_runs([args.run], config, steps=steps, workers=args.workers, device=args.device,
                            progress=not args.no_progress, sample=sample,
@@ -118,15 +118,19 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     return 0
 
 
-def check_extractor_options(args: argparse.Namespace, preset_extractor: str) -> None:
+def check_extractor_options(config: EvalConfig, args: argparse.Namespace) -> None:
     """Refuse Inception options when the evaluation will not use Inception (they would be
-    ignored): the extractor is --extractor, else the run's preset's."""
-    extractor = args.extractor or preset_extractor
-    given = [flag for flag, value in (("--inception-weights", args.inception_weights),
-                                      ("--download-weights", args.download_weights)) if value]
-    if given and extractor != "inception":
-        raise ConfigError(f"{' and '.join(given)} apply to the Inception features, but this evaluation "
-                          f"scores with the {extractor}; add --extractor inception")
+    ignored), given as options or as `--set eval.*` keys: `config` is the evaluation's."""
+    if config.feature_extractor == "inception":
+        return
+    given = [flag if getattr(args, dest) else f"--set eval.{dest}"
+             for flag, dest in (("--inception-weights", "inception_weights"),
+                                ("--download-weights", "download_weights")) if getattr(config, dest)]
+    if given:
+        verb, them = ("apply", "them") if len(given) > 1 else ("applies", "it")
+        raise ConfigError(f"{' and '.join(given)} {verb} to the Inception features, but this evaluation "
+                          f"scores with the {config.feature_extractor}; add --extractor inception "
+                          f"or leave {them} out")
 
 
 def _classifier_args(p: argparse.ArgumentParser) -> None:

@@ -317,7 +317,7 @@ def run_pool(jobs: Sequence[tuple[Any, ...]], workers: int, device: str, progres
     the jobs that read them are queued once they are on disk. When every job reads
     them, they are computed here first, on all of this process's threads. A failed job
     cancels the jobs not started and raises its error."""
-    from tqdm import tqdm
+    from dashlib import bars
 
     missing = missing_targets(jobs)
     waiting = [job for readers in missing.values() for job in readers]
@@ -325,7 +325,7 @@ def run_pool(jobs: Sequence[tuple[Any, ...]], workers: int, device: str, progres
         precompute_targets([(job[0], resolve_config(*job[:4])) for job in waiting], device, progress)
         missing, waiting = {}, []
     with ProcessPoolExecutor(workers, mp_context=get_context("spawn"), initializer=_worker_init) as pool, \
-            tqdm(total=len(jobs), desc="distill", disable=not progress) as bar:
+            bars.bar(total=len(jobs), desc="distill", disable=not progress) as bar:
         tables = {pool.submit(_targets_job, (r[0][0], resolve_config(*r[0][:4]), device))
                   for r in missing.values()}
         running = tables | {pool.submit(_distill_job, j, runtime) for j in longest_first(

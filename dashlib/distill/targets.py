@@ -20,8 +20,8 @@ from typing import Any
 
 import torch
 from torch import Tensor, nn
-from tqdm import tqdm
 
+from dashlib import bars
 from dashlib.batches import BatchStream
 from dashlib.config import DistillConfig, Preset, to_dict
 from dashlib.data import Split
@@ -86,7 +86,7 @@ def compute_targets(preset: Preset, config: DistillConfig, teacher: nn.Module, d
     cond, uncond = torch.empty(shape), torch.empty(shape)
     teacher.eval()
     with stream:
-        for step in tqdm(range(config.steps), desc="teacher targets", disable=not progress,
+        for step in bars.bar(range(config.steps), desc="teacher targets", disable=not progress,
                          mininterval=1.0):
             x0, y, t, eps, _, _ = stream.next()
             x_t = diffusion.q_sample(x0, t, eps).to(device)

@@ -137,7 +137,9 @@ def progress_bar(total: int, desc: str, enabled: bool) -> Any:
     """A tqdm bar (a widget in Jupyter, text elsewhere); disabled it draws nothing."""
     from tqdm.auto import tqdm
 
-    return tqdm(total=total, desc=desc, disable=not enabled, unit="step")
+    from dashlib.bars import bars_shown
+
+    return tqdm(total=total, desc=desc, disable=not enabled or not bars_shown(), unit="step")
 
 
 def train_toy_teacher(config: ToyConfig, diffusion: Diffusion,
