@@ -837,7 +837,8 @@ def test_a_linked_data_root_is_named_by_the_link(tmp_path, monkeypatch, capsys):
     overrides = data_overrides(args)
     assert overrides["data.data_root"] == str(tmp_path / "pets")
     assert data_label(overrides) == "-pets"
-    assert data_label(resolve_overrides("tiny", {"data.name": "imagefolder", "data.data_root": "pets"})) == "-pets"
+    by_hand = resolve_overrides("tiny", {"data.name": "imagefolder", "data.data_root": "pets"})
+    assert data_label(by_hand) == "-pets"
     assert data_label({"data.name": "imagefolder", "data.data_root": "store/a1b2c3/../a1b2c3"}) == "-a1b2c3"
 
 

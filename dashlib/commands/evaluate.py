@@ -177,18 +177,12 @@ def cmd_efficiency(args: argparse.Namespace) -> int:
     from dashlib.config import to_dict
     from dashlib.device import resolve_device
     from dashlib.efficiency import efficiency
-    from dashlib.io import atomic_write_json, check_writable_file
+    from dashlib.io import atomic_write_json
     from dashlib.runs import make_run
     from dashlib.unet import build_unet
 
     preset = preset_from_args(args)
-    for name in ("steps", "batch"):
-        if getattr(args, name) <= 0:
-            raise ConfigError(f"--{name} = {getattr(args, name)} is invalid: must be > 0")
-    if args.repeats < 0:
-        raise ConfigError(f"--repeats = {args.repeats} is invalid: must be >= 0")
-    if args.out:  # checked before minutes of timing, not after
-        check_writable_file(args.out, "--out", "efficiency.json")
+    check_efficiency_args(args)
     device = resolve_device(args.device)
     teacher = load_artifact(args.teacher_run).model if args.teacher_run else build_unet(preset.teacher, 0)
     student = load_artifact(args.student_run).model if args.student_run else build_unet(preset.student, 0)
@@ -212,6 +206,26 @@ def cmd_efficiency(args: argparse.Namespace) -> int:
         atomic_write_json(run.config, payload)
         out = run.results
     atomic_write_json(out, result)
+    print_efficiency(result, args)
+    print(out)
+    return 0
+
+
+def check_efficiency_args(args: argparse.Namespace) -> None:
+    """Refuse bad numbers and an unwritable --out before minutes of timing, not after."""
+    from dashlib.io import check_writable_file
+
+    for name in ("steps", "batch"):
+        if getattr(args, name) <= 0:
+            raise ConfigError(f"--{name} = {getattr(args, name)} is invalid: must be > 0")
+    if args.repeats < 0:
+        raise ConfigError(f"--repeats = {args.repeats} is invalid: must be >= 0")
+    if args.out:
+        check_writable_file(args.out, "--out", "efficiency.json")
+
+
+def print_efficiency(result: dict[str, Any], args: argparse.Namespace) -> None:
+    """The measurement in one line on stderr, after a note where the two runs look swapped."""
     t, s = result["teacher"], result["student"]
     if t["flops_per_sample"] < s["flops_per_sample"]:
         print(f"note: the teacher ({args.teacher_run or 'the preset architecture'}) costs fewer FLOPs "
@@ -223,8 +237,6 @@ def cmd_efficiency(args: argparse.Namespace) -> int:
         line += (f"; latency {t['latency_s']:.2f} s vs {s['latency_s']:.2f} s ({result['speedup']:.2f}x, "
                  f"{result['speedup_over_flops_ratio']:.2f} of the FLOPs ratio)")
     print(line, file=sys.stderr)
-    print(out)
-    return 0
 
 
 #: What a teacher and a student compared in `dash efficiency` must share: the same images.
