@@ -22,7 +22,7 @@ import tempfile
 import time
 from collections.abc import Iterator, Mapping, Sequence
 from pathlib import Path
-from typing import Any
+from typing import IO, Any
 
 from dashlib.io import absolute, check_writable_dir
 from dashlib.runs import runs_root
@@ -137,8 +137,11 @@ def run_notebook(source: Path, target: Path, parameters: Mapping[str, Any],
 
     With `progress`, a `RunWatcher` line shows the training steps and evaluation
     cells of the runs this notebook writes (papermill's own bar counts cells only).
+    The kernel's own log (`kernel_log`) is kept beside the executed copy only where the
+    notebook did not finish.
     """
     import papermill as pm
+    from nbclient.exceptions import DeadKernelError
 
     from dashlib.watch import RunWatcher
 
@@ -146,17 +149,76 @@ def run_notebook(source: Path, target: Path, parameters: Mapping[str, Any],
     declared = pm.inspect_notebook(str(source))
     # only what the notebook's parameters cell declares (the rest would only warn)
     parameters = {k: v for k, v in parameters.items() if k in declared}
+    log = kernel_log(target)
+    finished = False
     try:
-        with RunWatcher(runs_root().resolve(), source.stem, enabled=progress), local_kernel() as kernel:
+        with open(log, "wb") as log_file, RunWatcher(runs_root().resolve(), source.stem, enabled=progress), \
+                local_kernel(log_file) as kernel, quiet_after_interrupt():
             pm.execute_notebook(str(source), str(target), parameters=parameters,
                                 cwd=str(source.parent), progress_bar=False, kernel_name="python3",
                                 log_output=False, **kernel)
+        finished = True
     except pm.PapermillExecutionError as err:
         raise ReproduceError(
             f"notebook {source.name} failed in cell {err.cell_index} (execution count "
             f"{err.exec_count}): {err.ename}: {err.evalue}. The executed copy with the full "
-            f"traceback is {target}") from None
+            f"traceback is {target}{log_note(log)}") from None
+    except DeadKernelError as err:
+        raise ReproduceError(f"the kernel running notebook {source.name} died ({err}); the cells it "
+                             f"finished are in {target}{log_note(log)}") from None
+    finally:
+        if finished or log.stat().st_size == 0:
+            log.unlink(missing_ok=True)
     return target
+
+
+#: Loggers that report, after a Ctrl-C, the kernel being shut down under a running cell: papermill's
+#: "Kernel died while waiting for execute reply." and asyncio's "Task exception was never retrieved"
+#: with nbclient's DeadKernelError; the interrupt was the user's, and `dash` says what a rerun keeps.
+INTERRUPT_NOISE = ("papermill", "asyncio")
+
+
+@contextlib.contextmanager
+def quiet_after_interrupt() -> Iterator[None]:
+    """While a notebook runs, a Ctrl-C (SIGINT) first silences `INTERRUPT_NOISE`, then raises
+    KeyboardInterrupt as Python's own handler does. The loggers stay silent after an
+    interrupt (their messages come while the process unwinds and at its exit); the next
+    notebook run makes them speak again. Outside the main thread signals cannot be
+    handled, and nothing changes."""
+    import logging
+    import signal
+    import threading
+
+    loggers = [logging.getLogger(name) for name in INTERRUPT_NOISE]
+    for logger in loggers:
+        logger.disabled = False
+
+    def interrupted(signum: int, frame: Any) -> None:
+        for logger in loggers:
+            logger.disabled = True
+        signal.default_int_handler(signum, frame)
+
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    previous = signal.signal(signal.SIGINT, interrupted)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGINT, previous)
+
+
+def log_note(log: Path) -> str:
+    """"; the kernel's own log is LOG" where the kernel wrote one, else ""."""
+    return f"; the kernel's own log is {log}" if log.is_file() and log.stat().st_size else ""
+
+
+def kernel_log(target: Path) -> Path:
+    """Where the kernel of the notebook executed to `target` writes its own messages:
+    ipykernel's log, and the traceback it prints when an interrupt (Ctrl-C) closes its
+    sockets under it; they would otherwise reach the terminal. A cell's output goes to the
+    notebook either way."""
+    return target.with_name(target.stem + ".kernel.log")
 
 
 #: The longest socket file path every POSIX system takes (sun_path: 108 bytes on Linux, 104 on
@@ -165,10 +227,12 @@ SOCKET_PATH_MAX = 103
 
 
 @contextlib.contextmanager
-def local_kernel() -> Iterator[dict[str, Any]]:
-    """papermill's kernel options that talk to the kernel through local socket files (IPC)
-    where the OS has them: over TCP the traffic crosses unencrypted local ports, and every
-    kernel start prints ipykernel's warning about it. Windows has no IPC and keeps TCP.
+def local_kernel(log: IO[bytes] | None = None) -> Iterator[dict[str, Any]]:
+    """papermill's kernel options: a kernel manager whose kernel writes its own log (its
+    stderr) to `log` (None: this process's stderr), and talks to this process through
+    local socket files (IPC) where the OS has them: over TCP the traffic crosses
+    unencrypted local ports, and every kernel start prints ipykernel's warning about it.
+    Windows has no IPC and keeps TCP.
 
     The sockets lie in a new temporary folder, removed on exit: jupyter_client's default
     names them in the working directory (the checkout's notebooks/), where two
@@ -179,21 +243,30 @@ def local_kernel() -> Iterator[dict[str, Any]]:
         folder = tempfile.mkdtemp(prefix="dash-kernel-") if os.name == "posix" else None
     except OSError:
         folder = None
-    if folder is None or len(os.path.join(folder, "kernel-65535")) > SOCKET_PATH_MAX:
+    if folder is not None and len(os.path.join(folder, "kernel-65535")) > SOCKET_PATH_MAX:
+        os.rmdir(folder)
+        folder = None
+    try:
+        yield {"kernel_manager_class": kernel_manager(folder, log)}
+    finally:
         if folder is not None:
-            os.rmdir(folder)
-        yield {}
-        return
+            shutil.rmtree(folder, ignore_errors=True)
+
+
+def kernel_manager(folder: str | None, log: IO[bytes] | None) -> type:
+    """jupyter_client's kernel manager, its sockets in `folder` (None: TCP) and its
+    kernel's stderr to `log` (None: inherited)."""
     from jupyter_client.manager import AsyncKernelManager
 
-    class IPCKernelManager(AsyncKernelManager):
+    class DashKernelManager(AsyncKernelManager):
         def __init__(self, **kwargs: Any) -> None:
-            super().__init__(**{"transport": "ipc", "ip": os.path.join(folder, "kernel"), **kwargs})
+            where = {} if folder is None else {"transport": "ipc", "ip": os.path.join(folder, "kernel")}
+            super().__init__(**{**where, **kwargs})
 
-    try:
-        yield {"kernel_manager_class": IPCKernelManager}
-    finally:
-        shutil.rmtree(folder, ignore_errors=True)
+        async def _async_launch_kernel(self, kernel_cmd: list[str], **kw: Any) -> None:
+            await super()._async_launch_kernel(kernel_cmd, **({"stderr": log} if log else {}), **kw)
+
+    return DashKernelManager
 
 
 def notebook_parameters(preset: str, quick: bool, figures: Path, device: str, threads: int,

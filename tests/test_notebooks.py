@@ -12,6 +12,7 @@ import json
 import math
 import os
 import re
+import time
 from pathlib import Path
 
 import nbformat
@@ -250,6 +251,54 @@ def test_notebooks_talk_to_their_kernel_through_local_sockets_without_a_warning(
     assert sorted(p.name for p in tmp_path.iterdir()) == ["out0.ipynb", "out1.ipynb", "probe.ipynb"]
 
 
+def test_the_kernels_own_log_goes_to_a_file_kept_where_the_notebook_failed(tmp_path, capfd):
+    """ipykernel's own messages (and the traceback it prints when Ctrl-C closes its sockets)
+    go to <notebook>.kernel.log, not the terminal; it is kept, and named, where the notebook
+    failed, and removed where it finished."""
+    from dashlib.reproduce import run_notebook
+
+    log_cell = nbformat.v4.new_code_cell('get_ipython().kernel.log.error("kernel-log-marker")')
+    for name, cells in (("fails", [log_cell, nbformat.v4.new_code_cell('raise ValueError("boom")')]),
+                        ("finishes", [log_cell])):
+        nbformat.write(nbformat.v4.new_notebook(cells=cells), tmp_path / f"{name}.ipynb")
+    with pytest.raises(ReproduceError, match="ValueError: boom.*the kernel's own log is .*fails.kernel.log"):
+        run_notebook(tmp_path / "fails.ipynb", tmp_path / "out" / "fails.ipynb", {}, progress=False)
+    assert "kernel-log-marker" in (tmp_path / "out" / "fails.kernel.log").read_text()
+    run_notebook(tmp_path / "finishes.ipynb", tmp_path / "out" / "finishes.ipynb", {}, progress=False)
+    assert sorted(p.name for p in (tmp_path / "out").iterdir()) == ["fails.ipynb", "fails.kernel.log",
+                                                                   "finishes.ipynb"]
+    assert "kernel-log-marker" not in capfd.readouterr().err
+
+
+def test_a_kernel_that_dies_is_one_reproduce_error(tmp_path):
+    from dashlib.reproduce import run_notebook
+
+    cells = [nbformat.v4.new_code_cell("import os; os._exit(3)")]
+    nbformat.write(nbformat.v4.new_notebook(cells=cells), tmp_path / "dies.ipynb")
+    with pytest.raises(ReproduceError, match="the kernel running notebook dies.ipynb died"):
+        run_notebook(tmp_path / "dies.ipynb", tmp_path / "out" / "dies.ipynb", {}, progress=False)
+
+
+def test_ctrl_c_silences_the_shutdown_noise_and_still_interrupts():
+    """After Ctrl-C papermill and asyncio would report the kernel shut down under the cell
+    ("Kernel died while waiting for execute reply.", "Task exception was never retrieved")."""
+    import logging
+    import signal
+
+    from dashlib.reproduce import INTERRUPT_NOISE, quiet_after_interrupt
+
+    before = signal.getsignal(signal.SIGINT)
+    with pytest.raises(KeyboardInterrupt), quiet_after_interrupt():
+        assert not any(logging.getLogger(n).disabled for n in INTERRUPT_NOISE)
+        os.kill(os.getpid(), signal.SIGINT)
+        time.sleep(5)  # the signal arrives before this ends
+    assert all(logging.getLogger(n).disabled for n in INTERRUPT_NOISE)
+    assert signal.getsignal(signal.SIGINT) is before
+    with quiet_after_interrupt():  # the next notebook's messages are heard again
+        assert not any(logging.getLogger(n).disabled for n in INTERRUPT_NOISE)
+    assert signal.getsignal(signal.SIGINT) is before
+
+
 def test_a_temporary_folder_too_long_for_socket_names_keeps_tcp(tmp_path, monkeypatch):
     from dashlib.reproduce import SOCKET_PATH_MAX, local_kernel
 
@@ -257,8 +306,8 @@ def test_a_temporary_folder_too_long_for_socket_names_keeps_tcp(tmp_path, monkey
     deep.mkdir()
     monkeypatch.setattr("tempfile.tempdir", str(deep))
     with local_kernel() as kernel:
-        assert kernel == {}
+        assert kernel["kernel_manager_class"]().transport == "tcp"
     assert list(deep.iterdir()) == []  # the folder it tried is gone
     monkeypatch.setattr("tempfile.tempdir", None)  # the system's (short) default again
     with local_kernel() as kernel:
-        assert "kernel_manager_class" in kernel
+        assert kernel["kernel_manager_class"]().transport == "ipc"
