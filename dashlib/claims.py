@@ -137,6 +137,11 @@ def sweep_plan(preset: str, quick: bool = False,
     override sets every part's budgets to `rule_budgets` of it; a `data.image_size` one
     keeps the first part only (the others are the plan's other resolutions)."""
     overrides = dict(overrides or {})
+    budget_keys = sorted(k for k in overrides if "." not in k)
+    if budget_keys:
+        raise ConfigError(f"{', '.join(budget_keys)}: the reproduction's budget keys do not reach the claims "
+                          f"sweep, whose students are its own variants ({', '.join(CLAIM_VARIANTS)}); leave "
+                          f"them out for 08_claims (bench/claims_sweep.py's --variants chooses variants)")
     swept = sorted(k for k in overrides if k in SWEPT_KEYS)
     if swept:
         raise ConfigError(f"{', '.join(swept)}: the claims sweep sets these itself for each variant, "
@@ -290,10 +295,8 @@ def run_sweep(parts: Sequence[SweepPart], out: str | Path, workers: int = 1, dev
         if part.preset not in state["teachers"]:
             state["teachers"][part.preset] = teacher_record(part, workers, device, progress)
             save()
-        base = part.base()
         for budget, seed in part.stages():
             keys = [cell_key(part.preset, v, budget, seed) for v in part.variants]
-            _drop_stale(state["cells"], part, base, budget, seed)
             if all(k in state["cells"] for k in keys):
                 continue
             if max_stages is not None and done_stages >= max_stages:
@@ -305,27 +308,42 @@ def run_sweep(parts: Sequence[SweepPart], out: str | Path, workers: int = 1, dev
     return state
 
 
-def _drop_stale(cells: dict[str, Any], part: SweepPart, base: Preset, budget: int, seed: int) -> None:
-    """Forget the cells of one stage whose run folder is not the one the variant's configuration
-    names now (its identity changed: a fix that hashes runs anew), so they are trained again."""
-    from dashlib.distill.run import distill_run
-
-    for v in part.variants:
-        cell = cells.get(cell_key(part.preset, v, budget, seed))
-        variant = VARIANTS.get(v)
-        current = distill_run(variant.preset(base, budget, seed), variant.method).path
-        if cell is not None and Path(cell["run"]).resolve() != current.resolve():
-            del cells[cell_key(part.preset, v, budget, seed)]
-
-
 def _load(out: Path, parts: Sequence[SweepPart]) -> dict[str, Any]:
+    """The state in `out`, less what the plan's configuration no longer names (`_current`):
+    a teacher or cell of another dataset (an image folder of the same name: the same state
+    file), of images since added, or of a run since hashed anew. Where nothing of an old
+    state is left, its sessions go too: their time was spent on another sweep."""
     state: dict[str, Any] = {"benchmark": "claims_sweep", "sessions": [], "teachers": {}, "cells": {}}
-    if out.is_file():
-        old = read_json(out)
+    if not out.is_file():
+        return state
+    old = read_json(out)
+    bases = {p.preset: p.base() for p in parts}
+    state["teachers"] = {k: t for k, t in old.get("teachers", {}).items() if _current(t, bases, None)}
+    state["cells"] = {k: c for k, c in old.get("cells", {}).items() if _current(c, bases, c)}
+    kept = state["teachers"] or state["cells"]
+    if kept or not (old.get("cells") or old.get("teachers")):
         state["sessions"] = list(old.get("sessions", []))
-        state["teachers"] = {k: t for k, t in old.get("teachers", {}).items() if Path(t["run"]).exists()}
-        state["cells"] = {k: c for k, c in old.get("cells", {}).items() if Path(c["run"]).exists()}
     return state
+
+
+def _current(record: Mapping[str, Any], bases: Mapping[str, Preset], cell: Mapping[str, Any] | None) -> bool:
+    """Whether a teacher record (`cell` None) or a cell is of the run its preset's configuration
+    (`bases`) names now; a record of a preset outside the plan only needs its folder."""
+    from dashlib.distill.run import distill_run
+    from dashlib.teacher import teacher_run
+
+    folder = Path(record["run"])
+    base = bases.get(record.get("preset", ""))
+    if not folder.exists() or base is None:
+        return folder.exists()
+    if cell is None:
+        current = teacher_run(base).path
+    else:
+        if cell.get("variant") not in VARIANTS.names():
+            return False
+        variant = VARIANTS.get(cell["variant"])
+        current = distill_run(variant.preset(base, cell["budget"], cell["seed"]), variant.method).path
+    return folder.resolve() == current.resolve()
 
 
 def refresh(state: dict[str, Any], parts: Sequence[SweepPart]) -> None:

@@ -6,6 +6,7 @@ import json
 import math
 import os
 import re
+from pathlib import Path
 
 import pytest
 
@@ -129,6 +130,39 @@ def test_sweep_is_resumable_and_reuses_finished_cells(tmp_path, monkeypatch):
     out.write_text(json.dumps(state))
     third = claims.run_sweep([part], out, workers=1, device="cpu", progress=False)
     assert third["cells"][stale_key]["run"] == finals[stale_key][0]
+
+
+def test_a_state_of_other_data_is_not_read_as_this_sweeps(tmp_path, monkeypatch):
+    """Two image folders of one name share a state file (runs/<preset>-<name>/): the other
+    folder's teacher and cells, at budgets this plan runs or not, are dropped with the
+    time its sessions spent; this data's cells at a budget of an earlier plan are kept."""
+    from dashlib.distill.run import distill_run
+    from dashlib.teacher import teacher_run
+
+    monkeypatch.setenv("DASH_RUNS", str(tmp_path / "runs"))
+    part = claims.SweepPart("tiny", (2,), (0,), ("dash",))
+    base = part.base()
+    teacher = teacher_run(base).path
+    student = distill_run(claims.VARIANTS.get("dash").preset(base, 4, 0), "dash").path
+    other = tmp_path / "runs" / "tiny" / "distill-dash-0ther"
+    for folder in (teacher, student, other):
+        folder.mkdir(parents=True)
+    cell = {"preset": "tiny", "variant": "dash", "budget": 4, "seed": 0}
+    out = tmp_path / "sweep.json"
+
+    def load(teacher_folder: Path, cell_folder: Path) -> dict:
+        out.write_text(json.dumps({"sessions": [{"cpu_s": 5.0, "wall_s": 6.0}],
+                                   "teachers": {"tiny": {"preset": "tiny", "run": str(teacher_folder)}},
+                                   "cells": {"tiny/dash/4/0": {**cell, "run": str(cell_folder)}}}))
+        return claims._load(out, [part])
+
+    foreign = load(other, other)
+    assert foreign["teachers"] == {} and foreign["cells"] == {} and foreign["sessions"] == []
+    own = load(teacher, student)
+    assert list(own["cells"]) == ["tiny/dash/4/0"] and "tiny" in own["teachers"]
+    assert own["sessions"] == [{"cpu_s": 5.0, "wall_s": 6.0}]
+    mixed = load(teacher, other)  # this data's teacher, a cell of another: the cell goes
+    assert mixed["cells"] == {} and "tiny" in mixed["teachers"] and len(mixed["sessions"]) == 1
 
 
 def test_a_weak_classifier_is_flagged_in_the_figures_index(tmp_path):
