@@ -230,3 +230,17 @@ def test_a_reader_that_leaves_early_gets_no_traceback():
     proc.stdout.close()
     err = proc.stderr.read().decode()
     assert proc.wait(timeout=120) == 141 and "Traceback" not in err, err
+
+
+def test_distill_says_when_it_trains_the_teacher_first(capsys):
+    """A teacher trained with --steps N is another run than the preset's: distil without the
+    same --set train.steps=N and the preset's teacher is trained, which the user is told."""
+    assert main(["train-teacher", "--preset", "tiny", "--steps", "6", "--no-progress"]) == 0
+    capsys.readouterr()
+    assert main(["distill", "--preset", "tiny", "--method", "cond-only", "--steps", "2", "--set",
+                 "train.steps=6", "--no-progress"]) == 0
+    assert "no finished teacher" not in capsys.readouterr().err
+    assert main(["distill", "--preset", "tiny", "--method", "cond-only", "--steps", "2",
+                 "--no-progress"]) == 0
+    err = capsys.readouterr().err
+    assert "no finished teacher for these settings" in err and "--set train.steps=N" in err

@@ -60,7 +60,12 @@ def test_sample_tag_and_efficiency_of_named_runs(capsys, tmp_path):
     result = json.loads(out.read_text())
     assert result["teacher"]["source"] == str(teacher) and result["student"]["source"] == str(student)
     assert result["flops_ratio"] > 1 and result["speedup"] > 0
-    assert "swapped" not in capsys.readouterr().err
+    err = capsys.readouterr().err
+    assert "swapped" not in err and "note:" not in err
+    # a teacher's run as the student: 1.00x, which the swapped-runs note would not explain
+    assert main(["efficiency", "--preset", "tiny", "--student-run", str(teacher), "--steps", "2",
+                 "--batch", "2", "--repeats", "0", "--out", str(out)]) == 0
+    assert f"note: --student-run {teacher} is a teacher's run, not a student's" in capsys.readouterr().err
     assert main(["efficiency", "--preset", "tiny", "--teacher-run", str(student),
                  "--student-run", str(teacher), "--steps", "2", "--batch", "2", "--repeats", "0",
                  "--out", str(out)]) == 0

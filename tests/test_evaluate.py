@@ -140,6 +140,17 @@ def test_dash_evaluate_writes_json_and_prints_its_path_last(tiny, capsys):
     assert data["meta"]["classifiers"]
 
 
+def test_dash_evaluate_names_a_relative_run_by_its_absolute_folder(tiny, capsys, monkeypatch):
+    """`--run runs/tiny/...` from the runs' parent: the results name the folder absolutely, so
+    they read the same from anywhere."""
+    run = fake_run(tiny)
+    monkeypatch.chdir(run.path.parent)
+    assert main(["evaluate", "--run", run.path.name, "--n", "12", "--seeds", "7", "--w", "1", "--steps", "2",
+                 "--workers", "1", "--device", "cpu", "--no-progress"]) == 0
+    data = json.loads(Path(capsys.readouterr().out.strip().splitlines()[-1]).read_text())
+    assert {r["run"] for r in data["rows"]} == {str(run.path)} == {e["run"] for e in data["summary"]}
+
+
 def test_dash_evaluate_without_inception_weights_is_one_error_line(tiny, capsys, tmp_path, monkeypatch):
     monkeypatch.setenv("TORCH_HOME", str(tmp_path / "torch-home"))
     run = fake_run(tiny)

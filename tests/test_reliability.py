@@ -345,6 +345,25 @@ def test_a_run_that_runs_out_of_memory_while_setting_up_leaves_no_folder(tiny, m
     assert not teacher_run(tiny).path.exists()
 
 
+def test_a_student_interrupted_while_its_teacher_targets_are_computed_leaves_no_folder(tiny, monkeypatch):
+    """The targets (and the rest of the objective) are built after the folder is prepared and
+    before the Trainer's first checkpoint: Ctrl-C there once left a folder of config.json alone."""
+    from dashlib.distill import distill
+    from dashlib.distill.run import distill_run
+    from dashlib.teacher import train_teacher
+
+    train_teacher(tiny, progress=False)
+
+    def interrupted(*args, **kwargs):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr("dashlib.distill.run.compute_targets", interrupted)
+    with pytest.raises(KeyboardInterrupt):
+        distill(tiny, "dash", progress=False)
+    run = distill_run(tiny, "dash")
+    assert not run.path.exists()
+
+
 def test_a_failing_run_never_deletes_a_folder_holding_more_than_a_fresh_run(tmp_path):
     from dashlib.runs import Run, removed_if_unstarted
 

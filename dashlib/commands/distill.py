@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import sys
+from typing import TYPE_CHECKING
 
 from dashlib.cliargs import (
     RESUME_ADVICE,
@@ -16,6 +17,9 @@ from dashlib.cliargs import (
     seed_arg,
     workers_arg,
 )
+
+if TYPE_CHECKING:
+    from dashlib.config import Preset
 
 
 def _args(p: argparse.ArgumentParser) -> None:
@@ -58,6 +62,7 @@ def cmd_distill(args: argparse.Namespace) -> int:
     methods = METHODS.names() if method == "all" else [method]
     seeds = args.seed or [None]
     progress, runtime = not args.no_progress, runtime_from_args(args)
+    note_untrained_teacher(preset)
     if len(methods) * len(seeds) == 1 and args.workers <= 1:
         runs = [distill(preset, methods[0], seeds[0], args.steps, force=args.force,
                         resume=args.resume, device=args.device, progress=progress, runtime=runtime)]
@@ -69,3 +74,20 @@ def cmd_distill(args: argparse.Namespace) -> int:
     for run in runs:
         print(run.results)
     return 0
+
+
+def note_untrained_teacher(preset: Preset) -> None:
+    """Say so when distilling will train the preset's teacher first: a teacher trained with
+    `dash train-teacher --steps N` (or --seed) is another run, reused only with the same
+    `--set train.steps=N` (`train.seed`), and on digits the preset's own takes minutes."""
+    from dashlib.distributed import is_main
+    from dashlib.teacher import teacher_run
+
+    run = teacher_run(preset)
+    if run.finished or not is_main():
+        return
+    state = "continuing the interrupted" if run.checkpoint.exists() else "training the"
+    print(f"dash: note: no finished teacher for these settings ({run.path}); {state} teacher first "
+          f"({preset.train.steps} steps, seed {preset.train.seed}). A teacher trained with "
+          f"train-teacher --steps N or --seed S is reused with --set train.steps=N or train.seed=S",
+          file=sys.stderr)

@@ -87,6 +87,7 @@ CELL_KEYS = {"sample.steps": "--steps", "sample.guidance": "--w", "sample.w": "-
          out_of_memory="lower --set sample.batch_size, --n, --set eval.max_reference or --workers")
 def cmd_evaluate(args: argparse.Namespace) -> int:
     from dashlib.evaluate import evaluate_runs, evaluation_settings, results_path
+    from dashlib.io import absolute
 
     overrides = data_overrides(args)  # --set and --data-root, the root relative to the caller
     per_cell = sorted(k for k in overrides if k in CELL_KEYS)
@@ -106,11 +107,12 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     config = dataclasses.replace(preset.eval, **{k: v for k, v in changes.items() if v is not None})
     check_extractor_options(config, args)
     steps = tuple(args.steps) if args.steps else (config.ddim_steps,)
-    report = evaluate_runs([args.run], config, steps=steps, workers=args.workers, device=args.device,
+    run = str(absolute(args.run))  # the results name it wherever they are read from
+    report = evaluate_runs([run], config, steps=steps, workers=args.workers, device=args.device,
                            progress=not args.no_progress, sample=sample,
                            data_root=overrides.get("data.data_root"),
                            download=bool(overrides.get("data.download")))
-    path = report.write(results_path(args.run, config, steps, sample))
+    path = report.write(results_path(run, config, steps, sample))
     for clf in report.meta["classifiers"].values():
         print(f"classifier {clf['run']}: test accuracy {clf['test_accuracy']:.4f}", file=sys.stderr)
     _print_summary(report.summary)
@@ -187,6 +189,7 @@ def cmd_efficiency(args: argparse.Namespace) -> int:
     teacher = load_artifact(args.teacher_run).model if args.teacher_run else build_unet(preset.teacher, 0)
     student = load_artifact(args.student_run).model if args.student_run else build_unet(preset.student, 0)
     check_same_data(teacher.config, student.config, args)
+    note_run_kinds(args)
     runtime = runtime_from_args(args)
     result = efficiency(preset, teacher, student, device, steps=args.steps, batch=args.batch,
                         repeats=args.repeats, runtime=runtime)
@@ -222,6 +225,20 @@ def check_efficiency_args(args: argparse.Namespace) -> None:
         raise ConfigError(f"--repeats = {args.repeats} is invalid: must be >= 0")
     if args.out:
         check_writable_file(args.out, "--out", "efficiency.json")
+
+
+def note_run_kinds(args: argparse.Namespace) -> None:
+    """A note where --teacher-run names a student's run or --student-run a teacher's (their
+    results.json `kind`): the numbers are measured either way, but a teacher against itself
+    reads 1.00x, which a swap of only one of the two runs would not explain."""
+    from dashlib.runs import Run
+
+    for flag, folder, expected in (("--teacher-run", args.teacher_run, "teacher"),
+                                   ("--student-run", args.student_run, "student")):
+        run = Run(Path(folder)) if folder else None
+        kind = run.read_results().get("kind") if run is not None and run.results.is_file() else None
+        if kind is not None and kind != expected:
+            print(f"note: {flag} {folder} is a {kind}'s run, not a {expected}'s", file=sys.stderr)
 
 
 def print_efficiency(result: dict[str, Any], args: argparse.Namespace) -> None:

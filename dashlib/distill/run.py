@@ -30,7 +30,7 @@ from dashlib.distill.targets import compute_targets, fits, load_targets, targets
 from dashlib.distributed import barrier, is_main, on_main, rank_world
 from dashlib.io import atomic_write_json, file_digest
 from dashlib.registry import Registry
-from dashlib.runs import Run, make_run, prepare, run_id, training_lock
+from dashlib.runs import Run, make_run, prepare, removed_if_unstarted, run_id, training_lock
 from dashlib.runtime import Runtime
 from dashlib.teacher import teacher_payload, train_teacher
 from dashlib.threads import use_threads
@@ -184,20 +184,11 @@ def distill(preset: Preset, method: str | None = None, seed: int | None = None,
     check_batch_fits(config.batch_size, data.train.x.shape[1:], dev, "distill.batch_size")
     with training_lock(run, owner=is_main()):  # one process trains a folder at a time
         state = on_main(lambda: prepare(run, payload, force=force, resume=resume))
+        # interrupted while the objective is built (the teacher targets take seconds and more),
+        # the folder holds only config.json and goes, as it does before the Trainer's first checkpoint
+        with removed_if_unstarted(run, owner=is_main()):
+            objective, calibrator = build_objective(preset, config, teacher, data, targets, progress)
         diffusion = teacher.diffusion
-        cls = METHODS.get(config.method)
-        student = cls.build_student(preset, config, teacher.model)
-        objective = cls.from_config(student, teacher.model, make_weighting_for(config, teacher, diffusion),
-                                    diffusion, config, preset.sample)
-        if is_main():
-            for note in objective.notes():
-                print(f"dash: note: {config.method}[{preset.name}]: {note}", file=sys.stderr)
-        if targets and cls.uses_targets and fits(preset, config):
-            path = on_main(lambda: ensure_targets(preset, config, teacher.model, data, diffusion, progress))
-            objective.targets = load_targets(path)
-        calibrator = Calibrator(teacher.model, diffusion,
-                                matched_inputs(data.test, diffusion, config.calib_samples,
-                                               torch.Generator().manual_seed(CALIB_SEED)))
         trainer = Trainer(objective, data.train, diffusion, config, run, payload, dev,
                           hooks={config.calib_every: calibration_hook(calibrator, objective)},
                           progress=progress, desc=f"{config.method}[{preset.name}]", runtime=runtime)
@@ -214,6 +205,27 @@ def distill(preset: Preset, method: str | None = None, seed: int | None = None,
                           teacher_weights=teacher_weights)
     barrier()
     return run
+
+
+def build_objective(preset: Preset, config: DistillConfig, teacher: Artifact, data: Any, targets: bool,
+                    progress: bool) -> tuple[DistillObjective, Calibrator]:
+    """The method's objective around a new student (with the precomputed teacher targets
+    where it reads them and they fit, `targets`), and the calibrator of its gap."""
+    diffusion = teacher.diffusion
+    cls = METHODS.get(config.method)
+    student = cls.build_student(preset, config, teacher.model)
+    objective = cls.from_config(student, teacher.model, make_weighting_for(config, teacher, diffusion),
+                                diffusion, config, preset.sample)
+    if is_main():
+        for note in objective.notes():
+            print(f"dash: note: {config.method}[{preset.name}]: {note}", file=sys.stderr)
+    if targets and cls.uses_targets and fits(preset, config):
+        path = on_main(lambda: ensure_targets(preset, config, teacher.model, data, diffusion, progress))
+        objective.targets = load_targets(path)
+    calibrator = Calibrator(teacher.model, diffusion,
+                            matched_inputs(data.test, diffusion, config.calib_samples,
+                                           torch.Generator().manual_seed(CALIB_SEED)))
+    return objective, calibrator
 
 
 def ensure_targets(preset: Preset, config: DistillConfig, teacher: torch.nn.Module, data: Any,
