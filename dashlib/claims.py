@@ -162,6 +162,13 @@ def sweep_plan(preset: str, quick: bool = False,
     return parts
 
 
+def check_plan(preset: str, quick: bool = False, overrides: Mapping[str, Any] | None = None) -> None:
+    """Plan the sweep and build every part's preset, so that a key it refuses, or a preset key
+    a part cannot take, fails before anything runs (`dash reproduce --only 08_claims`)."""
+    for part in sweep_plan(preset, quick, overrides):
+        part.base()
+
+
 #: The sweeps planned by hand, per preset (the committed digits one, and the tests' tiny
 #: one); every other preset's follows `_rule_part`.
 PLANS: dict[str, tuple[SweepPart, ...]] = {

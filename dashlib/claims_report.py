@@ -138,10 +138,21 @@ def verdict_rows(state: Mapping[str, Any]) -> list[dict[str, Any]]:
 
 
 def provenance(state: Mapping[str, Any], quick: bool, notebook: str = "08_claims") -> Provenance:
+    """What the figures and tables show: the budgets and seeds of the cells summarised (those of
+    earlier plans too, a slice the bench ran before: `bench/claims_sweep.py --budgets`), or the
+    plan's where none is done yet; `missing` lists the plan's cells still to run."""
     parts = state["plan"]
+
+    def shown(preset: str, key: str, planned: Sequence[int]) -> list[int]:
+        done = {v for e in state["summary"] if e["preset"] == preset
+                for v in (e[key] if key == "seeds" else [e[key]])}
+        return sorted(done or planned)
+
+    budgets = {f"{p['preset']}_budgets": ",".join(map(str, shown(p["preset"], "budget", p["budgets"])))
+               for p in parts}
     return Provenance(",".join(p["preset"] for p in parts),
-                      tuple(sorted({s for p in parts for s in p["seeds"]})),
-                      {f"{p['preset']}_budgets": ",".join(map(str, p["budgets"])) for p in parts},
+                      tuple(sorted({s for p in parts for s in shown(p["preset"], "seeds", p["seeds"])})),
+                      budgets,
                       quick=quick, notebook=notebook,
                       extra={"complete": state["complete"], "missing": state["missing"],
                              "total_cpu_s": state["total_cpu_s"], "eval": [p["eval"] for p in parts],

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import sys
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -171,12 +172,22 @@ def add_force_resume(p: argparse.ArgumentParser,
 
 def check_data_root(preset: str, overrides: dict[str, Any]) -> None:
     """Refuse a data root given for a dataset that reads no files (digits, synthetic),
-    which would otherwise be ignored: most likely `data.name` was left out."""
+    which would otherwise be ignored: most likely `data.name` was left out. An image folder
+    without one is read from the preset's default root: a note names it, since --data-root
+    was most likely forgotten."""
+    from dashlib.data import is_user_folder
     from dashlib.presets import PRESETS
 
-    if "data.data_root" not in overrides or preset not in PRESETS:
+    if preset not in PRESETS:
         return
     name = overrides.get("data.name", PRESETS.get(preset).data.name)
+    if "data.data_root" not in overrides:
+        if is_user_folder(name):
+            from dashlib.io import absolute
+
+            print(f"dash: note: no --data-root given: reading the image folder "
+                  f"{absolute(PRESETS.get(preset).data.data_root)}", file=sys.stderr)
+        return
     if reads_no_files(name):
         from dashlib.data import DATASETS
 

@@ -299,17 +299,6 @@ def resolve_overrides(preset: str, overrides: Mapping[str, Any] | None) -> dict[
     return out
 
 
-def check_claims_plan(preset: str, quick: bool, overrides: Mapping[str, Any], names: Sequence[str]) -> None:
-    """Where 08_claims runs, plan its sweep (and build every part's preset) now: a key it refuses
-    (`dashlib.claims.sweep_plan`) fails before any notebook runs or writes a file."""
-    if "08_claims" not in names:
-        return
-    from dashlib.claims import sweep_plan
-
-    for part in sweep_plan(preset, quick, overrides):
-        part.base()
-
-
 def check_data_present(preset: str, overrides: Mapping[str, Any], names: Sequence[str]) -> None:
     """Find (or, where allowed, download) the files of a dataset read from files, when one of
     the notebooks `names` reads it, so that missing files fail here, in seconds, and not
@@ -351,7 +340,6 @@ def reproduce(preset: str = DEFAULT_PRESET, quick: bool = False, only: Sequence[
         raise ReproduceError(f"unknown notebook(s) {unknown}; choose from "
                              f"{list(NOTEBOOKS + EXTRA_NOTEBOOKS)}")
     overrides = resolve_overrides(preset, overrides)
-    check_claims_plan(preset, quick, overrides, names)
     check_data_present(preset, overrides, names)
     out_dir = runs_root().resolve() / output_label(preset, overrides) / (
         "notebooks-quick" if quick else "notebooks")

@@ -264,3 +264,16 @@ def test_a_variant_table_with_a_typo_fails_when_it_is_built_not_mid_sweep():
     with pytest.raises(ConfigError, match="variant of 'dsah'.*unknown distillation method 'dsah'"):
         claims.Variant("dsah")
     assert claims.Variant("dash", {"tirt": "min-snr"}).changes == {"tirt": "min-snr"}
+
+
+def test_the_sidecar_names_the_budgets_and_seeds_its_tables_show():
+    """A slice run before (`--budgets 2`) stays in the tables beside this plan's (`--budgets 4`):
+    the provenance lists what is shown, not only what this plan ran."""
+    entry = {"preset": "tiny", "variant": "dash"}
+    state = {"plan": [{"preset": "tiny", "budgets": [4], "seeds": [0, 1], "eval": {}}],
+             "summary": [{**entry, "budget": 2, "seeds": [0, 1]}, {**entry, "budget": 4, "seeds": [0, 1]}],
+             "complete": True, "missing": [], "total_cpu_s": 1.0, "cells": {}, "teachers": {}}
+    prov = claims_report.provenance(state, quick=False)
+    assert prov.steps == {"tiny_budgets": "2,4"} and prov.seeds == (0, 1)
+    state["summary"] = []  # nothing done yet: the plan
+    assert claims_report.provenance(state, quick=False).steps == {"tiny_budgets": "4"}

@@ -821,6 +821,17 @@ def test_any_registered_user_folder_source_is_treated_as_an_image_folder(tmp_pat
     check_reference_size(dataclasses.replace(data, name="digits"))  # fixed size: never loaded
 
 
+def test_an_image_folder_without_a_data_root_names_the_folder_it_reads(tmp_path, monkeypatch, capsys):
+    from dashlib.cli import main
+
+    write_folder(tmp_path / "data", COLOURS, per_class=4)
+    monkeypatch.chdir(tmp_path)
+    assert main(["info", "--preset", "tiny", "--set", "data.name=imagefolder"]) == 0
+    assert f"no --data-root given: reading the image folder {tmp_path / 'data'}" in capsys.readouterr().err
+    assert main(["info", "--preset", "tiny", "--set", "data.name=imagefolder", "--data-root", "data"]) == 0
+    assert "no --data-root" not in capsys.readouterr().err
+
+
 def test_a_linked_data_root_is_named_by_the_link(tmp_path, monkeypatch, capsys):
     """`--data-root pets` where pets is a symbolic link to a folder of another name: the
     figures folder is named as the user wrote it (`io.absolute`), from the command line
