@@ -12,26 +12,26 @@ from __future__ import annotations
 
 from typing import Any
 
-from tqdm import tqdm
-
 _shown = True
 
 
-def show_bars(enabled: bool) -> None:
-    """Show (True, the default) or hide every progress bar this process makes from now on;
-    `enabled` is the notebooks' `progress` parameter, so it is checked as one (a bool)."""
+def show_bars(enabled: bool | None) -> None:
+    """Show (True, the default) or hide (False) every progress bar this process makes from
+    now on; None leaves them as they are. `enabled` is the notebooks' `progress` parameter,
+    so it is checked as one."""
     from dashlib.params import check_params
 
     check_params(progress=enabled)
-    global _shown
-    _shown = enabled
+    if enabled is not None:
+        global _shown
+        _shown = enabled
 
 
-def bars_shown() -> bool:
-    """Whether progress bars are shown in this process (`show_bars`)."""
-    return _shown
-
-
-def bar(*args: Any, disable: bool = False, **kwargs: Any) -> tqdm:
-    """A tqdm bar (the same arguments), hidden where `disable` or `show_bars(False)` says so."""
+def bar(*args: Any, disable: bool = False, auto: bool = False, **kwargs: Any) -> Any:
+    """A tqdm bar (the same arguments), hidden where `disable` or `show_bars(False)` says so;
+    `auto`: tqdm.auto's, a widget in Jupyter and text elsewhere (the workshop's)."""
+    if auto:
+        from tqdm.auto import tqdm
+    else:
+        from tqdm import tqdm
     return tqdm(*args, disable=disable or not _shown, **kwargs)

@@ -190,8 +190,8 @@ def _plan(preset: str, quick: bool) -> list[SweepPart]:
 
 def state_path(preset: str, quick: bool, overrides: Mapping[str, Any] | None = None) -> Path:
     """Where a notebook keeps its sweep's resumable state:
-    runs/<label>/claims_sweep[-quick].json, the label of `dashlib.reproduce.output_label`."""
-    from dashlib.reproduce import output_label
+    runs/<label>/claims_sweep[-quick].json, the label of `dashlib.labels.output_label`."""
+    from dashlib.labels import output_label
     from dashlib.runs import runs_root
 
     name = f"claims_sweep{'-quick' if quick else ''}.json"

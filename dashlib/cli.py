@@ -112,6 +112,9 @@ def main(argv: Sequence[str] | None = None) -> int:
               f"{COMMANDS.get(args.command).out_of_memory}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
+        from dashlib.reproduce import silence_interrupt_noise
+
+        silence_interrupt_noise()  # papermill's and asyncio's reports of a kernel stopped under them
         print(f"dash: interrupted; {COMMANDS.get(args.command).interrupted}", file=sys.stderr)
         return 130
 

@@ -182,7 +182,9 @@ def check_data_root(preset: str, overrides: dict[str, Any]) -> None:
         return
     name = overrides.get("data.name", PRESETS.get(preset).data.name)
     if "data.data_root" not in overrides:
-        if is_user_folder(name):
+        from dashlib.distributed import is_main
+
+        if is_user_folder(name) and is_main():
             from dashlib.io import absolute
 
             print(f"dash: note: no --data-root given: reading the image folder "

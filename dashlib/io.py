@@ -39,10 +39,12 @@ def _reason(err: OSError) -> str:
 
 
 def absolute(path: str | Path) -> Path:
-    """`path` with ~ expanded, made absolute against the working directory and normalised
-    ("..", "."), symbolic links kept: a data root given as a link is named by the link
-    (its figures folder, `dashlib.reproduce.data_label`), as the user wrote it."""
-    return Path(os.path.abspath(Path(path).expanduser()))
+    """`path` with ~ expanded and made absolute against the working directory, symbolic links
+    kept: a data root given as a link is named by the link (its figures folder,
+    `dashlib.labels.data_label`), as the user wrote it. A path with ".." is resolved, links
+    and all, since "link/.." is the link target's parent, not the link's folder."""
+    path = Path(path).expanduser()
+    return path.resolve() if ".." in path.parts else Path(os.path.abspath(path))
 
 
 def make_dir(path: str | Path, what: str) -> Path:

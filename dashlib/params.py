@@ -42,7 +42,7 @@ PARAMETERS: dict[str, tuple[tuple[type, ...], str]] = {
     "overrides": ((dict, type(None)), 'a dict of dotted preset keys, e.g. {"train.steps": 500}'),
     "threads": ((int, type(None)), "a whole number >= 1, or None for the available cores"),
     "run_solutions": ((bool,), "True or False"),
-    "progress": ((bool,), "True or False"),
+    "progress": ((bool, type(None)), "True or False (None in `pipeline.budget`: the bars as they are)"),
 }
 
 

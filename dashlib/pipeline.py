@@ -173,15 +173,16 @@ def resolve_data_root(overrides: dict[str, Any], base: Path) -> dict[str, Any]:
 
 def budget(preset: str | Preset, quick: bool = False, workers: int = 2, device: str = "auto",
            runs_dir: str | None = None, overrides: dict[str, Any] | None = None,
-           threads: int | None = None, progress: bool = True, **changes: Any) -> Budget:
+           threads: int | None = None, progress: bool | None = None, **changes: Any) -> Budget:
     """The budget of a reproduction; `runs_dir` (if given) becomes $DASH_RUNS.
 
     `overrides` are dotted preset keys, as `--set` ({"data.name": "imagefolder",
     "data.data_root": DIR, "train.steps": 500}); they apply on top of the quick
     rule. `threads` sets this process's CPU threads (`dashlib.threads`; default:
     the available cores, capped by OMP_NUM_THREADS); `workers` are separate
-    single-threaded processes for independent runs. `progress=False` hides this
-    process's progress bars (`dashlib.bars`; a headless `dash reproduce --no-progress`).
+    single-threaded processes for independent runs. `progress` shows (True) or hides
+    (False) this process's progress bars from now on (`dashlib.bars`; a headless `dash
+    reproduce --no-progress` passes False); None, the default, leaves them as they are.
     `changes` override the budget itself: `methods`, `widths`, or dotted keys as `overrides`.
     """
     from dashlib.bars import show_bars
@@ -196,7 +197,8 @@ def budget(preset: str | Preset, quick: bool = False, workers: int = 2, device: 
         raise ConfigError(f"overrides = {overrides!r} is invalid: must be a dict of dotted preset keys, "
                           f"e.g. {{'train.steps': 500}}")
     use_threads(threads)
-    show_bars(progress)
+    if progress is not None:
+        show_bars(progress)
     if runs_dir is not None:
         os.environ["DASH_RUNS"] = str(Path(runs_dir).resolve())
     overrides = resolve_data_root(dict(overrides or {}), Path(__file__).resolve().parent.parent)

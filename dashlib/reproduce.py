@@ -13,8 +13,7 @@ with an error naming the notebook and cell.
 from __future__ import annotations
 
 import contextlib
-import hashlib
-import json
+import logging
 import os
 import shutil
 import sys
@@ -25,6 +24,7 @@ from pathlib import Path
 from typing import IO, Any
 
 from dashlib.io import absolute, check_writable_dir
+from dashlib.labels import WHERE_KEYS, budget_changes, data_label, output_label  # noqa: F401 (API)
 from dashlib.runs import runs_root
 
 NOTEBOOKS = ("00_quickstart", "01_teacher", "02_distillation", "03_evaluation", "04_ablations",
@@ -54,52 +54,6 @@ def figures_dir(preset: str, quick: bool, root: str | Path | None = None,
     if label != DEFAULT_PRESET:
         base = base / label
     return base / "quick" if quick else base
-
-
-def output_label(preset: str, overrides: Mapping[str, Any]) -> str:
-    """<preset>, then -<dataset> (`data_label`), then -set-<8 hex> (`budget_changes`)."""
-    changes = budget_changes(preset, overrides)
-    digest = hashlib.sha256(json.dumps(changes, sort_keys=True, default=str).encode()).hexdigest()
-    return preset + data_label(overrides) + (f"-set-{digest[:8]}" if changes else "")
-
-
-#: Override keys that say where files come from, not what is computed.
-WHERE_KEYS = ("data.name", "data.data_root", "data.download", "eval.download_weights")
-
-
-def budget_changes(preset: str, overrides: Mapping[str, Any]) -> dict[str, Any]:
-    """The overrides that change a result: not the data's location (`WHERE_KEYS`; the
-    dataset itself is in `data_label`) and not a preset field set to its own value."""
-    from dashlib.presets import get_preset
-
-    base = get_preset(preset)
-
-    def same(key: str, value: Any) -> bool:
-        section, _, field = key.partition(".")
-        current = getattr(getattr(base, section, None), field, _MISSING) if field else _MISSING
-        as_list = (list, tuple)
-        if isinstance(current, as_list) and isinstance(value, as_list):
-            return list(current) == list(value)
-        return current is not _MISSING and current == value and type(current) is type(value)
-
-    return {k: v for k, v in sorted(overrides.items()) if k not in WHERE_KEYS and not same(k, v)}
-
-
-_MISSING = object()
-
-
-def data_label(overrides: Mapping[str, Any]) -> str:
-    """"" for the preset's own data, else "-<dataset>" ("-<folder name>" for an image folder)."""
-    from dashlib.data import is_user_folder
-
-    name = overrides.get("data.name")
-    if not name:
-        return ""
-    if is_user_folder(name) and overrides.get("data.data_root"):
-        # made absolute, so "." or "../pets" name the folder, as they do once `resolve_overrides`
-        # ran; a symbolic link is named as given, not by its target
-        return f"-{absolute(str(overrides['data.data_root'])).name}"
-    return f"-{name}"
 
 
 def claim_figures_folder(folder: Path, preset: str, overrides: Mapping[str, Any]) -> None:
@@ -158,6 +112,9 @@ def run_notebook(source: Path, target: Path, parameters: Mapping[str, Any],
                                 cwd=str(source.parent), progress_bar=False, kernel_name="python3",
                                 log_output=False, **kernel)
         finished = True
+    except KeyboardInterrupt:
+        finished = True  # the user's: its log holds only the shutdown noise hidden on purpose
+        raise
     except pm.PapermillExecutionError as err:
         raise ReproduceError(
             f"notebook {source.name} failed in cell {err.cell_index} (execution count "
@@ -180,32 +137,42 @@ INTERRUPT_NOISE = ("papermill", "asyncio")
 
 @contextlib.contextmanager
 def quiet_after_interrupt() -> Iterator[None]:
-    """While a notebook runs, a Ctrl-C (SIGINT) first silences `INTERRUPT_NOISE`, then raises
-    KeyboardInterrupt as Python's own handler does. The loggers stay silent after an
-    interrupt (their messages come while the process unwinds and at its exit); the next
-    notebook run makes them speak again. Outside the main thread signals cannot be
-    handled, and nothing changes."""
-    import logging
+    """While a notebook runs, a Ctrl-C (SIGINT) first silences `INTERRUPT_NOISE`, then goes to
+    the handler that was there (Python's own raises KeyboardInterrupt); on exit the handler
+    and the loggers are as they were. Where SIGINT is ignored (a background job of a script)
+    or left to the OS, or cannot be handled here (outside the main thread), nothing changes.
+    The `dash` command silences them again for its exit (`silence_interrupt_noise`), when
+    asyncio reports last."""
     import signal
     import threading
-
-    loggers = [logging.getLogger(name) for name in INTERRUPT_NOISE]
-    for logger in loggers:
-        logger.disabled = False
-
-    def interrupted(signum: int, frame: Any) -> None:
-        for logger in loggers:
-            logger.disabled = True
-        signal.default_int_handler(signum, frame)
 
     if threading.current_thread() is not threading.main_thread():
         yield
         return
-    previous = signal.signal(signal.SIGINT, interrupted)
+    previous = signal.getsignal(signal.SIGINT)
+    if previous in (signal.SIG_IGN, signal.SIG_DFL, None):
+        yield
+        return
+    loggers = {logger: logger.disabled for logger in map(logging.getLogger, INTERRUPT_NOISE)}
+
+    def interrupted(signum: int, frame: Any) -> None:
+        silence_interrupt_noise()
+        handler = previous if callable(previous) else signal.default_int_handler
+        handler(signum, frame)
+
+    signal.signal(signal.SIGINT, interrupted)
     try:
         yield
     finally:
         signal.signal(signal.SIGINT, previous)
+        for logger, disabled in loggers.items():
+            logger.disabled = disabled
+
+
+def silence_interrupt_noise() -> None:
+    """Silence `INTERRUPT_NOISE` for good: after a Ctrl-C, in a process about to exit."""
+    for name in INTERRUPT_NOISE:
+        logging.getLogger(name).disabled = True
 
 
 def log_note(log: Path) -> str:
@@ -340,6 +307,10 @@ def reproduce(preset: str = DEFAULT_PRESET, quick: bool = False, only: Sequence[
         raise ReproduceError(f"unknown notebook(s) {unknown}; choose from "
                              f"{list(NOTEBOOKS + EXTRA_NOTEBOOKS)}")
     overrides = resolve_overrides(preset, overrides)
+    if "08_claims" in names:  # its refusals before any notebook runs or writes
+        from dashlib.claims import check_plan
+
+        check_plan(preset, quick, overrides)
     check_data_present(preset, overrides, names)
     out_dir = runs_root().resolve() / output_label(preset, overrides) / (
         "notebooks-quick" if quick else "notebooks")

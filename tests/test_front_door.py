@@ -851,6 +851,9 @@ def test_a_linked_data_root_is_named_by_the_link(tmp_path, monkeypatch, capsys):
     by_hand = resolve_overrides("tiny", {"data.name": "imagefolder", "data.data_root": "pets"})
     assert data_label(by_hand) == "-pets"
     assert data_label({"data.name": "imagefolder", "data.data_root": "store/a1b2c3/../a1b2c3"}) == "-a1b2c3"
+    from dashlib.io import absolute
+
+    assert absolute("pets/..") == tmp_path / "store"  # the link target's parent, as the OS reads it
 
 
 # --- a changed budget gets its own figures folder -------------------------------------------------

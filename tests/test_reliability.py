@@ -453,6 +453,21 @@ def test_negative_infinity_reaches_the_finiteness_check():
 
 # --- notebook parameters are checked by type --------------------------------------------------
 
+def test_one_switch_hides_every_progress_bar_and_budget_leaves_it_unless_asked():
+    from dashlib import bars
+    from dashlib.pipeline import budget
+
+    try:
+        bars.show_bars(False)
+        assert bars.bar(total=3).disable and bars.bar(total=3, auto=True).disable
+        budget("tiny")  # progress None: a user's own switch stays as it is
+        assert bars.bar(total=3).disable
+        budget("tiny", progress=True)
+        assert not bars.bar(total=3).disable and bars.bar(total=3, disable=True).disable
+    finally:
+        bars.show_bars(True)
+
+
 @pytest.mark.parametrize("params, phrase", [
     ({"quick": "no"}, "quick = 'no' is a str; it must be True or False"),
     ({"quick": 1}, "quick = 1 is a int"),

@@ -233,12 +233,17 @@ def note_run_kinds(args: argparse.Namespace) -> None:
     reads 1.00x, which a swap of only one of the two runs would not explain."""
     from dashlib.runs import Run
 
-    for flag, folder, expected in (("--teacher-run", args.teacher_run, "teacher"),
-                                   ("--student-run", args.student_run, "student")):
+    def kind(folder: str | None) -> str | None:
         run = Run(Path(folder)) if folder else None
-        kind = run.read_results().get("kind") if run is not None and run.results.is_file() else None
-        if kind is not None and kind != expected:
-            print(f"note: {flag} {folder} is a {kind}'s run, not a {expected}'s", file=sys.stderr)
+        return run.read_results().get("kind") if run is not None and run.results.is_file() else None
+
+    kinds = {"--teacher-run": (args.teacher_run, kind(args.teacher_run), "teacher"),
+             "--student-run": (args.student_run, kind(args.student_run), "student")}
+    if [k for _, k, _ in kinds.values()] == ["student", "teacher"]:
+        return  # both swapped: the FLOPs note after the measurement says so
+    for flag, (folder, found, expected) in kinds.items():
+        if found is not None and found != expected:
+            print(f"note: {flag} {folder} is a {found}'s run, not a {expected}'s", file=sys.stderr)
 
 
 def print_efficiency(result: dict[str, Any], args: argparse.Namespace) -> None:

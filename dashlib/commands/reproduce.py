@@ -34,10 +34,6 @@ def cmd_reproduce(args: argparse.Namespace) -> int:
     check_data_root(args.preset, overrides)
     if args.seeds:
         overrides["eval.seeds"] = list(args.seeds)
-    if "08_claims" in (args.only or ()):  # its refusals before any notebook runs or writes
-        from dashlib.claims import check_plan
-
-        check_plan(args.preset, args.quick, with_data_root(args.preset, overrides))
     reproduce(args.preset, quick=args.quick, only=args.only, figures=args.figures, device=args.device,
               progress=not args.no_progress, overrides=overrides,
               threads=torch.get_num_threads(), workers=args.workers)  # as `main` set them: capped

@@ -135,11 +135,9 @@ def _steps(opt: torch.optim.Optimizer, loss_fn: Callable[[ToyBatch], Tensor], co
 
 def progress_bar(total: int, desc: str, enabled: bool) -> Any:
     """A tqdm bar (a widget in Jupyter, text elsewhere); disabled it draws nothing."""
-    from tqdm.auto import tqdm
+    from dashlib import bars
 
-    from dashlib.bars import bars_shown
-
-    return tqdm(total=total, desc=desc, disable=not enabled or not bars_shown(), unit="step")
+    return bars.bar(total=total, desc=desc, disable=not enabled, unit="step", auto=True)
 
 
 def train_toy_teacher(config: ToyConfig, diffusion: Diffusion,
