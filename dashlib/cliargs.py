@@ -76,6 +76,15 @@ def workers_arg(text: str) -> int:
     return value
 
 
+def count_arg(text: str) -> int:
+    """argparse type of --steps and --n: a whole number, at least 1 (refused under the
+    option's own name, not the config field it sets)."""
+    value = _int_arg(text)
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"{value} is invalid: give a whole number >= 1")
+    return value
+
+
 def parse_set(items: Sequence[str]) -> dict[str, Any]:
     """`--set train.lr=3e-4 --set data.data_root=/data` -> {"train.lr": 3e-4, ...}."""
     out: dict[str, Any] = {}
@@ -157,7 +166,7 @@ def runtime_from_args(args: argparse.Namespace) -> Any:
 
 
 def add_training(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--steps", type=int, help="training steps (default: the preset's)")
+    p.add_argument("--steps", type=count_arg, help="training steps (default: the preset's)")
     p.add_argument("--seed", type=seed_arg, help="random seed (default: the preset's)")
     add_force_resume(p)
 

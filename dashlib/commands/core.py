@@ -13,6 +13,7 @@ from dashlib.cliargs import (
     add_runtime,
     add_training,
     command,
+    count_arg,
     data_overrides,
     preset_from_args,
     runtime_from_args,
@@ -79,7 +80,7 @@ def _sample_args(p: argparse.ArgumentParser) -> None:
     g = p.add_mutually_exclusive_group()
     g.add_argument("--w", type=float, help="constant guidance scale (1 = conditional, 0 = unconditional)")
     g.add_argument("--tag", action="store_true", help="time-varying TAG guidance (docs/paper.md)")
-    p.add_argument("--steps", type=int,
+    p.add_argument("--steps", type=count_arg,
                    help="DDIM steps (default: the preset's sample.steps: 50 at digits and the cifar presets)")
     p.add_argument("--n", type=int, default=100, help="number of samples, balanced over classes")
     p.add_argument("--eta", type=float, help="DDIM eta (default 0: deterministic)")

@@ -12,6 +12,7 @@ from dashlib.cliargs import (
     add_preset,
     add_runtime,
     command,
+    count_arg,
     preset_from_args,
     runtime_from_args,
     seed_arg,
@@ -29,7 +30,7 @@ def _args(p: argparse.ArgumentParser) -> None:
                         "gap-match, pruning, single-head, dash) or 'all' (default: the preset's "
                         "distill.method, dash unless --set changes it)")
     p.add_argument("--seed", type=seed_arg, nargs="+", help="seed(s) (default: the preset's)")
-    p.add_argument("--steps", type=int, help="distillation steps (default: the preset's)")
+    p.add_argument("--steps", type=count_arg, help="distillation steps (default: the preset's)")
     p.add_argument("--workers", type=workers_arg, default=1,
                    help="parallel single-threaded worker processes for several runs (default 1)")
     add_force_resume(p, "continue an interrupted run exactly (several runs, from --method all, "

@@ -13,6 +13,7 @@ from dashlib.cliargs import (
     add_preset,
     add_runtime,
     command,
+    count_arg,
     data_overrides,
     preset_from_args,
     reads_no_files,
@@ -40,7 +41,8 @@ def _guidance(value: str) -> str:
 
 def _evaluate_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--run", required=True, help="run folder of the model to evaluate (teacher or student)")
-    p.add_argument("--n", type=int, help="samples per cell, balanced over classes (default: the preset's)")
+    p.add_argument("--n", type=count_arg,
+                   help="samples per cell, balanced over classes (default: the preset's)")
     p.add_argument("--seeds", type=seed_arg, nargs="+",
                    help="sampling seeds (default: the preset's, 42 123 456)")
     p.add_argument("--w", type=_guidance, nargs="+", metavar="W|tag",
@@ -137,7 +139,8 @@ def check_extractor_options(config: EvalConfig, args: argparse.Namespace) -> Non
 
 def _classifier_args(p: argparse.ArgumentParser) -> None:
     add_preset(p)
-    p.add_argument("--steps", type=int, help="training steps (default: the preset's eval.classifier_steps)")
+    p.add_argument("--steps", type=count_arg,
+                   help="training steps (default: the preset's eval.classifier_steps)")
     p.add_argument("--force", action="store_true", help="retrain even if a finished classifier exists")
     add_runtime(p, speed=False)
 
