@@ -278,7 +278,7 @@ def test_a_kernel_that_dies_is_one_reproduce_error(tmp_path):
         run_notebook(tmp_path / "dies.ipynb", tmp_path / "out" / "dies.ipynb", {}, progress=False)
 
 
-def test_ctrl_c_silences_the_shutdown_noise_and_still_interrupts():
+def test_ctrl_c_silences_the_shutdown_noise_and_still_interrupts(monkeypatch):
     """After Ctrl-C papermill and asyncio would report the kernel shut down under the cell
     ("Kernel died while waiting for execute reply.", "Task exception was never retrieved");
     they are silenced from the signal on, and as they were once the notebook is left. An
@@ -288,6 +288,9 @@ def test_ctrl_c_silences_the_shutdown_noise_and_still_interrupts():
     import signal
 
     from dashlib.reproduce import INTERRUPT_NOISE, quiet_after_interrupt
+
+    for name in INTERRUPT_NOISE:  # a `dash` command interrupted earlier in this process (a test)
+        monkeypatch.setattr(logging.getLogger(name), "disabled", False)  # silenced them for good
 
     def silenced() -> list[bool]:
         return [logging.getLogger(n).disabled for n in INTERRUPT_NOISE]
