@@ -341,8 +341,10 @@ def _current(record: Mapping[str, Any], bases: Mapping[str, Preset], cell: Mappi
 
     folder = Path(record["run"])
     base = bases.get(record.get("preset", ""))
-    if not folder.exists() or base is None:
-        return folder.exists()
+    if not folder.exists():
+        return False
+    if base is None:
+        return True
     if cell is None:
         current = teacher_run(base).path
     else:

@@ -124,7 +124,7 @@ def run_notebook(source: Path, target: Path, parameters: Mapping[str, Any],
         raise ReproduceError(f"the kernel running notebook {source.name} died ({err}); the cells it "
                              f"finished are in {target}{log_note(log)}") from None
     finally:
-        if finished or log.stat().st_size == 0:
+        if finished or not log_note(log):
             log.unlink(missing_ok=True)
     return target
 
@@ -157,8 +157,7 @@ def quiet_after_interrupt() -> Iterator[None]:
 
     def interrupted(signum: int, frame: Any) -> None:
         silence_interrupt_noise()
-        handler = previous if callable(previous) else signal.default_int_handler
-        handler(signum, frame)
+        previous(signum, frame)  # a handler: SIG_IGN, SIG_DFL and None are left alone above
 
     signal.signal(signal.SIGINT, interrupted)
     try:

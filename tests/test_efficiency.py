@@ -74,7 +74,9 @@ def test_dash_efficiency_writes_json(tiny, capsys):
     data = json.loads(path.read_text())
     assert data["flops_ratio"] > 1 and "latency_s" not in data["teacher"]
     assert data["student"]["source"].startswith("preset architecture")
-    assert main(["efficiency", "--preset", "tiny", "--batch", "0"]) == 2
+    with pytest.raises(SystemExit) as usage:  # argparse's usage error (cliargs.count_arg)
+        main(["efficiency", "--preset", "tiny", "--batch", "0"])
+    assert usage.value.code == 2
     # a measurement with other sampler settings (one branch at w = 1) gets its own folder
     assert main(["efficiency", "--preset", "tiny", "--steps", "2", "--batch", "4", "--repeats", "0",
                  "--device", "cpu", "--set", "sample.guidance=constant", "--set", "sample.w=1"]) == 0

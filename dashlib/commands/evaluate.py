@@ -165,8 +165,8 @@ def _efficiency_args(p: argparse.ArgumentParser) -> None:
     add_preset(p)
     p.add_argument("--teacher-run", help="teacher run folder (default: the preset's teacher architecture)")
     p.add_argument("--student-run", help="student run folder (default: the preset's student architecture)")
-    p.add_argument("--steps", type=int, default=50, help="DDIM steps of the sampling run (default 50)")
-    p.add_argument("--batch", type=int, default=64, help="batch size (default 64)")
+    p.add_argument("--steps", type=count_arg, default=50, help="DDIM steps of the sampling run (default 50)")
+    p.add_argument("--batch", type=count_arg, default=64, help="batch size (default 64)")
     p.add_argument("--repeats", type=int, default=3,
                    help="timed runs after a warm-up; 0 counts params and FLOPs only (default 3)")
     p.add_argument("--out", help="output JSON (default: runs/<preset>/efficiency-<hash>/results.json)")
@@ -218,12 +218,10 @@ def cmd_efficiency(args: argparse.Namespace) -> int:
 
 
 def check_efficiency_args(args: argparse.Namespace) -> None:
-    """Refuse bad numbers and an unwritable --out before minutes of timing, not after."""
+    """Refuse a negative --repeats and an unwritable --out before minutes of timing, not after
+    (--steps and --batch are `count_arg`s)."""
     from dashlib.io import check_writable_file
 
-    for name in ("steps", "batch"):
-        if getattr(args, name) <= 0:
-            raise ConfigError(f"--{name} = {getattr(args, name)} is invalid: must be > 0")
     if args.repeats < 0:
         raise ConfigError(f"--repeats = {args.repeats} is invalid: must be >= 0")
     if args.out:
