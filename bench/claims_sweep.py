@@ -15,6 +15,8 @@ over the sessions.
   nice -n 19 python bench/claims_sweep.py --workers 2 --threads 1   # digits: hours on 2 cores
   python bench/claims_sweep.py --preset tiny                         # seconds
   python bench/claims_sweep.py --parts digits --budgets 200,500      # a slice
+  python bench/claims_sweep.py --preset digits --set data.name=imagefolder --data-root pets \
+      --out pets_claims.json                                         # your own images
 
 Writes bench/results/claims_sweep.json (`--out` elsewhere) and, with
 `--figures DIR`, F8 and the T8 tables.
@@ -46,6 +48,11 @@ def parse(argv: list[str] | None = None) -> argparse.Namespace:
     ap.add_argument("--budgets", default="", help="comma-separated budgets (default: the plan's)")
     ap.add_argument("--seeds", default="", help="comma-separated distillation seeds")
     ap.add_argument("--variants", default="", help="comma-separated variants (default: the plan's)")
+    ap.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
+                    help="a dotted preset key for every part, as `dash reproduce --set` (repeatable; "
+                         "distill.steps=N sets the budgets around N)")
+    ap.add_argument("--data-root", default="", help="where the dataset lives (an image folder: "
+                                                    "--set data.name=imagefolder)")
     ap.add_argument("--workers", type=int, default=2)
     ap.add_argument("--threads", type=int, default=None)
     ap.add_argument("--device", default="auto")
@@ -59,8 +66,19 @@ def parse(argv: list[str] | None = None) -> argparse.Namespace:
     return ap.parse_args(argv)
 
 
+def overrides(args: argparse.Namespace) -> dict[str, object]:
+    """--set and --data-root as dotted preset keys, the root made absolute (`dash`'s rules)."""
+    from dashlib.cliargs import parse_set
+    from dashlib.io import absolute
+
+    keys = parse_set(args.overrides)
+    if args.data_root:
+        keys["data.data_root"] = str(absolute(args.data_root))
+    return keys
+
+
 def plan(args: argparse.Namespace) -> list[claims.SweepPart]:
-    parts = claims.sweep_plan(args.preset, args.quick)
+    parts = claims.sweep_plan(args.preset, args.quick, overrides(args))
     if args.parts:
         keep = args.parts.split(",")
         parts = [p for p in parts if p.preset in keep]

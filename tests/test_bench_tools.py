@@ -14,6 +14,7 @@ import pytest
 BENCH = Path(__file__).resolve().parents[1] / "bench"
 sys.path.insert(0, str(BENCH))
 
+import claims_sweep  # noqa: E402
 import distill_pool  # noqa: E402
 import forward_profile  # noqa: E402
 import reproduce_time  # noqa: E402
@@ -113,3 +114,26 @@ def test_the_convolutions_by_kind_add_up_to_the_forwards_convolutions():
     assert sum(k["gflop_per_forward"] for k in kinds.values()) * 1e9 == pytest.approx(conv_flops)
     assert sum(k["share"] for k in kinds.values()) == pytest.approx(1.0)
     assert any(name.endswith("stride 2") for name in kinds)  # the downsampling convolutions
+
+
+def test_the_claims_sweep_bench_takes_your_own_data(tmp_path, monkeypatch):
+    """--set and --data-root reach every part of the plan (the notebook's keys and rules):
+    a sweep of a grid of one's own on one's own images."""
+    from PIL import Image
+
+    for name in ("cat", "dog"):
+        (tmp_path / "pets" / name).mkdir(parents=True)
+        for i in range(4):
+            Image.new("RGB", (12, 12), (60 * i, 200 if name == "cat" else 0, 90)).save(
+                tmp_path / "pets" / name / f"{i}.png")
+    monkeypatch.chdir(tmp_path)
+    args = claims_sweep.parse(["--preset", "tiny", "--set", "data.name=imagefolder", "--data-root", "pets",
+                               "--set", "distill.steps=10", "--seeds", "3"])
+    (part,) = claims_sweep.plan(args)
+    assert part.overrides["data.data_root"] == str(tmp_path / "pets") and part.seeds == (3,)
+    assert part.budgets == (2, 5, 10, 20) and part.base().data.name == "imagefolder"
+    assert part.base().teacher.num_classes == 2
+    from dashlib.config import ConfigError
+
+    with pytest.raises(ConfigError, match="the claims sweep sets these itself"):
+        claims_sweep.plan(claims_sweep.parse(["--preset", "tiny", "--set", "distill.tirt=uniform"]))
