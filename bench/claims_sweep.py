@@ -61,7 +61,8 @@ def parse(argv: list[str] | None = None) -> argparse.Namespace:
     ap.add_argument("--figures", default="", help="also write F8 and the T8 tables here")
     ap.add_argument("--readme", default="", help="fill the claims block of this README from the JSON")
     ap.add_argument("--report-only", action="store_true",
-                    help="train nothing: write --figures from the JSON as it is (a partial sweep)")
+                    help="train nothing and leave --out as it is: write --figures and --readme from it "
+                         "(a partial sweep)")
     ap.add_argument("--no-progress", action="store_true")
     return ap.parse_args(argv)
 
@@ -106,11 +107,12 @@ def main(argv: list[str] | None = None) -> int:
               f"cpu {state['total_cpu_s']:.0f} s", file=sys.stderr, flush=True)
 
     if args.report_only:
-        from dashlib.io import atomic_write_json, read_json
+        from dashlib.io import read_json
 
         state = read_json(args.out)
-        claims.refresh(state, parts)  # verdicts and what is missing against this plan
-        atomic_write_json(args.out, state)
+        made = state.get("git_commit")
+        claims.refresh(state, parts)  # verdicts and what is missing against this plan, in memory
+        state["git_commit"] = made or state["git_commit"]  # the commit that measured the cells
         if args.figures:
             for path in claims_report.save_all(state, args.figures, quick=args.quick):
                 print(path)

@@ -27,7 +27,8 @@ def warning(accuracy: float | None, what: str = "the dataset classifier") -> str
         return None
     return (f"Warning: {what} reaches only {accuracy:.3f} test accuracy (< {ADEQUATE_ACCURACY}), "
             f"so the FID and accuracy columns are weak judges of this data; try a larger "
-            f"data.image_size (e.g. digits16) or more classifier_steps.")
+            f"data.image_size (e.g. digits16) or a longer-trained classifier "
+            f"(--set eval.classifier_steps=N).")
 
 
 def records_warning(records: Iterable[Mapping[str, Any]]) -> str | None:

@@ -97,6 +97,14 @@ def is_user_folder(name: object) -> bool:
 DATASETS: Registry[DatasetSource] = Registry("dataset")
 
 
+def class_names(config: DataConfig) -> tuple[str, ...]:
+    """The dataset's class names in label order: an image folder's from its listing (no image
+    decoded; label i is the i-th folder name in sorted order), any other's from loading it."""
+    if is_user_folder(config.name):
+        return folder_classes(config.data_root)
+    return load_dataset(config).class_names
+
+
 def source(config: DataConfig) -> DatasetSource:
     """The registered source of `config.name`; an unknown name is a `ConfigError`
     naming `DataConfig.name` and the choices."""
@@ -346,9 +354,20 @@ def _imagefolder_info(config: DataConfig) -> DatasetInfo:
 
 
 def _same_classes(test_dir: Path, test: tuple[str, ...], train_dir: Path, train: tuple[str, ...]) -> None:
-    if test != train:
-        raise DataNotFoundError(f"{test_dir} and {train_dir} name different classes "
-                                f"({list(test)} against {list(train)})")
+    """The two splits must name the same class folders (a label is a folder's place in the
+    sorted names, so one class more or less shifts every label after it)."""
+    if test == train:
+        return
+    only_train = [c for c in train if c not in test]
+    only_test = [c for c in test if c not in train]
+    lower = {c.lower() for c in only_train} & {c.lower() for c in only_test}
+    what = [f"{train_dir.name}/ only: {only_train}"] * bool(only_train) + \
+        [f"{test_dir.name}/ only: {only_test}"] * bool(only_test)
+    raise DataNotFoundError(
+        f"{test_dir} and {train_dir} name different classes ({'; '.join(what)}"
+        + (f"; {sorted(lower)} differ in case only, and names are case-sensitive" if lower else "")
+        + "): give both the same class folders (add the missing ones with their images, or move "
+          "the extra ones out), since a label is a class folder's place among the sorted names")
 
 
 DATASETS.add("imagefolder", DatasetSource(load_imagefolder, _imagefolder_info,

@@ -306,7 +306,15 @@ def guidance_fidelity(classifier: Classifier, images: Tensor, labels: Tensor,
     """The classifier's accuracy on samples (uint8 (N, C, H, W)) drawn for `labels` (N,).
 
     `accuracy_per_class[k]` is over the samples requested as class k (NaN if none).
+    Floats are refused: `generate`'s [-1, 1] samples read as uint8 would score chance.
     """
+    if images.dtype != torch.uint8 or images.ndim != 4:
+        raise ValueError(f"expected uint8 images (N, C, H, W) in 0-255, got {images.dtype} "
+                         f"{tuple(images.shape)}; convert generate()'s [-1, 1] samples with "
+                         f"dashlib.data.to_uint8")
+    if labels.shape != images.shape[:1]:
+        raise ValueError(f"expected one label per image: {tuple(labels.shape)} labels for "
+                         f"{images.shape[0]} images")
     correct = (predict(classifier, from_uint8(images)) == labels).float()
     per_class = [float(correct[labels == k].mean()) if bool((labels == k).any()) else math.nan
                  for k in range(num_classes)]
@@ -564,8 +572,19 @@ def check_request(specs: Sequence[RunSpec], config: EvalConfig, steps: Sequence[
     check_max_reference(config, classes)
     least = max(MIN_SAMPLES, classes)
     if config.n_samples < least:
-        raise ConfigError(f"EvalConfig.n_samples = {config.n_samples} is too small: samples are balanced "
+        raise ConfigError(f"EvalConfig.n_samples (dash evaluate --n, --set eval.n_samples) = "
+                          f"{config.n_samples} is too small: samples are balanced "
                           f"over the classes and the metrics need {MIN_SAMPLES}; ask for at least {least}")
+
+
+def check_run_list(runs: object) -> None:
+    """Refuse what `evaluate_runs` would misread: a dict (its keys would be taken as run
+    folders) or one run (a path's characters would)."""
+    if isinstance(runs, Mapping):
+        raise ConfigError("runs is a dict (name -> run): pass list(runs.values()), or use "
+                          "dashlib.pipeline.evaluate(budget, runs), which keeps the names")
+    if isinstance(runs, (str, Path, Run)):
+        raise ConfigError(f"runs = {runs!r} is one run: pass a list of runs, e.g. [{runs!r}]")
 
 
 def evaluate_runs(runs: Sequence[Run | str | Path], config: EvalConfig,
@@ -584,6 +603,7 @@ def evaluate_runs(runs: Sequence[Run | str | Path], config: EvalConfig,
     primary one's (`config.feature_extractor`) unprefixed (`fid`). Writes the
     report to `out` if given.
     """
+    check_run_list(runs)
     start = time.perf_counter()
     dev = resolve_device(device)
     # a run given twice (two names for one folder) is one run: its rows would count as seeds
@@ -687,8 +707,9 @@ def sweep_guidance(runs: Sequence[Run | str | Path], config: EvalConfig, **kwarg
     return evaluate_runs(runs, dataclasses.replace(config, guidance=config.sweep_guidance), **kwargs)
 
 
-def sweep_steps(runs: Sequence[Run | str | Path], config: EvalConfig, guidance: str = "tag",
+def sweep_steps(runs: Sequence[Run | str | Path], config: EvalConfig, guidance: str | float = "tag",
                 **kwargs: Any) -> EvalReport:
-    """Every run at `config.sweep_steps` DDIM steps (10, 20, 50, 100 by default), one guidance setting."""
+    """Every run at `config.sweep_steps` DDIM steps (10, 20, 50, 100 by default), at one
+    guidance setting ("tag" or a constant w)."""
     return evaluate_runs(runs, dataclasses.replace(config, guidance=(guidance,)),
                          steps=config.sweep_steps, **kwargs)

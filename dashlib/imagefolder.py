@@ -136,6 +136,25 @@ def _loose_images_note(root: Path, folders: Sequence[str]) -> str:
     return "".join(f"; note: {note}" for note in notes)
 
 
+def _one_level_down_note(root: Path, classes: Sequence[str]) -> str:
+    """For the one-class error: "; note: ..." when that one folder holds sub-folders and no
+    images of its own (a grouping folder, DIR/animals/<class>/...), naming it as the
+    --data-root that was likely meant; else ""."""
+    if len(classes) != 1:
+        return ""
+    inner = root / classes[0]
+    try:
+        has_folders, loose = _contents(inner)
+        names = sorted(e.name for e in os.scandir(inner) if _is_dir(e) and not skipped(e.name))
+    except OSError:
+        return ""
+    if not has_folders or loose or len(names) < 2:
+        return ""
+    shown = ", ".join(names[:4]) + (", ..." if len(names) > 4 else "")
+    return (f"; note: {classes[0]}/ holds {len(names)} folders ({shown}) and no images of its own: "
+            f"if those are the classes, pass --data-root {inner}")
+
+
 def _holds_classes(folder: Path) -> bool:
     """Whether a folder looks like a split (sub-folders, no images of its own) rather
     than a class (images)."""
@@ -216,9 +235,9 @@ def check_tree(folder: Path, limit: int | None = None) -> None:
         key = (info.st_dev, info.st_ino)
         if key in above:
             raise ImageFolderError(
-                f"{directory} links to a folder that contains it (a symbolic-link loop, which the "
-                f"listing would follow level after level); remove that link, or pass --data-root "
-                f"the folder that holds one sub-folder of images per class")
+                f"{loop_link(folder, Path(directory))} links to a folder that contains it (a symbolic-"
+                f"link loop, which the listing would follow level after level); remove that link, "
+                f"or pass --data-root the folder that holds one sub-folder of images per class")
         count += len(entries)
         if count > limit:
             raise ImageFolderError(
@@ -226,6 +245,16 @@ def check_tree(folder: Path, limit: int | None = None) -> None:
                 f"image folder? Pass --data-root DIR with one sub-folder of images per class, e.g. "
                 f"DIR/cat/*.png, DIR/dog/*.png")
         stack.extend((e.path, above | {key}) for e in reversed(entries) if _is_dir(e))
+
+
+def loop_link(folder: Path, directory: Path) -> Path:
+    """The symbolic link that closes a loop `check_tree` met at `directory`: the last link on
+    its path below `folder` (a loop is noticed one level past its link: class0/up -> ..
+    shows as class0/up/class0)."""
+    parts = directory.relative_to(folder).parts
+    links = [folder.joinpath(*parts[:i]) for i in range(1, len(parts) + 1)
+             if folder.joinpath(*parts[:i]).is_symlink()]
+    return links[-1] if links else directory
 
 
 def _is_dir(entry: os.DirEntry) -> bool:
@@ -248,7 +277,8 @@ def _listed(folder: Path, state: tuple,
     if len(listing.classes) < 2:
         raise ImageFolderError(f"{folder} holds {len(listing.classes)} class folder(s): class-conditional "
                                f"diffusion needs at least 2 (one sub-folder of images per class)"
-                               f"{_loose_images_note(folder, listing.classes)}")
+                               f"{_loose_images_note(folder, listing.classes)}"
+                               f"{_one_level_down_note(folder, listing.classes)}")
     if counts.min() < minimum:
         name = listing.classes[int(counts.argmin())]
         raise ImageFolderError(f"class {name!r} in {folder} has {counts.min()} image(s); every class "
@@ -336,6 +366,33 @@ def folder_classes(root: str | Path) -> tuple[str, ...]:
     """The class names of the image folder's train split."""
     train, test = split_folders(root)
     return folder_classes_of(train, split_minimum(test))
+
+
+def left_out(root: str | Path) -> dict[str, int]:
+    """What the image folder holds that is no image of a class, counted by kind: files of
+    other types in the class folders by suffix (".gif", ".txt", "(none)"), files lying beside
+    the class folders ("beside the class folders"), and folders beside a used split (an unused
+    "val/" where "test/" is taken): {} when every file is read. For `dash info`; hidden
+    names (`skipped`) are not counted."""
+    train, test = split_folders(root)
+    out: Counter[str] = Counter()
+    for split in (train, test):
+        if split is None:
+            continue
+        images = {Path(p) for p, _ in _samples(split, split_minimum(test))[0]}
+        for dirpath, dirnames, filenames in os.walk(split, followlinks=True):
+            dirnames[:] = [d for d in dirnames if not skipped(d)]
+            here = Path(dirpath)
+            for name in filenames:
+                path = here / name
+                if skipped(name) or path in images:
+                    continue
+                out["beside the class folders" if here == split else path.suffix.lower() or "(none)"] += 1
+    if test is not None:
+        used = {train.name, test.name}
+        out.update({"unused split folder " + e.name: 1 for e in os.scandir(train.parent)
+                    if _is_dir(e) and not skipped(e.name) and e.name not in used})
+    return dict(sorted(out.items()))
 
 
 def folder_classes_of(split: Path, minimum: int = 2) -> tuple[str, ...]:

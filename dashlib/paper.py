@@ -17,6 +17,7 @@ import torch
 
 from dashlib import plots
 from dashlib.artifacts import Artifact, load_artifact
+from dashlib.data import class_names
 from dashlib.distill.methods import METHODS, counts_nonzero
 from dashlib.guidance import Guidance
 from dashlib.images import grid_image, grid_labels, shown_classes
@@ -57,13 +58,17 @@ def f1_sample_grids(b: Budget, models: Mapping[str, Artifact], folder: str | Pat
         x = sampler.sample(art.model, labels, torch.Generator().manual_seed(seed))
         grids[name] = grid_image(x, rows, m, scale=1 if x.shape[-1] >= 16 else 2)
     subset = "" if m == k else f", {m} of {k} classes"
-    fig = plots.sample_grids(grids, f"{guidance.title}, {config.steps} DDIM steps, seed {seed}{subset}")
+    every = class_names(b.preset.data)
+    names = [every[i] for i in shown.tolist()]
+    fig = plots.sample_grids(grids, f"{guidance.title}, {config.steps} DDIM steps, seed {seed}{subset}",
+                             row_names=names)
     # The sidecar describes what was drawn: this seed and the sampler's step count, not the
     # evaluation's seeds and DDIM steps.
     base = b.provenance(notebook)
     drawn = dataclasses.replace(base, seeds=(seed,), steps={**base.steps, "ddim": config.steps},
                                 extra={"guidance": b.table_guidance, "samples_per_class": b.grid_per_class,
-                                       **({} if m == k else {"classes_shown": shown.tolist()})})
+                                       **({} if m == k else {"classes_shown": shown.tolist()}),
+                                       "class_names_shown": names})
     return _save(fig, b, folder, "F1_samples", "Sample grids of the teacher and every student",
                  ["C1", "C2", "C3"], notebook, provenance=drawn)
 

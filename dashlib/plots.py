@@ -81,24 +81,36 @@ def plain_log_ticks(axis: Any) -> None:
 
 # --- F1 ------------------------------------------------------------------------------
 
-def sample_grids(grids: Mapping[str, Tensor], subtitle: str = "") -> Figure:
-    """One panel per model; each grid (3, H, W) uint8 has a row per class."""
+def sample_grids(grids: Mapping[str, Tensor], subtitle: str = "",
+                 row_names: Sequence[str] | None = None) -> Figure:
+    """One panel per model; each grid (3, H, W) uint8 has a row per class. `row_names` (one
+    per row, top first) label the rows of each figure row's first panel."""
     style()
     names = ordered(list(grids))
     cols = min(5, len(names))
     rows = math.ceil(len(names) / cols)
     fig, axes = plt.subplots(rows, cols, figsize=(3.0 * cols, 3.3 * rows), squeeze=False)
-    for ax, name in zip(axes.flat, names):
-        ax.imshow(grids[name].permute(1, 2, 0).numpy(), interpolation="nearest")
+    for i, (ax, name) in enumerate(zip(axes.flat, names)):
+        grid = grids[name]
+        ax.imshow(grid.permute(1, 2, 0).numpy(), interpolation="nearest")
         ax.set_title(name, color=colour(name), fontweight="bold" if name == "dash" else None)
         ax.set_xticks([])
         ax.set_yticks([])
+        if row_names and i % cols == 0:  # rows are equally tall: their centres split the height
+            height = grid.shape[1] / len(row_names)
+            ax.set_yticks([(r + 0.5) * height for r in range(len(row_names))],
+                          [_short(n) for n in row_names], fontsize=7)
     for ax in list(axes.flat)[len(names):]:
         ax.axis("off")
     fig.suptitle("Samples: same seeds and classes for every model (one row per class)"
                  + (f"\n{subtitle}" if subtitle else ""))
     fig.tight_layout()
     return fig
+
+
+def _short(name: str, width: int = 12) -> str:
+    """A class name cut to `width` characters for an axis label."""
+    return name if len(name) <= width else name[:width - 1] + "…"
 
 
 # --- F2 ------------------------------------------------------------------------------

@@ -56,6 +56,37 @@ def figures_dir(preset: str, quick: bool, root: str | Path | None = None,
     return base / "quick" if quick else base
 
 
+def prepared_figures_dir(preset: str, quick: bool, root: str | Path | None,
+                         overrides: Mapping[str, Any]) -> Path:
+    """`figures_dir`, absolute and claimed for its data (`claim_figures_folder`); a budget
+    changed by `overrides` is written beside the figures (overrides.json), so the
+    -set-<hash> folder says what it holds. `overrides` as `resolve_overrides` returns them."""
+    fig_dir = figures_dir(preset, quick, root, overrides).resolve()
+    claim_figures_folder(figures_dir(preset, False, root, overrides).resolve(), preset, overrides)
+    changes = budget_changes(preset, overrides)
+    if changes:
+        from dashlib.io import atomic_write_json
+
+        fig_dir.mkdir(parents=True, exist_ok=True)
+        atomic_write_json(fig_dir / "overrides.json", {"preset": preset, "overrides": changes})
+    return fig_dir
+
+
+def notebook_figures_dir(figures: str | Path | None, preset: str, quick: bool,
+                         overrides: Mapping[str, Any] | None = None) -> Path:
+    """A notebook's `figures_dir` parameter: a folder is used as given (`dash reproduce`
+    passes its own); None is the folder `dash reproduce` would use for this preset, budget
+    and data (`figures_dir`), so a notebook run by hand with another preset does not
+    overwrite the digits figures in figures/."""
+    if figures is not None:
+        return Path(figures)
+    from dashlib.pipeline import resolve_data_root
+
+    # the notebook's budget has checked the overrides; its relative data root is the repository's
+    overrides = resolve_data_root(dict(overrides or {}), notebooks_dir().parent)
+    return prepared_figures_dir(preset, quick, None, with_data_root(preset, overrides))
+
+
 def claim_figures_folder(folder: Path, preset: str, overrides: Mapping[str, Any]) -> None:
     """An image folder's figures go to figures/<preset>-<folder name>/, so two folders of
     one name would share it: the folder records its data (`data.json`: root and content
@@ -285,6 +316,22 @@ def check_data_present(preset: str, overrides: Mapping[str, Any], names: Sequenc
         load_dataset(data)
 
 
+def check_text_paths(paths: Mapping[str, str | Path | None]) -> None:
+    """Refuse a path whose name is not valid UTF-8 (bytes such as an old archive's Latin-1
+    b'd\\xe9j\\xe0'), before anything is written: papermill hands the notebooks their
+    parameters as UTF-8 text and would fail in the first notebook. The other commands
+    read such paths by their bytes."""
+    for what, path in paths.items():
+        if path is None:
+            continue
+        try:
+            str(path).encode("utf-8")
+        except UnicodeEncodeError:
+            raise ReproduceError(f"{what} {os.fsencode(str(path))!r} is not valid UTF-8, and dash reproduce "
+                                 f"passes it to the notebooks as text: rename it, or point a symbolic "
+                                 f"link with a UTF-8 name at it and give that") from None
+
+
 def reproduce(preset: str = DEFAULT_PRESET, quick: bool = False, only: Sequence[str] | None = None,
               figures: str | Path | None = None, device: str = "auto", progress: bool = True,
               overrides: Mapping[str, Any] | None = None, threads: int | None = None,
@@ -295,6 +342,10 @@ def reproduce(preset: str = DEFAULT_PRESET, quick: bool = False, only: Sequence[
     """
     from dashlib.threads import default_threads
 
+    check_text_paths({"--figures": None if figures is None else absolute(str(figures)),
+                      "the data root (--data-root)": with_data_root(preset, overrides)["data.data_root"],
+                      "the runs folder ($DASH_RUNS)": runs_root().resolve(),
+                      "the checkout": notebooks_dir().parent})
     if figures is not None:  # a file there would fail in the first notebook that saves a figure
         check_writable_dir(figures_dir(preset, quick, figures, overrides), "the figures folder (--figures)")
     from dashlib.device import resolve_device
@@ -313,14 +364,7 @@ def reproduce(preset: str = DEFAULT_PRESET, quick: bool = False, only: Sequence[
     check_data_present(preset, overrides, names)
     out_dir = runs_root().resolve() / output_label(preset, overrides) / (
         "notebooks-quick" if quick else "notebooks")
-    fig_dir = figures_dir(preset, quick, figures, overrides).resolve()
-    claim_figures_folder(figures_dir(preset, False, figures, overrides).resolve(), preset, overrides)
-    changes = budget_changes(preset, overrides)
-    if changes:  # say what the -set-<hash> folder's budget is
-        from dashlib.io import atomic_write_json
-
-        fig_dir.mkdir(parents=True, exist_ok=True)
-        atomic_write_json(fig_dir / "overrides.json", {"preset": preset, "overrides": changes})
+    fig_dir = prepared_figures_dir(preset, quick, figures, overrides)
     params = notebook_parameters(preset, quick, fig_dir, device, threads or default_threads(), workers,
                                  overrides, progress)
     done = []

@@ -238,6 +238,8 @@ class UNet(nn.Module):
         return self.time_mlp(timestep_embedding(t, self.config.ch)) + self.label_emb(y)
 
     def forward(self, x: Tensor, t: Tensor, y: Tensor) -> Tensor:
+        """eps(x_t, t, y): x (B, C, H, W) the noised images x_t, t (B,) int64 timesteps,
+        y (B,) int64 labels (`null_label` for the unconditional branch); returns (B, C, H, W)."""
         return self.forward_with_features(x, t, y)[0]
 
     def forward_with_features(self, x: Tensor, t: Tensor, y: Tensor) -> tuple[Tensor, list[Tensor]]:

@@ -137,3 +137,17 @@ def test_the_claims_sweep_bench_takes_your_own_data(tmp_path, monkeypatch):
 
     with pytest.raises(ConfigError, match="the claims sweep sets these itself"):
         claims_sweep.plan(claims_sweep.parse(["--preset", "tiny", "--set", "distill.tirt=uniform"]))
+
+
+def test_a_report_from_the_sweeps_json_leaves_the_json_as_it_is(tmp_path):
+    """--report-only used to rewrite --out (the committed JSON by default), stamping it with
+    the current commit; it now only reads it."""
+    import shutil
+
+    state = tmp_path / "claims_sweep.json"
+    shutil.copy(BENCH / "results" / "claims_sweep.json", state)
+    before = state.read_bytes()
+    figures = tmp_path / "figs"
+    assert claims_sweep.main(["--report-only", "--out", str(state), "--figures", str(figures)]) == 0
+    assert state.read_bytes() == before
+    assert json.loads((figures / "F8_claims_budget.json").read_text())["complete"]

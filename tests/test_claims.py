@@ -171,6 +171,12 @@ def test_a_weak_classifier_is_flagged_in_the_figures_index(tmp_path):
 
     assert warning(ADEQUATE_ACCURACY) is None and warning(None) is None
     assert "0.770" in warning(0.77)
+    import re
+
+    from dashlib.presets import get_preset
+
+    key = re.search(r"--set (\S+)=N", warning(0.77)).group(1)  # a key --set takes (it once named none)
+    assert get_preset("tiny", **{key: 7}).eval.classifier_steps == 7
     good = Provenance("p", (0,), {}, extra={"classifier_test_accuracy": 0.99})
     save_table([{"a": 1}], ["a"], tmp_path, "T_good", "t", [], good)
     assert "Warning" not in (tmp_path / "README.md").read_text()

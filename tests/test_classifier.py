@@ -57,6 +57,11 @@ def test_guidance_fidelity_of_a_perfect_sampler_is_about_one(digits_classifier):
     assert min(perfect["accuracy_per_class"]) >= 0.85
     wrong = guidance_fidelity(model, to_uint8(test.x), (test.y + 1) % 10, 10)  # asks for another class
     assert wrong["accuracy"] <= 0.05
+    # generate()'s float samples in [-1, 1] used to score chance (0.1) silently
+    with pytest.raises(ValueError, match="to_uint8"):
+        guidance_fidelity(model, test.x.float(), test.y, 10)
+    with pytest.raises(ValueError, match="one label per image"):
+        guidance_fidelity(model, to_uint8(test.x), test.y[:-1], 10)
 
 
 def test_classifier_shapes_follow_the_image_size():

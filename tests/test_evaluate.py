@@ -259,3 +259,17 @@ def test_preparing_a_feature_space_reads_its_dataset_once(tiny, small_eval, monk
         monkeypatch.setattr(module, "load_dataset", lambda data, real=real: loads.append(data) or real(data))
     prepare_spaces([spec], small_eval, torch.device("cpu"), progress=False)
     assert len(loads) == 1
+
+
+def test_evaluate_runs_refuses_a_dict_or_one_run_it_would_misread(tmp_path):
+    """A dict of name -> Run (what the notebooks hold) used to be read by its keys, ending in
+    "scratch has no final.pt"; one path would be read character by character."""
+    from dashlib.presets import get_preset
+    from dashlib.runs import Run
+
+    config = get_preset("tiny").eval
+    with pytest.raises(ConfigError, match=r"list\(runs.values\(\)\)"):
+        evaluate_runs({"scratch": Run(tmp_path / "scratch-1")}, config)
+    for one in (str(tmp_path), tmp_path, Run(tmp_path)):
+        with pytest.raises(ConfigError, match="is one run: pass a list"):
+            evaluate_runs(one, config)

@@ -254,7 +254,8 @@ def test_a_test_folder_of_other_classes_is_refused_before_any_image_is_decoded(t
     write_folder(tmp_path / "ds" / "test", {"red": (200, 40, 40), "Blue": (50, 60, 210)}, per_class=2)
     monkeypatch.setattr(imagefolder, "decode_all", lambda *a, **k: pytest.fail("decoded"))
     config = DataConfig(name="imagefolder", data_root=str(tmp_path / "ds"))
-    with pytest.raises(FileNotFoundError, match="name different classes"):
+    with pytest.raises(FileNotFoundError, match=r"name different classes \(train/ only: \['blue', "
+                       r"'green'\]; test/ only: \['Blue'\]; \['blue'\] differ in case only.*add the missing"):
         dataset_info(config)  # what every command checks first
     with pytest.raises(FileNotFoundError, match="name different classes"):
         load_dataset(config)  # and loading on its own (`dash evaluate --run`)
@@ -339,6 +340,10 @@ def test_a_symbolic_link_loop_in_a_class_folder_is_an_error_not_a_long_walk(tmp_
     root = write_folder(tmp_path / "pets", COLOURS, per_class=3)
     (root / "red" / "again").symlink_to(root / "red")  # torchvision would list red/again/again/...
     with pytest.raises(FileNotFoundError, match=r"red/again links to a folder that contains it"):
+        load_dataset(DataConfig(name="imagefolder", data_root=str(root)))
+    (root / "red" / "again").unlink()
+    (root / "red" / "up").symlink_to("..")  # noticed at red/up/red, one level past the link
+    with pytest.raises(FileNotFoundError, match=r"pets/red/up links to a folder that contains it"):
         load_dataset(DataConfig(name="imagefolder", data_root=str(root)))
 
 
@@ -1017,3 +1022,58 @@ def test_an_image_folder_too_small_to_score_is_refused_before_any_training(tmp_p
     root = write_folder(tmp_path / "few", COLOURS, per_class=2)  # 3 train images once 3 are held out
     with pytest.raises(ConfigError, match="reference set .* holds 3 images; the metrics need at least 5"):
         budget("tiny", overrides={"data.name": "imagefolder", "data.data_root": str(root)})
+
+
+def test_one_grouping_folder_of_classes_is_named_as_the_root_meant(tmp_path):
+    """DIR/animals/<class>/... read from DIR is one class, "animals"; the error used to stop
+    there, without saying that animals/ holds the classes."""
+    root = write_folder(tmp_path / "ds" / "animals", COLOURS, per_class=2)
+    with pytest.raises(FileNotFoundError, match=r"holds 1 class folder.*note: animals/ holds 3 folders "
+                       r"\(blue, green, red\) and no images of its own: if those are the classes, "
+                       r"pass --data-root .*ds/animals$"):
+        dataset_info(DataConfig(name="imagefolder", data_root=str(tmp_path / "ds")))
+    assert dataset_info(DataConfig(name="imagefolder", data_root=str(root))).num_classes == 3
+    from PIL import Image
+
+    Image.new("RGB", (9, 9)).save(root / "loose.png")  # images of its own: a class, no note
+    with pytest.raises(FileNotFoundError, match="holds 1 class folder") as err:
+        dataset_info(DataConfig(name="imagefolder", data_root=str(tmp_path / "ds")))
+    assert "if those are the classes" not in str(err.value)
+
+
+def test_info_lists_an_image_folders_classes_in_label_order(tmp_path, monkeypatch, capsys):
+    import json
+
+    from dashlib.cli import main
+
+    write_folder(tmp_path / "ds", {"0": (9, 9, 9), "10": (90, 9, 9), "2": (9, 90, 9)}, per_class=2)
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setenv("DASH_RUNS", str(tmp_path / "runs"))
+    assert main(["info", "--preset", "tiny", "--set", "data.name=imagefolder", "--data-root", "ds"]) == 0
+    info = json.loads(capsys.readouterr().out)
+    assert info["classes"] == ["0", "10", "2"] and info["num_classes"] == 3  # label 1 is folder "10"
+    from dashlib.data import class_names
+
+    data = load_dataset(DataConfig(name="imagefolder", data_root=str(tmp_path / "ds"), holdout_fraction=0.5))
+    assert class_names(DataConfig(name="imagefolder", data_root=str(tmp_path / "ds"))) == data.class_names
+    red = [float(data.train.x[data.train.y == k][:, 0].mean()) for k in range(3)]
+    assert red.index(max(red)) == 1  # label 1 holds folder "10"'s (red) images
+    assert main(["info", "--preset", "tiny"]) == 0
+    assert "classes" not in json.loads(capsys.readouterr().out)
+
+
+def test_info_counts_what_an_image_folder_holds_that_is_not_read(tmp_path):
+    from dashlib.imagefolder import left_out
+
+    root = write_folder(tmp_path / "ds", COLOURS, per_class=2)
+    assert left_out(root) == {}
+    (root / "red" / "notes.txt").write_text("x")
+    (root / "red" / "anim.gif").write_bytes(b"GIF89a")
+    (root / "blue" / "LICENSE").write_text("x")
+    (root / "stray.png").write_bytes(b"")
+    (root / "red" / ".DS_Store").write_text("x")  # hidden: never counted
+    assert left_out(root) == {"(none)": 1, ".gif": 1, ".txt": 1, "beside the class folders": 1}
+    split = tmp_path / "split"
+    for name in ("train", "test", "val"):
+        write_folder(split / name, COLOURS, per_class=1)
+    assert left_out(split) == {"unused split folder val": 1}

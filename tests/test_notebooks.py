@@ -154,6 +154,9 @@ def test_f1_sidecar_describes_what_was_drawn(executed):
     record = json.loads((figures / "F1_samples.json").read_text())
     assert record["seeds"] == [42]
     assert record["steps"]["ddim"] == get_preset("tiny").sample.steps
+    from dashlib.data import class_names
+
+    assert record["class_names_shown"] == list(class_names(get_preset("tiny").data))  # one per row
 
 
 def test_notebooks_are_committed_clean_and_thin():
@@ -326,3 +329,54 @@ def test_a_temporary_folder_too_long_for_socket_names_keeps_tcp(tmp_path, monkey
     monkeypatch.setattr("tempfile.tempdir", None)  # the system's (short) default again
     with local_kernel() as kernel:
         assert kernel["kernel_manager_class"]().transport == "ipc"
+
+
+def test_a_notebook_left_to_its_default_figures_folder_writes_where_dash_reproduce_would(
+        tmp_path, monkeypatch):
+    """A notebook run by hand with another preset used to write into figures/ (the digits
+    reproduction's committed figures); its default figures_dir (None) now resolves to the
+    folder `dash reproduce` uses for that preset, budget and quick setting."""
+    import dashlib.reproduce as rep
+
+    monkeypatch.setattr(rep, "notebooks_dir", lambda: tmp_path / "notebooks")
+    figures = tmp_path / "figures"
+    assert rep.notebook_figures_dir(None, "digits", False) == figures
+    assert rep.notebook_figures_dir(None, "tiny", False) == figures / "tiny"
+    assert rep.notebook_figures_dir(None, "tiny", True) == figures / "tiny" / "quick"
+    assert rep.notebook_figures_dir(None, "digits", True) == figures / "quick"
+    changed = rep.notebook_figures_dir(None, "digits", False, {"train.steps": 7})
+    assert changed.parent == figures and changed.name.startswith("digits-set-")
+    assert json.loads((changed / "overrides.json").read_text())["overrides"] == {"train.steps": 7}
+    assert changed == rep.figures_dir("digits", False, None, rep.with_data_root("digits", {"train.steps": 7}))
+    given = tmp_path / "mine"
+    assert rep.notebook_figures_dir(str(given), "tiny", True) == given  # dash reproduce passes its own
+
+
+def test_every_notebook_that_saves_figures_defaults_to_the_reproduce_folder():
+    for name in NOTEBOOKS + EXTRA_NOTEBOOKS:
+        nb = nbformat.read(notebooks_dir() / f"{name}.ipynb", as_version=4)
+        params = next(c for c in nb.cells if "parameters" in c.metadata.get("tags", []))
+        code = [c.source for c in nb.cells if c.cell_type == "code" and c is not params]
+        uses = [i for i, src in enumerate(code) if re.search(r"\bfigures_dir\b", src)]
+        if not uses:
+            continue
+        assert re.search(r"^figures_dir = None\b", params.source, re.M), name
+        first = code[uses[0]]
+        line = "figures_dir = notebook_figures_dir(figures_dir, preset, quick"
+        assert line in first and not re.search(r"\bfigures_dir\b", first.split(line)[0]), name  # before use
+
+
+def test_a_path_that_is_not_utf8_is_refused_before_anything_is_written(tmp_path, monkeypatch):
+    """papermill passes the parameters as UTF-8 text: a data root or figures folder named in
+    Latin-1 bytes used to fail inside the first notebook with a traceback, after the figures
+    folder and its data.json were written."""
+    monkeypatch.setenv("DASH_RUNS", str(tmp_path / "runs"))
+    latin1 = os.fsdecode(b"d\xe9j\xe0")
+    (tmp_path / latin1 / "a").mkdir(parents=True)
+    with pytest.raises(ReproduceError, match=r"b'.*d\\xe9j\\xe0' is not valid UTF-8"):
+        reproduce("tiny", figures=tmp_path / "figs", device="cpu", progress=False,
+                  overrides={"data.name": "imagefolder", "data.data_root": str(tmp_path / latin1)})
+    with pytest.raises(ReproduceError, match="--figures"):
+        reproduce("tiny", figures=tmp_path / latin1 / "figs", device="cpu", progress=False)
+    assert sorted(p.name for p in tmp_path.iterdir()) == [latin1]  # no figures, no runs
+    assert [p.name for p in (tmp_path / latin1).iterdir()] == ["a"]

@@ -118,3 +118,21 @@ def test_a_sample_grid_keeps_every_sample_when_classes_get_unequal_counts():
         assert torch.equal(shown, x[labels == k]) and torch.all(row[len(shown):] == 1.0)  # blank tiles
     grid = grid_image(x, labels, 3, scale=1)
     assert grid.shape[1:] == (3 * 2 + 4, 4 * 2 + 5)
+
+
+def test_sample_grids_label_their_rows_with_the_class_names_on_each_rows_first_panel():
+    import torch
+
+    grids = {m: torch.zeros(3, 3 * 10 + 4, 20, dtype=torch.uint8) for m in ("teacher", "dash", "cond-only")}
+    fig = plots.sample_grids(grids, row_names=["cat", "dog", "a very long class name"])
+    first, *others = fig.axes[:3]
+    assert [t.get_text() for t in first.get_yticklabels()] == ["cat", "dog", "a very long…"]
+    ticks = first.get_yticks()
+    assert len(ticks) == 3 and all(0 < a < b for a, b in zip(ticks, ticks[1:]))
+    assert all(not ax.get_yticklabels() for ax in others)
+    plain = plots.sample_grids(grids)
+    assert not plain.axes[0].get_yticklabels()
+    import matplotlib.pyplot as plt
+
+    plt.close(fig)
+    plt.close(plain)

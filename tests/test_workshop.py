@@ -297,3 +297,23 @@ def test_the_data_plot_takes_more_classes_than_its_palette():
     colours = [tuple(h.get_facecolor()[0][:3]) for h in handles]
     assert colours[10] == pytest.approx(class_colour(0)) and colours[11] == pytest.approx(class_colour(1))
     assert len(set(colours[:10])) == 10  # the palette repeats only after 10 classes
+
+
+def test_the_notebooks_parameter_counts_are_the_workshop_budgets():
+    """The introduction names the teacher's and a student's sizes at the laptop budget."""
+    import re
+
+    import nbformat
+
+    from dashlib.reproduce import notebooks_dir
+    from dashlib.workshop.mlp import ToyModelConfig, build_toy_mlp
+
+    intro = nbformat.read(notebooks_dir() / "07_workshop.ipynb", as_version=4).cells[0].source
+    config = toy_config_for("digits")
+    counts = [sum(p.numel() for p in build_toy_mlp(ToyModelConfig(hidden, config.depth, config.num_classes),
+                                                   seed=0).parameters())
+              for hidden in (config.teacher_hidden, config.student_hidden)]
+    said = re.search(r"about (\d+)x smaller at the workshop budget\s*\(([\d,]+) against ([\d,]+)", intro)
+    assert said, intro
+    assert [int(said.group(i).replace(",", "")) for i in (2, 3)] == counts
+    assert round(counts[0] / counts[1]) == int(said.group(1))

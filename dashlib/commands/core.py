@@ -6,6 +6,7 @@ import argparse
 import json
 import sys
 from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
 from dashlib.cliargs import (
     RESUME_ADVICE,
@@ -19,6 +20,9 @@ from dashlib.cliargs import (
     runtime_from_args,
     seed_arg,
 )
+
+if TYPE_CHECKING:
+    from dashlib.config import DataConfig
 
 
 @command("info", "print a preset's sizes as JSON", add_preset,
@@ -47,8 +51,21 @@ def cmd_info(args: argparse.Namespace) -> int:
         "training_precision": {"device": str(device),
                                "teacher": precision(preset.train.amp, preset.teacher.ch),
                                "student": precision(preset.distill.amp, preset.student.ch)},
-    }, indent=2))
+        **folder_classes_info(preset.data),
+    }, indent=2))  # ASCII escapes: a class folder's name may be bytes that are not UTF-8
     return 0
+
+
+def folder_classes_info(data: DataConfig) -> dict[str, Any]:
+    """An image folder's class names in label order (label i is the i-th folder name in sorted
+    order, torchvision's rule: "10" comes before "2") and what it holds that is not read
+    (`imagefolder.left_out`), as `dash info` shows them; {} for other datasets."""
+    from dashlib.data import class_names, is_user_folder
+    from dashlib.imagefolder import left_out
+
+    if not is_user_folder(data.name):
+        return {}
+    return {"classes": list(class_names(data)), "left_out": left_out(data.data_root)}
 
 
 def _train_args(p: argparse.ArgumentParser) -> None:
