@@ -112,7 +112,8 @@ class Calibrator:
         `per_bin` (each metric per timestep bin, `bins` values) with `bin_edges` (bins + 1
         timesteps). The student's branches are (N, C, H, W) like the teacher's; it is
         scored in eval mode and left in the mode it had. The teacher itself scores rho = 1,
-        cos = 1; a collapsed student (delta_S = 0) rho = 0."""
+        cos = 1; a collapsed student (delta_S = 0) rho = 0; a single-head student (no null row)
+        NaN for every gap metric (rho, cos, gap_mse, uncond_mse, student_gap_abs)."""
         was_training = student.training
         student.eval()
         cond_s, uncond_s = branch_outputs(student, self.x_t, self.inputs.t, self.inputs.y,

@@ -86,6 +86,8 @@ class DatasetSource:
     #: whether it is a user's own folder of images at `data_root`: its size and classes are
     #: known only by reading it, and its figures are named after the folder
     user_folder: bool = False
+    #: the class names in label order without loading the images (None: `load` them)
+    names: Callable[[DataConfig], tuple[str, ...]] | None = None
 
 
 def is_user_folder(name: object) -> bool:
@@ -98,11 +100,11 @@ DATASETS: Registry[DatasetSource] = Registry("dataset")
 
 
 def class_names(config: DataConfig) -> tuple[str, ...]:
-    """The dataset's class names in label order: an image folder's from its listing (no image
-    decoded; label i is the i-th folder name in sorted order), any other's from loading it."""
-    if is_user_folder(config.name):
-        return folder_classes(config.data_root)
-    return load_dataset(config).class_names
+    """The dataset's class names in label order, by its source's cheap `names` where it has one
+    (an image folder's listing: label i is the i-th folder name in sorted order; CIFAR's meta
+    file), else from loading it."""
+    names = source(config).names
+    return names(config) if names is not None else load_dataset(config).class_names
 
 
 def source(config: DataConfig) -> DatasetSource:
@@ -178,7 +180,8 @@ def load_digits(config: DataConfig) -> Dataset:
     return Dataset("digits", train, test, 10, tuple(str(i) for i in range(10)))
 
 
-DATASETS.add("digits", DatasetSource(load_digits, _fixed(10, 1), reads_files=False))
+DATASETS.add("digits", DatasetSource(load_digits, _fixed(10, 1), reads_files=False,
+                                     names=lambda config: tuple(str(i) for i in range(10))))
 
 
 def load_synthetic(config: DataConfig) -> Dataset:
@@ -199,7 +202,8 @@ def load_synthetic(config: DataConfig) -> Dataset:
 
 
 DATASETS.add("synthetic", DatasetSource(
-    load_synthetic, lambda config: DatasetInfo(config.synthetic_classes, 1), reads_files=False))
+    load_synthetic, lambda config: DatasetInfo(config.synthetic_classes, 1), reads_files=False,
+    names=lambda config: tuple(f"class{i}" for i in range(config.synthetic_classes))))
 
 
 @dataclass(frozen=True)
@@ -267,8 +271,17 @@ def _cifar_split(name: str, config: DataConfig, train: bool) -> tuple[Split, tup
         raise DataNotFoundError(f"{name} under {root} is incomplete or damaged: {err}. Fetch "
                                 f"{_SOURCES[name].url} again and extract it into {root}") from None
     x = _resize(_to_unit_range(images, 255.0), config.image_size)
-    classes = cifar.class_names(root, name, _SOURCES[name].num_classes)
-    return Split(x, torch.as_tensor(labels)), classes
+    return Split(x, torch.as_tensor(labels)), _cifar_names(name)(config)
+
+
+def _cifar_names(name: str) -> Callable[[DataConfig], tuple[str, ...]]:
+    """CIFAR's class names from its meta file alone (numbers where it has none)."""
+    def names(config: DataConfig) -> tuple[str, ...]:
+        from dashlib import cifar
+
+        return cifar.class_names(_cifar_root(name, config), name, _SOURCES[name].num_classes)
+
+    return names
 
 
 def _torchvision_split(name: str, config: DataConfig, train: bool) -> tuple[Split, tuple[str, ...]]:
@@ -312,9 +325,11 @@ def _cifar_fingerprint(name: str) -> Callable[[DataConfig], str]:
 
 
 for _name in _SOURCES:
+    _cifar = _name.startswith("cifar")
     DATASETS.add(_name, DatasetSource(_torchvision_loader(_name),
                                       _fixed(_SOURCES[_name].num_classes, _SOURCES[_name].channels),
-                                      _cifar_fingerprint(_name) if _name.startswith("cifar") else None))
+                                      _cifar_fingerprint(_name) if _cifar else None,
+                                      names=_cifar_names(_name) if _cifar else None))
 
 
 def _imagefolder_split(images: FolderImages) -> Split:
@@ -372,7 +387,8 @@ def _same_classes(test_dir: Path, test: tuple[str, ...], train_dir: Path, train:
 
 DATASETS.add("imagefolder", DatasetSource(load_imagefolder, _imagefolder_info,
                                           lambda config: folder_fingerprint(config.data_root),
-                                          user_folder=True))
+                                          user_folder=True,
+                                          names=lambda config: folder_classes(config.data_root)))
 
 #: DataConfig fields that say where the data is, not what it is: never part of an identity.
 LOCATION_FIELDS = ("data_root", "download")

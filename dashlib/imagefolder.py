@@ -370,11 +370,12 @@ def folder_classes(root: str | Path) -> tuple[str, ...]:
 
 def left_out(root: str | Path) -> dict[str, int]:
     """What the image folder holds that is no image of a class, counted by kind: files of
-    other types in the class folders by suffix (".gif", ".txt", "(none)"), files lying beside
-    the class folders ("beside the class folders"), and folders beside a used split (an unused
-    "val/" where "test/" is taken): {} when every file is read. For `dash info`; hidden
-    names (`skipped`) are not counted."""
-    train, test = split_folders(root)
+    other types in the class folders by suffix (".gif", ".txt", "(none)"), links to nothing
+    ("broken link"), files lying beside the class folders or beside the split folders, and
+    folders beside a used split (an unused "val/" where "test/" is taken): {} when every
+    file is read. For `dash info`; hidden names (`skipped`) are not counted."""
+    top = existing_root(root)
+    train, test = split_folders(top)
     out: Counter[str] = Counter()
     for split in (train, test):
         if split is None:
@@ -385,14 +386,23 @@ def left_out(root: str | Path) -> dict[str, int]:
             here = Path(dirpath)
             for name in filenames:
                 path = here / name
-                if skipped(name) or path in images:
-                    continue
-                out["beside the class folders" if here == split else path.suffix.lower() or "(none)"] += 1
-    if test is not None:
-        used = {train.name, test.name}
-        out.update({"unused split folder " + e.name: 1 for e in os.scandir(train.parent)
-                    if _is_dir(e) and not skipped(e.name) and e.name not in used})
+                if not (skipped(name) or path in images):
+                    out[_left_out_kind(path, here == split)] += 1
+    if train != top:  # a split layout: what lies beside train/ (and test/) is not read either
+        used = {train.name, *([test.name] if test is not None else [])}
+        for e in os.scandir(top):
+            if skipped(e.name) or e.name in used:
+                continue
+            out["unused folder " + e.name if _is_dir(e) else "beside the split folders"] += 1
     return dict(sorted(out.items()))
+
+
+def _left_out_kind(path: Path, beside_classes: bool) -> str:
+    if beside_classes:
+        return "beside the class folders"
+    if not path.exists():
+        return "broken link"
+    return path.suffix.lower() or "(none)"
 
 
 def folder_classes_of(split: Path, minimum: int = 2) -> tuple[str, ...]:

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import dataclasses
 import os
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -162,6 +162,9 @@ def quick_changes(p: Preset) -> dict[str, Any]:
             "widths": compression_widths(p)[:1]}
 
 
+REPOSITORY = Path(__file__).resolve().parent.parent
+
+
 def resolve_data_root(overrides: dict[str, Any], base: Path) -> dict[str, Any]:
     """A relative data root is taken against `base` (the repository, for notebooks run by hand:
     `dash reproduce` passes it absolute, resolved against the caller's directory)."""
@@ -169,6 +172,30 @@ def resolve_data_root(overrides: dict[str, Any], base: Path) -> dict[str, Any]:
     if isinstance(root, str) and not Path(root).expanduser().is_absolute():
         return {**overrides, "data.data_root": str(absolute(base / Path(root)))}
     return overrides
+
+
+def notebook_overrides(preset: str | Preset, overrides: Mapping[str, Any] | None) -> dict[str, Any]:
+    """A notebook's `overrides` with its data root absolute: a relative one, and the preset's
+    own (relative) default for a dataset read from files, taken against the repository, as
+    the notebooks' `runs_dir = "../runs"` is (run by hand, a notebook's working directory is
+    notebooks/). `dash reproduce` passes the root absolute already: unchanged then. An image
+    folder missing there is refused with the base named."""
+    from dashlib.data import DATASETS, DataNotFoundError
+
+    given = dict(overrides or {})
+    data = (preset if isinstance(preset, Preset) else get_preset(preset)).data
+    name = given.get("data.name", data.name)
+    source = DATASETS.get(name) if isinstance(name, str) and name in DATASETS else None
+    root = given.get("data.data_root", data.data_root if source is not None and source.reads_files else None)
+    if root is None:
+        return resolve_data_root(given, REPOSITORY)
+    out = resolve_data_root({**given, "data.data_root": root}, REPOSITORY)
+    if source is not None and source.user_folder and out["data.data_root"] != str(root) \
+            and not Path(out["data.data_root"]).exists():  # say which base a relative root was taken against
+        raise DataNotFoundError(f"data.data_root {root!r} does not exist as {out['data.data_root']}: a "
+                                f"notebook takes a relative data root against the repository ({REPOSITORY}), "
+                                f"not its working directory; give the folder's absolute path")
+    return out
 
 
 def budget(preset: str | Preset, quick: bool = False, workers: int = 2, device: str = "auto",
@@ -201,7 +228,7 @@ def budget(preset: str | Preset, quick: bool = False, workers: int = 2, device: 
         show_bars(progress)
     if runs_dir is not None:
         os.environ["DASH_RUNS"] = str(Path(runs_dir).resolve())
-    overrides = resolve_data_root(dict(overrides or {}), Path(__file__).resolve().parent.parent)
+    overrides = notebook_overrides(preset, overrides)
     name = preset.name if isinstance(preset, Preset) else preset
     preset_keys = {k: v for k, v in overrides.items() if "." in k}
     base = preset if isinstance(preset, Preset) else get_preset(name, **preset_keys)

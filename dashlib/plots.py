@@ -7,6 +7,7 @@ writes it with provenance. Methods keep one colour across every figure.
 from __future__ import annotations
 
 import math
+import os
 from collections import defaultdict
 from collections.abc import Mapping, Sequence
 from typing import Any
@@ -87,6 +88,8 @@ def sample_grids(grids: Mapping[str, Tensor], subtitle: str = "",
     per row, top first) label the rows of each figure row's first panel."""
     style()
     names = ordered(list(grids))
+    if row_names is not None and not row_names:
+        raise ValueError("row_names is empty: give one name per grid row, or None")
     cols = min(5, len(names))
     rows = math.ceil(len(names) / cols)
     fig, axes = plt.subplots(rows, cols, figsize=(3.0 * cols, 3.3 * rows), squeeze=False)
@@ -109,7 +112,9 @@ def sample_grids(grids: Mapping[str, Tensor], subtitle: str = "",
 
 
 def _short(name: str, width: int = 12) -> str:
-    """A class name cut to `width` characters for an axis label."""
+    """A class name cut to `width` characters for an axis label; a folder name that is not
+    UTF-8 (held with surrogate escapes, which matplotlib cannot draw) shows its bytes as \\xNN."""
+    name = os.fsencode(name).decode("utf-8", "backslashreplace")
     return name if len(name) <= width else name[:width - 1] + "…"
 
 

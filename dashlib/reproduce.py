@@ -57,12 +57,12 @@ def figures_dir(preset: str, quick: bool, root: str | Path | None = None,
 
 
 def prepared_figures_dir(preset: str, quick: bool, root: str | Path | None,
-                         overrides: Mapping[str, Any]) -> Path:
+                         overrides: Mapping[str, Any], elsewhere: str = "pass --figures DIR") -> Path:
     """`figures_dir`, absolute and claimed for its data (`claim_figures_folder`); a budget
     changed by `overrides` is written beside the figures (overrides.json), so the
     -set-<hash> folder says what it holds. `overrides` as `resolve_overrides` returns them."""
     fig_dir = figures_dir(preset, quick, root, overrides).resolve()
-    claim_figures_folder(figures_dir(preset, False, root, overrides).resolve(), preset, overrides)
+    claim_figures_folder(figures_dir(preset, False, root, overrides).resolve(), preset, overrides, elsewhere)
     changes = budget_changes(preset, overrides)
     if changes:
         from dashlib.io import atomic_write_json
@@ -80,18 +80,21 @@ def notebook_figures_dir(figures: str | Path | None, preset: str, quick: bool,
     overwrite the digits figures in figures/."""
     if figures is not None:
         return Path(figures)
-    from dashlib.pipeline import resolve_data_root
+    from dashlib.pipeline import notebook_overrides
 
     # the notebook's budget has checked the overrides; its relative data root is the repository's
-    overrides = resolve_data_root(dict(overrides or {}), notebooks_dir().parent)
-    return prepared_figures_dir(preset, quick, None, with_data_root(preset, overrides))
+    overrides = notebook_overrides(preset, overrides)
+    return prepared_figures_dir(preset, quick, None, with_data_root(preset, overrides),
+                                elsewhere="set the notebook's figures_dir parameter to a folder")
 
 
-def claim_figures_folder(folder: Path, preset: str, overrides: Mapping[str, Any]) -> None:
+def claim_figures_folder(folder: Path, preset: str, overrides: Mapping[str, Any],
+                         elsewhere: str = "pass --figures DIR") -> None:
     """An image folder's figures go to figures/<preset>-<folder name>/, so two folders of
     one name would share it: the folder records its data (`data.json`: root and content
     fingerprint), and a folder of the same name elsewhere with other images is refused
-    (moved, or the same root with images added, it is taken as the same data)."""
+    (moved, or the same root with images added, it is taken as the same data). `elsewhere`
+    says how the caller picks another folder (a notebook: its figures_dir parameter)."""
     from dashlib.data import is_user_folder
 
     if not is_user_folder(overrides.get("data.name")):
@@ -110,7 +113,7 @@ def claim_figures_folder(folder: Path, preset: str, overrides: Mapping[str, Any]
         if old.get("data_root") != root and old.get("files") != files:
             raise ReproduceError(
                 f"{folder} holds the figures of the image folder {old.get('data_root')}; {root} has the "
-                f"same name but other images, and its figures would replace them: pass --figures DIR "
+                f"same name but other images, and its figures would replace them: {elsewhere} "
                 f"(a folder of its own), or delete {folder}")
     folder.mkdir(parents=True, exist_ok=True)
     atomic_write_json(marker, {"data_root": root, "files": files})
@@ -316,20 +319,20 @@ def check_data_present(preset: str, overrides: Mapping[str, Any], names: Sequenc
         load_dataset(data)
 
 
-def check_text_paths(paths: Mapping[str, str | Path | None]) -> None:
+def check_text_paths(paths: Mapping[str, tuple[str | Path | None, str]]) -> None:
     """Refuse a path whose name is not valid UTF-8 (bytes such as an old archive's Latin-1
     b'd\\xe9j\\xe0'), before anything is written: papermill hands the notebooks their
-    parameters as UTF-8 text and would fail in the first notebook. The other commands
+    parameters as UTF-8 text and would fail in the first notebook. `paths` maps what each
+    is to (the path exactly as the notebooks get it, the fix to suggest). The other commands
     read such paths by their bytes."""
-    for what, path in paths.items():
+    for what, (path, fix) in paths.items():
         if path is None:
             continue
         try:
             str(path).encode("utf-8")
         except UnicodeEncodeError:
             raise ReproduceError(f"{what} {os.fsencode(str(path))!r} is not valid UTF-8, and dash reproduce "
-                                 f"passes it to the notebooks as text: rename it, or point a symbolic "
-                                 f"link with a UTF-8 name at it and give that") from None
+                                 f"passes it to the notebooks as text: {fix}") from None
 
 
 def reproduce(preset: str = DEFAULT_PRESET, quick: bool = False, only: Sequence[str] | None = None,
@@ -342,10 +345,17 @@ def reproduce(preset: str = DEFAULT_PRESET, quick: bool = False, only: Sequence[
     """
     from dashlib.threads import default_threads
 
-    check_text_paths({"--figures": None if figures is None else absolute(str(figures)),
-                      "the data root (--data-root)": with_data_root(preset, overrides)["data.data_root"],
-                      "the runs folder ($DASH_RUNS)": runs_root().resolve(),
-                      "the checkout": notebooks_dir().parent})
+    utf8 = "rename it, or use a folder whose full path is UTF-8"
+    given_root = (overrides or {}).get("data.data_root") is not None
+    check_text_paths({  # as the notebooks get them: resolved, but the data root keeps its links
+        "the runs folder ($DASH_RUNS)" if os.environ.get("DASH_RUNS") else "runs/ in the working directory":
+            (runs_root().resolve(), utf8),
+        "the checkout": (notebooks_dir(), utf8),
+        "--figures": (None if figures is None else Path(absolute(str(figures))).resolve(), utf8),
+        "--data-root" if given_root else "the preset's data root (in the working directory)":
+            (with_data_root(preset, overrides)["data.data_root"],
+             "rename it, or give --data-root a symbolic link with a UTF-8 name that points at it"),
+    })
     if figures is not None:  # a file there would fail in the first notebook that saves a figure
         check_writable_dir(figures_dir(preset, quick, figures, overrides), "the figures folder (--figures)")
     from dashlib.device import resolve_device

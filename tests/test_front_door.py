@@ -505,6 +505,24 @@ def test_cifar_format_root_loads_without_torchvision_checksums(tmp_path, name, c
     assert set(data.train.y.tolist()) == set(range(classes))
 
 
+def test_class_names_match_the_loaded_datasets_without_loading_them(tmp_path, monkeypatch):
+    """F1 labels its rows by `class_names`: for CIFAR it reads the meta file, not 60k images."""
+    from dashlib import data as data_module
+    from dashlib.cifar import write_cifar_root
+    from dashlib.data import class_names
+
+    cifar = write_cifar_root(tmp_path, "cifar10", per_batch=20)
+    folder = write_folder(tmp_path / "ds", COLOURS, per_class=2)
+    configs = [DataConfig(name="digits"), DataConfig(name="synthetic", synthetic_classes=3),
+               DataConfig(name="cifar10", data_root=str(cifar), image_size=32),
+               DataConfig(name="imagefolder", data_root=str(folder))]
+    loaded = [load_dataset(c).class_names for c in configs]
+    monkeypatch.setattr(data_module, "load_dataset", lambda c: pytest.fail(f"{c.name} loaded"))
+    assert [class_names(c) for c in configs] == loaded
+    assert loaded[0] == tuple("0123456789") and loaded[1] == ("class0", "class1", "class2")
+    assert loaded[3] == ("blue", "green", "red") and len(loaded[2]) == 10
+
+
 def test_a_cifar_batch_that_would_run_code_is_refused(tmp_path):
     from dashlib.cifar import write_cifar_root
 
@@ -1073,7 +1091,37 @@ def test_info_counts_what_an_image_folder_holds_that_is_not_read(tmp_path):
     (root / "stray.png").write_bytes(b"")
     (root / "red" / ".DS_Store").write_text("x")  # hidden: never counted
     assert left_out(root) == {"(none)": 1, ".gif": 1, ".txt": 1, "beside the class folders": 1}
+    (root / "blue" / "gone.png").symlink_to(tmp_path / "nowhere.png")
+    assert left_out(root)["broken link"] == 1
     split = tmp_path / "split"
     for name in ("train", "test", "val"):
         write_folder(split / name, COLOURS, per_class=1)
-    assert left_out(split) == {"unused split folder val": 1}
+    (split / "labels.csv").write_text("x")
+    assert left_out(split) == {"beside the split folders": 1, "unused folder val": 1}
+
+
+def test_a_notebook_takes_relative_and_default_data_roots_against_the_repository(tmp_path, monkeypatch):
+    """Run by hand (working directory notebooks/), a notebook read an image folder's default
+    root as notebooks/data and 08_claims a relative root against notebooks/, while the other
+    notebooks took a relative one against the repository; now every one does."""
+    from dashlib import pipeline
+    from dashlib.data import DataNotFoundError
+
+    repo = tmp_path / "repo"
+    write_folder(repo / "data", COLOURS, per_class=4)
+    write_folder(repo / "pets", COLOURS, per_class=4)
+    (repo / "notebooks").mkdir()
+    monkeypatch.setattr(pipeline, "REPOSITORY", repo)
+    monkeypatch.chdir(repo / "notebooks")
+    folder = {"data.name": "imagefolder"}
+    assert pipeline.notebook_overrides("tiny", folder)["data.data_root"] == str(repo / "data")
+    def root(given: str) -> str:
+        return pipeline.notebook_overrides("tiny", {**folder, "data.data_root": given})["data.data_root"]
+
+    assert root("pets") == str(repo / "pets") and root(str(tmp_path)) == str(tmp_path)  # absolute: as given
+    assert pipeline.notebook_overrides("tiny", {}) == {}  # synthetic data: no root to read
+    with pytest.raises(DataNotFoundError, match=r"'\.\./\.\./pets' does not exist as .*: a notebook takes a "
+                       r"relative data root against the repository"):
+        pipeline.notebook_overrides("tiny", {**folder, "data.data_root": "../../pets"})
+    monkeypatch.setenv("DASH_RUNS", str(tmp_path / "runs"))
+    assert pipeline.budget("tiny", overrides=folder).preset.data.data_root == str(repo / "data")

@@ -154,9 +154,7 @@ def test_f1_sidecar_describes_what_was_drawn(executed):
     record = json.loads((figures / "F1_samples.json").read_text())
     assert record["seeds"] == [42]
     assert record["steps"]["ddim"] == get_preset("tiny").sample.steps
-    from dashlib.data import class_names
-
-    assert record["class_names_shown"] == list(class_names(get_preset("tiny").data))  # one per row
+    assert record["class_names_shown"] == ["class0", "class1", "class2", "class3"]  # one per row, in order
 
 
 def test_notebooks_are_committed_clean_and_thin():
@@ -350,6 +348,17 @@ def test_a_notebook_left_to_its_default_figures_folder_writes_where_dash_reprodu
     assert changed == rep.figures_dir("digits", False, None, rep.with_data_root("digits", {"train.steps": 7}))
     given = tmp_path / "mine"
     assert rep.notebook_figures_dir(str(given), "tiny", True) == given  # dash reproduce passes its own
+    from PIL import Image
+
+    for where, shade in (("a", 40), ("b", 200)):  # two image folders named "pets", other images
+        for c in ("cat", "dog", "fox"):
+            (tmp_path / where / "pets" / c).mkdir(parents=True)
+            for i in range(3):
+                Image.new("L", (8, 8), shade + 10 * i).save(tmp_path / where / "pets" / c / f"{i}.png")
+    pets = {"data.name": "imagefolder", "data.data_root": str(tmp_path / "a" / "pets")}
+    assert rep.notebook_figures_dir(None, "tiny", True, pets) == figures / "tiny-pets" / "quick"
+    with pytest.raises(ReproduceError, match="set the notebook's figures_dir parameter"):
+        rep.notebook_figures_dir(None, "tiny", True, {**pets, "data.data_root": str(tmp_path / "b" / "pets")})
 
 
 def test_every_notebook_that_saves_figures_defaults_to_the_reproduce_folder():
@@ -380,3 +389,16 @@ def test_a_path_that_is_not_utf8_is_refused_before_anything_is_written(tmp_path,
         reproduce("tiny", figures=tmp_path / latin1 / "figs", device="cpu", progress=False)
     assert sorted(p.name for p in tmp_path.iterdir()) == [latin1]  # no figures, no runs
     assert [p.name for p in (tmp_path / latin1).iterdir()] == ["a"]
+    # a link with a UTF-8 name is what the data root's error suggests: the check lets it pass
+    # (the next check, an unknown notebook, is what stops this call)
+    (tmp_path / "link").symlink_to(tmp_path / latin1)
+    with pytest.raises(ReproduceError, match="unknown notebook"):
+        reproduce("tiny", only=["bogus"], device="cpu", progress=False,
+                  overrides={"data.name": "imagefolder", "data.data_root": str(tmp_path / "link")})
+    # the figures go to the resolved folder, so a link does not help there, nor is it suggested
+    with pytest.raises(ReproduceError, match=r"--figures .* use a folder whose full path is UTF-8"):
+        reproduce("tiny", only=["bogus"], figures=tmp_path / "link" / "figs", device="cpu", progress=False)
+    monkeypatch.delenv("DASH_RUNS")
+    monkeypatch.chdir(tmp_path / latin1)  # the default runs/ (and data/) are the working directory's
+    with pytest.raises(ReproduceError, match="runs/ in the working directory b'"):
+        reproduce("tiny", only=["bogus"], device="cpu", progress=False)

@@ -132,7 +132,15 @@ def test_sample_grids_label_their_rows_with_the_class_names_on_each_rows_first_p
     assert all(not ax.get_yticklabels() for ax in others)
     plain = plots.sample_grids(grids)
     assert not plain.axes[0].get_yticklabels()
+    import io
+    import os
+
     import matplotlib.pyplot as plt
+
+    latin1 = plots.sample_grids(grids, row_names=[os.fsdecode(b"caf\xe9"), "b", "c"])  # a folder's bytes
+    assert latin1.axes[0].get_yticklabels()[0].get_text() == "caf\\xe9"
+    latin1.savefig(io.BytesIO(), format="png")  # matplotlib could not draw the surrogate escape
+    plt.close(latin1)
 
     plt.close(fig)
     plt.close(plain)
