@@ -144,11 +144,10 @@ def _one_level_down_note(root: Path, classes: Sequence[str]) -> str:
         return ""
     inner = root / classes[0]
     try:
-        has_folders, loose = _contents(inner)
-        names = sorted(e.name for e in os.scandir(inner) if _is_dir(e) and not skipped(e.name))
+        names, loose = _contents(inner)
     except OSError:
         return ""
-    if not has_folders or loose or len(names) < 2:
+    if loose or len(names) < 2:
         return ""
     shown = ", ".join(names[:4]) + (", ..." if len(names) > 4 else "")
     return (f"; note: {classes[0]}/ holds {len(names)} folders ({shown}) and no images of its own: "
@@ -159,16 +158,16 @@ def _holds_classes(folder: Path) -> bool:
     """Whether a folder looks like a split (sub-folders, no images of its own) rather
     than a class (images)."""
     folders_in, loose = _contents(folder)
-    return folders_in and not loose
+    return bool(folders_in) and not loose
 
 
-def _contents(folder: Path) -> tuple[bool, list[str]]:
-    """(whether `folder` holds sub-folders, the names of the images directly in it, sorted),
+def _contents(folder: Path) -> tuple[list[str], list[str]]:
+    """(the names of `folder`'s sub-folders, those of the images directly in it), each sorted,
     `skipped` names left out."""
     from torchvision.datasets.folder import IMG_EXTENSIONS
 
     entries = [e for e in os.scandir(folder) if not skipped(e.name)]
-    return (any(_is_dir(e) for e in entries),
+    return (sorted(e.name for e in entries if _is_dir(e)),
             sorted(e.name for e in entries if not _is_dir(e) and e.name.lower().endswith(IMG_EXTENSIONS)))
 
 

@@ -83,8 +83,7 @@ def notebook_figures_dir(figures: str | Path | None, preset: str, quick: bool,
     from dashlib.pipeline import notebook_overrides
 
     # the notebook's budget has checked the overrides; its relative data root is the repository's
-    overrides = notebook_overrides(preset, overrides)
-    return prepared_figures_dir(preset, quick, None, with_data_root(preset, overrides),
+    return prepared_figures_dir(preset, quick, None, notebook_overrides(preset, overrides),
                                 elsewhere="set the notebook's figures_dir parameter to a folder")
 
 
