@@ -10,7 +10,8 @@ the preset's samples and DDIM steps), and writes per-budget verdicts.
 Resumable: it rewrites the JSON after every (budget, seed) stage, smallest
 budgets first; rerunning the same command reuses finished students and cached
 evaluation cells and continues where it stopped. CPU and wall time add up
-over the sessions.
+over the sessions. Cells of --out that the configuration no longer names (another
+dataset, changed images, runs hashed anew) are refused unless --drop-stale.
 
   nice -n 19 python bench/claims_sweep.py --workers 2 --threads 1   # digits: hours on 2 cores
   python bench/claims_sweep.py --preset tiny                         # seconds
@@ -28,16 +29,39 @@ import argparse
 import dataclasses
 import os
 import sys
+from collections.abc import Callable
 from pathlib import Path
 
 from common import RESULTS, environment
 
 from dashlib import claims, claims_report
+from dashlib.cli import KNOWN_ERRORS
+from dashlib.config import ConfigError
+from dashlib.inception import SET_OPTIONS, inception_weights_path
 from dashlib.threads import use_threads
 
 
-def _ints(text: str) -> tuple[int, ...]:
-    return tuple(int(x) for x in text.split(",") if x.strip())
+def _ints(minimum: int) -> Callable[[str], tuple[int, ...]]:
+    """An argparse type: comma-separated ints of at least `minimum`."""
+
+    def parse_ints(text: str) -> tuple[int, ...]:
+        try:
+            values = tuple(int(x) for x in text.split(",") if x.strip())
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"{text!r} is not a comma-separated list of whole "
+                                             f"numbers") from None
+        if not values or min(values) < minimum:
+            raise argparse.ArgumentTypeError(f"{text!r}: give whole numbers >= {minimum}, comma-separated")
+        return values
+
+    return parse_ints
+
+
+def _count(text: str) -> int:
+    value = _ints(0)(text)
+    if len(value) != 1:
+        raise argparse.ArgumentTypeError(f"{text!r} is not one whole number >= 0")
+    return value[0]
 
 
 def parse(argv: list[str] | None = None) -> argparse.Namespace:
@@ -45,8 +69,8 @@ def parse(argv: list[str] | None = None) -> argparse.Namespace:
     ap.add_argument("--preset", default="digits", help="the sweep's preset (digits: + digits16)")
     ap.add_argument("--quick", action="store_true", help="two smallest budgets, two seeds (smoke test)")
     ap.add_argument("--parts", default="", help="comma-separated presets of the plan to run")
-    ap.add_argument("--budgets", default="", help="comma-separated budgets (default: the plan's)")
-    ap.add_argument("--seeds", default="", help="comma-separated distillation seeds")
+    ap.add_argument("--budgets", type=_ints(1), help="comma-separated budgets (default: the plan's)")
+    ap.add_argument("--seeds", type=_ints(0), help="comma-separated distillation seeds")
     ap.add_argument("--variants", default="", help="comma-separated variants (default: the plan's)")
     ap.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
                     help="a dotted preset key for every part, as `dash reproduce --set` (repeatable; "
@@ -56,8 +80,11 @@ def parse(argv: list[str] | None = None) -> argparse.Namespace:
     ap.add_argument("--workers", type=int, default=2)
     ap.add_argument("--threads", type=int, default=None)
     ap.add_argument("--device", default="auto")
-    ap.add_argument("--max-stages", type=int, default=None)
+    ap.add_argument("--max-stages", type=_count, default=None)
     ap.add_argument("--out", default=str(RESULTS / "claims_sweep.json"))
+    ap.add_argument("--drop-stale", action="store_true",
+                    help="drop the teachers and cells of --out that this configuration no longer names "
+                         "(another dataset, changed images, runs hashed anew) instead of refusing")
     ap.add_argument("--figures", default="", help="also write F8 and the T8 tables here")
     ap.add_argument("--readme", default="", help="fill the claims block of this README from the JSON")
     ap.add_argument("--report-only", action="store_true",
@@ -78,57 +105,119 @@ def overrides(args: argparse.Namespace) -> dict[str, object]:
     return keys
 
 
+def full_plan(args: argparse.Namespace) -> list[claims.SweepPart]:
+    """The preset's whole plan, before --parts, --budgets, --seeds and --variants."""
+    return claims.sweep_plan(args.preset, args.quick, overrides(args))
+
+
 def plan(args: argparse.Namespace) -> list[claims.SweepPart]:
-    parts = claims.sweep_plan(args.preset, args.quick, overrides(args))
+    parts = full_plan(args)
     if args.parts:
-        keep = args.parts.split(",")
+        keep = [p for p in args.parts.split(",") if p.strip()]
+        unknown = sorted(set(keep) - {p.preset for p in parts})
+        if unknown or not keep:
+            raise ConfigError(f"--parts {args.parts!r}: the {args.preset} plan's parts are "
+                              f"{', '.join(p.preset for p in parts)}")
         parts = [p for p in parts if p.preset in keep]
     changes = {}
     if args.budgets:
-        changes["budgets"] = _ints(args.budgets)
+        changes["budgets"] = args.budgets
     if args.seeds:
-        changes["seeds"] = _ints(args.seeds)
+        changes["seeds"] = args.seeds
     if args.variants:
         changes["variants"] = tuple(args.variants.split(","))
     return [dataclasses.replace(p, **changes) for p in parts]
 
 
-def main(argv: list[str] | None = None) -> int:
-    args = parse(argv)
+def check_stored(out: Path, args: argparse.Namespace) -> None:
+    """Refuse an --out that holds the sweep of another preset (its figures would show empty
+    panels, a sweep would mix two grids in one file), or none for --report-only."""
+    from dashlib.io import read_json
+
+    if not out.is_file():
+        if args.report_only:
+            raise ConfigError(f"{out} does not exist: run the sweep first (without --report-only), or "
+                              f"pass the --out of one that ran")
+        return
+    state = read_json(out)
+    if not isinstance(state, dict) or state.get("benchmark") != "claims_sweep":
+        raise ConfigError(f"{out} is not a claims sweep's JSON (no \"benchmark\": \"claims_sweep\"): "
+                          f"pass --out FILE for a new sweep")
+    stored = {str(p.get("preset")) for p in state.get("plan", [])} | set(state.get("teachers", {}))
+    stored |= {str(c.get("preset")) for c in state.get("cells", {}).values()}
+    planned = [p.preset for p in full_plan(args)]
+    if stored - set(planned):
+        raise ConfigError(f"{out} holds a sweep of {', '.join(sorted(stored))}, and --preset "
+                          f"{args.preset} plans {', '.join(planned)}: pass the --preset (and --set) it "
+                          f"was run with, or --out FILE for a sweep of its own")
+
+
+def shown_path(out: Path) -> str:
+    """--out as the README names it: relative to the repository where it lies inside it."""
+    repo = Path(__file__).resolve().parent.parent
+    try:
+        return out.resolve().relative_to(repo).as_posix()
+    except ValueError:
+        return str(out)
+
+
+def write_reports(state: dict, args: argparse.Namespace, quick: bool) -> None:
+    if args.figures:
+        for path in claims_report.save_all(state, args.figures, quick=quick):
+            print(path)
+    if args.readme:
+        readme = Path(args.readme)
+        readme.write_text(claims_report.fill_readme(readme.read_text(), state, shown_path(Path(args.out))))
+        print(readme)
+
+
+def sweep(args: argparse.Namespace) -> int:
     use_threads(args.threads)
     parts = plan(args)
+    out = Path(args.out)
+    check_stored(out, args)
     print(f"sweep: {[(p.preset, p.budgets, p.seeds, p.variants) for p in parts]}", file=sys.stderr)
+    if args.report_only:
+        from dashlib.io import read_json
+
+        state = read_json(out)
+        claims.refresh(state, parts)  # verdicts and what is missing against this plan, in memory
+        write_reports(state, args, quick=args.quick or bool(state.get("quick")))
+        return 0
+    if args.readme:  # checked before hours of training, not after
+        claims_report.readme_span(Path(args.readme).read_text())
+    for part in parts:  # so are the Inception-v3 weights, where the preset scores with them
+        config = part.base().eval
+        if config.feature_extractor == "inception":
+            inception_weights_path(config.inception_weights, config.download_weights, SET_OPTIONS)
     env = environment()
 
     def report(state: dict) -> None:
         state["environment"] = env
+        state["quick"] = args.quick  # --report-only marks a smoke test's figures as one
         done = len(state["cells"])
         print(f"[claims] {done} cells done, {len(state['missing'])} missing, "
               f"cpu {state['total_cpu_s']:.0f} s", file=sys.stderr, flush=True)
 
-    if args.report_only:
-        from dashlib.io import read_json
-
-        state = read_json(args.out)
-        made = state.get("git_commit")
-        claims.refresh(state, parts)  # verdicts and what is missing against this plan, in memory
-        state["git_commit"] = made or state["git_commit"]  # the commit that measured the cells
-        if args.figures:
-            for path in claims_report.save_all(state, args.figures, quick=args.quick):
-                print(path)
-        if args.readme:
-            readme = Path(args.readme)
-            readme.write_text(claims_report.fill_readme(readme.read_text(), state))
-            print(readme)
-        return 0
-    state = claims.run_sweep(parts, args.out, workers=args.workers, device=args.device,
+    state = claims.run_sweep(parts, out, workers=args.workers, device=args.device,
                              progress=not args.no_progress, max_stages=args.max_stages,
-                             on_stage=report)
-    if args.figures:
-        for path in claims_report.save_all(state, args.figures, quick=args.quick):
-            print(path)
-    print(Path(args.out).resolve(), f"(runs in {os.environ.get('DASH_RUNS', 'runs')})")
+                             on_stage=report, drop_stale=args.drop_stale)
+    write_reports(state, args, quick=args.quick)
+    print(out.resolve(), f"(runs in {os.environ.get('DASH_RUNS', 'runs')})")
     return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse(argv)
+    try:
+        return sweep(args)
+    except KNOWN_ERRORS as err:
+        print(f"claims_sweep: error: {err}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("claims_sweep: interrupted; rerun the same command to continue (finished stages are "
+              "kept)", file=sys.stderr)
+        return 130
 
 
 if __name__ == "__main__":

@@ -25,6 +25,7 @@ import dataclasses
 import math
 import resource
 import statistics
+import sys
 import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -276,75 +277,112 @@ def planned_cells(parts: Sequence[SweepPart]) -> list[str]:
 
 def run_sweep(parts: Sequence[SweepPart], out: str | Path, workers: int = 1, device: str = "auto",
               progress: bool = True, max_stages: int | None = None,
-              on_stage: Callable[[dict[str, Any]], None] | None = None) -> dict[str, Any]:
+              on_stage: Callable[[dict[str, Any]], None] | None = None,
+              drop_stale: bool = True) -> dict[str, Any]:
     """Run the sweep stage by stage, rewriting `out` (JSON) after each; returns its content.
 
-    Cells already in `out` whose run folder still exists, and is the folder the variant's
-    configuration names now, are not re-run or re-evaluated; CPU and wall time accumulate
-    over the sessions that wrote `out`. `max_stages` stops after that many stages that did work (tests).
+    Cells already in `out` that are of the run their variant's configuration names now
+    (`_current`) are not re-run or re-evaluated; CPU and wall time accumulate over the
+    sessions that did work (an interrupted one is saved with the time it spent). Stale
+    records (another dataset, changed images, a run hashed anew) are dropped with a note,
+    or, with `drop_stale=False`, refused (`StaleSweepError`) before anything runs.
+    `max_stages` stops after that many stages that did work (tests).
     """
+    from dashlib.report import git_commit
+
     out = Path(out)
-    state = _load(out, parts)
+    state = _load(out, parts, drop_stale)
     session = {"started": time.strftime("%Y-%m-%d %H:%M:%S"), "wall_s": 0.0, "cpu_s": 0.0,
                "workers": workers, "device": device}
-    state["sessions"].append(session)
     t0, c0 = time.perf_counter(), cpu_seconds()
     done_stages = 0
+    begun = False  # whether this session has started any work: only then is it a session
 
     def save() -> None:
-        session.update(wall_s=time.perf_counter() - t0, cpu_s=cpu_seconds() - c0)
+        if begun:
+            if session not in state["sessions"]:
+                state["sessions"].append(session)
+            session.update(wall_s=time.perf_counter() - t0, cpu_s=cpu_seconds() - c0)
+            state["git_commit"] = git_commit()  # the commit that measured the newest cells
         refresh(state, parts)
         if on_stage is not None:  # may add keys (the bench's environment) before the write
             on_stage(state)
         atomic_write_json(out, state)
 
-    for part in parts:
-        if part.preset not in state["teachers"]:
-            state["teachers"][part.preset] = teacher_record(part, workers, device, progress)
+    try:
+        for part in parts:
+            if part.preset not in state["teachers"]:
+                begun = True
+                state["teachers"][part.preset] = teacher_record(part, workers, device, progress)
+                save()
+            for budget, seed in part.stages():
+                keys = [cell_key(part.preset, v, budget, seed) for v in part.variants]
+                if all(k in state["cells"] for k in keys):
+                    continue
+                if max_stages is not None and done_stages >= max_stages:
+                    return state
+                begun = True
+                state["cells"].update(run_stage(part, budget, seed, workers, device, progress))
+                done_stages += 1
+                save()
+    except BaseException:
+        if begun:  # interrupted: keep the time this session spent since its last stage
             save()
-        for budget, seed in part.stages():
-            keys = [cell_key(part.preset, v, budget, seed) for v in part.variants]
-            if all(k in state["cells"] for k in keys):
-                continue
-            if max_stages is not None and done_stages >= max_stages:
-                return state
-            state["cells"].update(run_stage(part, budget, seed, workers, device, progress))
-            done_stages += 1
-            save()
+        raise
     save()
     return state
 
 
-def _load(out: Path, parts: Sequence[SweepPart]) -> dict[str, Any]:
+class StaleSweepError(ConfigError):
+    """A sweep's state holds records its configuration no longer names (`run_sweep(drop_stale=False)`)."""
+
+
+def _load(out: Path, parts: Sequence[SweepPart], drop_stale: bool = True) -> dict[str, Any]:
     """The state in `out`, less what the plan's configuration no longer names (`_current`):
     a teacher or cell of another dataset (an image folder of the same name: the same state
     file), of images since added, or of a run since hashed anew. Where nothing of an old
-    state is left, its sessions go too: their time was spent on another sweep."""
+    state is left, its sessions go too: their time was spent on another sweep. Dropped
+    records are named in a note on stderr, or refused where `drop_stale` is False."""
     state: dict[str, Any] = {"benchmark": "claims_sweep", "sessions": [], "teachers": {}, "cells": {}}
     if not out.is_file():
         return state
     old = read_json(out)
     bases = {p.preset: p.base() for p in parts}
-    state["teachers"] = {k: t for k, t in old.get("teachers", {}).items() if _current(t, bases, None)}
-    state["cells"] = {k: c for k, c in old.get("cells", {}).items() if _current(c, bases, c)}
+    teachers, cells = old.get("teachers", {}), old.get("cells", {})
+    state["teachers"] = {k: t for k, t in teachers.items() if _current(t, bases, None)}
+    state["cells"] = {k: c for k, c in cells.items() if _current(c, bases, c)}
+    stale = [(k, r["run"]) for records, kept in ((teachers, state["teachers"]), (cells, state["cells"]))
+             for k, r in records.items() if k not in kept]
+    if stale:
+        what = (f"{out}: {len(stale)} of its {len(teachers) + len(cells)} teachers and cells are not of "
+                f"the runs this configuration names now (another dataset or image folder of the same "
+                f"name, images since changed, or runs hashed anew; first: {stale[0][0]} in "
+                f"{stale[0][1]})")
+        if not drop_stale:
+            raise StaleSweepError(f"{what}; they would be dropped with their time. Pass --out FILE for a "
+                                  f"sweep of its own, or --drop-stale to drop them")
+        print(f"note: {what}; they are dropped, and measured again where this plan has them",
+              file=sys.stderr)
     kept = state["teachers"] or state["cells"]
-    if kept or not (old.get("cells") or old.get("teachers")):
+    if kept or not (cells or teachers):
         state["sessions"] = list(old.get("sessions", []))
+        if old.get("git_commit"):
+            state["git_commit"] = old["git_commit"]
     return state
 
 
 def _current(record: Mapping[str, Any], bases: Mapping[str, Preset], cell: Mapping[str, Any] | None) -> bool:
     """Whether a teacher record (`cell` None) or a cell is of the run its preset's configuration
-    (`bases`) names now; a record of a preset outside the plan only needs its folder."""
+    (`bases`) names now: its folder has that run's name (kind and configuration hash), wherever
+    the runs folder is now and whether or not it is still there (the record holds the numbers);
+    a record of a preset outside the plan only needs its folder."""
     from dashlib.distill.run import distill_run
     from dashlib.teacher import teacher_run
 
     folder = Path(record["run"])
     base = bases.get(record.get("preset", ""))
-    if not folder.exists():
-        return False
     if base is None:
-        return True
+        return folder.exists()
     if cell is None:
         current = teacher_run(base).path
     else:
@@ -352,7 +390,7 @@ def _current(record: Mapping[str, Any], bases: Mapping[str, Preset], cell: Mappi
             return False
         variant = VARIANTS.get(cell["variant"])
         current = distill_run(variant.preset(base, cell["budget"], cell["seed"]), variant.method).path
-    return folder.resolve() == current.resolve()
+    return folder.name == current.name
 
 
 def refresh(state: dict[str, Any], parts: Sequence[SweepPart]) -> None:
@@ -369,7 +407,7 @@ def refresh(state: dict[str, Any], parts: Sequence[SweepPart]) -> None:
     state["complete"] = not state["missing"]
     state["total_cpu_s"] = sum(s["cpu_s"] for s in state["sessions"])
     state["total_wall_s"] = sum(s["wall_s"] for s in state["sessions"])
-    state["git_commit"] = git_commit()
+    state.setdefault("git_commit", git_commit())  # run_sweep sets it where it measured cells
     state["summary"] = summarize(state["cells"].values())
     state["verdicts"] = verdicts(state["summary"], {p.preset: set(p.variants) for p in parts})
 

@@ -14,6 +14,7 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
+from dashlib.config import ConfigError
 from dashlib.report import MeanStd, Provenance, save_figure, save_table
 
 #: The DASH variants' own colours (the methods keep `plots.colour`'s).
@@ -215,8 +216,9 @@ def missing_text(state: Mapping[str, Any], parts: Sequence[str] | None = None) -
 README_START, README_END = "<!-- claims-budget-table -->", "<!-- /claims-budget-table -->"
 
 
-def readme_block(state: Mapping[str, Any]) -> str:
-    """The README's generated block: per preset, the per-budget verdicts and what is missing."""
+def readme_block(state: Mapping[str, Any], source: str = "bench/results/claims_sweep.json") -> str:
+    """The README's generated block: per preset, the per-budget verdicts and what is missing;
+    `source` names the JSON it summarises."""
     lines = [README_START]
     for part in state["plan"]:
         preset = part["preset"]
@@ -228,12 +230,22 @@ def readme_block(state: Mapping[str, Any]) -> str:
     status = "complete" if state["complete"] else "**partial**"
     lines += ["", f"Sweep {status}: {len(state['cells'])} students, total CPU time "
                   f"{state['total_cpu_s'] / 60:.0f} min over {len(state['sessions'])} session(s) "
-                  f"(summarised at commit {state['git_commit']}; bench/results/claims_sweep.json).",
+                  f"(summarised at commit {state['git_commit']}; {source}).",
               README_END]
     return "\n".join(lines)
 
 
-def fill_readme(text: str, state: Mapping[str, Any]) -> str:
-    """`text` with the block between the README markers replaced by `readme_block(state)`."""
-    start, end = text.index(README_START), text.index(README_END) + len(README_END)
-    return text[:start] + readme_block(state) + text[end:]
+def readme_span(text: str) -> tuple[int, int]:
+    """Where the generated block lies in a README's text (start, end); a `ConfigError` where
+    its markers are missing."""
+    start, end = text.find(README_START), text.find(README_END)
+    if start < 0 or end < start:
+        raise ConfigError(f"the README has no claims block to fill: put the lines {README_START} and "
+                          f"{README_END} where it goes (--readme)")
+    return start, end + len(README_END)
+
+
+def fill_readme(text: str, state: Mapping[str, Any], source: str = "bench/results/claims_sweep.json") -> str:
+    """`text` with the block between the README markers replaced by `readme_block(state, source)`."""
+    start, end = readme_span(text)
+    return text[:start] + readme_block(state, source) + text[end:]

@@ -128,6 +128,10 @@ def data_overrides(args: argparse.Namespace) -> dict[str, Any]:
 
     overrides = parse_set(getattr(args, "overrides", []))
     if getattr(args, "data_root", None):
+        given = overrides.get("data.data_root")
+        if given is not None and absolute(str(given)) != absolute(args.data_root):
+            raise ConfigError(f"--data-root {args.data_root} and --set data.data_root={given} name two "
+                              f"data roots; give one of them")
         overrides["data.data_root"] = args.data_root
     if getattr(args, "download", False):
         overrides["data.download"] = True

@@ -216,18 +216,29 @@ class TorchvisionSource:
     num_classes: int
     channels: int
     max_value: float = 255.0
+    #: what to fetch from `url` by hand, where none of torchvision's download is allowed
+    files: tuple[str, ...] = ()
+
+    def fetch(self) -> str:
+        """How to put the files in place by hand, under a data root DIR."""
+        if not self.files:
+            return f"fetch {self.url} yourself, extract it into a folder DIR (giving DIR/{self.folder}/)"
+        return (f"fetch {', '.join(self.files)} from {self.url} yourself and gunzip them into "
+                f"DIR/{self.folder}/")
 
 
+_MNIST_FILES = ("train-images-idx3-ubyte.gz", "train-labels-idx1-ubyte.gz", "t10k-images-idx3-ubyte.gz",
+                "t10k-labels-idx1-ubyte.gz")
 _SOURCES = {
     "cifar10": TorchvisionSource("CIFAR10", "cifar-10-batches-py",
                                  "https://www.cs.toronto.edu/~kriz/cifar-10-python.tar.gz", 10, 3),
     "cifar100": TorchvisionSource("CIFAR100", "cifar-100-python",
                                   "https://www.cs.toronto.edu/~kriz/cifar-100-python.tar.gz", 100, 3),
     "mnist": TorchvisionSource("MNIST", "MNIST/raw",
-                               "https://ossci-datasets.s3.amazonaws.com/mnist/", 10, 1),
+                               "https://ossci-datasets.s3.amazonaws.com/mnist/", 10, 1, files=_MNIST_FILES),
     "fashion-mnist": TorchvisionSource("FashionMNIST", "FashionMNIST/raw",
                                        "http://fashion-mnist.s3-website.eu-central-1.amazonaws.com/",
-                                       10, 1),
+                                       10, 1, files=_MNIST_FILES),
 }
 
 
@@ -244,7 +255,7 @@ def _open_torchvision(name: str, config: DataConfig, train: bool) -> object:
         raise DataNotFoundError(
             f"{name} was not found under {root / src.folder} and {how}. Either allow the "
             f"download with --download (--set data.download=true) on a machine with "
-            f"internet access, or fetch {src.url} yourself, extract it into a folder DIR and pass "
+            f"internet access, or {src.fetch()} and pass "
             f"--data-root DIR (the same as --set data.data_root=DIR). "
             f"[{type(err).__name__}: {err}]"
         ) from None

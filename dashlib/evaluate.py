@@ -70,6 +70,7 @@ from dashlib.guidance import Guidance, one_branch
 from dashlib.inception import inception_weights_path
 from dashlib.io import (
     CorruptFileError,
+    absolute,
     atomic_torch_save,
     atomic_write_json,
     load_checkpoint,
@@ -206,7 +207,8 @@ def run_spec(run: Run | str | Path, sample: SampleConfig | None = None,
     check_run_data(run, data)
     model = artifact.model
     return RunSpec(
-        path=str(run.path), name=run.path.name, kind=kind,
+        # absolute: the rows and reports name the run wherever they are read from (as the CLI does)
+        path=str(absolute(run.path)), name=run.path.name, kind=kind,
         method=str(artifact.extra.get("method") or results.get("method") or kind),
         preset=preset_name, data=to_dict(data), sample=to_dict(sample),
         digest=file_digest(run.final), cfg=bool(model.config.cfg), num_classes=model.config.num_classes,
@@ -399,11 +401,15 @@ _WORKER: CellEvaluator | None = None
 _LIMITS: object = None  # keeps the worker's thread-pool limits alive
 
 
-def _init_worker(threads: int) -> None:
-    """Single-threaded torch and BLAS (numpy's, used by the metrics): workers never oversubscribe."""
+def _init_worker(threads: int, parent: int) -> None:
+    """Single-threaded torch and BLAS (numpy's, used by the metrics): workers never oversubscribe;
+    and gone with `parent` (`dashlib.workers`)."""
     from threadpoolctl import threadpool_limits
 
+    from dashlib.workers import die_with_parent
+
     global _WORKER, _LIMITS
+    die_with_parent(parent)
     use_threads(threads)
     _LIMITS = threadpool_limits(threads)
     _WORKER = CellEvaluator()
@@ -672,7 +678,7 @@ def measure_all(tasks: Sequence[Task], workers: int, progress: bool) -> dict[str
                 bar.update(1)
         else:
             with ProcessPoolExecutor(min(workers, len(todo)), mp_context=get_context("spawn"),
-                                     initializer=_init_worker, initargs=(1,)) as pool:
+                                     initializer=_init_worker, initargs=(1, os.getpid())) as pool:
                 futures = {pool.submit(_measure_in_worker, t): t for t in todo}
                 for future in as_completed(futures):
                     results[futures[future].key] = _worker_result(future, futures[future], workers)

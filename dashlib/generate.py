@@ -8,7 +8,8 @@ import torch
 from torch import Tensor
 
 from dashlib.artifacts import Artifact, load_artifact
-from dashlib.config import ConfigError, Preset, SampleConfig, to_dict
+from dashlib.config import ConfigError, DataConfig, Preset, SampleConfig, from_dict, to_dict
+from dashlib.data import class_names
 from dashlib.device import check_batch_fits, resolve_device
 from dashlib.distributed import barrier, is_main, sample_sharded
 from dashlib.guidance import Guidance
@@ -36,6 +37,19 @@ def model_run(preset: Preset, run: str | Path | None) -> Run:
     return teacher
 
 
+def model_class_names(artifact: Artifact, preset: Preset) -> list[str] | None:
+    """The names of the classes a model was trained on, in label order: from the data its
+    checkpoint records (else the preset's), None where that data cannot be found now (the
+    labels still index the classes; the names need the images or CIFAR's meta file)."""
+    recorded = artifact.config.get("data")
+    data = from_dict(DataConfig, recorded) if recorded else preset.data
+    try:
+        names = list(class_names(data))
+    except FileNotFoundError:  # moved or deleted since training: sampling does not need the data
+        return None
+    return names if len(names) == artifact.model.config.num_classes else None
+
+
 def generate(artifact: Artifact, config: SampleConfig, labels: Tensor, seed: int,
              device: torch.device | str = "cpu", runtime: Runtime | None = None,
              guidance: Guidance | None = None) -> Tensor:
@@ -54,9 +68,11 @@ def generate(artifact: Artifact, config: SampleConfig, labels: Tensor, seed: int
 def sample_to_files(preset: Preset, run: str | Path | None, guidance: Guidance | str | float | None,
                     n: int, seed: int, out: str | Path | None = None,
                     device: str = "auto", runtime: Runtime | None = None) -> tuple[Path, Path]:
-    """Write a class-per-row PNG grid and a tensor file {samples, labels}; returns their paths.
+    """Write a class-per-row PNG grid and a tensor file {samples, labels, class_names, ...};
+    returns their paths.
 
-    `guidance`: "tag", a constant w, or None for the preset's sampler setting."""
+    `guidance`: "tag", a constant w, or None for the preset's sampler setting. `class_names`
+    names label i (the model's data, `model_class_names`), None where that data is not here."""
     src = model_run(preset, run)
     dev = resolve_device(device)
     folder = check_writable_dir(Path(out) if out else src.path / "samples", "the samples folder (--out)")
@@ -92,6 +108,7 @@ def sample_to_files(preset: Preset, run: str | Path | None, guidance: Guidance |
     if is_main():  # under torchrun rank 0 writes, the others wait for the files
         save_grid(samples, labels, k, png)
         atomic_torch_save({"samples": samples, "labels": labels, "guidance": tag,
+                           "class_names": model_class_names(artifact, preset),
                            "steps": config.steps, "seed": seed, "sampler": to_dict(config),
                            "precision": precision_name(dtype)}, tensor)
     barrier()

@@ -38,7 +38,7 @@ import torch
 from torch import Tensor
 
 from dashlib import bars
-from dashlib.io import FS_ERRORS, files_fingerprint
+from dashlib.io import FS_ERRORS, files_fingerprint, runs_root
 
 if TYPE_CHECKING:
     import PIL.Image
@@ -78,13 +78,20 @@ class FolderImages:
 
 
 def existing_root(root: str | Path) -> Path:
-    """The image folder as an absolute path, or an error that says how to give one."""
+    """The image folder as an absolute path, or an error that says how to give one (also where
+    dash's runs folder lies inside it)."""
     root = Path(root).expanduser().resolve()
     if not root.is_dir():
         what = "is a file, not a folder" if root.exists() else "does not exist"
         raise ImageFolderError(
             f"image folder {root} {what}; pass --data-root DIR (--set data.data_root=DIR) with "
             f"one sub-folder of images per class, e.g. DIR/cat/*.png, DIR/dog/*.png")
+    runs = runs_root().resolve()
+    if runs == root or root in runs.parents:  # the first command would write a "class" of its files
+        raise ImageFolderError(
+            f"dash's runs folder {runs} lies inside the image folder {root}, so its checkpoints, caches "
+            f"and notebooks would be read as images of a class: run dash from a folder outside {root}, "
+            f"or set DASH_RUNS to one")
     return root
 
 

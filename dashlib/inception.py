@@ -21,6 +21,8 @@ from urllib.parse import urlparse
 import torch
 from torch import Tensor
 
+from dashlib.io import is_pickle
+
 
 class InceptionWeightsError(FileNotFoundError):
     """The Inception-v3 weights file is missing or not the right file; the message says how to get it."""
@@ -38,12 +40,23 @@ def inception_cache_file() -> Path:
     return Path(torch.hub.get_dir()) / "checkpoints" / Path(urlparse(inception_url()).path).name
 
 
-def how_to_get(looked: str) -> str:
+#: How each command takes the three remedies: `dash evaluate`'s options, and the preset keys
+#: of every command that takes --set (`dash reproduce`, the claims sweep).
+EVALUATE_OPTIONS = {"weights": "--inception-weights FILE (EvalConfig.inception_weights)",
+                    "download": "--download-weights", "classifier": "--extractor classifier"}
+SET_OPTIONS = {"weights": "--set eval.inception_weights=FILE", "download": "--set eval.download_weights=true",
+               "classifier": "--set eval.feature_extractor=classifier"}
+
+
+def how_to_get(looked: str, options: dict[str, str] | None = None) -> str:
+    """The error text for missing weights, naming the remedies as `options` spells them
+    (`EVALUATE_OPTIONS` by default)."""
+    say = options or EVALUATE_OPTIONS
     return (f"Inception-v3 weights for FID/IS were not found ({looked}). Offline, fetch "
             f"{inception_url()} on a machine with internet, copy it here and pass "
-            f"--inception-weights FILE (EvalConfig.inception_weights), or put it at "
-            f"{inception_cache_file()}; with internet, --download-weights lets dash fetch it. "
-            f"Without it, --extractor classifier gives the offline classifier FID.")
+            f"{say['weights']}, or put it at {inception_cache_file()}; with internet, "
+            f"{say['download']} lets dash fetch it. Without it, {say['classifier']} gives the "
+            f"offline classifier FID.")
 
 
 def _download(file: Path) -> None:
@@ -55,25 +68,28 @@ def _download(file: Path) -> None:
             f"downloading to {file} failed: {type(err).__name__}: {err}")) from None
 
 
-def inception_weights_path(path: str | None, download: bool = False) -> Path:
+def inception_weights_path(path: str | None, download: bool = False,
+                           options: dict[str, str] | None = None) -> Path:
     """The local Inception-v3 weights: `path`, else torch.hub's cache, else (if allowed) a download.
 
     The file is checked by `load_inception_state` (a weights_only load that
-    must hold the 1008-way `fc` of the ported net).
+    must hold the 1008-way `fc` of the ported net). Errors name the remedies as
+    `options` spells them (`how_to_get`).
     """
+    flag = (options or EVALUATE_OPTIONS)["weights"].split(" FILE")[0]
     if path is not None:
         file = Path(path).expanduser()
         if file.is_dir():
-            raise InceptionWeightsError(how_to_get(f"--inception-weights {file} is a folder, not the file"))
+            raise InceptionWeightsError(how_to_get(f"{flag} {file} is a folder, not the file", options))
         if not file.is_file():
-            raise InceptionWeightsError(how_to_get(f"--inception-weights {file} does not exist"))
+            raise InceptionWeightsError(how_to_get(f"{flag} {file} does not exist", options))
     else:
         file = inception_cache_file()
         if not file.is_file() and download:
             _download(file)
         if not file.is_file():
             raise InceptionWeightsError(how_to_get(
-                f"no --inception-weights given, and torch-fidelity's cache has no {file}"))
+                f"no {flag} given, and torch-fidelity's cache has no {file}", options))
     load_inception_state(file)
     return file
 
@@ -98,6 +114,9 @@ def load_inception_state(file: str | Path, digest: str | None = None) -> dict[st
     try:
         state = torch.load(io.BytesIO(data), map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as err:
+        if not is_pickle(data):  # text or other bytes: no weights file at all, not a refused pickle
+            raise InceptionWeightsError(how_to_get(
+                f"{file} is not a PyTorch weights file (neither torch's zip format nor a pickle)")) from None
         raise InceptionWeightsError(
             f"refusing to load {file}: it holds objects other than tensors, so loading it could run "
             f"arbitrary code ({str(err).splitlines()[0]})") from None

@@ -197,19 +197,17 @@ class UnreadableCheckpointError(CheckpointError):
     one refused as unsafe): a cache may recompute it instead of failing."""
 
 
-def _pickled(path: Path) -> bool:
-    """Whether the file is torch's zip format (a pickle inside) or reads as a pickle stream of
+def is_pickle(data: bytes) -> bool:
+    """Whether `data` is torch's zip format (a pickle inside) or reads as a pickle stream of
     any protocol (its opcodes parsed up to STOP, never executed): a refused pickle is unsafe,
     anything else merely unreadable."""
     import pickletools
 
+    if data[:4] == b"PK\x03\x04":
+        return True
     try:
-        with open(path, "rb") as f:
-            if f.read(4) == b"PK\x03\x04":
-                return True
-            f.seek(0)
-            for _ in pickletools.genops(f):
-                pass
+        for _ in pickletools.genops(io.BytesIO(data)):
+            pass
     except Exception:  # noqa: BLE001 (any parse failure: not a pickle)
         return False
     return True
@@ -232,7 +230,7 @@ def load_checkpoint(path: str | Path, what: str = "",
     try:
         obj = torch.load(path, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as err:
-        if not _pickled(path):  # text or other bytes: no checkpoint, not a pickle that was refused
+        if not is_pickle(path.read_bytes()):  # text or other bytes: not a pickle that was refused
             raise UnreadableCheckpointError(
                 f"{path} is not a readable checkpoint (not a pickle stream, nor torch's format). "
                 f"Delete it and rerun with --force, or restore it from a backup.") from None

@@ -182,6 +182,29 @@ def show(path: str | Path) -> None:
     display(Image(filename=str(path)) if path.suffix == ".png" else Markdown(path.read_text()))
 
 
+def _marker(path: Path) -> dict:
+    """A JSON object `dash reproduce` left beside the figures, {} where there is none."""
+    try:
+        found = json.loads(path.read_text())
+    except (OSError, json.JSONDecodeError):
+        return {}
+    return found if isinstance(found, dict) else {}
+
+
+def _folder_notes(folder: Path) -> list[str]:
+    """What the figures were made of where it is not the preset's own: the image folder
+    (`data.json`, kept in the full-budget folder above a quick/ one) and the preset keys
+    changed (`overrides.json`), as `dashlib.reproduce.prepared_figures_dir` records them."""
+    data = _marker(folder / "data.json") or (_marker(folder.parent / "data.json")
+                                             if folder.name == "quick" else {})
+    changed = _marker(folder / "overrides.json")
+    notes = [f"Data: the image folder {data['data_root']}."] if data.get("data_root") else []
+    if changed.get("overrides"):
+        keys = ", ".join(f"{k} = {json.dumps(v)}" for k, v in changed["overrides"].items())
+        notes.append(f"Changed from the {changed.get('preset', '')} preset: {keys}.")
+    return notes
+
+
 def write_index(folder: str | Path) -> Path:
     """Rebuild `README.md` in a figures folder from the sidecars found there."""
     folder = Path(folder)
@@ -209,7 +232,7 @@ def write_index(folder: str | Path) -> Path:
                      f"{r['git_commit']} | {r['date']} |")
     from dashlib.adequacy import records_warning
 
-    notes = [records_warning(records)]
+    notes = [records_warning(records), *_folder_notes(folder)]
     if any(r.get("quick") for r in records):
         notes.append("Quick run: a smoke test at reduced budgets (dash reproduce --quick); its "
                      "numbers and verdicts are not the paper's claims.")

@@ -286,6 +286,8 @@ def with_data_root(preset: str, overrides: Mapping[str, Any] | None) -> dict[str
     if root is None:
         root = get_preset(preset).data.data_root
     out["data.data_root"] = str(absolute(str(root)))
+    if isinstance(out.get("eval.inception_weights"), str):  # a file named from the caller's folder too
+        out["eval.inception_weights"] = str(absolute(out["eval.inception_weights"]))
     return out
 
 
@@ -316,6 +318,25 @@ def check_data_present(preset: str, overrides: Mapping[str, Any], names: Sequenc
         source.fingerprint(data)
     else:
         load_dataset(data)
+
+
+#: The notebooks that score samples in the preset's feature space (FID/IS).
+EVALUATING_NOTEBOOKS = ("03_evaluation", "04_ablations", "08_claims")
+
+
+def check_feature_space(preset: str, overrides: Mapping[str, Any], names: Sequence[str]) -> None:
+    """Find (or, where `eval.download_weights` allows, download) the Inception-v3 weights when
+    the preset scores in that space and one of the notebooks `names` scores samples, so that a
+    missing file fails here, and not after the teacher and every student have trained. The
+    error names the remedies as `--set` keys (`dashlib.inception.SET_OPTIONS`)."""
+    from dashlib.inception import SET_OPTIONS, inception_weights_path
+    from dashlib.presets import get_preset
+
+    if not any(name in EVALUATING_NOTEBOOKS for name in names):
+        return
+    config = get_preset(preset, **{k: v for k, v in overrides.items() if "." in k}).eval
+    if config.feature_extractor == "inception":
+        inception_weights_path(config.inception_weights, config.download_weights, SET_OPTIONS)
 
 
 def check_text_paths(paths: Mapping[str, tuple[str | Path | None, str]]) -> None:
@@ -371,6 +392,7 @@ def reproduce(preset: str = DEFAULT_PRESET, quick: bool = False, only: Sequence[
 
         check_plan(preset, quick, overrides)
     check_data_present(preset, overrides, names)
+    check_feature_space(preset, overrides, names)
     out_dir = runs_root().resolve() / output_label(preset, overrides) / (
         "notebooks-quick" if quick else "notebooks")
     fig_dir = prepared_figures_dir(preset, quick, figures, overrides)

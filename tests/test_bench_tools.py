@@ -151,3 +151,61 @@ def test_a_report_from_the_sweeps_json_leaves_the_json_as_it_is(tmp_path):
     assert claims_sweep.main(["--report-only", "--out", str(state), "--figures", str(figures)]) == 0
     assert state.read_bytes() == before
     assert json.loads((figures / "F8_claims_budget.json").read_text())["complete"]
+
+
+def test_a_rerun_that_would_drop_the_committed_cells_is_refused_and_leaves_them(tmp_path, monkeypatch,
+                                                                                 capsys):
+    """The committed sweep's runs are elsewhere and some were hashed by older code: a rerun used
+    to drop those cells silently and overwrite the JSON; it now refuses until told to."""
+    import shutil
+
+    monkeypatch.setenv("DASH_RUNS", str(tmp_path / "runs"))
+    state = tmp_path / "claims_sweep.json"
+    shutil.copy(BENCH / "results" / "claims_sweep.json", state)
+    before = state.read_bytes()
+    assert claims_sweep.main(["--out", str(state), "--no-progress"]) == 2
+    err = capsys.readouterr().err
+    assert "claims_sweep: error: " in err and "--drop-stale" in err and "Traceback" not in err
+    assert state.read_bytes() == before and not (tmp_path / "runs").exists()
+
+
+@pytest.mark.parametrize(("argv", "message"), [
+    (["--preset", "tiny", "--parts", "bogus"], "the tiny plan's parts are tiny"),
+    (["--preset", "tiny", "--report-only"], "does not exist: run the sweep first"),
+    (["--preset", "digits", "--report-only", "--out", "TINY"], "holds a sweep of tiny"),
+    (["--preset", "tiny", "--readme", "README_PLAIN"], "no claims block to fill"),
+    (["--preset", "tiny", "--set", "distill.tirt=uniform"], "the claims sweep sets these itself"),
+])
+def test_bad_sweep_requests_are_one_line_errors_before_any_work(tmp_path, monkeypatch, capsys, argv, message):
+    monkeypatch.setenv("DASH_RUNS", str(tmp_path / "runs"))
+    tiny = tmp_path / "tiny.json"
+    tiny.write_text(json.dumps({"benchmark": "claims_sweep", "plan": [{"preset": "tiny"}], "teachers": {},
+                                "cells": {}, "sessions": []}))
+    (tmp_path / "plain.md").write_text("# no markers\n")
+    argv = [{"TINY": str(tiny), "README_PLAIN": str(tmp_path / "plain.md")}.get(a, a) for a in argv]
+    if "--out" not in argv:
+        argv += ["--out", str(tmp_path / "new.json")]
+    assert claims_sweep.main(argv) == 2
+    err = capsys.readouterr().err
+    assert message in err and "Traceback" not in err, err
+    assert not (tmp_path / "runs").exists() and not (tmp_path / "new.json").exists()
+
+
+@pytest.mark.parametrize("option", [["--budgets", "abc"], ["--budgets", "2.5"], ["--budgets", "0"],
+                                    ["--seeds", "-1"], ["--max-stages", "-1"]])
+def test_bad_sweep_numbers_are_refused_by_the_parser(option, capsys):
+    with pytest.raises(SystemExit) as stop:
+        claims_sweep.parse(["--preset", "tiny", *option])
+    assert stop.value.code == 2 and option[1] in capsys.readouterr().err
+
+
+def test_the_readme_block_names_the_json_it_summarises(tmp_path):
+    from dashlib import claims_report
+
+    state = {"plan": [], "cells": {}, "complete": True, "total_cpu_s": 60.0, "sessions": [{}],
+             "git_commit": "abc", "missing": []}
+    committed = claims_sweep.shown_path(BENCH / "results" / "claims_sweep.json")
+    assert committed == "bench/results/claims_sweep.json"
+    elsewhere = claims_sweep.shown_path(tmp_path / "mine.json")
+    assert elsewhere == str(tmp_path / "mine.json")
+    assert f"; {elsewhere})." in claims_report.readme_block(state, elsewhere)

@@ -6,6 +6,7 @@ import json
 import math
 import os
 import re
+import time
 from pathlib import Path
 
 import pytest
@@ -163,6 +164,55 @@ def test_a_state_of_other_data_is_not_read_as_this_sweeps(tmp_path, monkeypatch)
     assert own["sessions"] == [{"cpu_s": 5.0, "wall_s": 6.0}]
     mixed = load(teacher, other)  # this data's teacher, a cell of another: the cell goes
     assert mixed["cells"] == {} and "tiny" in mixed["teachers"] and len(mixed["sessions"]) == 1
+
+
+def test_a_sweep_whose_runs_live_elsewhere_now_keeps_its_cells_and_adds_no_session(tmp_path, monkeypatch):
+    """The record holds the numbers: a state read beside another runs folder (a fresh clone,
+    another DASH_RUNS) is the same sweep where its runs' names are this configuration's."""
+    monkeypatch.setenv("DASH_RUNS", str(tmp_path / "first"))
+    part = claims.SweepPart("tiny", (2,), (0,), ("dash",))
+    out = tmp_path / "sweep.json"
+    first = claims.run_sweep([part], out, workers=1, device="cpu", progress=False)
+    assert first["complete"] and len(first["sessions"]) == 1
+    monkeypatch.setenv("DASH_RUNS", str(tmp_path / "second"))
+    again = claims.run_sweep([part], out, workers=1, device="cpu", progress=False)
+    assert again["cells"] == first["cells"] and again["teachers"] == first["teachers"]
+    assert again["sessions"] == first["sessions"] and again["git_commit"] == first["git_commit"]
+    assert not (tmp_path / "second").exists()  # nothing trained again
+
+
+def test_an_interrupted_session_keeps_the_time_it_spent(tmp_path, monkeypatch):
+    monkeypatch.setenv("DASH_RUNS", str(tmp_path / "runs"))
+    part = claims.SweepPart("tiny", (2,), (0,), ("dash",))
+    out = tmp_path / "sweep.json"
+
+    def stopped(*args, **kwargs):  # half a second of work on the stage, then Ctrl-C
+        start = time.process_time()
+        while time.process_time() - start < 0.5:
+            pass
+        raise KeyboardInterrupt
+
+    saved = []
+    monkeypatch.setattr(claims, "run_stage", stopped)
+    with pytest.raises(KeyboardInterrupt):
+        claims.run_sweep([part], out, workers=1, device="cpu", progress=False,
+                         on_stage=lambda state: saved.append(state["sessions"][0]["cpu_s"]))
+    state = json.loads(out.read_text())
+    assert "tiny" in state["teachers"] and state["cells"] == {} and len(state["sessions"]) == 1
+    assert state["sessions"][0]["cpu_s"] >= saved[0] + 0.45  # the stage's time, after the teacher's save
+    assert state["missing"] == ["tiny/dash/2/0"]
+
+
+def test_stale_records_are_refused_where_the_caller_asks(tmp_path, monkeypatch, capsys):
+    monkeypatch.setenv("DASH_RUNS", str(tmp_path / "runs"))
+    part = claims.SweepPart("tiny", (2,), (0,), ("dash",))
+    out = tmp_path / "sweep.json"
+    cell = {"preset": "tiny", "variant": "dash", "budget": 2, "seed": 0, "run": str(tmp_path / "distill-x")}
+    out.write_text(json.dumps({"sessions": [], "teachers": {}, "cells": {"tiny/dash/2/0": cell}}))
+    with pytest.raises(claims.StaleSweepError, match="--drop-stale"):
+        claims._load(out, [part], drop_stale=False)
+    assert claims._load(out, [part])["cells"] == {}
+    assert "1 of its 1 teachers and cells" in capsys.readouterr().err
 
 
 def test_a_weak_classifier_is_flagged_in_the_figures_index(tmp_path):

@@ -244,3 +244,28 @@ def test_distill_says_when_it_trains_the_teacher_first(capsys):
                  "--no-progress"]) == 0
     err = capsys.readouterr().err
     assert "no finished teacher for these settings" in err and "--set train.steps=N" in err
+
+
+def test_two_data_roots_are_an_error_and_one_root_named_twice_is_not(capsys, tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    assert main(["info", "--preset", "tiny", "--data-root", "a", "--set", "data.data_root=b"]) == 2
+    assert "--data-root a and --set data.data_root=b name two data roots" in capsys.readouterr().err
+    (tmp_path / "a" / "cat").mkdir(parents=True)
+    (tmp_path / "a" / "dog").mkdir()
+    images = ["--set", "data.name=imagefolder"]
+    assert main(["info", "--preset", "tiny", *images, "--data-root", "a", "--set",
+                 f"data.data_root={tmp_path / 'a'}"]) == 2  # the same root: on to its empty classes
+    assert "two data roots" not in capsys.readouterr().err
+
+
+def test_info_names_the_classes_of_a_cifar_root_it_is_given_and_refuses_a_missing_one(capsys, tmp_path):
+    from dashlib.cifar import write_cifar_root
+
+    assert main(["info", "--preset", "cifar10", "--data-root", str(tmp_path / "nowhere")]) == 2
+    assert "cifar10 was not found under" in capsys.readouterr().err
+    write_cifar_root(tmp_path / "data", "cifar10", per_batch=4)
+    assert main(["info", "--preset", "cifar10", "--data-root", str(tmp_path / "data")]) == 0
+    classes = json.loads(capsys.readouterr().out)["classes"]
+    assert classes == [f"c{i}" for i in range(10)]  # the meta file's names
+    assert main(["info", "--preset", "cifar10"]) == 0  # no root named: sizes only, offline
+    assert "classes" not in json.loads(capsys.readouterr().out)

@@ -44,3 +44,13 @@ def test_missing_torchvision_data_gives_one_clear_error(name, folder, tmp_path):
     msg = str(err.value)
     assert str(tmp_path / "nowhere") in msg and folder in msg
     assert "--set data.download=true" in msg and "--set data.data_root=" in msg
+
+
+@pytest.mark.parametrize("name, folder", [("mnist", "MNIST"), ("fashion-mnist", "FashionMNIST")])
+def test_the_mnist_hint_names_its_four_files_and_where_they_go(name, folder, tmp_path):
+    """MNIST is four gzipped files, not one archive; torchvision reads them unpacked from raw/."""
+    with pytest.raises(DataNotFoundError) as err:
+        load_dataset(DataConfig(name=name, image_size=28, data_root=str(tmp_path / "nowhere")))
+    msg = str(err.value)
+    assert "train-images-idx3-ubyte.gz" in msg and "t10k-labels-idx1-ubyte.gz" in msg
+    assert f"gunzip them into DIR/{folder}/raw/" in msg

@@ -151,6 +151,15 @@ def test_dash_evaluate_names_a_relative_run_by_its_absolute_folder(tiny, capsys,
     assert {r["run"] for r in data["rows"]} == {str(run.path)} == {e["run"] for e in data["summary"]}
 
 
+def test_evaluate_runs_names_a_relative_run_absolutely_and_counts_two_names_as_one(tiny, monkeypatch):
+    run = fake_run(tiny)
+    monkeypatch.chdir(run.path.parent)
+    config = dataclasses.replace(tiny.eval, n_samples=12, seeds=(7,), guidance=("1",))
+    report = evaluate_runs([run.path.name, run.path], config, steps=(2,), workers=1, device="cpu",
+                           progress=False)
+    assert {r["run"] for r in report.rows} == {str(run.path)} and len(report.rows) == 1
+
+
 def test_dash_evaluate_without_inception_weights_is_one_error_line(tiny, capsys, tmp_path, monkeypatch):
     monkeypatch.setenv("TORCH_HOME", str(tmp_path / "torch-home"))
     run = fake_run(tiny)

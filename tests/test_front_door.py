@@ -397,6 +397,45 @@ def test_evaluating_a_run_on_other_images_is_refused_and_on_the_moved_ones_accep
                  "--seeds", "1", "--steps", "2", "--w", "1", "--no-progress"]) == 0
 
 
+def test_samples_of_a_run_name_its_classes_while_its_images_are_there(tmp_path, monkeypatch, capsys):
+    import shutil
+
+    from dashlib.cli import main
+
+    monkeypatch.setenv("DASH_RUNS", str(tmp_path / "runs"))
+    folder = write_folder(tmp_path / "pets", {"zebra": (0, 0, 0), "ant": (255, 255, 255),
+                                              "Émeu": (90, 90, 90)}, per_class=4)
+    assert main(["train-teacher", "--preset", "tiny", "--set", "data.name=imagefolder", "--set",
+                 "train.steps=2", "--data-root", str(folder), "--no-progress"]) == 0
+    teacher = next((tmp_path / "runs" / "tiny").glob("teacher-*"))
+    sample = ["sample", "--run", str(teacher), "--n", "3", "--steps", "2", "--w", "2"]
+    assert main([*sample, "--out", str(tmp_path / "s")]) == 0
+    saved = torch.load(capsys.readouterr().out.strip().splitlines()[-1], weights_only=True)
+    assert saved["class_names"] == ["ant", "zebra", "Émeu"] and saved["labels"].tolist() == [0, 1, 2]
+    shutil.move(folder, tmp_path / "elsewhere")  # the labels still index the classes; no names to read
+    assert main([*sample, "--out", str(tmp_path / "t")]) == 0
+    moved = torch.load(capsys.readouterr().out.strip().splitlines()[-1], weights_only=True)
+    assert moved["class_names"] is None
+
+
+def test_running_dash_inside_the_image_folder_is_refused_before_it_writes_a_runs_class(tmp_path, monkeypatch,
+                                                                                        capsys):
+    """`--data-root .` from inside the folder used to train once, then read runs/ as a class."""
+    from dashlib.cli import main
+
+    folder = write_folder(tmp_path / "shapes", COLOURS, per_class=4)
+    monkeypatch.chdir(folder)
+    monkeypatch.delenv("DASH_RUNS", raising=False)  # runs/ in the working directory: inside it
+    args = ["train-teacher", "--preset", "tiny", "--set", "data.name=imagefolder", "--data-root", ".",
+            "--steps", "1", "--no-progress"]
+    assert main(args) == 2
+    err = capsys.readouterr().err
+    assert f"dash's runs folder {folder / 'runs'} lies inside the image folder {folder}" in err
+    assert "DASH_RUNS" in err and not (folder / "runs").exists()
+    monkeypatch.setenv("DASH_RUNS", str(tmp_path / "runs"))  # outside: the same command works
+    assert main(args) == 0
+
+
 def test_image_folder_is_cached_and_reread_when_it_changes(tmp_path, monkeypatch):
     import dashlib.imagefolder as imagefolder
 
@@ -586,6 +625,33 @@ def test_paper_path_starts_from_a_cifar_root_relative_to_the_caller(tmp_path):
     nb = json.loads((tmp_path / "runs" / "cifar10" / "notebooks" / "00_quickstart.ipynb").read_text())
     text = json.dumps(nb["cells"])
     assert "35,751,939" in text or "35751939" in text  # the paper's teacher, at full size
+
+
+def test_the_paper_path_without_inception_weights_stops_before_anything_trains(tmp_path, monkeypatch, capsys):
+    """It used to train the teacher and every student, then fail in notebook 03 naming options
+    `dash reproduce` does not take."""
+    from dashlib.cifar import write_cifar_root
+    from dashlib.cli import main
+
+    monkeypatch.setenv("TORCH_HOME", str(tmp_path / "torch-home"))  # no cached weights
+    monkeypatch.setenv("DASH_RUNS", str(tmp_path / "runs"))
+    monkeypatch.chdir(tmp_path)
+    write_cifar_root(tmp_path / "data", "cifar10", per_batch=20)
+    common = ["reproduce", "--preset", "cifar10", "--data-root", "data", "--figures", "figs", "--no-progress"]
+    assert main(common) == 2
+    err = capsys.readouterr().err
+    assert "Inception-v3 weights" in err and "--set eval.feature_extractor=classifier" in err
+    assert "--set eval.inception_weights=FILE" in err and "--extractor" not in err
+    assert not (tmp_path / "runs" / "cifar10").exists()
+    (tmp_path / "weights.pth").write_text("not weights")  # named relative to the caller, and checked
+    assert main([*common, "--set", "eval.inception_weights=weights.pth"]) == 2
+    assert "is not a PyTorch weights file" in capsys.readouterr().err
+    from dashlib.reproduce import check_feature_space
+
+    check_feature_space("cifar10", {}, ["00_quickstart", "01_teacher", "02_distillation"])  # score nothing
+    with pytest.raises(FileNotFoundError, match="Inception-v3"):
+        check_feature_space("cifar10", {}, ["08_claims"])
+    check_feature_space("cifar10", {"eval.feature_extractor": "classifier"}, ["03_evaluation"])
 
 
 # --- budgets, data roots, threads -------------------------------------------------------------------

@@ -44,3 +44,26 @@ def test_a_nested_figures_index_links_to_the_papers_summary_that_exists(tmp_path
     folder.mkdir(parents=True)
     link = re.search(r"\[docs/paper.md\]\(([^)]+)\)", write_index(folder).read_text()).group(1)
     assert (folder / link).resolve() == docs
+
+
+def test_the_figures_index_names_the_image_folder_and_the_changed_keys(tmp_path):
+    from PIL import Image
+
+    from dashlib.reproduce import prepared_figures_dir
+
+    pets = tmp_path / "pets"
+    for name in ("cat", "dog"):
+        (pets / name).mkdir(parents=True)
+        for i in range(2):
+            Image.new("L", (8, 8), 60 * i).save(pets / name / f"{i}.png")
+    overrides = {"data.name": "imagefolder", "data.data_root": str(pets), "train.steps": 7}
+    quick = prepared_figures_dir("tiny", True, tmp_path / "figures", overrides)
+    prov = Provenance("tiny", (42,), {})
+    index = save_table([{"model": "teacher"}], ["model"], quick, "T9", "test", ["C1"], prov)
+    text = (index.parent / "README.md").read_text()
+    assert f"Data: the image folder {pets}." in text
+    assert "Changed from the tiny preset: train.steps = 7." in text
+    plain = tmp_path / "plain"
+    save_table([{"model": "teacher"}], ["model"], plain, "T9", "test", ["C1"], prov)
+    assert "Data:" not in (plain / "README.md").read_text()
+    assert "Changed from" not in (plain / "README.md").read_text()

@@ -51,21 +51,25 @@ def cmd_info(args: argparse.Namespace) -> int:
         "training_precision": {"device": str(device),
                                "teacher": precision(preset.train.amp, preset.teacher.ch),
                                "student": precision(preset.distill.amp, preset.student.ch)},
-        **folder_classes_info(preset.data),
+        **folder_classes_info(preset.data, named_root="data.data_root" in data_overrides(args)),
     }, indent=2))  # ASCII escapes: a class folder's name may be bytes that are not UTF-8
     return 0
 
 
-def folder_classes_info(data: DataConfig) -> dict[str, Any]:
+def folder_classes_info(data: DataConfig, named_root: bool = False) -> dict[str, Any]:
     """An image folder's class names in label order (label i is the i-th folder name in sorted
     order, torchvision's rule: "10" comes before "2") and what it holds that is not read
-    (`imagefolder.left_out`), as `dash info` shows them; {} for other datasets."""
-    from dashlib.data import class_names, is_user_folder
+    (`imagefolder.left_out`), as `dash info` shows them. Another dataset read from files
+    (CIFAR, MNIST) shows its classes where a data root was `named_root` (so a root that
+    holds no such data is an error here, not in the first command that trains); {} else."""
+    from dashlib.data import DATASETS, class_names, is_user_folder
     from dashlib.imagefolder import left_out
 
-    if not is_user_folder(data.name):
-        return {}
-    return {"classes": list(class_names(data)), "left_out": left_out(data.data_root)}
+    if is_user_folder(data.name):
+        return {"classes": list(class_names(data)), "left_out": left_out(data.data_root)}
+    if named_root and DATASETS.get(data.name).reads_files:
+        return {"classes": list(class_names(data))}
+    return {}
 
 
 def _train_args(p: argparse.ArgumentParser) -> None:

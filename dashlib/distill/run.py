@@ -8,6 +8,7 @@ processes. Every method gets the same data, step budget and optimiser.
 from __future__ import annotations
 
 import dataclasses
+import os
 import sys
 import time
 from collections.abc import Callable, Sequence
@@ -37,6 +38,7 @@ from dashlib.threads import use_threads
 from dashlib.tirt import WEIGHTINGS, TimestepWeighting, drift_report, make_weighting, transfer
 from dashlib.train import Trainer
 from dashlib.unet import count_params, param_count
+from dashlib.workers import die_with_parent
 
 CALIB_SEED = 1234  # the matched inputs are the same for every method and seed
 
@@ -261,8 +263,9 @@ def write_results(run: Run, preset: Preset, config: DistillConfig, objective: Di
 
 # --- many runs ---------------------------------------------------------------------
 
-def _worker_init() -> None:
+def _worker_init(parent: int) -> None:
     use_threads(1)
+    die_with_parent(parent)  # a killed parent takes its workers along
 
 
 def _distill_job(args: tuple[Preset, str, int | None, int | None, bool, str],
@@ -336,7 +339,8 @@ def run_pool(jobs: Sequence[tuple[Any, ...]], workers: int, device: str, progres
     if missing and len(waiting) == len(jobs):
         precompute_targets([(job[0], resolve_config(*job[:4])) for job in waiting], device, progress)
         missing, waiting = {}, []
-    with ProcessPoolExecutor(workers, mp_context=get_context("spawn"), initializer=_worker_init) as pool, \
+    with ProcessPoolExecutor(workers, mp_context=get_context("spawn"), initializer=_worker_init,
+                             initargs=(os.getpid(),)) as pool, \
             bars.bar(total=len(jobs), desc="distill", disable=not progress) as bar:
         tables = {pool.submit(_targets_job, (r[0][0], resolve_config(*r[0][:4]), device))
                   for r in missing.values()}
