@@ -201,7 +201,7 @@ def sweep(args: argparse.Namespace) -> int:
 
     state = claims.run_sweep(parts, out, workers=args.workers, device=args.device,
                              progress=not args.no_progress, max_stages=args.max_stages,
-                             on_stage=report, drop_stale=args.drop_stale)
+                             on_stage=report, drop_stale=args.drop_stale, known=full_plan(args))
     write_reports(state, args, quick=args.quick)
     print(out.resolve(), f"(runs in {os.environ.get('DASH_RUNS', 'runs')})")
     return 0

@@ -35,7 +35,7 @@ from typing import Any
 from dashlib.adequacy import report_accuracy
 from dashlib.config import ConfigError, EvalConfig, Preset, override
 from dashlib.distill.methods import check_variant
-from dashlib.io import atomic_write_json, read_json
+from dashlib.io import absolute, atomic_write_json, read_json
 from dashlib.presets import get_preset
 from dashlib.registry import Registry
 
@@ -220,7 +220,7 @@ def cell_key(preset: str, variant: str, budget: int, seed: int) -> str:
 def _student_record(run: Any, row: Mapping[str, Any]) -> dict[str, Any]:
     res = run.read_results()
     cal = res.get("calibration", {})
-    return {"run": str(run.path), "fid": row.get("fid"), "accuracy": row.get("accuracy"),
+    return {"run": str(absolute(run.path)), "fid": row.get("fid"), "accuracy": row.get("accuracy"),
             "rho": res["rho"], "cos": res["cos"], "gap_mse": res["gap_mse"],
             "cond_mse": res["cond_mse"], "uncond_mse": res["uncond_mse"],
             "per_bin": cal.get("per_bin"), "final_losses": res.get("final_losses"),
@@ -241,11 +241,11 @@ def run_stage(part: SweepPart, budget: int, seed: int, workers: int, device: str
     runs = run_jobs(jobs, device=device, workers=workers, progress=progress)
     report = evaluate_runs(runs, sweep_eval(base), workers=workers, device=device, progress=progress,
                            sample=base.sample)
-    by_run = {r["run"]: r for r in report.summary}
+    by_run = {r["run"]: r for r in report.summary}  # absolute folders (`run_spec`)
     clf = report_accuracy(report)
     out = {}
     for v, run in zip(part.variants, runs):
-        s = by_run[str(run.path)]
+        s = by_run[str(absolute(run.path))]
         row = {"fid": s.get("fid_mean"), "accuracy": s.get("accuracy_mean"),
                "classifier_test_accuracy": clf}
         out[cell_key(part.preset, v, budget, seed)] = {
@@ -265,7 +265,7 @@ def teacher_record(part: SweepPart, workers: int, device: str, progress: bool) -
     report = evaluate_runs([run], sweep_eval(base), workers=workers, device=device, progress=progress,
                            sample=base.sample)
     s = report.summary[0]
-    return {"preset": part.preset, "run": str(run.path), "fid": s.get("fid_mean"),
+    return {"preset": part.preset, "run": str(absolute(run.path)), "fid": s.get("fid_mean"),
             "accuracy": s.get("accuracy_mean"), "steps": base.train.steps,
             "wall_time_s": run.read_results().get("wall_time_s"),
             "classifier_test_accuracy": report_accuracy(report)}
@@ -278,20 +278,21 @@ def planned_cells(parts: Sequence[SweepPart]) -> list[str]:
 def run_sweep(parts: Sequence[SweepPart], out: str | Path, workers: int = 1, device: str = "auto",
               progress: bool = True, max_stages: int | None = None,
               on_stage: Callable[[dict[str, Any]], None] | None = None,
-              drop_stale: bool = True) -> dict[str, Any]:
+              drop_stale: bool = True, known: Sequence[SweepPart] = ()) -> dict[str, Any]:
     """Run the sweep stage by stage, rewriting `out` (JSON) after each; returns its content.
 
     Cells already in `out` that are of the run their variant's configuration names now
     (`_current`) are not re-run or re-evaluated; CPU and wall time accumulate over the
     sessions that did work (an interrupted one is saved with the time it spent). Stale
     records (another dataset, changed images, a run hashed anew) are dropped with a note,
-    or, with `drop_stale=False`, refused (`StaleSweepError`) before anything runs.
-    `max_stages` stops after that many stages that did work (tests).
+    or, with `drop_stale=False`, refused (`StaleSweepError`) before anything runs. `known`
+    adds parts whose records are judged the same way but not run (the rest of a plan of which
+    `parts` is a slice). `max_stages` stops after that many stages that did work (tests).
     """
     from dashlib.report import git_commit
 
     out = Path(out)
-    state = _load(out, parts, drop_stale)
+    state = _load(out, [*known, *parts], drop_stale)
     session = {"started": time.strftime("%Y-%m-%d %H:%M:%S"), "wall_s": 0.0, "cpu_s": 0.0,
                "workers": workers, "device": device}
     t0, c0 = time.perf_counter(), cpu_seconds()
@@ -320,6 +321,7 @@ def run_sweep(parts: Sequence[SweepPart], out: str | Path, workers: int = 1, dev
                 if all(k in state["cells"] for k in keys):
                     continue
                 if max_stages is not None and done_stages >= max_stages:
+                    refresh(state, parts)  # what is missing, for the caller's reports
                     return state
                 begun = True
                 state["cells"].update(run_stage(part, budget, seed, workers, device, progress))
@@ -347,7 +349,7 @@ def _load(out: Path, parts: Sequence[SweepPart], drop_stale: bool = True) -> dic
     if not out.is_file():
         return state
     old = read_json(out)
-    bases = {p.preset: p.base() for p in parts}
+    bases = {p.preset: p.base() for p in parts}  # a part given twice has one base
     teachers, cells = old.get("teachers", {}), old.get("cells", {})
     state["teachers"] = {k: t for k, t in teachers.items() if _current(t, bases, None)}
     state["cells"] = {k: c for k, c in cells.items() if _current(c, bases, c)}

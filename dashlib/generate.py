@@ -9,7 +9,7 @@ from torch import Tensor
 
 from dashlib.artifacts import Artifact, load_artifact
 from dashlib.config import ConfigError, DataConfig, Preset, SampleConfig, from_dict, to_dict
-from dashlib.data import class_names
+from dashlib.data import class_names, source
 from dashlib.device import check_batch_fits, resolve_device
 from dashlib.distributed import barrier, is_main, sample_sharded
 from dashlib.guidance import Guidance
@@ -39,13 +39,19 @@ def model_run(preset: Preset, run: str | Path | None) -> Run:
 
 def model_class_names(artifact: Artifact, preset: Preset) -> list[str] | None:
     """The names of the classes a model was trained on, in label order: from the data its
-    checkpoint records (else the preset's), None where that data cannot be found now (the
-    labels still index the classes; the names need the images or CIFAR's meta file)."""
+    checkpoint records (else the preset's), where its source names them cheaply (an image
+    folder's listing, CIFAR's meta file, the built-in sets: `DatasetSource.names`), never by
+    loading or downloading a dataset; None where they cannot be read now (the data moved or
+    is gone: the labels still index the classes)."""
+    import dataclasses
+
     recorded = artifact.config.get("data")
-    data = from_dict(DataConfig, recorded) if recorded else preset.data
+    data = dataclasses.replace(from_dict(DataConfig, recorded) if recorded else preset.data, download=False)
+    if source(data).names is None:  # MNIST names its classes only once loaded
+        return None
     try:
         names = list(class_names(data))
-    except FileNotFoundError:  # moved or deleted since training: sampling does not need the data
+    except (OSError, ConfigError):  # moved, deleted or unreadable since training: not needed to sample
         return None
     return names if len(names) == artifact.model.config.num_classes else None
 
@@ -106,9 +112,9 @@ def sample_to_files(preset: Preset, run: str | Path | None, guidance: Guidance |
     stem = f"samples-{tag}-steps{config.steps}-n{n}-seed{seed}-{config_hash(settings)[:6]}"
     png, tensor = folder / f"{stem}.png", folder / f"{stem}.pt"
     if is_main():  # under torchrun rank 0 writes, the others wait for the files
+        names = model_class_names(artifact, preset)
         save_grid(samples, labels, k, png)
-        atomic_torch_save({"samples": samples, "labels": labels, "guidance": tag,
-                           "class_names": model_class_names(artifact, preset),
+        atomic_torch_save({"samples": samples, "labels": labels, "guidance": tag, "class_names": names,
                            "steps": config.steps, "seed": seed, "sampler": to_dict(config),
                            "precision": precision_name(dtype)}, tensor)
     barrier()

@@ -78,21 +78,30 @@ class FolderImages:
 
 
 def existing_root(root: str | Path) -> Path:
-    """The image folder as an absolute path, or an error that says how to give one (also where
-    dash's runs folder lies inside it)."""
+    """The image folder as an absolute path, or an error that says how to give one."""
     root = Path(root).expanduser().resolve()
     if not root.is_dir():
         what = "is a file, not a folder" if root.exists() else "does not exist"
         raise ImageFolderError(
             f"image folder {root} {what}; pass --data-root DIR (--set data.data_root=DIR) with "
             f"one sub-folder of images per class, e.g. DIR/cat/*.png, DIR/dog/*.png")
-    runs = runs_root().resolve()
-    if runs == root or root in runs.parents:  # the first command would write a "class" of its files
-        raise ImageFolderError(
-            f"dash's runs folder {runs} lies inside the image folder {root}, so its checkpoints, caches "
-            f"and notebooks would be read as images of a class: run dash from a folder outside {root}, "
-            f"or set DASH_RUNS to one")
     return root
+
+
+def check_runs_outside(classes: Path) -> None:
+    """Refuse a folder of class folders that holds dash's own runs folder: the first command
+    would write its checkpoints, caches and notebooks into what the next one reads as a class.
+    A runs folder beside the split folders, or under a hidden folder, is never read."""
+    runs = runs_root().resolve()
+    if runs != classes and classes not in runs.parents:
+        return
+    inside = runs.relative_to(classes).parts
+    if inside and skipped(inside[0]):
+        return
+    raise ImageFolderError(
+        f"dash's runs folder {runs} lies inside the image folder {classes}, so its checkpoints, caches "
+        f"and notebooks would be read as images of a class: run dash from a folder outside it, or "
+        f"set DASH_RUNS to one")
 
 
 def split_folders(root: str | Path) -> tuple[Path, Path | None]:
@@ -104,13 +113,19 @@ def split_folders(root: str | Path) -> tuple[Path, Path | None]:
     other layout with a split folder is an error: read as classes, every image would be
     labelled with its split's name."""
     root = existing_root(root)
-    folders = sorted(e.name for e in os.scandir(root) if e.is_dir() and not skipped(e.name))
+    own = runs_root().resolve()  # dash's runs folder beside the splits is neither a split nor a class
+    folders = sorted(e.name for e in os.scandir(root)
+                     if e.is_dir() and not skipped(e.name) and (root / e.name).resolve() != own)
     # a folder of a split's name that holds images is a class ("train" is one of CIFAR-100's)
     train = [f for f in folders if f.lower() in TRAIN_FOLDERS and _holds_classes(root / f)]
     test = [f for f in folders if f.lower() in TEST_FOLDERS and _holds_classes(root / f)]
     if len(train) == 1 and test:
-        return root / train[0], root / min(test, key=lambda f: TEST_FOLDERS.index(f.lower()))
+        splits = root / train[0], root / min(test, key=lambda f: TEST_FOLDERS.index(f.lower()))
+        for split in splits:
+            check_runs_outside(split)
+        return splits
     if len(train) == 1 and len(folders) == 1:  # a train split alone: its classes, with a held-out part
+        check_runs_outside(root / train[0])
         return root / train[0], None
     if train or test:
         others = [f for f in folders if f not in train + test]
@@ -121,6 +136,7 @@ def split_folders(root: str | Path) -> tuple[Path, Path | None]:
             f"or as one train folder ({', '.join(TRAIN_FOLDERS)}) of DIR/<train>/<class>/<images>, "
             f"alone or with a test folder ({', '.join(TEST_FOLDERS)}) laid out alike"
             f"{_loose_images_note(root, folders)}")
+    check_runs_outside(root)
     return root, None
 
 

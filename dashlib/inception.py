@@ -40,32 +40,35 @@ def inception_cache_file() -> Path:
     return Path(torch.hub.get_dir()) / "checkpoints" / Path(urlparse(inception_url()).path).name
 
 
-#: How each command takes the three remedies: `dash evaluate`'s options, and the preset keys
-#: of every command that takes --set (`dash reproduce`, the claims sweep).
+#: How each command takes the three remedies (`weights`, `download`, `classifier`) and names a
+#: given file (`given`, with `{file}`): `dash evaluate`'s options, and the preset keys of every
+#: command that takes --set (`dash reproduce`, the claims sweep).
 EVALUATE_OPTIONS = {"weights": "--inception-weights FILE (EvalConfig.inception_weights)",
-                    "download": "--download-weights", "classifier": "--extractor classifier"}
+                    "download": "--download-weights", "classifier": "--extractor classifier",
+                    "given": "--inception-weights {file}"}
 SET_OPTIONS = {"weights": "--set eval.inception_weights=FILE", "download": "--set eval.download_weights=true",
-               "classifier": "--set eval.feature_extractor=classifier"}
+               "classifier": "--set eval.feature_extractor=classifier",
+               "given": "--set eval.inception_weights={file}"}
 
 
-def how_to_get(looked: str, options: dict[str, str] | None = None) -> str:
-    """The error text for missing weights, naming the remedies as `options` spells them
-    (`EVALUATE_OPTIONS` by default)."""
+def how_to_get(problem: str, options: dict[str, str] | None = None) -> str:
+    """The error text for weights that are missing or unusable (`problem`), naming the
+    remedies as `options` spells them (`EVALUATE_OPTIONS` by default)."""
     say = options or EVALUATE_OPTIONS
-    return (f"Inception-v3 weights for FID/IS were not found ({looked}). Offline, fetch "
+    return (f"Inception-v3 weights for FID/IS: {problem}. Offline, fetch "
             f"{inception_url()} on a machine with internet, copy it here and pass "
             f"{say['weights']}, or put it at {inception_cache_file()}; with internet, "
             f"{say['download']} lets dash fetch it. Without it, {say['classifier']} gives the "
             f"offline classifier FID.")
 
 
-def _download(file: Path) -> None:
+def _download(file: Path, options: dict[str, str] | None = None) -> None:
     try:
         file.parent.mkdir(parents=True, exist_ok=True)
         torch.hub.download_url_to_file(inception_url(), str(file), progress=False)
     except (URLError, OSError) as err:
         raise InceptionWeightsError(how_to_get(
-            f"downloading to {file} failed: {type(err).__name__}: {err}")) from None
+            f"downloading to {file} failed: {type(err).__name__}: {err}", options)) from None
 
 
 def inception_weights_path(path: str | None, download: bool = False,
@@ -76,31 +79,35 @@ def inception_weights_path(path: str | None, download: bool = False,
     must hold the 1008-way `fc` of the ported net). Errors name the remedies as
     `options` spells them (`how_to_get`).
     """
-    flag = (options or EVALUATE_OPTIONS)["weights"].split(" FILE")[0]
+    given = (options or EVALUATE_OPTIONS)["given"]
     if path is not None:
         file = Path(path).expanduser()
         if file.is_dir():
-            raise InceptionWeightsError(how_to_get(f"{flag} {file} is a folder, not the file", options))
+            raise InceptionWeightsError(how_to_get(f"{given.format(file=file)} is a folder, not the file",
+                                                   options))
         if not file.is_file():
-            raise InceptionWeightsError(how_to_get(f"{flag} {file} does not exist", options))
+            raise InceptionWeightsError(how_to_get(f"{given.format(file=file)} does not exist", options))
     else:
         file = inception_cache_file()
         if not file.is_file() and download:
-            _download(file)
+            _download(file, options)
         if not file.is_file():
             raise InceptionWeightsError(how_to_get(
-                f"no {flag} given, and torch-fidelity's cache has no {file}", options))
-    load_inception_state(file)
+                f"none was given ({given.format(file='FILE')}), and torch-fidelity's cache has no "
+                f"{file}", options))
+    load_inception_state(file, options=options)
     return file
 
 
-def load_inception_state(file: str | Path, digest: str | None = None) -> dict[str, Tensor]:
+def load_inception_state(file: str | Path, digest: str | None = None,
+                         options: dict[str, str] | None = None) -> dict[str, Tensor]:
     """The Inception-v3 state dict of `file`, read ONCE into memory and loaded from those bytes.
 
     The bytes are hashed (sha256) and must start with `digest` when one is given
     (the digest dash recorded when it first checked the file), then loaded with
     weights_only=True, so what was checked is exactly what is used; torch-fidelity
-    never opens the file itself (`dashlib.fidelity.VerifiedInceptionV3`).
+    never opens the file itself (`dashlib.fidelity.VerifiedInceptionV3`). Errors name the
+    remedies as `options` spells them (`how_to_get`).
     """
     file = Path(file)
     try:
@@ -116,7 +123,8 @@ def load_inception_state(file: str | Path, digest: str | None = None) -> dict[st
     except pickle.UnpicklingError as err:
         if not is_pickle(data):  # text or other bytes: no weights file at all, not a refused pickle
             raise InceptionWeightsError(how_to_get(
-                f"{file} is not a PyTorch weights file (neither torch's zip format nor a pickle)")) from None
+                f"{file} is not a PyTorch weights file (neither torch's zip format nor a pickle)",
+                options)) from None
         raise InceptionWeightsError(
             f"refusing to load {file}: it holds objects other than tensors, so loading it could run "
             f"arbitrary code ({str(err).splitlines()[0]})") from None
@@ -126,5 +134,5 @@ def load_inception_state(file: str | Path, digest: str | None = None) -> dict[st
     fc = state.get("fc.weight") if isinstance(state, dict) else None
     if not isinstance(fc, Tensor) or tuple(fc.shape) != (1008, 2048):
         raise InceptionWeightsError(how_to_get(
-            f"{file} is not torch-fidelity's Inception-v3 file (no 1008x2048 fc.weight)"))
+            f"{file} is not torch-fidelity's Inception-v3 file (no 1008x2048 fc.weight)", options))
     return dict(state)

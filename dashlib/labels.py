@@ -24,10 +24,10 @@ def output_label(preset: str, overrides: Mapping[str, Any]) -> str:
     return preset + data_label(overrides) + (f"-set-{digest[:8]}" if changes else "")
 
 
-#: Override keys that say where files come from, not what is computed (the Inception-v3
-#: weights are checked to be torch-fidelity's file wherever they lie: `dashlib.inception`).
-WHERE_KEYS = ("data.name", "data.data_root", "data.download", "eval.download_weights",
-              "eval.inception_weights")
+#: Override keys that say where files come from, not what is computed. Not
+#: `eval.inception_weights`: dash checks only the shape of a weights file named there, so
+#: another file could give other FIDs; its figures get a folder of their own.
+WHERE_KEYS = ("data.name", "data.data_root", "data.download", "eval.download_weights")
 
 
 def budget_changes(preset: str, overrides: Mapping[str, Any]) -> dict[str, Any]:

@@ -337,10 +337,12 @@ def named(report: EvalReport, runs: dict[str, Run]) -> EvalReport:
     that name: two names may share one folder (a variant that a --set makes equal to another,
     `--set distill.an=0`), which is evaluated once and reported under both."""
     from dashlib.evaluate import EvalReport
+    from dashlib.io import absolute
 
     def per_name(entries: list[dict[str, Any]]) -> list[dict[str, Any]]:
+        # the report names each run by its absolute folder (`run_spec`), whatever `runs` say
         return [{**e, "method": name} for name, run in runs.items() for e in entries
-                if e["run"] == str(run.path)]
+                if e["run"] == str(absolute(run.path))]
 
     return EvalReport(per_name(report.rows), per_name(report.summary), report.meta)
 

@@ -209,3 +209,40 @@ def test_the_readme_block_names_the_json_it_summarises(tmp_path):
     elsewhere = claims_sweep.shown_path(tmp_path / "mine.json")
     assert elsewhere == str(tmp_path / "mine.json")
     assert f"; {elsewhere})." in claims_report.readme_block(state, elsewhere)
+
+
+def test_a_slice_of_the_plan_judges_the_other_parts_records_by_the_whole_plan(tmp_path, monkeypatch):
+    """--parts digits16 used to judge the digits records as of no part (their folder had to
+    exist): the committed teacher record, whose runs are elsewhere, was dropped."""
+    from dashlib import claims
+
+    seen = {}
+
+    def run_sweep(parts, out, **kwargs):
+        seen.update(parts=parts, known=kwargs["known"])
+        return {"cells": {}, "missing": [], "total_cpu_s": 0.0}
+
+    monkeypatch.setattr(claims, "run_sweep", run_sweep)
+    monkeypatch.setenv("DASH_RUNS", str(tmp_path / "runs"))
+    assert claims_sweep.main(["--parts", "digits16", "--out", str(tmp_path / "s.json"), "--no-progress"]) == 0
+    assert [p.preset for p in seen["parts"]] == ["digits16"]
+    assert [p.preset for p in seen["known"]] == ["digits", "digits16"]
+    state = tmp_path / "committed.json"
+    state.write_bytes((BENCH / "results" / "claims_sweep.json").read_bytes())
+    whole = claims._load(state, seen["known"], drop_stale=True)
+    assert set(whole["teachers"]) == {"digits", "digits16"}
+
+
+def test_a_stopped_sweep_still_fills_the_readme(tmp_path, monkeypatch):
+    """--max-stages 0 on a resumed sweep returned before summarising, and --readme then failed."""
+    from dashlib import claims_report
+
+    monkeypatch.setenv("DASH_RUNS", str(tmp_path / "runs"))
+    readme = tmp_path / "R.md"
+    readme.write_text(f"x\n{claims_report.README_START}\n{claims_report.README_END}\n")
+    argv = ["--preset", "tiny", "--variants", "dash", "--seeds", "0", "--budgets", "2", "--workers", "1",
+            "--threads", "1", "--max-stages", "0", "--out", str(tmp_path / "s.json"), "--readme", str(readme),
+            "--no-progress"]
+    for _ in range(2):  # the first trains the teacher; the second resumes and stops at once
+        assert claims_sweep.main(argv) == 0
+        assert "missing cells: tiny 2 steps: 1 cells" in readme.read_text()

@@ -181,6 +181,17 @@ def test_a_sweep_whose_runs_live_elsewhere_now_keeps_its_cells_and_adds_no_sessi
     assert not (tmp_path / "second").exists()  # nothing trained again
 
 
+def test_a_sweep_in_a_relative_runs_folder_finds_its_evaluations(tmp_path, monkeypatch):
+    """The evaluation names runs absolutely; the sweep used to look them up by runs/... (KeyError)."""
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setenv("DASH_RUNS", "runs")
+    state = claims.run_sweep([claims.SweepPart("tiny", (2,), (0,), ("dash",))], tmp_path / "sweep.json",
+                             workers=1, device="cpu", progress=False)
+    (cell,) = state["cells"].values()
+    assert state["complete"] and math.isfinite(cell["fid"])
+    assert cell["run"].startswith(str(tmp_path / "runs")) and state["teachers"]["tiny"]["run"].startswith("/")
+
+
 def test_an_interrupted_session_keeps_the_time_it_spent(tmp_path, monkeypatch):
     monkeypatch.setenv("DASH_RUNS", str(tmp_path / "runs"))
     part = claims.SweepPart("tiny", (2,), (0,), ("dash",))

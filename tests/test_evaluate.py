@@ -160,6 +160,21 @@ def test_evaluate_runs_names_a_relative_run_absolutely_and_counts_two_names_as_o
     assert {r["run"] for r in report.rows} == {str(run.path)} and len(report.rows) == 1
 
 
+def test_the_pipelines_evaluation_finds_its_rows_in_a_relative_runs_folder(tiny, tmp_path, monkeypatch):
+    """The notebooks' `pipeline.evaluate` names rows per run; with runs/ relative it used to
+    match none (the report names runs absolutely) and leave the tables empty."""
+    from dashlib.pipeline import budget, evaluate
+
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setenv("DASH_RUNS", "runs")
+    teacher = fake_run(tiny)
+    assert not teacher.path.is_absolute()
+    b = budget("tiny", workers=1, device="cpu", overrides={"eval.n_samples": 12, "eval.seeds": [7]})
+    report = evaluate(b, {"teacher": teacher}, guidance=("1",), steps=(2,), progress=False)
+    assert len(report.rows) == 1 and len(report.summary) == 1
+    assert report.rows[0]["method"] == "teacher" and report.rows[0]["run"] == str(tmp_path / teacher.path)
+
+
 def test_dash_evaluate_without_inception_weights_is_one_error_line(tiny, capsys, tmp_path, monkeypatch):
     monkeypatch.setenv("TORCH_HOME", str(tmp_path / "torch-home"))
     run = fake_run(tiny)

@@ -418,6 +418,32 @@ def test_samples_of_a_run_name_its_classes_while_its_images_are_there(tmp_path, 
     assert moved["class_names"] is None
 
 
+def test_sample_names_come_cheaply_or_not_at_all(tmp_path, monkeypatch):
+    """Naming the classes never loads or downloads a dataset (MNIST names them only once loaded;
+    a CIFAR run trained with --download whose files are gone is not fetched again)."""
+    from types import SimpleNamespace
+
+    import dashlib.data as data_module
+    from dashlib.generate import model_class_names
+    from dashlib.presets import get_preset
+
+    def never(*args, **kwargs):
+        raise AssertionError("loaded or downloaded a dataset to name its classes")
+
+    def offline(name, config, train):  # torchvision's error for files that are not there
+        if config.download:
+            never()
+        raise data_module.DataNotFoundError(f"{name} was not found")
+
+    monkeypatch.setattr(data_module, "load_dataset", never)
+    monkeypatch.setattr(data_module, "_open_torchvision", offline)
+    model = SimpleNamespace(config=SimpleNamespace(num_classes=10))
+    for name in ("mnist", "cifar10"):
+        recorded = {"name": name, "data_root": str(tmp_path / "gone"), "download": True, "image_size": 32}
+        artifact = SimpleNamespace(config={"data": recorded}, model=model)
+        assert model_class_names(artifact, get_preset("digits")) is None
+
+
 def test_running_dash_inside_the_image_folder_is_refused_before_it_writes_a_runs_class(tmp_path, monkeypatch,
                                                                                         capsys):
     """`--data-root .` from inside the folder used to train once, then read runs/ as a class."""
@@ -434,6 +460,26 @@ def test_running_dash_inside_the_image_folder_is_refused_before_it_writes_a_runs
     assert "DASH_RUNS" in err and not (folder / "runs").exists()
     monkeypatch.setenv("DASH_RUNS", str(tmp_path / "runs"))  # outside: the same command works
     assert main(args) == 0
+
+
+@pytest.mark.parametrize("splits", [("train", "test"), ("train",)])
+def test_a_runs_folder_beside_the_split_folders_is_left_alone(tmp_path, monkeypatch, splits):
+    """Only the class folders are read: dash's runs folder beside train/ (and test/) is neither
+    a class nor a split, before the first command writes it and after."""
+    from dashlib.cli import main
+
+    root = tmp_path / "split"
+    for split in splits:
+        write_folder(root / split, COLOURS, per_class=4)
+    monkeypatch.chdir(root)
+    monkeypatch.delenv("DASH_RUNS", raising=False)
+    common = ["train-teacher", "--preset", "tiny", "--set", "data.name=imagefolder", "--no-progress"]
+    assert main([*common, "--data-root", ".", "--steps", "1"]) == 0 and (root / "runs").is_dir()
+    assert main([*common, "--data-root", ".", "--steps", "2"]) == 0  # the runs folder is there now
+    nested = root / "train" / "red" / "work"  # inside a class folder: refused
+    nested.mkdir()
+    monkeypatch.chdir(nested)
+    assert main([*common, "--data-root", str(root), "--steps", "1"]) == 2
 
 
 def test_image_folder_is_cached_and_reread_when_it_changes(tmp_path, monkeypatch):
@@ -645,7 +691,11 @@ def test_the_paper_path_without_inception_weights_stops_before_anything_trains(t
     assert not (tmp_path / "runs" / "cifar10").exists()
     (tmp_path / "weights.pth").write_text("not weights")  # named relative to the caller, and checked
     assert main([*common, "--set", "eval.inception_weights=weights.pth"]) == 2
-    assert "is not a PyTorch weights file" in capsys.readouterr().err
+    err = capsys.readouterr().err
+    assert f"{tmp_path / 'weights.pth'} is not a PyTorch weights file" in err
+    assert "--set eval.feature_extractor=classifier" in err and "--extractor" not in err
+    assert main([*common, "--set", "eval.inception_weights=gone.pth"]) == 2
+    assert f"--set eval.inception_weights={tmp_path / 'gone.pth'} does not exist" in capsys.readouterr().err
     from dashlib.reproduce import check_feature_space
 
     check_feature_space("cifar10", {}, ["00_quickstart", "01_teacher", "02_distillation"])  # score nothing
