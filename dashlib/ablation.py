@@ -57,10 +57,11 @@ VARIANTS = {v.name: v for v in PATH + LEAVE_ONE_OUT}
 
 def gain_shares(quality: Mapping[str, float]) -> dict[str, float]:
     """Each component's share (%) of the total gain along PATH, from one seed's
-    quality scores {variant name: Q} (lower is better). NaN if there is no gain."""
+    quality scores {variant name: Q} (lower is better). NaN where there is no gain (DASH no
+    better than cond-only on this seed): shares of a loss would read as shares of a gain."""
     q = [quality[v.name] for v in PATH]
     total = q[0] - q[-1]
-    if total == 0 or total != total:
+    if not total > 0:  # zero, a loss, or NaN
         return {c: float("nan") for c in COMPONENTS}
     return {c: (q[i] - q[i + 1]) / total * 100 for i, c in enumerate(COMPONENTS)}
 

@@ -1,7 +1,10 @@
 """Is the dataset classifier good enough to judge samples? (FID and accuracy use it.)
 
 Every evaluation records the feature classifier's held-out test accuracy
-(`classifier_test_accuracy` in each row, summary entry and the T1 sidecar);
+(`classifier_test_accuracy` in each row, summary entry and the T1 sidecar: the lower
+of its plain and its class-balanced accuracy, since the samples it judges are
+class-balanced and an imbalanced test split can hide a classifier that names one
+class for everything; `dashlib.evaluate.Space.describe`);
 below `ADEQUATE_ACCURACY` the FID and accuracy columns are weak (the classifier
 itself confuses the classes), and the figures index says so.
 """

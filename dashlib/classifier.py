@@ -116,6 +116,16 @@ def accuracy(model: Classifier, split: Split) -> float:
     return float((predict(model, split.x) == split.y).float().mean())
 
 
+def balanced_accuracy(model: Classifier, split: Split) -> float:
+    """The mean over the classes present in `split` of the fraction of each classified
+    correctly: what judging class-balanced samples takes. On an imbalanced split plain
+    accuracy hides a classifier that names the largest class for everything (0.98 on a
+    200:2 split, where this gives 0.5)."""
+    right = (predict(model, split.x) == split.y).float()
+    classes = split.y.unique()
+    return float(torch.stack([right[split.y == c].mean() for c in classes]).mean())
+
+
 def classifier_payload(data: DataConfig, config: EvalConfig) -> dict[str, Any]:
     """Everything that determines a classifier; where the data lives does not."""
     return {"kind": "classifier", "data": data_identity(to_dict(data)), "steps": config.classifier_steps,
@@ -178,6 +188,7 @@ def train_classifier(data: DataConfig, config: EvalConfig, force: bool = False,
     atomic_write_json(run.results, {
         "kind": "classifier", "dataset": data.name, "image_size": data.image_size,
         "test_accuracy": accuracy(model, dataset.test), "train_accuracy": accuracy(model, dataset.train),
+        "balanced_test_accuracy": balanced_accuracy(model, dataset.test),
         "n_test": len(dataset.test), "steps": config.classifier_steps, "final_loss": last_loss,
         "params": sum(p.numel() for p in model.parameters()), "feature_dim": model.feature_dim,
         "wall_time_s": wall, "device": str(dev), "run": str(run.path)})

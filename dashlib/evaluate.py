@@ -498,9 +498,15 @@ class Space:
     real: dict[str, dict[str, float]]
 
     def describe(self) -> dict[str, Any]:
+        """The classifier's run and data, its held-out accuracy, plain and class-balanced
+        (`test_accuracy` is the lower of the two, what `dashlib.adequacy` judges by: the
+        samples it classifies are class-balanced), and the real test split's metrics."""
         results = self.classifier.read_results()
+        plain, balanced = results.get("test_accuracy"), results.get("balanced_test_accuracy")
+        judged = min(plain, balanced) if plain is not None and balanced is not None else plain
         return {"run": str(self.classifier.path), "dataset": results.get("dataset"),
-                "test_accuracy": results.get("test_accuracy"), "test_split_metrics": self.real}
+                "test_accuracy": judged, "plain_test_accuracy": plain, "balanced_test_accuracy": balanced,
+                "test_split_metrics": self.real}
 
 
 def prepare_spaces(specs: Sequence[RunSpec], config: EvalConfig, device: torch.device,
@@ -576,10 +582,16 @@ def check_request(specs: Sequence[RunSpec], config: EvalConfig, steps: Sequence[
         inception_weights_path(config.inception_weights, config.download_weights)
     classes = max(s.num_classes for s in specs)
     check_max_reference(config, classes)
+    check_n_samples(config.n_samples, classes)
+
+
+def check_n_samples(n: int, classes: int) -> None:
+    """Refuse fewer samples per evaluation cell than one per class and the metrics' minimum
+    (`MIN_SAMPLES`); `pipeline.budget` asks too, so a reproduction fails before it trains."""
     least = max(MIN_SAMPLES, classes)
-    if config.n_samples < least:
+    if n < least:
         raise ConfigError(f"EvalConfig.n_samples (dash evaluate --n, --set eval.n_samples) = "
-                          f"{config.n_samples} is too small: samples are balanced "
+                          f"{n} is too small: samples are balanced "
                           f"over the classes and the metrics need {MIN_SAMPLES}; ask for at least {least}")
 
 

@@ -241,9 +241,10 @@ def budget(preset: str | Preset, quick: bool = False, workers: int = 2, device: 
         raise ConfigError(f"unknown budget setting(s) {sorted(unknown)}: preset keys are dotted "
                           f"(e.g. train.steps); budget keys are {sorted(fields)}")
     p = check(fit_to_data(override(base, **sized_for_data(base, dotted))) if dotted else base)
-    from dashlib.evaluate import check_reference_size
+    from dashlib.evaluate import check_n_samples, check_reference_size
 
     check_reference_size(p.data)  # else the evaluation stops only after every model trained
+    check_n_samples(p.eval.n_samples, p.teacher.num_classes)
     return Budget(preset=p, quick=quick, methods=_as_tuple("methods", knobs.pop("methods", METHODS.names())),
                   widths=_as_tuple("widths", knobs.pop("widths")), workers=workers, device=device, **knobs)
 

@@ -297,20 +297,29 @@ def ablation_shares(shares: Mapping[str, Sequence[float]]) -> Figure:
     style()
     names = list(shares)
     fig, ax = plt.subplots(figsize=(7, 4.2))
-    means = [mean_std(shares[n])[0] for n in names]
-    stds = [mean_std(shares[n])[1] for n in names]
-    bars = ax.bar(names, means, yerr=stds, capsize=4,
-                  color=[colour("dash") if "un" in n.lower() else "#999999" for n in names])
-    for i, n in enumerate(names):
-        ax.scatter([i] * len(shares[n]), shares[n], color="black", s=12, zorder=3)
-    for bar, m in zip(bars, means):
-        if not math.isnan(m):
-            ax.annotate(f"{m:.0f}%", (bar.get_x() + bar.get_width() / 2, m), ha="center",
-                        va="bottom", fontsize=9, xytext=(0, 3), textcoords="offset points")
+    seeds = max((len(v) for v in shares.values()), default=0)
+    gained = sum(not all(math.isnan(shares[n][i]) for n in names) for i in range(seeds))
     ax.axhline(60, color="crimson", ls="--", lw=1, label="paper's C4 threshold (60%)")
     ax.set(ylabel="share of the total FID gain (%)",
            title="Which DASH component buys the gain (cond-only → DASH)\n"
-                 "bars: mean ± std, dots: one per evaluation seed")
+                 + (f"bars: mean ± std, dots: one per evaluation seed ({seeds - gained} of {seeds} "
+                    f"without a gain left out)" if gained < seeds else
+                    "bars: mean ± std, dots: one per evaluation seed"))
+    if not gained:  # DASH no better than cond-only anywhere: no gain to share out
+        ax.set_xticks(range(len(names)), names)
+        ax.set(xlim=(-0.5, len(names) - 0.5), ylim=(0, 100))
+        ax.text(0.5, 0.3, "DASH did not improve the FID on cond-only at any seed:\nno gain to share out",
+                transform=ax.transAxes, ha="center", va="center", fontsize=10)
+    else:
+        means = [mean_std(shares[n])[0] for n in names]
+        stds = [mean_std(shares[n])[1] for n in names]
+        bars = ax.bar(names, means, yerr=stds, capsize=4,
+                      color=[colour("dash") if "un" in n.lower() else "#999999" for n in names])
+        for i, n in enumerate(names):
+            ax.scatter([i] * len(shares[n]), shares[n], color="black", s=12, zorder=3)
+        for bar, m in zip(bars, means):
+            ax.annotate(f"{m:.0f}%", (bar.get_x() + bar.get_width() / 2, m), ha="center",
+                        va="bottom", fontsize=9, xytext=(0, 3), textcoords="offset points")
     ax.legend(fontsize=8)
     fig.tight_layout()
     return fig

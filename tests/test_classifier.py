@@ -107,3 +107,32 @@ def test_classifier_runs_of_images_the_cap_does_not_touch_keep_their_identity():
     assert "max_width_factor" not in classifier_payload(p.data, p.eval)
     big = dataclasses.replace(p.data, image_size=64)
     assert classifier_payload(big, p.eval)["max_width_factor"] == 8
+
+
+def test_a_classifier_naming_one_class_for_everything_is_judged_at_chance_on_an_imbalanced_split():
+    """200:2 test images: plain accuracy 0.98 hid a constant classifier from the warning."""
+    from dashlib.adequacy import warning
+    from dashlib.classifier import accuracy, balanced_accuracy
+    from dashlib.data import Split
+
+    class Constant(Classifier):
+        def forward(self, x):
+            logits = torch.zeros(len(x), 2)
+            logits[:, 0] = 1.0
+            return logits, logits
+
+    model = Constant(1, 8, 2, 4)
+    split = Split(torch.zeros(202, 1, 8, 8), torch.tensor([0] * 200 + [1] * 2))
+    assert accuracy(model, split) == pytest.approx(200 / 202)
+    assert balanced_accuracy(model, split) == pytest.approx(0.5)
+    assert warning(balanced_accuracy(model, split)) is not None
+
+
+def test_evaluations_judge_by_the_lower_of_plain_and_balanced_accuracy(digits_classifier):
+    run, _, _ = digits_classifier
+    results = run.read_results()
+    assert 0.9 < results["balanced_test_accuracy"] <= 1
+    from dashlib.evaluate import Space
+
+    described = Space(classifier=run, extractors=(), reference="", real={}).describe()
+    assert described["test_accuracy"] == min(results["test_accuracy"], results["balanced_test_accuracy"])

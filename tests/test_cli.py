@@ -269,3 +269,14 @@ def test_info_names_the_classes_of_a_cifar_root_it_is_given_and_refuses_a_missin
     assert classes == [f"c{i}" for i in range(10)]  # the meta file's names
     assert main(["info", "--preset", "cifar10"]) == 0  # no root named: sizes only, offline
     assert "classes" not in json.loads(capsys.readouterr().out)
+
+
+def test_a_reproduction_with_fewer_samples_than_the_metrics_need_stops_before_it_trains(capsys, tmp_path,
+                                                                                     monkeypatch):
+    """The tiny preset has 4 classes: 4 samples fit the classes, not the metrics' 5, and used to
+    fail in notebook 03 after the teacher and students had trained."""
+    monkeypatch.setenv("DASH_RUNS", str(tmp_path / "runs"))
+    assert main(["reproduce", "--preset", "tiny", "--set", "eval.n_samples=4", "--figures",
+                 str(tmp_path / "figs"), "--no-progress"]) == 2
+    assert "the metrics need 5; ask for at least 5" in capsys.readouterr().err
+    assert not (tmp_path / "runs" / "tiny").exists()

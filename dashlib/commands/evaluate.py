@@ -116,7 +116,8 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
                            download=bool(overrides.get("data.download")))
     path = report.write(results_path(run, config, steps, sample))
     for clf in report.meta["classifiers"].values():
-        print(f"classifier {clf['run']}: test accuracy {clf['test_accuracy']:.4f}", file=sys.stderr)
+        print(f"classifier {clf['run']}: test accuracy {clf['test_accuracy']:.4f} (the lower of plain and "
+              f"class-balanced)", file=sys.stderr)
     _print_summary(report.summary)
     print(path)
     return 0
@@ -155,8 +156,9 @@ def cmd_train_classifier(args: argparse.Namespace) -> int:
     run = train_classifier(preset.data, preset.eval, force=args.force, device=args.device,
                            progress=not args.no_progress)
     results = run.read_results()
-    print(f"classifier on {results['dataset']}: test accuracy {results['test_accuracy']:.4f} "
-          f"({results['n_test']} images), {results['wall_time_s']:.0f} s", file=sys.stderr)
+    print(f"classifier on {results['dataset']}: test accuracy {results['test_accuracy']:.4f}, "
+          f"class-balanced {results['balanced_test_accuracy']:.4f} ({results['n_test']} images), "
+          f"{results['wall_time_s']:.0f} s", file=sys.stderr)
     print(run.results)
     return 0
 
