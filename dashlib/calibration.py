@@ -15,6 +15,7 @@ Reported overall and per timestep bin. A student without a null row
 from __future__ import annotations
 
 import math
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
@@ -75,6 +76,24 @@ def branch_outputs(model: nn.Module, x_t: Tensor, t: Tensor, y: Tensor,
         conds.append(c.float().cpu())
         unconds.append(u.float().cpu())
     return torch.cat(conds), torch.cat(unconds)
+
+
+#: Below this mean |delta_T| on the matched inputs the teacher has no guidance gap to speak
+#: of (a teacher trained a step or two; fp32 rounds eps of order 1 at ~1e-7), and
+#: rho = E|delta_S| / E|delta_T| divides by about zero: the tables show it as undefined.
+MIN_TEACHER_GAP = 1e-6
+
+
+def rho_undefined(calibrations: Iterable[Mapping[str, Any]]) -> str | None:
+    """Why rho is undefined for students scored against one teacher (their `calibration`
+    dicts, `Calibrator.score`), or None where the teacher's gap is large enough."""
+    gaps = [c.get("teacher_gap_abs") for c in calibrations]
+    gaps = [g for g in gaps if isinstance(g, (int, float))]
+    if not gaps or min(gaps) >= MIN_TEACHER_GAP:
+        return None
+    return (f"the teacher's guidance gap is about zero (E|delta_T| = {min(gaps):.1e} on the matched "
+            f"inputs, below {MIN_TEACHER_GAP:g}), so rho = E|delta_S| / E|delta_T| is undefined and "
+            f"shown as –: train the teacher longer")
 
 
 def gap_metrics(cond_s: Tensor, uncond_s: Tensor, cond_t: Tensor, uncond_t: Tensor) -> dict[str, float]:

@@ -93,16 +93,33 @@ T3_COLUMNS = ["method", "params", "rho", "cos", "gap_mse", "cond_mse", "uncond_m
 def t3_calibration(b: Budget, runs: Mapping[str, Run], folder: str | Path,
                    notebook: str = "02_distillation") -> Path:
     rows = []
+    undefined = _rho_undefined(runs)
     for method in plots.ordered(list(runs)):
         r = runs[method].read_results()
         term = plots.OUTPUT_TERM.get(method, "loss")
-        rows.append({"method": method, "params": _count(r["params"]), "rho": r["rho"], "cos": r["cos"],
+        rho = None if undefined else r["rho"]
+        rows.append({"method": method, "params": _count(r["params"]), "rho": rho, "cos": r["cos"],
                      "gap_mse": r["gap_mse"], "cond_mse": r["cond_mse"],
                      "uncond_mse": r["uncond_mse"], "final_loss": r["final_losses"].get(term)})
     return save_table(rows, T3_COLUMNS, folder, "T3_calibration",
                       "Calibration on held-out matched inputs (EMA students): rho, cos, gap MSE, "
                       "branch MSEs against the teacher, final output-level loss", ["C3", "C6"],
-                      b.provenance(notebook), digits=4)
+                      _with_rho_note(b.provenance(notebook), undefined), digits=4)
+
+
+def _rho_undefined(runs: Mapping[str, Run]) -> str | None:
+    """Why rho is undefined for these students (`calibration.rho_undefined`), or None."""
+    from dashlib.calibration import rho_undefined
+
+    return rho_undefined(runs[m].read_results().get("calibration", {}) for m in runs)
+
+
+def _with_rho_note(prov: Any, undefined: str | None) -> Any:
+    """The provenance with `rho_undefined` where rho is (the figures index says why)."""
+    import dataclasses
+
+    return prov if undefined is None else dataclasses.replace(prov, extra={**prov.extra,
+                                                                             "rho_undefined": undefined})
 
 
 # --- F4 ------------------------------------------------------------------------------------
@@ -227,10 +244,12 @@ def t1_main_results(b: Budget, report: Any, runs: Mapping[str, Run], folder: str
     rows_by = _summary(report, b.table_guidance)
     teacher_params = rows_by["teacher"]["params"]
     rows = []
+    undefined = _rho_undefined(runs)
     for name in plots.ordered(list(rows_by)):
         r = rows_by[name]
         params = r["params_nonzero"] if counts_nonzero(name) else r["params"]
         rho = runs[name].read_results().get("rho") if name in runs else (1.0 if name == "teacher" else None)
+        rho = None if undefined else rho
         ratio = teacher_params / params
         rows.append({"model": name, "params": _count(params), "compression": Shown(ratio, f"{ratio:.2f}x"),
                      "FID": _pm(r.get("fid_mean"), r.get("fid_std")),
@@ -242,7 +261,8 @@ def t1_main_results(b: Budget, report: Any, runs: Mapping[str, Run], folder: str
                       f"Main results ({b.guidance.title}, {b.preset.eval.ddim_steps} DDIM steps, "
                       f"{b.preset.eval.n_samples} samples; FID/IS in the {feature} feature space; "
                       f"mean ± std over seeds {', '.join(map(str, b.seeds))})",
-                      ["C1", "C2", "C3"], _with_classifier(b.provenance(notebook), report))
+                      ["C1", "C2", "C3"], _with_rho_note(_with_classifier(b.provenance(notebook), report),
+                                                          undefined))
 
 
 def _with_classifier(prov: Any, report: Any) -> Any:

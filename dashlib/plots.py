@@ -250,7 +250,11 @@ def tirt_curriculum(records: Sequence[Mapping[str, Any]], prior: Sequence[float]
              title="Drift toward easy (low-loss) timesteps")
     ax_c.set(ylabel="correlation", ylim=(-1.05, 1.05))
     handles = ax_d.get_legend_handles_labels()[0] + ax_c.get_legend_handles_labels()[0]
-    ax_d.legend(handles=handles, fontsize=8, loc="upper center", bbox_to_anchor=(0.5, -0.22), ncol=2)
+    if handles:
+        ax_d.legend(handles=handles, fontsize=8, loc="upper center", bbox_to_anchor=(0.5, -0.22), ncol=2)
+    else:  # too short a run to have measured any (a teacher of a step or two)
+        ax_d.text(0.5, 0.5, "no drift measured: the teacher's log holds\nno TIRT snapshot with a drift",
+                  transform=ax_d.transAxes, ha="center", va="center", fontsize=9)
     fig.suptitle("TIRT curriculum of the teacher")
     fig.tight_layout()
     return fig
@@ -272,7 +276,7 @@ def distillation_dynamics(logs: Mapping[str, Sequence[Mapping[str, Any]]]) -> Fi
         term = OUTPUT_TERM.get(name, "loss")
         xs = [r["step"] for r in recs if term in r]
         axes[0].plot(xs, [r[term] for r in recs if term in r], lw=_lw(name), color=colour(name),
-                     label=f"{name} ({term})")
+                     label=f"{name} ({term})", marker="o" if len(xs) == 1 else None, ms=3)  # one step: a dot
         cal = [r for r in recs if r.get("rho") is not None]
         for ax, key in ((axes[1], "rho"), (axes[2], "cos")):
             ax.plot([r["step"] for r in cal], [r[key] for r in cal], marker="o", ms=3, lw=_lw(name),

@@ -232,7 +232,8 @@ def write_index(folder: str | Path) -> Path:
                      f"{r['git_commit']} | {r['date']} |")
     from dashlib.adequacy import records_warning
 
-    notes = [records_warning(records), *_folder_notes(folder)]
+    notes = [records_warning(records), *_folder_notes(folder),
+             *sorted({f"Warning: {r['rho_undefined']}." for r in records if r.get("rho_undefined")})]
     if any(r.get("quick") for r in records):
         notes.append("Quick run: a smoke test at reduced budgets (dash reproduce --quick); its "
                      "numbers and verdicts are not the paper's claims.")

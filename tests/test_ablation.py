@@ -6,6 +6,8 @@ import matplotlib
 
 matplotlib.use("Agg")
 
+import matplotlib.pyplot as plt  # noqa: E402
+
 from dashlib import plots  # noqa: E402
 from dashlib.ablation import COMPONENTS, PATH, gain_shares, shares_over_seeds  # noqa: E402
 
@@ -32,7 +34,9 @@ def test_the_figure_says_so_where_no_seed_has_a_gain_and_counts_the_seeds_left_o
     texts = [t.get_text() for t in none.axes[0].texts]
     assert any("no gain to share out" in t for t in texts)
     assert "2 of 2 without a gain" in none.axes[0].get_title()
+    plt.close(none)
     some = shares_over_seeds({v.name: {0: 4.0 - i, 1: 4.0 + i} for i, v in enumerate(PATH)})
     fig = plots.ablation_shares(some)
     assert "1 of 2 without a gain left out" in fig.axes[0].get_title()
     assert [round(p.get_height()) for p in fig.axes[0].patches] == [33, 33, 33]
+    plt.close(fig)

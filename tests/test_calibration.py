@@ -76,3 +76,33 @@ def test_matched_inputs_are_stratified_and_seeded(tiny):
     assert counts.tolist() == [5] * 10  # one stratum per 1/50 of T: exactly 5 in each tenth
     c = matched_inputs(data.test, diffusion, 50, torch.Generator().manual_seed(2))
     assert not torch.equal(a.t, c.t) and not torch.equal(a.eps, c.eps)
+
+
+def test_rho_against_a_teacher_without_a_gap_is_undefined_in_the_tables(tmp_path):
+    """A one-step teacher's gap is ~1e-9: rho divided by it read 7,642,160 in T1 and T3."""
+    import json
+
+    from dashlib.calibration import MIN_TEACHER_GAP, rho_undefined
+    from dashlib.paper import t3_calibration
+    from dashlib.pipeline import budget
+    from dashlib.runs import Run
+
+    assert rho_undefined([{"teacher_gap_abs": 0.05}, {}]) is None
+    why = rho_undefined([{"teacher_gap_abs": 3e-9}, {"teacher_gap_abs": 0.05}])
+    assert why is not None and "3.0e-09" in why and f"{MIN_TEACHER_GAP:g}" in why
+
+    def student(name: str, gap: float) -> Run:
+        run = Run(tmp_path / "runs" / name)
+        run.path.mkdir(parents=True)
+        run.results.write_text(json.dumps({
+            "params": 100, "rho": 7642160.0, "cos": 0.1, "gap_mse": 0.0, "cond_mse": 0.0, "uncond_mse": 0.0,
+            "final_losses": {"loss": 0.1}, "calibration": {"teacher_gap_abs": gap}}))
+        return run
+
+    b = budget("tiny", threads=1)
+    for gap, shown in ((3e-9, "–"), (0.05, "7642160.0000")):
+        folder = tmp_path / f"figs-{gap}"
+        md = t3_calibration(b, {"fitnets": student(f"fitnets-{gap}", gap)}, folder).read_text()
+        assert f"| fitnets | 100 | {shown} |" in md, md
+        index = (folder / "README.md").read_text()
+        assert ("rho = E|delta_S| / E|delta_T| is undefined" in index) is (shown == "–")

@@ -4,6 +4,7 @@ import matplotlib
 
 matplotlib.use("Agg")
 
+import matplotlib.pyplot as plt  # noqa: E402
 import pytest  # noqa: E402
 
 from dashlib import plots  # noqa: E402
@@ -144,3 +145,15 @@ def test_sample_grids_label_their_rows_with_the_class_names_on_each_rows_first_p
 
     plt.close(fig)
     plt.close(plain)
+
+
+def test_a_run_of_one_logged_step_still_shows_its_loss_and_an_empty_drift_says_why():
+    """distill.steps=1 drew F5's one loss point as a line of no length; train.steps=1 left F4's
+    drift panel blank under an empty legend box."""
+    logs = {"dash": [{"step": 1, "im": 0.5, "rho": 0.5, "cos": 0.5}]}
+    (line,) = plots.distillation_dynamics(logs).axes[0].get_lines()
+    assert line.get_marker() == "o"
+    fig = plots.tirt_curriculum([], [1.0] * 4, [1.0] * 4, 100, weighting="uniform")
+    drift = fig.axes[1]
+    assert drift.get_legend() is None and any("no drift measured" in t.get_text() for t in drift.texts)
+    plt.close("all")
