@@ -37,7 +37,7 @@ from common import RESULTS, environment
 from dashlib import claims, claims_report
 from dashlib.cli import KNOWN_ERRORS
 from dashlib.config import ConfigError
-from dashlib.inception import SET_OPTIONS, inception_weights_path
+from dashlib.inception import SET_OPTIONS, check_weights
 from dashlib.threads import use_threads
 
 
@@ -110,8 +110,10 @@ def full_plan(args: argparse.Namespace) -> list[claims.SweepPart]:
     return claims.sweep_plan(args.preset, args.quick, overrides(args))
 
 
-def plan(args: argparse.Namespace) -> list[claims.SweepPart]:
-    parts = full_plan(args)
+def plan(args: argparse.Namespace, whole: list[claims.SweepPart] | None = None) -> list[claims.SweepPart]:
+    """The parts to run: `whole` (default `full_plan`) cut by --parts and changed by --budgets,
+    --seeds and --variants."""
+    parts = whole if whole is not None else full_plan(args)
     if args.parts:
         keep = [p for p in args.parts.split(",") if p.strip()]
         unknown = sorted(set(keep) - {p.preset for p in parts})
@@ -129,7 +131,7 @@ def plan(args: argparse.Namespace) -> list[claims.SweepPart]:
     return [dataclasses.replace(p, **changes) for p in parts]
 
 
-def check_stored(out: Path, args: argparse.Namespace) -> None:
+def check_stored(out: Path, args: argparse.Namespace, whole: list[claims.SweepPart]) -> None:
     """Refuse an --out that holds the sweep of another preset (its figures would show empty
     panels, a sweep would mix two grids in one file), or none for --report-only."""
     from dashlib.io import read_json
@@ -145,7 +147,7 @@ def check_stored(out: Path, args: argparse.Namespace) -> None:
                           f"pass --out FILE for a new sweep")
     stored = {str(p.get("preset")) for p in state.get("plan", [])} | set(state.get("teachers", {}))
     stored |= {str(c.get("preset")) for c in state.get("cells", {}).values()}
-    planned = [p.preset for p in full_plan(args)]
+    planned = [p.preset for p in whole]
     if stored - set(planned):
         raise ConfigError(f"{out} holds a sweep of {', '.join(sorted(stored))}, and --preset "
                           f"{args.preset} plans {', '.join(planned)}: pass the --preset (and --set) it "
@@ -173,9 +175,10 @@ def write_reports(state: dict, args: argparse.Namespace, quick: bool) -> None:
 
 def sweep(args: argparse.Namespace) -> int:
     use_threads(args.threads)
-    parts = plan(args)
+    whole = full_plan(args)
+    parts = plan(args, whole)
     out = Path(args.out)
-    check_stored(out, args)
+    check_stored(out, args, whole)
     print(f"sweep: {[(p.preset, p.budgets, p.seeds, p.variants) for p in parts]}", file=sys.stderr)
     if args.report_only:
         from dashlib.io import read_json
@@ -187,9 +190,7 @@ def sweep(args: argparse.Namespace) -> int:
     if args.readme:  # checked before hours of training, not after
         claims_report.readme_span(Path(args.readme).read_text())
     for part in parts:  # so are the Inception-v3 weights, where the preset scores with them
-        config = part.base().eval
-        if config.feature_extractor == "inception":
-            inception_weights_path(config.inception_weights, config.download_weights, SET_OPTIONS)
+        check_weights(part.base().eval, SET_OPTIONS)
     env = environment()
 
     def report(state: dict) -> None:
@@ -201,7 +202,7 @@ def sweep(args: argparse.Namespace) -> int:
 
     state = claims.run_sweep(parts, out, workers=args.workers, device=args.device,
                              progress=not args.no_progress, max_stages=args.max_stages,
-                             on_stage=report, drop_stale=args.drop_stale, known=full_plan(args))
+                             on_stage=report, drop_stale=args.drop_stale, known=whole)
     write_reports(state, args, quick=args.quick)
     print(out.resolve(), f"(runs in {os.environ.get('DASH_RUNS', 'runs')})")
     return 0

@@ -67,7 +67,7 @@ from dashlib.fidelity import (
 )
 from dashlib.generate import generate
 from dashlib.guidance import Guidance, one_branch
-from dashlib.inception import inception_weights_path
+from dashlib.inception import check_weights
 from dashlib.io import (
     CorruptFileError,
     absolute,
@@ -578,8 +578,7 @@ def check_request(specs: Sequence[RunSpec], config: EvalConfig, steps: Sequence[
     if any(k < 1 or k > T for k in steps):
         raise ConfigError(f"DDIM steps {list(steps)} are invalid: each must be between 1 and the "
                           f"{T} diffusion timesteps; choose at most {T}")
-    if config.feature_extractor == "inception":
-        inception_weights_path(config.inception_weights, config.download_weights)
+    check_weights(config)
     classes = max(s.num_classes for s in specs)
     check_max_reference(config, classes)
     check_n_samples(config.n_samples, classes)

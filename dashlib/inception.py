@@ -21,6 +21,7 @@ from urllib.parse import urlparse
 import torch
 from torch import Tensor
 
+from dashlib.config import EvalConfig
 from dashlib.io import is_pickle
 
 
@@ -97,6 +98,14 @@ def inception_weights_path(path: str | None, download: bool = False,
                 f"{file}", options))
     load_inception_state(file, options=options)
     return file
+
+
+def check_weights(config: EvalConfig, options: dict[str, str] | None = None) -> None:
+    """Where `config` scores with Inception-v3, find (or, where `download_weights` allows,
+    download) and check its weights now, before any work; errors name the remedies as
+    `options` spells them (`how_to_get`)."""
+    if config.feature_extractor == "inception":
+        inception_weights_path(config.inception_weights, config.download_weights, options)
 
 
 def load_inception_state(file: str | Path, digest: str | None = None,

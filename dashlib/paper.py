@@ -116,8 +116,6 @@ def _rho_undefined(runs: Mapping[str, Run]) -> str | None:
 
 def _with_rho_note(prov: Any, undefined: str | None) -> Any:
     """The provenance with `rho_undefined` where rho is (the figures index says why)."""
-    import dataclasses
-
     return prov if undefined is None else dataclasses.replace(prov, extra={**prov.extra,
                                                                              "rho_undefined": undefined})
 
@@ -267,8 +265,6 @@ def t1_main_results(b: Budget, report: Any, runs: Mapping[str, Run], folder: str
 
 def _with_classifier(prov: Any, report: Any) -> Any:
     """The provenance with the feature classifier's test accuracy (dashlib.adequacy)."""
-    import dataclasses
-
     from dashlib.adequacy import report_accuracy
 
     return dataclasses.replace(prov, extra={**prov.extra,

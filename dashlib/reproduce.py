@@ -329,14 +329,12 @@ def check_feature_space(preset: str, overrides: Mapping[str, Any], names: Sequen
     the preset scores in that space and one of the notebooks `names` scores samples, so that a
     missing file fails here, and not after the teacher and every student have trained. The
     error names the remedies as `--set` keys (`dashlib.inception.SET_OPTIONS`)."""
-    from dashlib.inception import SET_OPTIONS, inception_weights_path
+    from dashlib.inception import SET_OPTIONS, check_weights
     from dashlib.presets import get_preset
 
-    if not any(name in EVALUATING_NOTEBOOKS for name in names):
-        return
-    config = get_preset(preset, **{k: v for k, v in overrides.items() if "." in k}).eval
-    if config.feature_extractor == "inception":
-        inception_weights_path(config.inception_weights, config.download_weights, SET_OPTIONS)
+    if any(name in EVALUATING_NOTEBOOKS for name in names):
+        dotted = {k: v for k, v in overrides.items() if "." in k}
+        check_weights(get_preset(preset, **dotted).eval, SET_OPTIONS)
 
 
 def check_text_paths(paths: Mapping[str, tuple[str | Path | None, str]]) -> None:
