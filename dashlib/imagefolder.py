@@ -88,11 +88,11 @@ def existing_root(root: str | Path) -> Path:
     return root
 
 
-def check_runs_outside(classes: Path) -> None:
-    """Refuse a folder of class folders that holds dash's own runs folder: the first command
-    would write its checkpoints, caches and notebooks into what the next one reads as a class.
-    A runs folder beside the split folders, or under a hidden folder, is never read."""
-    runs = runs_root().resolve()
+def check_runs_outside(classes: Path, runs: Path) -> None:
+    """Refuse a folder of class folders that holds dash's own runs folder (`runs`, resolved):
+    the first command would write its checkpoints, caches and notebooks into what the next
+    one reads as a class. A runs folder beside the split folders, or under a hidden folder,
+    is never read."""
     if runs != classes and classes not in runs.parents:
         return
     inside = runs.relative_to(classes).parts
@@ -122,10 +122,10 @@ def split_folders(root: str | Path) -> tuple[Path, Path | None]:
     if len(train) == 1 and test:
         splits = root / train[0], root / min(test, key=lambda f: TEST_FOLDERS.index(f.lower()))
         for split in splits:
-            check_runs_outside(split)
+            check_runs_outside(split, own)
         return splits
     if len(train) == 1 and len(folders) == 1:  # a train split alone: its classes, with a held-out part
-        check_runs_outside(root / train[0])
+        check_runs_outside(root / train[0], own)
         return root / train[0], None
     if train or test:
         others = [f for f in folders if f not in train + test]
@@ -136,7 +136,7 @@ def split_folders(root: str | Path) -> tuple[Path, Path | None]:
             f"or as one train folder ({', '.join(TRAIN_FOLDERS)}) of DIR/<train>/<class>/<images>, "
             f"alone or with a test folder ({', '.join(TEST_FOLDERS)}) laid out alike"
             f"{_loose_images_note(root, folders)}")
-    check_runs_outside(root)
+    check_runs_outside(root, own)
     return root, None
 
 

@@ -300,17 +300,23 @@ def resolve_overrides(preset: str, overrides: Mapping[str, Any] | None) -> dict[
     return out
 
 
+def _overridden(preset: str, overrides: Mapping[str, Any]) -> Any:
+    """The preset with the dotted (preset-key) overrides applied; budget keys left out."""
+    from dashlib.presets import get_preset
+
+    return get_preset(preset, **{k: v for k, v in overrides.items() if "." in k})
+
+
 def check_data_present(preset: str, overrides: Mapping[str, Any], names: Sequence[str]) -> None:
     """Find (or, where allowed, download) the files of a dataset read from files, when one of
     the notebooks `names` reads it, so that missing files fail here, in seconds, and not
     inside the first notebook. A dataset hashed by its content (CIFAR, an image folder) is
     fingerprinted (cheap, and cached for the run ids); any other (MNIST) loaded."""
     from dashlib.data import DATASETS, load_dataset
-    from dashlib.presets import get_preset
 
     if all(name in DATALESS_NOTEBOOKS for name in names):
         return
-    data = get_preset(preset, **{k: v for k, v in overrides.items() if "." in k}).data
+    data = _overridden(preset, overrides).data
     source = DATASETS.get(data.name)
     if not source.reads_files:
         return
@@ -330,11 +336,9 @@ def check_feature_space(preset: str, overrides: Mapping[str, Any], names: Sequen
     missing file fails here, and not after the teacher and every student have trained. The
     error names the remedies as `--set` keys (`dashlib.inception.SET_OPTIONS`)."""
     from dashlib.inception import SET_OPTIONS, check_weights
-    from dashlib.presets import get_preset
 
     if any(name in EVALUATING_NOTEBOOKS for name in names):
-        dotted = {k: v for k, v in overrides.items() if "." in k}
-        check_weights(get_preset(preset, **dotted).eval, SET_OPTIONS)
+        check_weights(_overridden(preset, overrides).eval, SET_OPTIONS)
 
 
 def check_text_paths(paths: Mapping[str, tuple[str | Path | None, str]]) -> None:
