@@ -84,29 +84,38 @@ def branch_outputs(model: nn.Module, x_t: Tensor, t: Tensor, y: Tensor,
 MIN_TEACHER_GAP = 1e-6
 
 
-def rho_undefined(calibrations: Iterable[Mapping[str, Any]]) -> str | None:
+def rho_undefined(calibrations: Iterable[Mapping[str, Any]], per_bin: bool = False) -> str | None:
     """Why rho is undefined for students scored against one teacher (their `calibration`
-    dicts, `Calibrator.score`), or None where the teacher's gap is large enough."""
-    gaps = [c.get("teacher_gap_abs") for c in calibrations]
-    gaps = [g for g in gaps if isinstance(g, (int, float))]
+    dicts, `Calibrator.score`, or records holding its `teacher_gap_abs`), or None where the
+    teacher's gap is large enough; `per_bin` judges each timestep bin's gap instead."""
+    gaps = [g for c in calibrations
+            for g in ((c.get("per_bin") or {}).get("teacher_gap_abs") or [] if per_bin
+                      else [c.get("teacher_gap_abs")])]
+    gaps = [g for g in gaps if isinstance(g, (int, float)) and math.isfinite(g)]
     if not gaps or min(gaps) >= MIN_TEACHER_GAP:
         return None
-    return (f"the teacher's guidance gap is about zero (E|delta_T| = {min(gaps):.1e} on the matched "
-            f"inputs, below {MIN_TEACHER_GAP:g}), so rho = E|delta_S| / E|delta_T| is undefined and "
-            f"shown as –: train the teacher longer")
+    where = "in a timestep bin of the matched inputs" if per_bin else "on the matched inputs"
+    return (f"the teacher's guidance gap is about zero (E|delta_T| = {min(gaps):.1e} {where}, "
+            f"below {MIN_TEACHER_GAP:g}), so rho = E|delta_S| / E|delta_T| is undefined there (– in "
+            f"the tables, no point in the figures): train the teacher longer")
 
 
 def gap_metrics(cond_s: Tensor, uncond_s: Tensor, cond_t: Tensor, uncond_t: Tensor) -> dict[str, float]:
-    """rho, cos, gap_mse, cond_mse, uncond_mse from branch outputs (N, ...)."""
+    """rho, cos, gap_mse, cond_mse, uncond_mse from branch outputs (N, ...).
+
+    rho = E|delta_S| / E|delta_T| is NaN where E|delta_T| < `MIN_TEACHER_GAP` (a teacher
+    with no guidance gap on these rows: the ratio would divide by about zero)."""
     delta_s, delta_t = (cond_s - uncond_s).flatten(1), (cond_t - uncond_t).flatten(1)
     cos = nn.functional.cosine_similarity(delta_s, delta_t, dim=1, eps=1e-12)
+    teacher_gap = float(delta_t.abs().mean())
     return {
-        "rho": float(delta_s.abs().mean() / delta_t.abs().mean().clamp_min(1e-12)),
+        "rho": (float(delta_s.abs().mean() / delta_t.abs().mean()) if teacher_gap >= MIN_TEACHER_GAP
+                else math.nan),
         "cos": float(cos.mean()),
         "gap_mse": float((delta_s - delta_t).pow(2).mean()),
         "cond_mse": float((cond_s - cond_t).pow(2).mean()),
         "uncond_mse": float((uncond_s - uncond_t).pow(2).mean()),
-        "teacher_gap_abs": float(delta_t.abs().mean()),
+        "teacher_gap_abs": teacher_gap,
         "student_gap_abs": float(delta_s.abs().mean()),
     }
 

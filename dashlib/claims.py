@@ -223,6 +223,7 @@ def _student_record(run: Any, row: Mapping[str, Any]) -> dict[str, Any]:
     return {"run": str(absolute(run.path)), "fid": row.get("fid"), "accuracy": row.get("accuracy"),
             "rho": res["rho"], "cos": res["cos"], "gap_mse": res["gap_mse"],
             "cond_mse": res["cond_mse"], "uncond_mse": res["uncond_mse"],
+            "teacher_gap_abs": cal.get("teacher_gap_abs"),
             "per_bin": cal.get("per_bin"), "final_losses": res.get("final_losses"),
             "tirt": res.get("tirt"), "tirt_drift": res.get("tirt_drift"),
             "wall_time_s": res.get("wall_time_s"),

@@ -142,6 +142,8 @@ def provenance(state: Mapping[str, Any], quick: bool, notebook: str = "08_claims
     """What the figures and tables show: the budgets and seeds of the cells summarised (those of
     earlier plans too, a slice the bench ran before: `bench/claims_sweep.py --budgets`), or the
     plan's where none is done yet; `missing` lists the plan's cells still to run."""
+    from dashlib.calibration import rho_undefined
+
     parts = state["plan"]
 
     def shown(preset: str, key: str, planned: Sequence[int]) -> list[int]:
@@ -158,7 +160,13 @@ def provenance(state: Mapping[str, Any], quick: bool, notebook: str = "08_claims
                       extra={"complete": state["complete"], "missing": state["missing"],
                              "total_cpu_s": state["total_cpu_s"], "eval": [p["eval"] for p in parts],
                              "classifier_test_accuracy": _classifier_accuracy(state),
-                             "distill_seeds_note": "seeds are distillation seeds; one eval seed each"})
+                             "distill_seeds_note": "seeds are distillation seeds; one eval seed each",
+                             **_rho_note(rho_undefined(state["cells"].values()))})
+
+
+def _rho_note(undefined: str | None) -> dict[str, str]:
+    """{"rho_undefined": why} for the figures index, or nothing where rho is defined."""
+    return {} if undefined is None else {"rho_undefined": undefined}
 
 
 def _classifier_accuracy(state: Mapping[str, Any]) -> float | None:

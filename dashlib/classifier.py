@@ -111,19 +111,18 @@ def predict(model: Classifier, x: Tensor, batch_size: int = 512) -> Tensor:
     return torch.cat(out) if out else torch.empty(0, dtype=torch.long)
 
 
-def accuracy(model: Classifier, split: Split) -> float:
-    """Fraction of `split` classified correctly."""
-    return float((predict(model, split.x) == split.y).float().mean())
+def accuracy(predicted: Tensor, y: Tensor) -> float:
+    """Fraction of predicted classes (N,) equal to the labels y (N,)."""
+    return float((predicted == y).float().mean())
 
 
-def balanced_accuracy(model: Classifier, split: Split) -> float:
-    """The mean over the classes present in `split` of the fraction of each classified
+def balanced_accuracy(predicted: Tensor, y: Tensor) -> float:
+    """The mean over the classes present in y (N,) of the fraction of each predicted (N,)
     correctly: what judging class-balanced samples takes. On an imbalanced split plain
     accuracy hides a classifier that names the largest class for everything (0.98 on a
     200:2 split, where this gives 0.5)."""
-    right = (predict(model, split.x) == split.y).float()
-    classes = split.y.unique()
-    return float(torch.stack([right[split.y == c].mean() for c in classes]).mean())
+    right = (predicted == y).float()
+    return float(torch.stack([right[y == c].mean() for c in y.unique()]).mean())
 
 
 def classifier_payload(data: DataConfig, config: EvalConfig) -> dict[str, Any]:
@@ -183,12 +182,14 @@ def train_classifier(data: DataConfig, config: EvalConfig, force: bool = False,
                            config.classifier_width)
         last_loss = fit(model, dataset.train, config, dev, progress)
     wall = time.perf_counter() - start
+    test_pred = predict(model, dataset.test.x)
     atomic_torch_save({"kind": "classifier", "config": payload, "spec": model.spec(),
                        "model": model.cpu().state_dict()}, run.final)
     atomic_write_json(run.results, {
         "kind": "classifier", "dataset": data.name, "image_size": data.image_size,
-        "test_accuracy": accuracy(model, dataset.test), "train_accuracy": accuracy(model, dataset.train),
-        "balanced_test_accuracy": balanced_accuracy(model, dataset.test),
+        "test_accuracy": accuracy(test_pred, dataset.test.y),
+        "train_accuracy": accuracy(predict(model, dataset.train.x), dataset.train.y),
+        "balanced_test_accuracy": balanced_accuracy(test_pred, dataset.test.y),
         "n_test": len(dataset.test), "steps": config.classifier_steps, "final_loss": last_loss,
         "params": sum(p.numel() for p in model.parameters()), "feature_dim": model.feature_dim,
         "wall_time_s": wall, "device": str(dev), "run": str(run.path)})

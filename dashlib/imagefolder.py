@@ -313,10 +313,7 @@ def _others(folder: Path, samples: list[tuple[str, int]]) -> str:
     the left-out files counted by suffix and the suffixes that are read."""
     from torchvision.datasets.folder import IMG_EXTENSIONS
 
-    images = {Path(p) for p, _ in samples}
-    suffixes = Counter(f.suffix.lower() or "(none)" for f in folder.rglob("*")
-                       if f.is_file() and f not in images
-                        and not any(skipped(part) for part in f.relative_to(folder).parts))
+    suffixes = _unread(folder, {Path(p) for p, _ in samples}, classes_below=False)
     if not suffixes:
         return ""
     left = ", ".join(f"{n} {suffix}" for suffix, n in sorted(suffixes.items()))
@@ -402,14 +399,7 @@ def left_out(root: str | Path) -> dict[str, int]:
     for split in (train, test):
         if split is None:
             continue
-        images = {Path(p) for p, _ in _samples(split, split_minimum(test))[0]}
-        for dirpath, dirnames, filenames in os.walk(split, followlinks=True):
-            dirnames[:] = [d for d in dirnames if not skipped(d)]
-            here = Path(dirpath)
-            for name in filenames:
-                path = here / name
-                if not (skipped(name) or path in images):
-                    out[_left_out_kind(path, here == split)] += 1
+        out.update(_unread(split, {Path(p) for p, _ in _samples(split, split_minimum(test))[0]}))
     if train != top:  # a split layout: what lies beside train/ (and test/) is not read either
         used = {train.name, *([test.name] if test is not None else [])}
         for e in os.scandir(top):
@@ -417,6 +407,21 @@ def left_out(root: str | Path) -> dict[str, int]:
                 continue
             out["unused folder " + e.name if _is_dir(e) else "beside the split folders"] += 1
     return dict(sorted(out.items()))
+
+
+def _unread(folder: Path, images: set[Path], classes_below: bool = True) -> Counter[str]:
+    """The files under `folder` (links followed, hidden names skipped) that are not among
+    `images`, counted by `_left_out_kind`; with `classes_below` the files lying in `folder`
+    itself are counted as beside the class folders (a split), else by suffix (one class)."""
+    out: Counter[str] = Counter()
+    for dirpath, dirnames, filenames in os.walk(folder, followlinks=True):
+        dirnames[:] = [d for d in dirnames if not skipped(d)]
+        here = Path(dirpath)
+        for name in filenames:
+            path = here / name
+            if not (skipped(name) or path in images):
+                out[_left_out_kind(path, classes_below and here == folder)] += 1
+    return out
 
 
 def _left_out_kind(path: Path, beside_classes: bool) -> str:

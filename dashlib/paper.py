@@ -82,9 +82,14 @@ def calibrations(runs: Mapping[str, Run]) -> dict[str, dict[str, Any]]:
 
 def f2_gap_calibration(b: Budget, runs: Mapping[str, Run], folder: str | Path,
                        notebook: str = "05_guidance_gap") -> Path:
-    fig = plots.gap_calibration(calibrations(runs))
+    from dashlib.calibration import rho_undefined
+
+    cals = calibrations(runs)
+    fig = plots.gap_calibration(cals)
+    prov = _with_rho_note(b.provenance(notebook), rho_undefined(cals.values(), per_bin=True))
     return _save(fig, b, folder, "F2_gap_calibration",
-                 "Guidance-gap calibration (rho, cos) across timesteps per method", ["C3"], notebook)
+                 "Guidance-gap calibration (rho, cos) across timesteps per method", ["C3"], notebook,
+                 provenance=prov)
 
 
 T3_COLUMNS = ["method", "params", "rho", "cos", "gap_mse", "cond_mse", "uncond_mse", "final_loss"]

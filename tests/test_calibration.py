@@ -56,6 +56,22 @@ def test_scaled_gap_gives_rho_of_the_scale():
     assert abs(flipped["rho"] - 1) < 1e-6 and abs(flipped["cos"] + 1) < 1e-6
 
 
+def test_rho_is_nan_where_the_teacher_has_no_gap():
+    """rho divides by E|delta_T|: against a teacher whose branches agree it is undefined (NaN),
+    not a ratio of rounding errors, and the reason is named per timestep bin too."""
+    from dashlib.calibration import MIN_TEACHER_GAP, rho_undefined
+
+    g = torch.Generator().manual_seed(0)
+    cond_s, uncond_s, cond_t = (torch.randn(20, 1, 4, 4, generator=g) for _ in range(3))
+    for offset, defined in ((3e-9, False), (10 * MIN_TEACHER_GAP, True)):
+        m = gap_metrics(cond_s, uncond_s, cond_t, cond_t + offset)
+        assert math.isfinite(m["rho"]) is defined and math.isfinite(m["cos"])
+        assert math.isfinite(m["cond_mse"]) and m["teacher_gap_abs"] < 1e-4
+    bins = {"per_bin": {"teacher_gap_abs": [0.05, 2e-8, None]}, "teacher_gap_abs": 0.03}
+    assert rho_undefined([bins]) is None
+    assert "2.0e-08 in a timestep bin" in rho_undefined([bins], per_bin=True)
+
+
 def test_single_head_student_has_no_gap_metrics(tiny, tiny_model):
     import dataclasses
 
@@ -106,3 +122,26 @@ def test_rho_against_a_teacher_without_a_gap_is_undefined_in_the_tables(tmp_path
         assert f"| fitnets | 100 | {shown} |" in md, md
         index = (folder / "README.md").read_text()
         assert ("rho = E|delta_S| / E|delta_T| is undefined" in index) is (shown == "–")
+
+
+def test_f2_leaves_out_and_names_the_bins_where_rho_is_undefined(tmp_path):
+    import json
+
+    from dashlib.paper import f2_gap_calibration
+    from dashlib.pipeline import budget
+    from dashlib.runs import Run
+
+    def student(name: str, bin_gap: float) -> Run:
+        run = Run(tmp_path / "runs" / name)
+        run.path.mkdir(parents=True)
+        per_bin = {"rho": [0.9, None], "cos": [0.8, 0.1], "teacher_gap_abs": [0.05, bin_gap]}
+        run.results.write_text(json.dumps({"calibration": {"per_bin": per_bin, "bin_edges": [0, 5, 10],
+                                                           "teacher_gap_abs": 0.03}}))
+        return run
+
+    b = budget("tiny", threads=1)
+    for gap in (3e-9, 0.04):
+        folder = tmp_path / f"figs-{gap}"
+        f2_gap_calibration(b, {"dash": student(f"dash-{gap}", gap)}, folder)
+        index = (folder / "README.md").read_text()
+        assert ("is undefined there" in index) is (gap < 1e-6), index

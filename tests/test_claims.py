@@ -344,3 +344,6 @@ def test_the_sidecar_names_the_budgets_and_seeds_its_tables_show():
     assert prov.steps == {"tiny_budgets": "2,4"} and prov.seeds == (0, 1)
     state["summary"] = []  # nothing done yet: the plan
     assert claims_report.provenance(state, quick=False).steps == {"tiny_budgets": "4"}
+    assert "rho_undefined" not in prov.extra
+    state["cells"] = {"tiny/dash/4/0": {"teacher_gap_abs": 4e-9, "rho": None}}  # a teacher with no gap
+    assert "4.0e-09" in claims_report.provenance(state, quick=False).extra["rho_undefined"]
