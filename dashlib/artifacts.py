@@ -42,6 +42,10 @@ class Artifact:
     extra: dict[str, Any]
 
 
+#: What a checkpoint written before a ModelConfig field existed was built with.
+LEGACY_MODEL_FIELDS = {"emb_silu": False}
+
+
 def load_artifact(run: Run | str, expect: ModelConfig | None = None,
                   device: str | torch.device = "cpu") -> Artifact:
     """Load a finished run's final.pt (weights_only) and rebuild its model.
@@ -59,9 +63,10 @@ def load_artifact(run: Run | str, expect: ModelConfig | None = None,
     for key in ("model_config", "model", "config"):
         if key not in ckpt:
             raise CheckpointError(f"{run.final} is not a dash model artifact (no {key!r} entry)")
+    stored = {**LEGACY_MODEL_FIELDS, **ckpt["model_config"]}
     if expect is not None:
-        check_config_match(run.final, ckpt["model_config"], to_dict(expect), what="model")
-    cfg = from_dict(ModelConfig, ckpt["model_config"])
+        check_config_match(run.final, stored, to_dict(expect), what="model")
+    cfg = from_dict(ModelConfig, stored)
     model = UNet(cfg)
     try:
         model.load_state_dict(ckpt["model"])

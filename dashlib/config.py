@@ -150,6 +150,9 @@ class ModelConfig(Validated):
     `cfg=True` adds the null class row (index `num_classes`) so one network
     has a conditional and an unconditional branch; `null_init` says how that
     row starts ("random" like every row, "zero", or "mean" of the class rows).
+    `emb_silu=True` passes the timestep + class embedding through SiLU before each
+    residual block's projection, as ADM and DDPM do; False projects it linearly, the
+    layout of dash's runs before 2026-12-07 (a checkpoint without the key loads so).
     """
 
     image_size: int = 8
@@ -163,6 +166,7 @@ class ModelConfig(Validated):
     norm_groups: int = 32
     cfg: bool = True
     null_init: str = "random"
+    emb_silu: bool = True
 
     def validate(self) -> None:
         for name in ("image_size", "in_channels", "ch", "num_res_blocks", "num_classes", "norm_groups"):
@@ -443,7 +447,7 @@ class EvalConfig(Validated):
 
     n_samples: int = 500
     seeds: tuple[int, ...] = (42, 123, 456)
-    guidance: tuple[str, ...] = ("0", "1", "3", "tag")
+    guidance: tuple[str, ...] = ("0", "1", "4", "tag")
     ddim_steps: int = 50
     sweep_guidance: tuple[str, ...] = ("0", "1", "2", "3", "4", "tag")
     sweep_steps: tuple[int, ...] = (10, 20, 50, 100)

@@ -78,5 +78,5 @@ class Diffusion:
         return (x_t - ab.sqrt() * x0) / (1 - ab).sqrt()
 
     def sample_t(self, n: int, generator: torch.Generator) -> Tensor:
-        """Uniform timesteps (docs/paper.md: 'timesteps are sampled uniformly'), (n,) int64."""
+        """Uniform timesteps (docs/paper.md: timesteps are 'drawn uniformly'), (n,) int64."""
         return torch.randint(0, self.T, (n,), generator=generator)

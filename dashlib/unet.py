@@ -39,7 +39,10 @@ def timestep_embedding(t: Tensor, dim: int, max_period: float = 10000.0) -> Tens
 
 
 class ResBlock(nn.Module):
-    """GroupNorm-SiLU-conv, + projected embedding, GroupNorm-SiLU-dropout-conv, + skip."""
+    """GroupNorm-SiLU-conv, + projected embedding, GroupNorm-SiLU-dropout-conv, + skip.
+
+    `emb` (B, emb_dim) arrives through SiLU where `ModelConfig.emb_silu` (ADM's
+    emb_layers = SiLU, Linear; the UNet applies it once for all blocks)."""
 
     def __init__(self, c_in: int, c_out: int, emb_dim: int, dropout: float, groups: int) -> None:
         super().__init__()
@@ -249,6 +252,8 @@ class UNet(nn.Module):
         (B, ch*mult_i, H/2^i, W/2^i) for each level i, then the middle block's.
         """
         emb = self.embed(t, y)
+        if self.config.emb_silu:  # ADM's emb_layers = SiLU, Linear: the same SiLU for every block
+            emb = F.silu(emb)
         h = self.conv_in(x)
         stack, features = [h], []
         for level, down in zip(self.down, self.downsample):

@@ -125,3 +125,39 @@ def test_param_count_counts_a_built_unet_and_draws_no_random_numbers(tiny, role)
     param_count.cache_clear()
     param_count(config)
     assert torch.equal(torch.random.get_rng_state(), state)
+
+
+@pytest.mark.parametrize("emb_silu", [True, False])
+def test_every_block_reads_the_embedding_through_silu_as_in_adm(tiny, emb_silu):
+    """ADM's ResBlock projects SiLU(emb) (emb_layers = SiLU, Linear), so the class's
+    effect on a block depends on t; without it the class shifts every block alike at
+    every t. emb_silu=False keeps dash's earlier linear layout."""
+    model = UNet(dataclasses.replace(tiny.teacher, emb_silu=emb_silu)).eval()
+    seen = []
+    model.mid1.register_forward_pre_hook(lambda module, args: seen.append(args[1]))
+    t, y = torch.tensor([3, 90]), torch.tensor([1, 2])
+    model(torch.randn(2, 1, 8, 8), t, y)
+    emb = model.embed(t, y)
+    torch.testing.assert_close(seen[0], F.silu(emb) if emb_silu else emb, rtol=0, atol=0)
+    assert count_params(model) == count_params(UNet(tiny.teacher))  # SiLU has no weights
+
+
+def test_a_checkpoint_from_before_the_silu_loads_as_it_was_trained(tiny, tmp_path):
+    """Checkpoints written before ModelConfig.emb_silu existed hold no such key: they load
+    with the linear embedding they were trained with, and a model of the new layout
+    refuses them by name."""
+    from dashlib.artifacts import load_artifact, save_artifact
+    from dashlib.config import to_dict
+    from dashlib.io import CheckpointError
+    from dashlib.runs import Run
+
+    run = Run(tmp_path / "old")
+    run.path.mkdir()
+    old = UNet(dataclasses.replace(tiny.teacher, emb_silu=False))
+    save_artifact(run, "teacher", {"diffusion": to_dict(tiny.diffusion)}, old, None, None)
+    ckpt = torch.load(run.final, weights_only=True)
+    del ckpt["model_config"]["emb_silu"]
+    torch.save(ckpt, run.final)
+    assert load_artifact(run).model.config.emb_silu is False
+    with pytest.raises(CheckpointError, match="emb_silu: checkpoint has False, expected True"):
+        load_artifact(run, expect=tiny.teacher)

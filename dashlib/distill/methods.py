@@ -276,7 +276,7 @@ class MultiWComposite(Composite):
 class FitNets(DistillObjective):
     """Feature-level distillation (Romero et al. 2015) plus the output term:
     L = |eps_S(x_t,t,y) - eps_T(x_t,t,y)|^2 + beta sum_l |A_l(h_S,l) - h_T,l|^2,
-    h_l the output of every UNet level and of the middle block (conditional
+    h_l the output of every down-path level and of the middle block (conditional
     pass), A_l a learned 1x1 conv from student to teacher width, beta =
     `feature_weight`. The adapters start from `seed` (the run's), so a run is
     the same in every process."""
