@@ -173,17 +173,21 @@ def guidance_strip(b: Budget, model: Artifact, scales: tuple[float, ...] = (0, 1
     return fig
 
 
-def gap_heatmaps(b: Budget, models: Mapping[str, Artifact], timesteps: tuple[int, ...] = (100, 400, 700),
-                 index: int = 0, seed: int = 0) -> Any:
+def gap_heatmaps(b: Budget, models: Mapping[str, Artifact],
+                 t_fractions: tuple[float, ...] = (0.1, 0.4, 0.7), index: int = 0, seed: int = 0) -> Any:
     """delta = eps(y) - eps(null), channel-averaged, for one held-out image; rows are
-    models, columns timesteps, one symmetric colour scale per column."""
+    models, columns the timesteps round(f * T) for each fraction f of the schedule's T
+    (100, 400, 700 at T = 1000; fixed timesteps all became T - 1 at T = 100), one
+    symmetric colour scale per column."""
     from matplotlib.figure import Figure
 
     from dashlib.calibration import branch_outputs
-    from dashlib.data import load_dataset
+    from dashlib.data import class_names, load_dataset
 
     T = b.preset.diffusion.T
-    steps = [min(t, T - 1) for t in timesteps]
+    if not t_fractions or not all(0 <= f <= 1 for f in t_fractions):
+        raise ValueError(f"t_fractions = {t_fractions!r}: give fractions of T in [0, 1]")
+    steps = sorted({min(round(f * T), T - 1) for f in t_fractions})
     test = load_dataset(b.preset.data).test
     x0 = test.x[index:index + 1].expand(len(steps), -1, -1, -1)
     y = test.y[index:index + 1].expand(len(steps))
@@ -212,8 +216,9 @@ def gap_heatmaps(b: Budget, models: Mapping[str, Artifact], timesteps: tuple[int
                 ax.set_ylabel(name, fontsize=8, color=plots.colour(name))
             if i == 0:
                 ax.set_title(f"t = {step}", fontsize=9)
-    fig.suptitle(f"guidance gap δ for held-out image #{index} (class {int(y[0])})")
-    fig.tight_layout()
+    label = plots.literal(class_names(b.preset.data)[int(y[0])])
+    fig.suptitle(f"guidance gap δ for held-out image #{index} (class {label})")
+    fig.tight_layout(rect=(0, 0, 1, 0.95))  # the title above the column headings
     return fig
 
 
@@ -321,8 +326,9 @@ def t4_efficiency(b: Budget, teacher: Artifact, student: Artifact, folder: str |
                *T4_COLUMNS[3:]]
     for r in rows:
         r[columns[2]] = r.pop(T4_COLUMNS[2])
+    threads = f"{e['threads']} thread{'' if e['threads'] == 1 else 's'}"
     return save_table(rows, columns, folder, "T4_efficiency",
-                      f"Efficiency on {e['device_name']} ({e['threads']} threads; {e['guidance']} "
+                      f"Efficiency on {e['device_name']} ({threads}; {e['guidance']} "
                       f"guidance; {latency}; memory: {memory})", ["C1"],
                       b.provenance(notebook), digits=2)
 

@@ -83,3 +83,9 @@ def _check_items(values: Mapping[str, Any]) -> None:
     if any(s != "tag" and (isinstance(s, bool) or not isinstance(s, (int, float))) for s in scales):
         raise ParameterError(f"notebook parameter guidance_scales = {scales!r} must hold numbers "
                              f'and/or "tag"')
+    if "guidance_scales" in values and not scales:
+        raise ParameterError('notebook parameter guidance_scales = [] is empty: give at least one w or "tag"')
+    for name in ("t_fraction", "field_t_fraction"):
+        if name in values and not 0 <= values[name] <= 1:
+            raise ParameterError(f"notebook parameter {name} = {values[name]!r} is out of range: "
+                                 f"it must be a number in [0, 1] (0: t = 0, 1: t = T - 1)")

@@ -115,7 +115,14 @@ def _short(name: str, width: int = 12) -> str:
     """A class name cut to `width` characters for an axis label; a folder name that is not
     UTF-8 (held with surrogate escapes, which matplotlib cannot draw) shows its bytes as \\xNN."""
     name = os.fsencode(name).decode("utf-8", "backslashreplace")
-    return name if len(name) <= width else name[:width - 1] + "…"
+    return literal(name if len(name) <= width else name[:width - 1] + "…")
+
+
+def literal(text: str) -> str:
+    """`text` drawn as written: matplotlib reads a pair of "$" as mathematics ("$10_$20"
+    failed to parse, "$1-$2" lost its signs), so user text such as a class folder's name
+    has them escaped."""
+    return text.replace("$", r"\$")
 
 
 # --- F2 ------------------------------------------------------------------------------
@@ -350,6 +357,7 @@ def steps_and_compression(step_rows: Sequence[Mapping[str, Any]],
     ax_s.set(xscale="log", xlabel="DDIM steps", ylabel=quality_label, title="Quality vs sampling steps")
     ax_s.set_xticks(sorted({int(r["ddim_steps"]) for r in step_rows}) or [10],
                     [str(s) for s in sorted({int(r["ddim_steps"]) for r in step_rows})] or ["10"])
+    ax_s.xaxis.set_minor_formatter(matplotlib.ticker.NullFormatter())  # 2 and 5 steps drew "3x10^0"
     ax_s.legend(fontsize=8)
     by_ratio: dict[float, list] = defaultdict(list)
     labels: dict[float, str] = {}

@@ -77,7 +77,14 @@ def notebook_figures_dir(figures: str | Path | None, preset: str, quick: bool,
     """A notebook's `figures_dir` parameter: a folder is used as given (`dash reproduce`
     passes its own); None is the folder `dash reproduce` would use for this preset, budget
     and data (`figures_dir`), so a notebook run by hand with another preset does not
-    overwrite the digits figures in figures/."""
+    overwrite the digits figures in figures/. An unknown preset is refused either way (the
+    workshop, which reads only the name, ran its laptop budget for a typo)."""
+    from dashlib.params import ParameterError
+    from dashlib.presets import PRESETS
+
+    if preset not in PRESETS.names():
+        raise ParameterError(f"notebook parameter preset = {preset!r} is not a preset: choose one of "
+                             f"{', '.join(PRESETS.names())}")
     if figures is not None:
         return Path(figures)
     from dashlib.pipeline import notebook_overrides

@@ -270,9 +270,11 @@ def test_labels_use_three_significant_figures_and_teacher_row_is_itself():
     cond, uncond = torch.randn(4, 1, 4, 4), torch.randn(4, 1, 4, 4)
     b = Branches(cond, uncond)
     view = model_view("teacher", b, b, _probe_like(cond), Diffusion(teacher_preset().diffusion), 3.0)
-    table = stats_table([view], 4)
+    table = stats_table([view], 4, 9)
     row = table.split("<tr><td>teacher</td>")[1].split("</tr>")[0]
     assert ">-<" not in row and ">1.00<" in row and ">0.00<" in row
+    assert "over 4 held-out images" in table
+    assert "over 4 noised draws of this class's 2 held-out image(s)" in stats_table([view], 4, 2)
 
 
 def test_students_are_checkboxes_and_small_presets_get_a_banner(setup):
@@ -311,3 +313,19 @@ def test_the_explorer_shows_the_budgets_own_students_by_default():
     assert budget("tiny").explored_methods() == ("cond-only", "dash")
     assert budget("tiny", overrides={"methods": ["scratch", "dash"]}).explored_methods() == ("dash",)
     assert budget("tiny").explored_methods(["fitnets"]) == ("fitnets",)  # as asked
+
+
+def test_a_student_of_other_data_is_refused_by_name_and_seeds_reach_the_documented_maximum(tiny, setup,
+                                                                                            tmp_path):
+    from dashlib.config import MAX_SEED
+    from dashlib.explorer.models import check_fits
+    from dashlib.params import ParameterError
+
+    teacher, students, data = setup
+    check_fits("copy", "runs/x", students["copy"], teacher)
+    rgb = _artifact(_randomised(dataclasses.replace(tiny.student, in_channels=3), 4), tiny, tmp_path)
+    with pytest.raises(ParameterError, match=r"student 'rgb' \(runs/y\) was trained for other data: "
+                                             r"in_channels 3 \(the teacher's: 1\)"):
+        check_fits("rgb", "runs/y", rgb, teacher)
+    ex = BranchExplorer(teacher, {}, data, teacher_sample(), n_stats=4, debounce_s=0.0, seed=MAX_SEED)
+    assert ex.controls["seed"].max == MAX_SEED and ex.state().seed == MAX_SEED

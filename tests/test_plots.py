@@ -142,6 +142,11 @@ def test_sample_grids_label_their_rows_with_the_class_names_on_each_rows_first_p
     assert latin1.axes[0].get_yticklabels()[0].get_text() == "caf\\xe9"
     latin1.savefig(io.BytesIO(), format="png")  # matplotlib could not draw the surrogate escape
     plt.close(latin1)
+    money = plots.sample_grids(grids, row_names=["$10_$20", "$$", "$1-$2"])  # folder names, not maths
+    money.savefig(io.BytesIO(), format="png")  # "$10_$20" failed to parse as mathtext
+    drawn = [t.get_text() for t in money.axes[0].get_yticklabels()]
+    assert drawn == ["\\$10_\\$20", "\\$\\$", "\\$1-\\$2"]  # escaped: drawn as written
+    plt.close(money)
 
     plt.close(fig)
     plt.close(plain)
@@ -157,3 +162,31 @@ def test_a_run_of_one_logged_step_still_shows_its_loss_and_an_empty_drift_says_w
     drift = fig.axes[1]
     assert drift.get_legend() is None and any("no drift measured" in t.get_text() for t in drift.texts)
     plt.close("all")
+
+
+def test_gap_heatmaps_take_fractions_of_t_so_a_short_schedule_shows_distinct_timesteps(tiny_model):
+    """Fixed timesteps (100, 400, 700) all became t = 99 on the tiny preset's T = 100."""
+    from dashlib.artifacts import Artifact
+    from dashlib.diffusion import Diffusion
+    from dashlib.paper import gap_heatmaps
+    from dashlib.pipeline import budget
+    from dashlib.runs import Run
+
+    b = budget("tiny", threads=1)
+    art = Artifact(tiny_model, None, Diffusion(b.preset.diffusion), {}, Run("x"), {})
+    fig = gap_heatmaps(b, {"teacher": art})
+    titles = [ax.get_title() for ax in fig.axes]
+    assert titles == ["t = 10", "t = 40", "t = 70"]
+    assert "(class " in fig._suptitle.get_text()
+    with pytest.raises(ValueError, match="fractions of T"):
+        gap_heatmaps(b, {"teacher": art}, t_fractions=(100,))
+
+
+def test_f7_labels_only_the_step_counts_run_even_within_one_decade():
+    rows = [{"method": m, "ddim_steps": s, "fid": 1.0 / s} for m in ("teacher", "dash") for s in (2, 5)]
+    fig = plots.steps_and_compression(rows, [{"compression_ratio": 5.0, "fid": 0.3, "label": "ch16"}])
+    fig.canvas.draw()
+    ax = fig.axes[0]
+    assert [t.get_text() for t in ax.get_xticklabels()] == ["2", "5"]
+    assert not [t.get_text() for t in ax.xaxis.get_minorticklabels() if t.get_text()]  # no "3x10^0"
+    plt.close(fig)

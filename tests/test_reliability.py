@@ -517,6 +517,19 @@ def test_the_workshop_refuses_mistyped_parameters():
     with pytest.raises(ParameterError, match="guidance_scales"):
         check_params(guidance_scales=[0, "3"])
     assert toy_config_for("digits", quick=True) != toy_config_for("digits", quick=False)
+    # each of these trained the models first and then failed, or ran in silence with a wrong value
+    for values, phrase in (({"field_t_fraction": 1.5}, "field_t_fraction = 1.5 is out of range"),
+                           ({"field_t_fraction": -0.2}, "field_t_fraction = -0.2 is out of range"),
+                           ({"guidance_scales": []}, "guidance_scales = \\[\\] is empty"),
+                           ({"run_solutions": "False"}, "run_solutions = 'False' is a str")):
+        with pytest.raises(ParameterError, match=phrase):
+            check_params(**values)
+    check_params(field_t_fraction=1, t_fraction=0.0, guidance_scales=["tag"], run_solutions=False)
+    from dashlib.reproduce import notebook_figures_dir
+
+    for folder in (None, "figs"):  # the workshop's first call: its toy budget reads only the name
+        with pytest.raises(ParameterError, match="preset = 'tinyy' is not a preset: choose one of .*tiny"):
+            notebook_figures_dir(folder, "tinyy", False)
 
 
 def test_stale_fidelity_cache_temps_are_swept_fresh_ones_kept(tmp_path):

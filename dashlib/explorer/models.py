@@ -45,7 +45,21 @@ def load_models(preset: Preset, methods: Sequence[str] = (),
             students[method] = load_artifact(run, device=device)
     for name, folder in (student_runs or {}).items():
         students[name] = load_artifact(folder, device=device)
+        check_fits(name, folder, students[name], teacher)
     return teacher, students
+
+
+def check_fits(name: str, folder: str | Path, student: Artifact, teacher: Artifact) -> None:
+    """A student run given by folder must read the teacher's images, classes and timesteps
+    (a run of other data failed inside a convolution)."""
+    s, t = student.model.config, teacher.model.config
+    wrong = [f"{key} {getattr(s, key)} (the teacher's: {getattr(t, key)})"
+             for key in ("in_channels", "image_size", "num_classes") if getattr(s, key) != getattr(t, key)]
+    if student.diffusion.T != teacher.diffusion.T:
+        wrong.append(f"T {student.diffusion.T} (the teacher's: {teacher.diffusion.T})")
+    if wrong:
+        raise ParameterError(f"student {name!r} ({folder}) was trained for other data: {', '.join(wrong)}; "
+                             f"give a run distilled from this preset's teacher")
 
 
 # Below these budgets the explorer's models show little of the paper's effect.
@@ -68,7 +82,11 @@ def check_options(p: Preset, options: Mapping[str, Any]) -> None:
     """The explorer's first state must be one its controls can show (checked before loading)."""
     k, y = p.teacher.num_classes, options.get("y", 0)
     if not 0 <= y < k:
-        raise ParameterError(f"label (y) = {y} is not a class of preset {p.name!r}: choose 0 ... {k - 1}")
+        from dashlib.data import class_names
+
+        names = class_names(p.data)
+        raise ParameterError(f"label (y) = {y} is not a class of this data: choose 0 ({names[0]!r}) ... "
+                             f"{k - 1} ({names[-1]!r})")
     if options.get("guidance", "tag") not in ("tag", "constant"):
         raise ParameterError(f"guidance = {options['guidance']!r} is invalid: choose \"tag\" or \"constant\"")
     if options.get("n_stats", 16) < 1:

@@ -22,7 +22,7 @@ import ipywidgets as widgets
 import torch
 
 from dashlib.artifacts import Artifact
-from dashlib.config import SampleConfig
+from dashlib.config import MAX_SEED, SampleConfig
 from dashlib.data import Dataset
 from dashlib.explorer.debounce import Debouncer
 from dashlib.explorer.probe import (
@@ -38,6 +38,7 @@ from dashlib.explorer.probe import (
 from dashlib.explorer.render import Profile, fmt, png_bytes, render_panels
 from dashlib.explorer.trajectory import SampleCache, guidance_label
 from dashlib.guidance import Guidance
+from dashlib.plots import literal
 
 TEACHER = "teacher"
 
@@ -75,7 +76,7 @@ def build_controls(students: list[str], class_names: tuple[str, ...], T: int,
                                  continuous_update=False, style=style,
                                  disabled=initial.guidance == "tag",
                                  layout=widgets.Layout(width="330px")),
-        "seed": widgets.BoundedIntText(value=initial.seed, min=0, max=2**31 - 1, description="seed",
+        "seed": widgets.BoundedIntText(value=initial.seed, min=0, max=MAX_SEED, description="seed",
                                        style=style, layout=widgets.Layout(width="180px")),
         "per_t_scale": widgets.Checkbox(value=initial.per_t_scale, indent=False,
                                         description="gap colour scale per t"),
@@ -105,7 +106,7 @@ class BranchExplorer:
             raise ValueError(f"{TEACHER!r} is reserved for the teacher; rename that student")
         self.models: dict[str, Artifact] = {TEACHER: teacher, **students}
         self.diffusion, self.split, self.sample = teacher.diffusion, data.test, sample
-        self.n_stats, self.title = n_stats, title
+        self.n_stats, self.title, self.class_names = n_stats, title, data.class_names
         self.profile_t = profile_timesteps(teacher.diffusion.T, profile_points)
         self.profile_rows = min(profile_rows, n_stats)
         self._profiles: dict[tuple[int, int], GapProfile] = {}
@@ -217,7 +218,8 @@ class BranchExplorer:
             guidance = self.guidance(state)
             samples = [self.samples.lookup(n, guidance, state.y, state.seed) for n in self.rows(state)]
             ab = float(self.diffusion.alpha_bar[state.t])
-            title = (f"{self.title}  class {state.y}, t = {state.t} (alpha_bar {ab:.3f}), "
+            title = (f"{self.title}  class {literal(self.class_names[state.y])}, t = {state.t} "
+                     f"(alpha_bar {ab:.3f}), "
                      f"seed {state.seed}, guidance {guidance_label(guidance)}").strip()
             gaps = self.profile(state)
             scale = None if state.per_t_scale else gaps.peak
@@ -225,7 +227,7 @@ class BranchExplorer:
                                                        profiles=self.profiles(state, views, gaps)))
             self.controls["w"].disabled = state.guidance == "tag"
             self.w_now.value = w_note(state, views[0].w)
-            self.stats.value = stats_table(views, self.n_stats)
+            self.stats.value = stats_table(views, self.n_stats, int((self.split.y == state.y).sum()))
         except Exception:  # shown in the widget: a callback has nowhere else to report
             self.status.value = f"<pre style='color:#b00'>{html.escape(traceback.format_exc())}</pre>"
             raise
@@ -274,8 +276,10 @@ def w_note(state: ExplorerState, w: float) -> str:
     return f"<span style='margin-left:84px'>constant w = <b>{fmt(w)}</b></span>"
 
 
-def stats_table(views: list[ModelView], n: int) -> str:
-    """An HTML table of each model's gap statistics at the current timestep."""
+def stats_table(views: list[ModelView], n: int, held_out: int) -> str:
+    """An HTML table of each model's gap statistics at the current timestep, over `n` noised
+    draws of the class's `held_out` images (`make_probe` repeats them, with new noise,
+    where the class has fewer than n)."""
     cols = [("w(t)", None), ("E|delta|", "student_gap_abs"), ("rho", "rho"), ("cos", "cos"),
             ("gap MSE", "gap_mse"), ("cond MSE", "cond_mse"), ("uncond MSE", "uncond_mse")]
     head = "".join(f"<th style='padding:2px 8px'>{html.escape(c)}</th>" for c, _ in cols)
@@ -286,8 +290,14 @@ def stats_table(views: list[ModelView], n: int) -> str:
         tds = "".join(f"<td style='padding:2px 8px;text-align:right'>{c}</td>" for c in cells)
         body.append(f"<tr><td>{html.escape(v.name)}{note}</td>{tds}</tr>")
     return (f"<table><tr><th>model</th>{head}</tr>{''.join(body)}</table>"
-            f"<small>statistics over {n} held-out images of this class at this timestep; "
+            f"<small>statistics over {_draws(n, held_out)} at this timestep; "
             f"rho = E|delta_S| / E|delta_T|, cos = mean cos(delta_S, delta_T) vs the teacher</small>")
+
+
+def _draws(n: int, held_out: int) -> str:
+    if held_out >= n:
+        return f"{n} held-out images of this class"
+    return f"{n} noised draws of this class's {held_out} held-out image(s)"
 
 
 def _cell(value: float) -> str:
