@@ -51,6 +51,7 @@ from torch_fidelity.metric_prc import prc_featuresdict_to_metric
 from torch_fidelity.registry import FEATURE_EXTRACTORS_REGISTRY
 from torch_fidelity.utils import get_featuresdict_from_dataset
 
+from dashlib.allocator import system_heap
 from dashlib.classifier import load_classifier
 from dashlib.config import IMAGE_METRICS, ConfigError, DataConfig, to_dict
 from dashlib.data import Split, balanced_subset, data_identity, load_dataset, to_uint8
@@ -415,5 +416,6 @@ def fidelity_metrics(samples: Tensor, reference: Reference, extractor: Extractor
         "kid": lambda: kid_featuresdict_to_metric(fake, real, layer["kid"], **settings),
         "prc": lambda: prc_featuresdict_to_metric(fake, real, layer["prc"], **settings),
     }
-    raw = {k: v for m in metrics for k, v in groups[m]().items()}
+    with system_heap():  # the metrics' distance blocks fragment the tuned heap (allocator.py)
+        raw = {k: v for m in metrics for k, v in groups[m]().items()}
     return {short: float(raw[long]) for long, short in METRIC_NAMES.items() if long in raw}
