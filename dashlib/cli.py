@@ -27,7 +27,7 @@ from dashlib.cliargs import COMMANDS, data_overrides  # noqa: F401  (data_overri
 from dashlib.config import ConfigError
 from dashlib.data import DataNotFoundError
 from dashlib.device import is_out_of_memory
-from dashlib.distributed import session
+from dashlib.distributed import peer_lost, session
 from dashlib.errors import EvaluationError
 from dashlib.inception import InceptionWeightsError
 from dashlib.io import CheckpointError, CorruptFileError, OutputPathError
@@ -106,6 +106,11 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"dash: error: {err}", file=sys.stderr)
         return 2
     except RuntimeError as err:  # torch reports running out of memory as a RuntimeError
+        if peer_lost(err):  # a gloo traceback named no cause and no remedy
+            print(f"dash: error: another process of this torchrun job stopped "
+                  f"({str(err).splitlines()[0][:200]}); {COMMANDS.get(args.command).interrupted}",
+                  file=sys.stderr)
+            return 2
         if not is_out_of_memory(err):
             raise
         print(f"dash: error: out of memory ({str(err).splitlines()[0][:200]}); "

@@ -32,6 +32,7 @@ import inspect
 import io
 import os
 import sys
+import warnings
 from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass
 from typing import Any, TypeVar
@@ -42,6 +43,7 @@ from torch import Tensor, nn
 
 from dashlib.config import ConfigError
 from dashlib.device import resolve_device
+from dashlib.workers import die_with_parent
 
 T = TypeVar("T")
 GATHER_CHUNK = 4096  # rows per all_gather when collecting samples (bounds GPU memory)
@@ -100,6 +102,8 @@ def init_distributed(device: str = "auto") -> DistInfo:
     backend = "nccl" if dev.type == "cuda" else "gloo"
     if dev.type == "cuda":
         torch.cuda.set_device(dev)  # so "cuda" (no index) means this rank's GPU everywhere
+    # torchrun's agent is this rank's parent: a SIGKILLed launcher left its ranks training
+    die_with_parent(os.getppid())
     dist.init_process_group(backend)
     # Left at exit, not after each command: a second init in the same process can hang
     # on torchrun's rendezvous store (several CLI calls in one script, as the tests do).
@@ -143,6 +147,15 @@ def session(command: str, supported: bool, device: str = "auto") -> Iterator[Dis
             quiet.enter_context(contextlib.redirect_stdout(io.StringIO()))
             quiet.enter_context(contextlib.redirect_stderr(io.StringIO()))
         yield info
+
+
+#: What gloo's and NCCL's errors say when another rank of the job has gone (killed, crashed).
+PEER_LOST = ("Connection closed by peer", "Connection reset by peer", "NCCL communicator was aborted")
+
+
+def peer_lost(err: BaseException) -> bool:
+    """Whether a collective failed because another process of the torchrun job stopped."""
+    return isinstance(err, RuntimeError) and any(p in str(err) for p in PEER_LOST)
 
 
 def comm_device() -> torch.device:
@@ -291,6 +304,9 @@ def wrap_objective(objective: nn.Module, device: torch.device) -> nn.Module:
     # newer torch renamed broadcast_buffers (per-forward buffer sync) to forward_sync_buffers
     no_sync = "forward_sync_buffers" if "forward_sync_buffers" in \
         inspect.signature(DDP.__init__).parameters else "broadcast_buffers"
+    # a channels-last 1x1 weight's gradient has other strides than DDP's bucket view: DDP
+    # copies it (a few kB a step) and warned about it on every run
+    warnings.filterwarnings("ignore", message="Grad strides do not match bucket view strides")
     return DDP(objective, device_ids=ids, **{no_sync: False},
                find_unused_parameters=bool(getattr(objective, "find_unused_parameters", False)))
 

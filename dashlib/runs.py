@@ -102,22 +102,32 @@ class Run:
 
 
 @contextmanager
-def training_lock(run: Run, owner: bool = True) -> Iterator[None]:
+def training_lock(run: Run, owner: bool = True,
+                  together: Callable[[Callable[[], None]], None] | None = None) -> Iterator[None]:
     """Hold `run`'s lock file (`.<folder>.lock` beside it) while this process prepares,
     trains and saves it: a second process that would train the same folder (another
     terminal's `dash distill` resuming the teacher this one trains) is refused instead of
     writing into it. A lock whose process has gone (killed) is taken over. `owner`: this
-    process writes the folder (rank 0 under torchrun)."""
-    if not owner:
-        yield
-        return
+    process writes the folder (rank 0 under torchrun). `together` runs the taking on every
+    process so that a refusal reaches them all (`distributed.on_main`; without it the other
+    ranks waited a minute for rank 0, then failed with a traceback)."""
     lock = run.path.parent / f".{run.path.name}.lock"
-    make_dir(lock.parent, "the run folder, under $DASH_RUNS or ./runs")
-    _take(lock, run)
+
+    def take() -> None:
+        if owner:
+            make_dir(lock.parent, "the run folder, under $DASH_RUNS or ./runs")
+            _take(lock, run)
+
+    (together or _call)(take)
     try:
         yield
     finally:
-        lock.unlink(missing_ok=True)
+        if owner:
+            lock.unlink(missing_ok=True)
+
+
+def _call(fn: Callable[[], None]) -> None:
+    fn()
 
 
 def _take(lock: Path, run: Run) -> None:

@@ -9,7 +9,6 @@ Per sample (docs/paper.md, 'Setup' and method 2):
 
 from __future__ import annotations
 
-import time
 from typing import Any
 
 import torch
@@ -100,14 +99,13 @@ def train_teacher(preset: Preset, force: bool = False, resume: bool = True,
     weighting = make_weighting(preset.train.weighting, diffusion)
     objective = TeacherObjective(model, weighting, diffusion, preset.train)
     loop = preset.train
-    with training_lock(run, owner=is_main()):  # one process trains a folder at a time
+    with training_lock(run, owner=is_main(), together=on_main):  # one process trains a folder at a time
         state = on_main(lambda: prepare(run, payload, force=force, resume=resume))
         trainer = Trainer(objective, data.train, diffusion, loop, run, payload, dev,
                           hooks={max(loop.steps // 40, 1): tirt_hook(weighting)}, progress=progress,
                           desc=f"teacher[{preset.name}]", runtime=runtime)
-        start = time.perf_counter()
         last = trainer.fit(resume=state == "resume")
-        wall = time.perf_counter() - start
+        wall = trainer.elapsed  # a resumed run's too: its earlier segments to the checkpoint
         if is_main():  # rank 0 writes; every rank returns once the files exist
             save_artifact(run, "teacher", payload, trainer.ema.shadow, weighting, preset.train.weighting)
             atomic_write_json(run.results, {

@@ -208,6 +208,14 @@ class Trainer:
                                       self.runtime.loader_workers, pin_memory=device.type == "cuda")
             self.step = 0
             self.last_ckpt_step = 0
+            # training seconds before this process's segment (to the checkpoint it resumed
+            # from), so a resumed run's log and wall_time_s count the whole run
+            self.time_before, self.segment_start = 0.0, time.perf_counter()
+
+    @property
+    def elapsed(self) -> float:
+        """Seconds of training: the earlier segments' (to the checkpoint) and this one's."""
+        return self.time_before + time.perf_counter() - self.segment_start
 
     @property
     def forward(self) -> nn.Module:
@@ -265,6 +273,7 @@ class Trainer:
             "precision": self.precision,
             "data_gen": data_state,
             "noise_gen": noise_state,
+            "train_time_s": self.elapsed,
             "torch_rng": torch.get_rng_state(),
             # one process only: under DDP each rank saves just its own GPU's state (rank_rng)
             "cuda_rng": torch.cuda.get_rng_state_all()
@@ -292,7 +301,8 @@ class Trainer:
         self.noise_gen.set_state(ckpt["noise_gen"])
         self.stream.reset()
         self.step = self.last_ckpt_step = int(ckpt["step"])
-        if self.world > 1:
+        self.time_before = float(ckpt.get("train_time_s", 0.0))  # checkpoints before 2026-12-07: 0
+        if self.world > 1 or ckpt.get("rank_rng") is not None:  # a torchrun checkpoint, or now torchrun
             restore_rng_state(ckpt.get("rank_rng"), self.device, self.loop.seed, self.step)
         else:
             torch.set_rng_state(ckpt["torch_rng"])
@@ -336,7 +346,7 @@ class Trainer:
         record: dict[str, float] = {}
         bar = bars.bar(total=self.loop.steps, initial=self.step, desc=self.desc,
                    disable=not self.progress or self.rank != 0, mininterval=1.0, dynamic_ncols=True)
-        start = time.perf_counter()
+        self.segment_start = time.perf_counter()
         log_path = self.run.log if self.rank == 0 else os.devnull
         with bar, self.stream, open(log_path, "a") as log:
             while self.step < self.loop.steps:
@@ -344,7 +354,7 @@ class Trainer:
                 self.step += 1
                 bar.update(1)
                 if self.step % self.loop.log_every == 0 or self.step == self.loop.steps:
-                    record = self._record(logs, start)
+                    record = self._record(logs)
                     bar.set_postfix(loss=f"{record['loss']:.4f}")
                     if self.rank == 0:
                         log.write(json_line(record))
@@ -355,9 +365,8 @@ class Trainer:
         # ran, so the last logged record is the run's last
         return record or last_record(self.run.log)
 
-    def _record(self, logs: Mapping[str, Tensor], start: float) -> dict[str, float]:
-        record = {"step": self.step, "lr": self.optimizer.param_groups[0]["lr"],
-                  "time": time.perf_counter() - start}
+    def _record(self, logs: Mapping[str, Tensor]) -> dict[str, float]:
+        record = {"step": self.step, "lr": self.optimizer.param_groups[0]["lr"], "time": self.elapsed}
         record.update({k: float(v) for k, v in mean_over_ranks(logs).items()})
         previous = max(self.step - self.loop.log_every, 0)
         for every, hook in self.hooks.items():

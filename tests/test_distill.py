@@ -459,11 +459,11 @@ def test_every_methods_defaults_are_distillconfigs_defaults():
 
 
 #: sha256 of every (preset, method, distill.tirt, train.weighting) -> run folder name below, at
-#: 19619aa. A run's folder is its identity: finished runs are reused by it and checkpoints
+#: 4e0f032. A run's folder is its identity: finished runs are reused by it and checkpoints
 #: resumed, so a change that moves it retrains everything. Update only for a deliberate change,
-#: and say so in the commit (19619aa's: `relearn` of a min-snr or uniform teacher lost the
-#: `table_weight_decay` its student never used; every other folder is 4211059's).
-RUN_NAMES_DIGEST = "716a79b1f131cd8f6c73989abced7f4ebb1bf6d1be4c0d4b5a27460b9152db31"
+#: and say so in the commit (4e0f032's: ModelConfig.emb_silu, ADM's SiLU on the embedding, moved
+#: every folder on purpose, so that no run of the linear layout is reused; 19619aa's before it).
+RUN_NAMES_DIGEST = "681c1b19d4685d53be8fc60a1ff6418bb40fd4c2bf9fdcf9d34bc846927baf9e"
 
 
 def test_run_folder_names_do_not_move_by_accident():

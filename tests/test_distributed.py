@@ -9,6 +9,7 @@ TIRT weights over each rank's rows only, moves weights by about 1e-2.
 
 import json
 import os
+import socket
 import subprocess
 import sys
 from pathlib import Path
@@ -124,3 +125,70 @@ def test_two_processes_return_every_sample_exactly_once(ddp, tmp_path):
     dist = torch.cdist(got["samples"].flatten(1), ref["samples"].flatten(1))
     assert dist.argmin(1).tolist() == list(range(7)) and dist.argmin(0).tolist() == list(range(7))
     assert torch.allclose(got["samples"], ref["samples"], rtol=0, atol=TOL)
+
+
+def test_a_run_held_by_another_process_is_refused_on_every_rank_at_once(tmp_path, monkeypatch):
+    """Rank 0 took the lock outside `on_main`: its refusal left rank 1 waiting a minute in a
+    collective, then failing with a gloo traceback."""
+    import time
+
+    from dashlib.teacher import teacher_run
+
+    monkeypatch.setenv("DASH_RUNS", str(tmp_path / "runs"))
+    run = teacher_run(get_preset("tiny", **{"train.steps": 5}))
+    run.path.parent.mkdir(parents=True)
+    (run.path.parent / f".{run.path.name}.lock").write_text(f"{os.getpid()} {socket.gethostname()}\n")
+    env = {**os.environ, "OMP_NUM_THREADS": "1",
+           "PYTHONPATH": os.pathsep.join(filter(None, [str(ROOT), os.environ.get("PYTHONPATH")]))}
+    cmd = [str(Path(sys.executable).with_name("torchrun")), "--standalone", "--nproc_per_node", "2",
+           "-m", "dashlib", "train-teacher", "--preset", "tiny", "--steps", "5", "--device", "cpu",
+           "--no-progress"]
+    start = time.monotonic()
+    done = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=300)
+    took, out = time.monotonic() - start, done.stdout + done.stderr
+    assert done.returncode != 0 and out.count("is being trained by") == 2, out[-3000:]
+    assert "monitoredBarrier" not in out and took < 45, (took, out[-3000:])
+
+
+def test_the_ranks_stop_when_the_torchrun_launcher_is_killed(tmp_path, monkeypatch):
+    """SIGKILL of torchrun left both ranks training to the end, unsupervised, holding the run."""
+    import contextlib
+    import signal
+    import time
+
+    from dashlib.teacher import teacher_run
+
+    monkeypatch.setenv("DASH_RUNS", str(tmp_path / "runs"))
+    run = teacher_run(get_preset("tiny", **{"train.steps": 100_000}))
+    lock = run.path.parent / f".{run.path.name}.lock"
+    env = {**os.environ, "OMP_NUM_THREADS": "1",
+           "PYTHONPATH": os.pathsep.join(filter(None, [str(ROOT), os.environ.get("PYTHONPATH")]))}
+    cmd = [str(Path(sys.executable).with_name("torchrun")), "--standalone", "--nproc_per_node", "2",
+           "-m", "dashlib", "train-teacher", "--preset", "tiny", "--steps", "100000", "--device", "cpu",
+           "--no-progress"]
+    launcher = subprocess.Popen(cmd, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                                start_new_session=True)  # its own process group, for the clean-up
+    try:
+        deadline = time.monotonic() + 120
+        while not lock.exists() and time.monotonic() < deadline:
+            time.sleep(0.2)
+        assert lock.exists(), "rank 0 never started training"
+        rank0 = int(lock.read_text().split()[0])
+        launcher.send_signal(signal.SIGKILL)
+        launcher.wait()
+        deadline = time.monotonic() + 30
+        while _alive(rank0) and time.monotonic() < deadline:
+            time.sleep(0.2)
+        assert not _alive(rank0), "rank 0 kept training after its launcher was killed"
+    finally:  # whatever the outcome, no rank trains on after the test
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(launcher.pid, signal.SIGKILL)
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    with open(f"/proc/{pid}/stat") as f:  # a zombie has exited; its reaper is gone with the launcher
+        return f.read().split(") ")[-1][0] != "Z"

@@ -399,6 +399,15 @@ def test_out_of_memory_is_one_error_line(monkeypatch, capsys):
     with pytest.raises(RuntimeError, match="genuine bug"):  # not swallowed
         main(["info", "--preset", "tiny"])
 
+    def peer_gone(*args, **kwargs):  # what a rank sees in a collective when another was killed
+        raise RuntimeError("[../third_party/gloo/gloo/transport/tcp/pair.cc:534] Connection closed by "
+                           "peer [127.0.0.1]:6342\nException raised from recvLoop")
+
+    monkeypatch.setattr(dashlib.presets, "get_preset", peer_gone)
+    assert main(["train-teacher", "--preset", "tiny"]) == 2
+    err = [ln for ln in capsys.readouterr().err.splitlines() if ln.strip()]
+    assert len(err) == 1 and "another process of this torchrun job stopped" in err[0] and "--resume" in err[0]
+
 
 def test_stale_checkpoint_temp_files_go_on_resume_and_on_the_next_save(tiny, interrupted_at):
     from dashlib.config import override

@@ -138,3 +138,33 @@ def test_a_warmup_longer_than_the_run_is_pointed_out(tiny, capsys):
     assert "rises to 0.0004 at most" in err and "--set train.warmup_steps=N" in err
     train_teacher(override(tiny, **{"train.steps": 4, "train.warmup_steps": 4}), progress=False)
     assert "warmup_steps" not in capsys.readouterr().err
+
+
+def test_one_process_resuming_a_torchrun_checkpoint_says_it_will_not_replay(preset, interrupted_at, capsys):
+    """A 2 -> 1 process resume restored rank 0's RNG in silence; 1 -> 2 said so."""
+    from dashlib.teacher import teacher_run
+
+    with interrupted_at(13):
+        train_teacher(preset, progress=False)
+    run = teacher_run(preset)
+    ckpt = load_checkpoint(run.checkpoint)
+    torch.save({**ckpt, "rank_rng": [{"cpu": torch.get_rng_state()}] * 2}, run.checkpoint)  # two ranks'
+    capsys.readouterr()
+    train_teacher(preset, progress=False)
+    assert "written by a different number of processes" in capsys.readouterr().err
+
+
+def test_a_resumed_runs_time_counts_its_earlier_segments(preset, interrupted_at):
+    """wall_time_s (and the log's time) counted only the last segment after a resume."""
+    from dashlib.teacher import teacher_run
+
+    with interrupted_at(13):
+        train_teacher(preset, progress=False)
+    run = teacher_run(preset)
+    ckpt = load_checkpoint(run.checkpoint)
+    assert 0 < ckpt["train_time_s"] < 1000
+    torch.save({**ckpt, "train_time_s": 1000.0}, run.checkpoint)  # as if the first segment took 1,000 s
+    train_teacher(preset, progress=False)
+    assert 1000 < run.read_results()["wall_time_s"] < 1100
+    last = json.loads(run.log.read_text().splitlines()[-1])
+    assert last["step"] == 20 and 1000 < last["time"] < 1100

@@ -10,7 +10,6 @@ from __future__ import annotations
 import dataclasses
 import os
 import sys
-import time
 from collections.abc import Callable, Sequence
 from concurrent.futures import FIRST_COMPLETED, ProcessPoolExecutor, wait
 from dataclasses import dataclass
@@ -184,7 +183,7 @@ def distill(preset: Preset, method: str | None = None, seed: int | None = None,
     teacher = load_artifact(teacher_folder, expect=preset.teacher, device=dev)
     data = load_dataset(preset.data)
     check_batch_fits(config.batch_size, data.train.x.shape[1:], dev, "distill.batch_size")
-    with training_lock(run, owner=is_main()):  # one process trains a folder at a time
+    with training_lock(run, owner=is_main(), together=on_main):  # one process trains a folder at a time
         state = on_main(lambda: prepare(run, payload, force=force, resume=resume))
         # interrupted while the objective is built (the teacher targets take seconds and more),
         # the folder holds only config.json and goes, as it does before the Trainer's first checkpoint
@@ -194,9 +193,8 @@ def distill(preset: Preset, method: str | None = None, seed: int | None = None,
         trainer = Trainer(objective, data.train, diffusion, config, run, payload, dev,
                           hooks={config.calib_every: calibration_hook(calibrator, objective)},
                           progress=progress, desc=f"{config.method}[{preset.name}]", runtime=runtime)
-        start = time.perf_counter()
         last = trainer.fit(resume=state == "resume")
-        wall = time.perf_counter() - start
+        wall = trainer.elapsed  # a resumed run's too: its earlier segments to the checkpoint
         student_ema = trainer.ema.shadow
         if is_main():  # rank 0 writes; every rank returns once the files exist
             save_artifact(run, "student", payload, student_ema, objective.weighting,
