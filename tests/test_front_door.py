@@ -1186,6 +1186,7 @@ def test_info_lists_an_image_folders_classes_in_label_order(tmp_path, monkeypatc
     assert main(["info", "--preset", "tiny", "--set", "data.name=imagefolder", "--data-root", "ds"]) == 0
     info = json.loads(capsys.readouterr().out)
     assert info["classes"] == ["0", "10", "2"] and info["num_classes"] == 3  # label 1 is folder "10"
+    assert "image folder" in info["description"] and "synthetic" not in info["description"]  # not tiny's data
     from dashlib.data import class_names
 
     data = load_dataset(DataConfig(name="imagefolder", data_root=str(tmp_path / "ds"), holdout_fraction=0.5))

@@ -45,7 +45,10 @@ def test_eta_positive_is_stochastic_but_seeded(setup):
 
 
 def test_chunking_does_not_change_samples(setup):
-    torch.testing.assert_close(_sample(setup, 3, batch_size=3), _sample(setup, 3, batch_size=64))
+    # beyond float rounding: oneDNN picks its kernels by batch size, and their rounding
+    # differences (1e-7) grow over the DDIM steps (up to 1.4e-5 here)
+    torch.testing.assert_close(_sample(setup, 3, batch_size=3), _sample(setup, 3, batch_size=64),
+                               rtol=1e-4, atol=1e-4)
 
 
 def test_samples_are_in_range_and_shaped(setup):

@@ -22,7 +22,7 @@ from dashlib.cliargs import (
 )
 
 if TYPE_CHECKING:
-    from dashlib.config import DataConfig
+    from dashlib.config import DataConfig, Preset
 
 
 @command("info", "print a preset's sizes as JSON", add_preset,
@@ -41,7 +41,7 @@ def cmd_info(args: argparse.Namespace) -> int:
         return precision_name(amp_dtype(device, amp, ch))
 
     print(json.dumps({
-        "preset": preset.name, "description": preset.description, "dataset": preset.data.name,
+        "preset": preset.name, "description": describe(preset), "dataset": preset.data.name,
         "image_size": preset.data.image_size, "channels": preset.teacher.in_channels,
         "num_classes": preset.teacher.num_classes, "teacher_params": t, "student_params": s,
         "compression_ratio": round(t / s, 3), "T": preset.diffusion.T,
@@ -54,6 +54,17 @@ def cmd_info(args: argparse.Namespace) -> int:
         **folder_classes_info(preset.data, named_root="data.data_root" in data_overrides(args)),
     }, indent=2))  # ASCII escapes: a class folder's name may be bytes that are not UTF-8
     return 0
+
+
+def describe(preset: Preset) -> str:
+    """The preset's description, or what runs where its data were replaced by an image folder
+    (the preset's text named its own data: "scikit-learn digits 8x8" for RGB photographs)."""
+    from dashlib.data import is_user_folder
+
+    if not is_user_folder(preset.data.name):
+        return preset.description
+    return (f"the {preset.name} preset's models and budgets on the image folder {preset.data.data_root} "
+            f"({preset.data.image_size}x{preset.data.image_size}, {preset.teacher.in_channels} channel(s))")
 
 
 def folder_classes_info(data: DataConfig, named_root: bool = False) -> dict[str, Any]:
