@@ -39,7 +39,7 @@ KEYS = ("rho", "cos", "gap_mse", "cond_mse", "uncond_mse")
 def one(preset_name: str, method: str, null_init: str, null_rows: bool, seed: int,
         steps: int | None) -> dict[str, object]:
     preset = get_preset(preset_name, **{"distill.null_init": null_init, "distill.null_rows": null_rows})
-    # an interrupted run is refused, not resumed: its wall_time_s would time only the rest
+    # an interrupted run is refused, not resumed: the study reports clean runs' own time
     run = distill(preset, method=method, seed=seed, steps=steps, resume=False, progress=False)
     result = json.loads(run.results.read_text())
     return {"method": method, "null_init": null_init, "null_rows": null_rows, "seed": seed,
@@ -48,11 +48,16 @@ def one(preset_name: str, method: str, null_init: str, null_rows: bool, seed: in
             "run": result["run"]}
 
 
+def _three(value: object) -> str:
+    """Three decimals, or "–" for a rho left undefined (null: a teacher without a gap)."""
+    return "–" if value is None else f"{value:.3f}"
+
+
 def table(rows: list[dict[str, object]]) -> str:
     lines = ["| method | null_init | null_rows | rho | cos | gap MSE | cond MSE | uncond MSE |",
              "|---|---|---|---|---|---|---|---|"]
     for r in rows:
-        lines.append(f"| {r['method']} | {r['null_init']} | {r['null_rows']} | {r['rho']:.3f} | "
+        lines.append(f"| {r['method']} | {r['null_init']} | {r['null_rows']} | {_three(r['rho'])} | "
                      f"{r['cos']:.3f} | {r['gap_mse']:.4f} | {r['cond_mse']:.4f} | {r['uncond_mse']:.4f} |")
     return "\n".join(lines)
 

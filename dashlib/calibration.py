@@ -88,16 +88,21 @@ def rho_undefined(calibrations: Iterable[Mapping[str, Any]], per_bin: bool = Fal
     """Why rho is undefined for students scored against one teacher (their `calibration`
     dicts, `Calibrator.score`, or records holding its `teacher_gap_abs`), or None where the
     teacher's gap is large enough; `per_bin` judges each timestep bin's gap instead."""
-    gaps = [g for c in calibrations
-            for g in ((c.get("per_bin") or {}).get("teacher_gap_abs") or [] if per_bin
-                      else [c.get("teacher_gap_abs")])]
-    gaps = [g for g in gaps if isinstance(g, (int, float)) and math.isfinite(g)]
+    gaps = [g for c in calibrations for g in _teacher_gaps(c, per_bin)
+            if isinstance(g, (int, float)) and math.isfinite(g)]
     if not gaps or min(gaps) >= MIN_TEACHER_GAP:
         return None
     where = "in a timestep bin of the matched inputs" if per_bin else "on the matched inputs"
     return (f"the teacher's guidance gap is about zero (E|delta_T| = {min(gaps):.1e} {where}, "
             f"below {MIN_TEACHER_GAP:g}), so rho = E|delta_S| / E|delta_T| is undefined there (– in "
             f"the tables, no point in the figures): train the teacher longer")
+
+
+def _teacher_gaps(calibration: Mapping[str, Any], per_bin: bool) -> list[Any]:
+    """E|delta_T| of a calibration dict: per timestep bin, or over all its inputs."""
+    if per_bin:
+        return list((calibration.get("per_bin") or {}).get("teacher_gap_abs") or [])
+    return [calibration.get("teacher_gap_abs")]
 
 
 def gap_metrics(cond_s: Tensor, uncond_s: Tensor, cond_t: Tensor, uncond_t: Tensor) -> dict[str, float]:
@@ -107,10 +112,10 @@ def gap_metrics(cond_s: Tensor, uncond_s: Tensor, cond_t: Tensor, uncond_t: Tens
     with no guidance gap on these rows: the ratio would divide by about zero)."""
     delta_s, delta_t = (cond_s - uncond_s).flatten(1), (cond_t - uncond_t).flatten(1)
     cos = nn.functional.cosine_similarity(delta_s, delta_t, dim=1, eps=1e-12)
-    teacher_gap = float(delta_t.abs().mean())
+    gap_t = delta_t.abs().mean()
+    teacher_gap = float(gap_t)
     return {
-        "rho": (float(delta_s.abs().mean() / delta_t.abs().mean()) if teacher_gap >= MIN_TEACHER_GAP
-                else math.nan),
+        "rho": float(delta_s.abs().mean() / gap_t) if teacher_gap >= MIN_TEACHER_GAP else math.nan,
         "cos": float(cos.mean()),
         "gap_mse": float((delta_s - delta_t).pow(2).mean()),
         "cond_mse": float((cond_s - cond_t).pow(2).mean()),

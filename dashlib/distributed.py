@@ -154,8 +154,8 @@ PEER_LOST = ("Connection closed by peer", "Connection reset by peer", "NCCL comm
 
 
 def peer_lost(err: BaseException) -> bool:
-    """Whether a collective failed because another process of the torchrun job stopped."""
-    return isinstance(err, RuntimeError) and any(p in str(err) for p in PEER_LOST)
+    """Whether a collective of this torchrun job failed because another of its processes stopped."""
+    return launched() and isinstance(err, RuntimeError) and any(p in str(err) for p in PEER_LOST)
 
 
 def comm_device() -> torch.device:

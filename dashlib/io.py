@@ -154,6 +154,12 @@ def _jsonable(value: Any) -> Any:
     return value
 
 
+def printable(name: str) -> str:
+    """A file or folder name as text any drawing library takes: bytes that are not UTF-8
+    (held with surrogate escapes, which matplotlib and PIL cannot draw) shown as \\xNN."""
+    return os.fsencode(name).decode("utf-8", "backslashreplace")
+
+
 def json_line(record: Any) -> str:
     """One line of strict JSON (non-finite floats as null, as in every JSON file dash
     writes), for logs that other tools read line by line (jq, JavaScript)."""

@@ -152,7 +152,7 @@ def f5_dynamics(b: Budget, runs: Mapping[str, Run], folder: str | Path,
 
 # --- inline views (not saved) -------------------------------------------------------------
 
-def guidance_strip(b: Budget, model: Artifact, scales: tuple[float, ...] = (0, 1, 3),
+def guidance_strip(b: Budget, model: Artifact, scales: tuple[float, ...] = (0, 1, 4),
                    seed: int = 0) -> Any:
     """Sample grids of one model at several constant guidance scales, side by side."""
     from matplotlib.figure import Figure
@@ -182,7 +182,7 @@ def gap_heatmaps(b: Budget, models: Mapping[str, Artifact],
     from matplotlib.figure import Figure
 
     from dashlib.calibration import branch_outputs
-    from dashlib.data import class_names, load_dataset
+    from dashlib.data import load_dataset
 
     T = b.preset.diffusion.T
     if not t_fractions or not all(0 <= f <= 1 for f in t_fractions):
@@ -216,7 +216,7 @@ def gap_heatmaps(b: Budget, models: Mapping[str, Artifact],
                 ax.set_ylabel(name, fontsize=8, color=plots.colour(name))
             if i == 0:
                 ax.set_title(f"t = {step}", fontsize=9)
-    label = plots.literal(class_names(b.preset.data)[int(y[0])])
+    label = plots.label(class_names(b.preset.data)[int(y[0])])
     fig.suptitle(f"guidance gap δ for held-out image #{index} (class {label})")
     fig.tight_layout(rect=(0, 0, 1, 0.95))  # the title above the column headings
     return fig
@@ -366,7 +366,8 @@ def t2_ablation(b: Budget, report: Any, runs: Mapping[str, Run], folder: str | P
     return save_table(rows, T2_COLUMNS, folder, "T2_ablation",
                       "DASH ablation: the additive path cond-only → +L_un → +L_an → +TIRT Transfer, "
                       "and leave-one-out variants (FID mean ± std over seeds)", ["C4", "C5"],
-                      b.provenance(notebook))
+                      _with_rho_note(b.provenance(notebook),
+                                     _rho_undefined({v.name: runs[v.name] for v in PATH + LEAVE_ONE_OUT})))
 
 
 def f6_ablation(b: Budget, report: Any, folder: str | Path, notebook: str = "04_ablations") -> Path:

@@ -7,7 +7,6 @@ writes it with provenance. Methods keep one colour across every figure.
 from __future__ import annotations
 
 import math
-import os
 from collections import defaultdict
 from collections.abc import Mapping, Sequence
 from typing import Any
@@ -18,6 +17,8 @@ import numpy as np
 import seaborn as sns
 from matplotlib.figure import Figure
 from torch import Tensor
+
+from dashlib.io import printable
 
 ORDER = ["teacher", "scratch", "cond-only", "composite", "multi-w-composite", "fitnets",
          "gap-match", "pruning", "single-head", "dash"]
@@ -112,10 +113,15 @@ def sample_grids(grids: Mapping[str, Tensor], subtitle: str = "",
 
 
 def _short(name: str, width: int = 12) -> str:
-    """A class name cut to `width` characters for an axis label; a folder name that is not
-    UTF-8 (held with surrogate escapes, which matplotlib cannot draw) shows its bytes as \\xNN."""
-    name = os.fsencode(name).decode("utf-8", "backslashreplace")
+    """A class name cut to `width` characters for an axis label (`label`)."""
+    name = printable(name)
     return literal(name if len(name) <= width else name[:width - 1] + "…")
+
+
+def label(name: str) -> str:
+    """A class folder's name as matplotlib draws it as written: bytes that are not UTF-8
+    as \\xNN (`io.printable`), "$" escaped (`literal`)."""
+    return literal(printable(name))
 
 
 def literal(text: str) -> str:

@@ -127,6 +127,7 @@ def training_lock(run: Run, owner: bool = True,
 
 
 def _call(fn: Callable[[], None]) -> None:
+    """`training_lock`'s default `together`: one process, so just run it."""
     fn()
 
 

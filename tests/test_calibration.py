@@ -124,7 +124,7 @@ def test_rho_against_a_teacher_without_a_gap_is_undefined_in_the_tables(tmp_path
         assert ("rho = E|delta_S| / E|delta_T| is undefined" in index) is (shown == "–")
 
 
-def test_f2_leaves_out_and_names_the_bins_where_rho_is_undefined(tmp_path):
+def test_f2_names_the_bins_where_rho_is_undefined_in_the_figures_index(tmp_path):
     import json
 
     from dashlib.paper import f2_gap_calibration

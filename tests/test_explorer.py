@@ -329,3 +329,20 @@ def test_a_student_of_other_data_is_refused_by_name_and_seeds_reach_the_document
         check_fits("rgb", "runs/y", rgb, teacher)
     ex = BranchExplorer(teacher, {}, data, teacher_sample(), n_stats=4, debounce_s=0.0, seed=MAX_SEED)
     assert ex.controls["seed"].max == MAX_SEED and ex.state().seed == MAX_SEED
+
+
+def test_the_title_names_the_class_as_its_folder_is_named(setup, monkeypatch):
+    """PIL draws the title: matplotlib's "$" escape showed as a backslash there."""
+    import os
+
+    import dashlib.explorer.widget as widget
+
+    teacher, students, data = setup
+    ex = BranchExplorer(teacher, {}, data, teacher_sample(), n_stats=4, debounce_s=0.0)
+    titles = []
+    monkeypatch.setattr(widget, "render_panels", lambda views, samples, title, **kw: titles.append(title))
+    monkeypatch.setattr(widget, "png_bytes", lambda fig: b"")
+    ex.class_names = (os.fsdecode(b"caf\xe9 $1-$2"), *ex.class_names[1:])
+    ex.set(y=0)
+    ex.redraw()
+    assert "class caf\\xe9 $1-$2, t = " in titles[-1], titles

@@ -180,6 +180,13 @@ def test_gap_heatmaps_take_fractions_of_t_so_a_short_schedule_shows_distinct_tim
     assert "(class " in fig._suptitle.get_text()
     with pytest.raises(ValueError, match="fractions of T"):
         gap_heatmaps(b, {"teacher": art}, t_fractions=(100,))
+    import io
+    import os
+
+    name = plots.label(os.fsdecode(b"caf\xe9 $1-$2"))  # a Latin-1 folder name: set_text refused it
+    assert name == "caf\\xe9 \\$1-\\$2"
+    fig.suptitle(name)
+    fig.savefig(io.BytesIO(), format="png")
 
 
 def test_f7_labels_only_the_step_counts_run_even_within_one_decade():

@@ -404,6 +404,12 @@ def test_out_of_memory_is_one_error_line(monkeypatch, capsys):
                            "peer [127.0.0.1]:6342\nException raised from recvLoop")
 
     monkeypatch.setattr(dashlib.presets, "get_preset", peer_gone)
+    with pytest.raises(RuntimeError, match="Connection closed"):  # one process: no job to blame
+        main(["info", "--preset", "tiny"])
+    import dashlib.distributed as distributed
+
+    monkeypatch.setattr(distributed, "launched", lambda: True)  # a rank of a torchrun job
+    monkeypatch.setattr(distributed, "init_distributed", lambda device="auto": distributed.DistInfo())
     assert main(["train-teacher", "--preset", "tiny"]) == 2
     err = [ln for ln in capsys.readouterr().err.splitlines() if ln.strip()]
     assert len(err) == 1 and "another process of this torchrun job stopped" in err[0] and "--resume" in err[0]

@@ -38,7 +38,7 @@ from dashlib.explorer.probe import (
 from dashlib.explorer.render import Profile, fmt, png_bytes, render_panels
 from dashlib.explorer.trajectory import SampleCache, guidance_label
 from dashlib.guidance import Guidance
-from dashlib.plots import literal
+from dashlib.io import printable
 
 TEACHER = "teacher"
 
@@ -218,7 +218,7 @@ class BranchExplorer:
             guidance = self.guidance(state)
             samples = [self.samples.lookup(n, guidance, state.y, state.seed) for n in self.rows(state)]
             ab = float(self.diffusion.alpha_bar[state.t])
-            title = (f"{self.title}  class {literal(self.class_names[state.y])}, t = {state.t} "
+            title = (f"{self.title}  class {printable(self.class_names[state.y])}, t = {state.t} "
                      f"(alpha_bar {ab:.3f}), "
                      f"seed {state.seed}, guidance {guidance_label(guidance)}").strip()
             gaps = self.profile(state)
@@ -295,6 +295,7 @@ def stats_table(views: list[ModelView], n: int, held_out: int) -> str:
 
 
 def _draws(n: int, held_out: int) -> str:
+    """What the statistics average over: n images, or n noised draws of fewer images."""
     if held_out >= n:
         return f"{n} held-out images of this class"
     return f"{n} noised draws of this class's {held_out} held-out image(s)"

@@ -85,7 +85,7 @@ def plot_fields(shop: Workshop, t: int, y: int, extent: float = 1.05, n: int = 1
             style(ax, extent)
             if i == 0:
                 ax.set_title(cols[j])
-        label = name if name == "teacher" else f"{name}\nrho {stats['rho']:.2f}, cos {stats['cos']:.2f}"
+        label = name if name == "teacher" else f"{name}\nrho {_two(stats['rho'])}, cos {_two(stats['cos'])}"
         axes[i, 0].set_ylabel(label)
     fig.suptitle(f"branches at t = {t} of {shop.config.T} for class {y} (filled rings); "
                  f"one arrow scale per column")
@@ -192,3 +192,8 @@ def save_figure(fig: Figure, folder: str | Path, name: str,
     buf = io.BytesIO()
     fig.savefig(buf, format="png", dpi=110)
     return atomic_write_bytes(Path(folder) / f"{stem}.png", buf.getvalue())
+
+
+def _two(value: float) -> str:
+    """Two decimals, or "–" where the value is undefined (rho against a teacher without a gap)."""
+    return "–" if value != value else f"{value:.2f}"
