@@ -48,6 +48,18 @@ def test_global_batch_must_split_evenly():
         rank_rows(15, 1, 2)
 
 
+def test_a_batch_the_processes_cannot_share_is_refused_before_anything_is_written(tiny, tmp_path,
+                                                                                  monkeypatch):
+    """torchrun --nproc_per_node 3 with the tiny batch of 16 left an empty runs/tiny/ behind."""
+    import dashlib.teacher
+
+    monkeypatch.setenv("DASH_RUNS", str(tmp_path / "runs"))
+    monkeypatch.setattr(dashlib.teacher, "rank_world", lambda: (0, 3))
+    with pytest.raises(ConfigError, match="not divisible by the 3 processes"):
+        dashlib.teacher.train_teacher(tiny, progress=False)
+    assert not (tmp_path / "runs").exists()
+
+
 def test_single_process_commands_refuse_torchrun(monkeypatch, capsys):
     monkeypatch.setenv("WORLD_SIZE", "2")
     assert main(["info", "--preset", "tiny"]) == 2

@@ -27,7 +27,7 @@ from dashlib.device import check_batch_fits, resolve_device
 from dashlib.diffusion import Diffusion
 from dashlib.distill.methods import METHODS, DistillObjective
 from dashlib.distill.targets import compute_targets, fits, load_targets, targets_path
-from dashlib.distributed import barrier, is_main, on_main, rank_world
+from dashlib.distributed import barrier, is_main, on_main, rank_rows, rank_world
 from dashlib.io import atomic_write_json, file_digest
 from dashlib.registry import Registry
 from dashlib.runs import Run, make_run, prepare, removed_if_unstarted, run_id, training_lock
@@ -183,6 +183,7 @@ def distill(preset: Preset, method: str | None = None, seed: int | None = None,
     teacher = load_artifact(teacher_folder, expect=preset.teacher, device=dev)
     data = load_dataset(preset.data)
     check_batch_fits(config.batch_size, data.train.x.shape[1:], dev, "distill.batch_size")
+    rank_rows(config.batch_size, *rank_world())  # a batch the processes cannot share: no file yet
     with training_lock(run, owner=is_main(), together=on_main):  # one process trains a folder at a time
         state = on_main(lambda: prepare(run, payload, force=force, resume=resume))
         # interrupted while the objective is built (the teacher targets take seconds and more),
