@@ -506,6 +506,7 @@ def test_budget_refuses_mistyped_notebook_parameters(params, phrase):
     ({"methods": [1]}, "must list method names"),
     ({"student_runs": {"a": 1}}, "student_runs"),
     ({"t_fraction": "half"}, "t_fraction = 'half'"),
+    ({"t_fraction": 1.2}, r"t_fraction = 1.2 is out of range"),
     ({"seed": 1.5}, "seed = 1.5 is a float"),
     ({"y": "0"}, "y = '0' is a str"),
     ({"n_stats": None}, "n_stats = None"),

@@ -103,9 +103,7 @@ def open_explorer(preset: str | Preset, methods: Sequence[str] = (),
     round(t_fraction (T - 1)); `options` go to the explorer. Models trained on first use
     show a progress bar (`progress`); small presets get a warning banner."""
     check_params(preset=preset, methods=methods, student_runs=student_runs, device=device,
-                 t_fraction=t_fraction, **options)
-    if not 0.0 <= t_fraction <= 1.0:
-        raise ParameterError(f"t_fraction = {t_fraction} must lie in [0, 1]")
+                 t_fraction=t_fraction, **options)  # t_fraction's range too
     p = get_preset(preset) if isinstance(preset, str) else preset
     check_options(p, options)
     teacher, students = load_models(p, methods, student_runs, device, progress)
