@@ -160,13 +160,8 @@ def provenance(state: Mapping[str, Any], quick: bool, notebook: str = "08_claims
                       extra={"complete": state["complete"], "missing": state["missing"],
                              "total_cpu_s": state["total_cpu_s"], "eval": [p["eval"] for p in parts],
                              "classifier_test_accuracy": _classifier_accuracy(state),
-                             "distill_seeds_note": "seeds are distillation seeds; one eval seed each",
-                             **_rho_note(rho_undefined(state["cells"].values()))})
-
-
-def _rho_note(undefined: str | None) -> dict[str, str]:
-    """{"rho_undefined": why} for the figures index, or nothing where rho is defined."""
-    return {} if undefined is None else {"rho_undefined": undefined}
+                             "distill_seeds_note": "seeds are distillation seeds; one eval seed each"},
+                      ).noted(rho_undefined=rho_undefined(state["cells"].values()))
 
 
 def _classifier_accuracy(state: Mapping[str, Any]) -> float | None:

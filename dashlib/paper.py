@@ -86,7 +86,7 @@ def f2_gap_calibration(b: Budget, runs: Mapping[str, Run], folder: str | Path,
 
     cals = calibrations(runs)
     fig = plots.gap_calibration(cals)
-    prov = _with_rho_note(b.provenance(notebook), rho_undefined(cals.values(), per_bin=True))
+    prov = b.provenance(notebook).noted(rho_undefined=rho_undefined(cals.values(), per_bin=True))
     return _save(fig, b, folder, "F2_gap_calibration",
                  "Guidance-gap calibration (rho, cos) across timesteps per method", ["C3"], notebook,
                  provenance=prov)
@@ -109,7 +109,7 @@ def t3_calibration(b: Budget, runs: Mapping[str, Run], folder: str | Path,
     return save_table(rows, T3_COLUMNS, folder, "T3_calibration",
                       "Calibration on held-out matched inputs (EMA students): rho, cos, gap MSE, "
                       "branch MSEs against the teacher, final output-level loss", ["C3", "C6"],
-                      _with_rho_note(b.provenance(notebook), undefined), digits=4)
+                      b.provenance(notebook).noted(rho_undefined=undefined), digits=4)
 
 
 def _rho_undefined(runs: Mapping[str, Run]) -> str | None:
@@ -117,12 +117,6 @@ def _rho_undefined(runs: Mapping[str, Run]) -> str | None:
     from dashlib.calibration import rho_undefined
 
     return rho_undefined(runs[m].read_results().get("calibration", {}) for m in runs)
-
-
-def _with_rho_note(prov: Any, undefined: str | None) -> Any:
-    """The provenance with `rho_undefined` where rho is (the figures index says why)."""
-    return prov if undefined is None else dataclasses.replace(prov, extra={**prov.extra,
-                                                                             "rho_undefined": undefined})
 
 
 # --- F4 ------------------------------------------------------------------------------------
@@ -269,8 +263,8 @@ def t1_main_results(b: Budget, report: Any, runs: Mapping[str, Run], folder: str
                       f"Main results ({b.guidance.title}, {b.preset.eval.ddim_steps} DDIM steps, "
                       f"{b.preset.eval.n_samples} samples; FID/IS in the {feature} feature space; "
                       f"mean ± std over seeds {', '.join(map(str, b.seeds))})",
-                      ["C1", "C2", "C3"], _with_rho_note(_with_classifier(b.provenance(notebook), report),
-                                                          undefined))
+                      ["C1", "C2", "C3"],
+                      _with_classifier(b.provenance(notebook), report).noted(rho_undefined=undefined))
 
 
 def _with_classifier(prov: Any, report: Any) -> Any:
@@ -352,8 +346,8 @@ def t2_ablation(b: Budget, report: Any, runs: Mapping[str, Run], folder: str | P
     from dashlib.ablation import LEAVE_ONE_OUT, PATH
 
     summary = _summary(report, b.table_guidance)
-    rows = []
-    for v in PATH + LEAVE_ONE_OUT:
+    rows, variants = [], PATH + LEAVE_ONE_OUT
+    for v in variants:
         res, s = runs[v.name].read_results(), summary[v.name]
         p = v.preset(b.preset)
         method = METHODS.get(v.method)
@@ -366,8 +360,8 @@ def t2_ablation(b: Budget, report: Any, runs: Mapping[str, Run], folder: str | P
     return save_table(rows, T2_COLUMNS, folder, "T2_ablation",
                       "DASH ablation: the additive path cond-only → +L_un → +L_an → +TIRT Transfer, "
                       "and leave-one-out variants (FID mean ± std over seeds)", ["C4", "C5"],
-                      _with_rho_note(b.provenance(notebook),
-                                     _rho_undefined({v.name: runs[v.name] for v in PATH + LEAVE_ONE_OUT})))
+                      b.provenance(notebook).noted(
+                          rho_undefined=_rho_undefined({v.name: runs[v.name] for v in variants})))
 
 
 def f6_ablation(b: Budget, report: Any, folder: str | Path, notebook: str = "04_ablations") -> Path:

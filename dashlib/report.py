@@ -9,6 +9,7 @@ which paper claim it tests. `write_index` rebuilds the index from the sidecars.
 from __future__ import annotations
 
 import csv
+import dataclasses
 import io
 import json
 import math
@@ -42,6 +43,12 @@ class Provenance:
     quick: bool = False
     notebook: str = ""
     extra: Mapping[str, Any] = field(default_factory=dict)
+
+    def noted(self, **notes: str | None) -> Provenance:
+        """This provenance with the `notes` that are not None added to `extra` (a warning the
+        figures index shows, e.g. `rho_undefined`)."""
+        given = {k: v for k, v in notes.items() if v is not None}
+        return dataclasses.replace(self, extra={**self.extra, **given}) if given else self
 
     def record(self, name: str, title: str, claims: Sequence[str], kind: str,
                files: Sequence[str]) -> dict[str, Any]:
