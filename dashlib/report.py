@@ -198,14 +198,20 @@ def _marker(path: Path) -> dict:
     return found if isinstance(found, dict) else {}
 
 
-def _folder_notes(folder: Path) -> list[str]:
+def _folder_notes(folder: Path, records: Sequence[Mapping[str, Any]]) -> list[str]:
     """What the figures were made of where it is not the preset's own: the image folder
-    (`data.json`, kept in the full-budget folder above a quick/ one) and the preset keys
-    changed (`overrides.json`), as `dashlib.reproduce.prepared_figures_dir` records them."""
+    (`data.json`, kept in the full-budget folder above a quick/ one), less the records that
+    name data of their own (the workshop's toy data, its sidecars' `own_data`), and the preset
+    keys changed (`overrides.json`), as `dashlib.reproduce.prepared_figures_dir` records them."""
     data = _marker(folder / "data.json") or (_marker(folder.parent / "data.json")
                                              if folder.name == "quick" else {})
     changed = _marker(folder / "overrides.json")
-    notes = [f"Data: the image folder {data['data_root']}."] if data.get("data_root") else []
+    own: dict[str, list[str]] = {}
+    for r in records:
+        if isinstance(r.get("own_data"), str):
+            own.setdefault(r["own_data"], []).append(r["name"])
+    besides = "".join(f" ({', '.join(names)}: {what})" for what, names in own.items())
+    notes = [f"Data: the image folder {data['data_root']}{besides}."] if data.get("data_root") else []
     if changed.get("overrides"):
         keys = ", ".join(f"{k} = {json.dumps(v)}" for k, v in changed["overrides"].items())
         notes.append(f"Changed from the {changed.get('preset', '')} preset: {keys}.")
@@ -239,7 +245,7 @@ def write_index(folder: str | Path) -> Path:
                      f"{r['git_commit']} | {r['date']} |")
     from dashlib.adequacy import records_warning
 
-    notes = [records_warning(records), *_folder_notes(folder),
+    notes = [records_warning(records), *_folder_notes(folder, records),
              *sorted({f"Warning: {r['rho_undefined']}." for r in records if r.get("rho_undefined")})]
     if any(r.get("quick") for r in records):
         notes.append("Quick run: a smoke test at reduced budgets (dash reproduce --quick); its "

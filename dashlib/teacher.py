@@ -17,15 +17,15 @@ from torch import Tensor
 from dashlib.artifacts import save_artifact
 from dashlib.config import Preset, to_dict
 from dashlib.data import load_dataset
-from dashlib.device import check_batch_fits, resolve_device
+from dashlib.device import resolve_device
 from dashlib.diffusion import Diffusion
-from dashlib.distributed import barrier, is_main, on_main, rank_rows, rank_world
+from dashlib.distributed import barrier, is_main, on_main
 from dashlib.io import atomic_write_json
 from dashlib.losses import mse_per_sample
 from dashlib.runs import Run, make_run, prepare, training_lock
 from dashlib.runtime import Runtime
 from dashlib.tirt import LOCAL_ROWS, BatchReduce, TimestepWeighting, bin_mean, drift_report, make_weighting
-from dashlib.train import Batch, Objective, Trainer
+from dashlib.train import Batch, Objective, Trainer, check_global_batch
 from dashlib.unet import UNet, build_unet, count_params
 
 
@@ -93,8 +93,7 @@ def train_teacher(preset: Preset, force: bool = False, resume: bool = True,
     if run.finished and not force:
         return run
     data = load_dataset(preset.data)  # a missing dataset fails here, before anything is written
-    check_batch_fits(preset.train.batch_size, data.train.x.shape[1:], dev, "train.batch_size")
-    rank_rows(preset.train.batch_size, *rank_world())  # a batch the processes cannot share: no file yet
+    check_global_batch(preset.train.batch_size, data.train.x.shape[1:], dev, "train.batch_size")
     diffusion = Diffusion(preset.diffusion)
     model = build_unet(preset.teacher, seed=preset.train.seed)  # too large a model fails before any file
     weighting = make_weighting(preset.train.weighting, diffusion)

@@ -17,7 +17,7 @@ import math
 import os
 import sys
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -29,7 +29,7 @@ from dashlib import bars
 from dashlib.batches import BatchStream
 from dashlib.config import OptimConfig
 from dashlib.data import Split
-from dashlib.device import autocast
+from dashlib.device import autocast, check_batch_fits
 from dashlib.diffusion import Diffusion
 from dashlib.distributed import (
     GlobalBatch,
@@ -132,6 +132,13 @@ class Objective(nn.Module):
 
 
 Hook = Callable[[int], Mapping[str, float]]
+
+
+def check_global_batch(batch_size: int, image_shape: Sequence[int], device: torch.device, what: str) -> None:
+    """Refuse, before any file is written, a global batch that does not fit the device or
+    that the torchrun processes cannot share evenly (`rank_rows`)."""
+    check_batch_fits(batch_size, image_shape, device, what)
+    rank_rows(batch_size, *rank_world())
 
 
 def warmup_note(loop: OptimConfig) -> str:

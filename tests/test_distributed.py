@@ -52,9 +52,10 @@ def test_a_batch_the_processes_cannot_share_is_refused_before_anything_is_writte
                                                                                   monkeypatch):
     """torchrun --nproc_per_node 3 with the tiny batch of 16 left an empty runs/tiny/ behind."""
     import dashlib.teacher
+    import dashlib.train
 
     monkeypatch.setenv("DASH_RUNS", str(tmp_path / "runs"))
-    monkeypatch.setattr(dashlib.teacher, "rank_world", lambda: (0, 3))
+    monkeypatch.setattr(dashlib.train, "rank_world", lambda: (0, 3))  # check_global_batch's view
     with pytest.raises(ConfigError, match="not divisible by the 3 processes"):
         dashlib.teacher.train_teacher(tiny, progress=False)
     assert not (tmp_path / "runs").exists()

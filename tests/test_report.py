@@ -63,6 +63,11 @@ def test_the_figures_index_names_the_image_folder_and_the_changed_keys(tmp_path)
     text = (index.parent / "README.md").read_text()
     assert f"Data: the image folder {pets}." in text
     assert "Changed from the tiny preset: train.steps = 7." in text
+    # a figure made from data of its own (the workshop's toys) is named as the exception
+    toy = Provenance("tiny", (0,), {}, extra={"own_data": "the workshop's toy data"})
+    index = save_table([{"model": "teacher"}], ["model"], quick, "W9", "toy", [], toy)
+    assert (f"Data: the image folder {pets} (W9: the workshop's toy data)."
+            in (index.parent / "README.md").read_text())
     plain = tmp_path / "plain"
     save_table([{"model": "teacher"}], ["model"], plain, "T9", "test", ["C1"], prov)
     assert "Data:" not in (plain / "README.md").read_text()

@@ -23,11 +23,11 @@ from dashlib.artifacts import Artifact, load_artifact, save_artifact
 from dashlib.calibration import Calibrator, matched_inputs
 from dashlib.config import ConfigError, DistillConfig, Preset, to_dict
 from dashlib.data import load_dataset
-from dashlib.device import check_batch_fits, resolve_device
+from dashlib.device import resolve_device
 from dashlib.diffusion import Diffusion
 from dashlib.distill.methods import METHODS, DistillObjective
 from dashlib.distill.targets import compute_targets, fits, load_targets, targets_path
-from dashlib.distributed import barrier, is_main, on_main, rank_rows, rank_world
+from dashlib.distributed import barrier, is_main, on_main, rank_world
 from dashlib.io import atomic_write_json, file_digest
 from dashlib.registry import Registry
 from dashlib.runs import Run, make_run, prepare, removed_if_unstarted, run_id, training_lock
@@ -35,7 +35,7 @@ from dashlib.runtime import Runtime
 from dashlib.teacher import teacher_payload, train_teacher
 from dashlib.threads import use_threads
 from dashlib.tirt import WEIGHTINGS, TimestepWeighting, drift_report, make_weighting, transfer
-from dashlib.train import Trainer
+from dashlib.train import Trainer, check_global_batch
 from dashlib.unet import count_params, param_count
 from dashlib.workers import die_with_parent
 
@@ -182,8 +182,7 @@ def distill(preset: Preset, method: str | None = None, seed: int | None = None,
     dev = resolve_device(device)
     teacher = load_artifact(teacher_folder, expect=preset.teacher, device=dev)
     data = load_dataset(preset.data)
-    check_batch_fits(config.batch_size, data.train.x.shape[1:], dev, "distill.batch_size")
-    rank_rows(config.batch_size, *rank_world())  # a batch the processes cannot share: no file yet
+    check_global_batch(config.batch_size, data.train.x.shape[1:], dev, "distill.batch_size")
     with training_lock(run, owner=is_main(), together=on_main):  # one process trains a folder at a time
         state = on_main(lambda: prepare(run, payload, force=force, resume=resume))
         # interrupted while the objective is built (the teacher targets take seconds and more),

@@ -177,7 +177,7 @@ def workshop_provenance(preset: str, quick: bool, config: ToyConfig) -> Provenan
                       {"teacher": config.teacher_steps, "student": config.student_steps,
                        "ddim": config.ddim_steps},
                       quick=quick, notebook="07_workshop",
-                      extra={"toy_budget": budget, "T": config.T,
+                      extra={"toy_budget": budget, "T": config.T, "own_data": "the workshop's toy data",
                              "samples_per_class": config.samples_per_class})
 
 
