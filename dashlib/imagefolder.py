@@ -25,6 +25,7 @@ import functools
 import hashlib
 import math
 import os
+import sys
 import warnings
 from collections import Counter
 from collections.abc import Callable, Iterable, Sequence
@@ -129,9 +130,10 @@ def split_folders(root: str | Path) -> tuple[Path, Path | None]:
         return root / train[0], None
     if train or test:
         others = [f for f in folders if f not in train + test]
+        what = (f"beside {', '.join(others)}" if others else
+                f"with {len(train)} train folders" if train else "without a train folder")
         raise ImageFolderError(
-            f"{root} holds the split folder(s) {', '.join(train + test)} "
-            f"{'beside ' + ', '.join(others) if others else 'without one train folder'}; "
+            f"{root} holds the split folder(s) {', '.join(train + test)} {what}; "
             f"lay it out as DIR/<class>/<images>, "
             f"or as one train folder ({', '.join(TRAIN_FOLDERS)}) of DIR/<train>/<class>/<images>, "
             f"alone or with a test folder ({', '.join(TEST_FOLDERS)}) laid out alike"
@@ -354,7 +356,20 @@ def folder_fingerprint(root: str | Path) -> str:
     return _fingerprint(root, _folder_state(root))
 
 
-def unreadable(path: str, err: Exception) -> ImageFolderError:
+def decode_errors() -> tuple[type[BaseException], ...]:
+    """What PIL raises for a file it cannot decode: besides its own and I/O errors, a damaged
+    header or chunk escapes its plugins as ValueError ("Truncated IHDR chunk", a bad PPM
+    number, "invalid palette size"), SyntaxError ("broken PNG file"), EOFError or
+    struct.error, depending on the format."""
+    import struct
+
+    from PIL import Image, UnidentifiedImageError
+
+    return (UnidentifiedImageError, OSError, Image.DecompressionBombError, ValueError, SyntaxError,
+            EOFError, struct.error)
+
+
+def unreadable(path: str, err: BaseException) -> ImageFolderError:
     """The error for an image file PIL cannot decode (truncated, or not an image)."""
     return ImageFolderError(f"cannot read image {path}: {err}; remove or replace that file")
 
@@ -362,7 +377,7 @@ def unreadable(path: str, err: Exception) -> ImageFolderError:
 def folder_channels(root: str | Path) -> int:
     """1 if the images looked at are all grey, else 3: the first of each class (so that a
     class of colour images among grey ones is seen) and `PEEK` spread evenly over the rest."""
-    from PIL import Image, UnidentifiedImageError
+    from PIL import Image
 
     train, test = split_folders(root)
     samples, _ = _samples(train, split_minimum(test))
@@ -374,7 +389,7 @@ def folder_channels(root: str | Path) -> int:
         try:
             with Image.open(path) as image:
                 mode = image.mode
-        except (UnidentifiedImageError, OSError, Image.DecompressionBombError) as err:
+        except decode_errors() as err:
             raise unreadable(path, err) from None
         if mode not in GREY_MODES:
             return 3
@@ -462,7 +477,7 @@ def _decode(path: str, size: int, channels: int) -> np.ndarray:
     1/8 scale that keeps both sides at least `DRAFT_FACTOR` x size (PIL's draft mode;
     bench/decode_speed.py: 0.23-0.35x the time of a full-size decode), and the centre
     square, in the full image's coordinates, is resampled from that smaller decode."""
-    from PIL import Image, ImageOps, UnidentifiedImageError
+    from PIL import Image, ImageOps
 
     try:
         with Image.open(path) as image:
@@ -488,7 +503,7 @@ def _decode(path: str, size: int, channels: int) -> np.ndarray:
                 box = (x0 - left, y0 - top, x1 - left, y1 - top)
             image = image.resize((size, size), Image.Resampling.BILINEAR, box=box, reducing_gap=None)
             array = np.asarray(image, dtype=np.uint8)
-    except (UnidentifiedImageError, OSError, Image.DecompressionBombError) as err:
+    except decode_errors() as err:
         raise unreadable(path, err) from None
     return array[None] if channels == 1 else array.transpose(2, 0, 1)
 
@@ -562,6 +577,11 @@ def read_split(folder: Path, size: int, channels: int, cache_dir: Path | None,
     with bars.bar(total=len(samples), desc=f"decode {folder.name}", dynamic_ncols=True,
               disable=not progress or len(samples) < 2000) as bar:
         x = torch.from_numpy(np.stack(decode_all([path for path, _ in samples], size, channels, bar.update)))
+    unread = _unread(folder, {Path(p) for p, _ in samples})
+    if unread:  # said once, when the split is decoded (later loads read the cache)
+        kinds = ", ".join(f"{n} {kind}" for kind, n in sorted(unread.items()))
+        print(f"dash: note: {folder}: {sum(unread.values())} file(s) left out, not images dash "
+              f"reads ({kinds}); `dash info` lists what an image folder holds", file=sys.stderr)
     y = torch.tensor([label for _, label in samples], dtype=torch.long)
     if cache is not None:
         atomic_torch_save({"x": x, "y": y, "classes": list(classes)}, cache)

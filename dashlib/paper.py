@@ -63,10 +63,12 @@ def f1_sample_grids(b: Budget, models: Mapping[str, Artifact], folder: str | Pat
     fig = plots.sample_grids(grids, f"{guidance.title}, {config.steps} DDIM steps, seed {seed}{subset}",
                              row_names=names)
     # The sidecar describes what was drawn: this seed and the sampler's step count, not the
-    # evaluation's seeds and DDIM steps.
+    # evaluation's seeds, DDIM steps and sample count (the data's fingerprint stays).
     base = b.provenance(notebook)
+    kept = {k: v for k, v in base.extra.items() if k != "eval_samples"}
     drawn = dataclasses.replace(base, seeds=(seed,), steps={**base.steps, "ddim": config.steps},
-                                extra={"guidance": b.table_guidance, "samples_per_class": b.grid_per_class,
+                                extra={**kept, "guidance": b.table_guidance,
+                                       "samples_per_class": b.grid_per_class,
                                        **({} if m == k else {"classes_shown": shown.tolist()}),
                                        "class_names_shown": names})
     return _save(fig, b, folder, "F1_samples", "Sample grids of the teacher and every student",

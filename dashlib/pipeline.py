@@ -122,12 +122,20 @@ class Budget:
         return tuple(m for m in self.methods if METHODS.get(m).explored)
 
     def provenance(self, notebook: str) -> Provenance:
+        """What a figure of this budget was made from; for an image folder also the content
+        fingerprint of the images read (`data_files`), which the figures index checks
+        against the folder's latest (`dashlib.report`)."""
+        from dashlib.config import to_dict
+        from dashlib.data import data_identity
+
         p = self.preset
+        files = data_identity(to_dict(p.data)).get("files")
         return Provenance(p.name, p.eval.seeds,
                           {"teacher": p.train.steps, "distill": p.distill.steps,
                            "ddim": p.eval.ddim_steps},
                           quick=self.quick, notebook=notebook,
-                          extra={"eval_samples": p.eval.n_samples})
+                          extra={"eval_samples": p.eval.n_samples,
+                                 **({"data_files": files} if files else {})})
 
 
 #: --quick: fractions of the preset's own budget (never below `QUICK_MIN_STEPS` steps).

@@ -6,6 +6,7 @@ writes it with provenance. Methods keep one colour across every figure.
 
 from __future__ import annotations
 
+import functools
 import math
 from collections import defaultdict
 from collections.abc import Mapping, Sequence
@@ -24,8 +25,40 @@ ORDER = ["teacher", "scratch", "cond-only", "composite", "multi-w-composite", "f
          "gap-match", "pruning", "single-head", "dash"]
 
 
+#: Fonts of wide coverage that the figures fall back to, where one is installed, for the
+#: glyphs of user text (class folder names) that the default fonts lack: CJK, Hangul, ...
+FALLBACK_FONTS = ("Noto Sans CJK JP", "Noto Sans CJK SC", "Noto Sans CJK KR", "Source Han Sans",
+                  "WenQuanYi Zen Hei", "Droid Sans Fallback", "Arial Unicode MS", "Microsoft YaHei",
+                  "PingFang SC", "Hiragino Sans", "Malgun Gothic", "Noto Sans")
+
+
 def style() -> None:
     sns.set_theme(context="notebook", style="whitegrid", font_scale=0.95)
+    families = plt.rcParams["font.sans-serif"]
+    plt.rcParams["font.sans-serif"] = [*families, *(f for f in _installed(FALLBACK_FONTS)
+                                                    if f not in families)]
+
+
+def _installed(families: Sequence[str]) -> list[str]:
+    from matplotlib import font_manager
+
+    found = {f.name for f in font_manager.fontManager.ttflist}
+    return [f for f in families if f in found]
+
+
+@functools.lru_cache(maxsize=1)
+def _drawable() -> frozenset[int]:
+    """The code points some installed font of the figures' sans-serif list can draw."""
+    from matplotlib import font_manager
+    from matplotlib.ft2font import FT2Font
+
+    style()
+    paths = {f.name: f.fname for f in font_manager.fontManager.ttflist}
+    points: set[int] = set()
+    for family in plt.rcParams["font.sans-serif"]:
+        if family in paths:
+            points.update(FT2Font(paths[family]).get_charmap())
+    return frozenset(points)
 
 
 COLOURS = {"teacher": "#000000", "scratch": "#7f7f7f", "cond-only": "#1f77b4",
@@ -120,8 +153,12 @@ def _short(name: str, width: int = 12) -> str:
 
 def label(name: str) -> str:
     """A class folder's name as matplotlib draws it as written: bytes that are not UTF-8
-    as \\xNN (`io.printable`), "$" escaped (`literal`)."""
-    return literal(printable(name))
+    as \\xNN (`io.printable`), characters no installed font draws as \\uNNNN (an empty
+    box says nothing; `FALLBACK_FONTS` draw CJK where installed), "$" escaped (`literal`)."""
+    drawable = _drawable()
+    text = "".join(c if c.isspace() or ord(c) in drawable else f"\\u{ord(c):04x}"
+                   for c in printable(name))
+    return literal(text)
 
 
 def literal(text: str) -> str:

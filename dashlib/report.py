@@ -201,7 +201,8 @@ def _marker(path: Path) -> dict:
 def _folder_notes(folder: Path, records: Sequence[Mapping[str, Any]]) -> list[str]:
     """What the figures were made of where it is not the preset's own: the image folder
     (`data.json`, kept in the full-budget folder above a quick/ one), less the records that
-    name data of their own (the workshop's toy data, its sidecars' `own_data`), and the preset
+    name data of their own (the workshop's toy data, its sidecars' `own_data`), a warning for
+    records made from other contents of the folder (their `data_files`), and the preset
     keys changed (`overrides.json`), as `dashlib.reproduce.prepared_figures_dir` records them."""
     data = _marker(folder / "data.json") or (_marker(folder.parent / "data.json")
                                              if folder.name == "quick" else {})
@@ -212,6 +213,11 @@ def _folder_notes(folder: Path, records: Sequence[Mapping[str, Any]]) -> list[st
             own.setdefault(r["own_data"], []).append(r["name"])
     besides = "".join(f" ({', '.join(names)}: {what})" for what, names in own.items())
     notes = [f"Data: the image folder {data['data_root']}{besides}."] if data.get("data_root") else []
+    older = [r["name"] for r in records if r.get("data_files") not in (None, data.get("files"))]
+    if data.get("files") and older:
+        notes.append(f"Warning: {', '.join(older)} {'was' if len(older) == 1 else 'were'} made from "
+                     f"earlier contents of the image folder (its images have changed since): "
+                     f"rerun dash reproduce without --only to remake them.")
     if changed.get("overrides"):
         keys = ", ".join(f"{k} = {json.dumps(v)}" for k, v in changed["overrides"].items())
         notes.append(f"Changed from the {changed.get('preset', '')} preset: {keys}.")

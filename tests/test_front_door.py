@@ -234,8 +234,12 @@ def test_a_split_folder_beside_other_folders_is_an_error_not_two_classes(tmp_pat
     with pytest.raises(FileNotFoundError, match="holds the split folder.s. train beside extra"):
         load_dataset(DataConfig(name="imagefolder", data_root=str(tmp_path / "a")))
     write_folder(tmp_path / "b" / "test", COLOURS, per_class=3)  # a test split without a train one
-    with pytest.raises(FileNotFoundError, match="holds the split folder.s. test without one train folder"):
+    with pytest.raises(FileNotFoundError, match="holds the split folder.s. test without a train folder"):
         split_folders(tmp_path / "b")
+    for name in ("Train", "train", "test"):  # two train folders (a case-sensitive file system)
+        write_folder(tmp_path / "e" / name, COLOURS, per_class=2)
+    with pytest.raises(FileNotFoundError, match="split folder.s. Train, train, test with 2 train folders"):
+        split_folders(tmp_path / "e")
     for name in ("train", "val", "test"):  # train/val/test: the test folder is the test split
         write_folder(tmp_path / "c" / name, COLOURS, per_class=2)
     assert split_folders(tmp_path / "c") == (tmp_path / "c" / "train", tmp_path / "c" / "test")
@@ -558,6 +562,21 @@ def test_a_class_of_unread_formats_names_what_was_left_out(tmp_path):
         load_dataset(DataConfig(name="imagefolder", data_root=str(root)))
 
 
+def test_files_left_out_are_said_when_the_images_are_decoded(tmp_path, monkeypatch, capsys):
+    """GIFs among a class's PNGs were dropped without a word outside `dash info`."""
+    monkeypatch.setenv("DASH_RUNS", str(tmp_path / "runs"))
+    root = write_folder(tmp_path / "pets", COLOURS, per_class=3)
+    for i in range(2):
+        Image.new("RGB", (10, 10), (0, 200, 0)).save(root / "green" / f"g{i}.gif")
+    (root / "notes.txt").write_text("beside the classes")
+    config = DataConfig(name="imagefolder", data_root=str(root))
+    load_dataset(config)
+    err = capsys.readouterr().err
+    assert f"{root}: 3 file(s) left out" in err and "(2 .gif, 1 beside the class folders)" in err
+    load_dataset(config)  # from the decode cache: said once
+    assert "left out" not in capsys.readouterr().err
+
+
 def test_an_undecodable_image_is_named_before_any_work(tmp_path):
     from dashlib.presets import get_preset
 
@@ -566,6 +585,43 @@ def test_an_undecodable_image_is_named_before_any_work(tmp_path):
     broken.write_bytes(b"not an image")
     with pytest.raises(FileNotFoundError, match=f"cannot read image {broken}.*remove or replace"):
         get_preset("tiny", **{"data.name": "imagefolder", "data.data_root": str(root)})
+
+
+def damaged_copies(tmp_path: Path):
+    """Small PNG (RGB and 16-bit), PPM, PGM and palette-BMP files, each with one header byte
+    overwritten in turn: the damage a copy or a disk leaves."""
+    rng = np.random.default_rng(0)
+    rgb = Image.fromarray(rng.integers(0, 255, (12, 10, 3), dtype=np.uint8))
+    sources = {"rgb.png": rgb, "grey16.png": Image.fromarray(rng.integers(0, 65535, (12, 10),
+                                                                            dtype=np.uint16)),
+               "rgb.ppm": rgb, "grey.pgm": rgb.convert("L"), "pal.bmp": rgb.convert("P")}
+    for name, image in sources.items():
+        image.save(tmp_path / name)
+        data = (tmp_path / name).read_bytes()
+        for at in range(min(48, len(data))):
+            for value in (0x00, 0xC9, 0xFF):
+                if data[at] != value:
+                    broken = tmp_path / f"{at}-{value}-{name}"
+                    broken.write_bytes(data[:at] + bytes([value]) + data[at + 1:])
+                    yield broken
+
+
+@pytest.mark.filterwarnings("ignore::PIL.Image.DecompressionBombWarning")  # sizes the damage made up
+def test_a_damaged_image_is_named_not_a_traceback(tmp_path):
+    """PIL raises ValueError, SyntaxError and more for some damaged headers ("broken PNG
+    file", "Truncated IHDR chunk", a bad PPM number, "invalid palette size"): each file either
+    decodes or stops with the error naming it."""
+    from dashlib.imagefolder import ImageFolderError, _decode
+
+    named = 0
+    for path in damaged_copies(tmp_path):
+        for channels in (1, 3):
+            try:
+                assert _decode(str(path), 8, channels).shape == (channels, 8, 8)
+            except ImageFolderError as err:
+                assert f"cannot read image {path}" in str(err)
+                named += 1
+    assert named > 0
 
 
 def test_preset_models_follow_the_data(tmp_path):

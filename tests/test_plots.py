@@ -197,3 +197,23 @@ def test_f7_labels_only_the_step_counts_run_even_within_one_decade():
     assert [t.get_text() for t in ax.get_xticklabels()] == ["2", "5"]
     assert not [t.get_text() for t in ax.xaxis.get_minorticklabels() if t.get_text()]  # no "3x10^0"
     plt.close(fig)
+
+
+def test_class_names_draw_without_missing_glyphs():
+    """A class folder named 中文 drew as empty boxes (DejaVu Sans has no CJK): a character no
+    installed font draws is written as \\uNNNN, the rest as written."""
+    import warnings
+
+    name = "中文 é $1"
+    text = plots.label(name)
+    assert "é" in text and r"\$1" in text
+    fig, ax = plt.subplots()
+    ax.set_title(text)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        fig.canvas.draw()
+    plt.close(fig)
+    assert not [w for w in caught if "missing from font" in str(w.message)]
+    drawable = plots._drawable()
+    for c in "中文":
+        assert (c in text) == (ord(c) in drawable) and (f"\\u{ord(c):04x}" in text) != (c in text)

@@ -69,6 +69,38 @@ def test_the_figures_index_names_the_image_folder_and_the_changed_keys(tmp_path)
     assert (f"Data: the image folder {pets} (W9: the workshop's toy data)."
             in (index.parent / "README.md").read_text())
     plain = tmp_path / "plain"
+    stale_figures_after_the_images_change(tmp_path / "more")
     save_table([{"model": "teacher"}], ["model"], plain, "T9", "test", ["C1"], prov)
     assert "Data:" not in (plain / "README.md").read_text()
     assert "Changed from" not in (plain / "README.md").read_text()
+
+
+def stale_figures_after_the_images_change(tmp_path):
+    """`dash reproduce --only ...` after an image was replaced remade some figures from the
+    new images and left the others, made from the old ones, unmarked in the same folder."""
+    from PIL import Image
+
+    from dashlib.pipeline import budget
+    from dashlib.reproduce import prepared_figures_dir
+
+    pets = tmp_path / "pets"
+    for name in ("cat", "dog"):
+        (pets / name).mkdir(parents=True)
+        for i in range(8):
+            Image.new("L", (8, 8), 30 * i).save(pets / name / f"{i}.png")
+
+    overrides = {"data.name": "imagefolder", "data.data_root": str(pets)}
+    folder = prepared_figures_dir("tiny", False, tmp_path / "figs", overrides)
+    old = budget("tiny", overrides=overrides, threads=1).provenance("02_distillation")
+    index = folder / "README.md"
+    save_table([{"model": "teacher"}], ["model"], folder, "T9", "old", ["C1"], old)
+    assert "earlier contents" not in index.read_text()
+    (pets / "cat" / "0.png").unlink()  # another image under the same name (as a new process sees it)
+    Image.new("L", (9, 9), 255).save(pets / "cat" / "0.png")
+    folder = prepared_figures_dir("tiny", False, tmp_path / "figs", overrides)  # the next run
+    new = budget("tiny", overrides=overrides, threads=1).provenance("01_teacher")
+    assert new.extra["data_files"] != old.extra["data_files"]
+    save_table([{"model": "teacher"}], ["model"], folder, "T8", "new", ["C1"], new)
+    assert "Warning: T9 was made from earlier contents of the image folder" in index.read_text()
+    save_table([{"model": "teacher"}], ["model"], folder, "T9", "remade", ["C1"], new)
+    assert "earlier contents" not in index.read_text()
