@@ -150,18 +150,20 @@ def test_a_report_from_the_sweeps_json_leaves_the_json_as_it_is(tmp_path):
     figures = tmp_path / "figs"
     assert claims_sweep.main(["--report-only", "--out", str(state), "--figures", str(figures)]) == 0
     assert state.read_bytes() == before
-    assert json.loads((figures / "F8_claims_budget.json").read_text())["complete"]
+    record = json.loads((figures / "F8_claims_budget.json").read_text())
+    assert record["complete"] == json.loads(before)["complete"] and record["preset"] == "digits,digits16"
 
 
 def test_a_rerun_that_would_drop_the_committed_cells_is_refused_and_leaves_them(tmp_path, monkeypatch,
                                                                                  capsys):
     """The committed sweep's runs are elsewhere and some were hashed by older code: a rerun used
     to drop those cells silently and overwrite the JSON; it now refuses until told to."""
-    import shutil
-
     monkeypatch.setenv("DASH_RUNS", str(tmp_path / "runs"))
     state = tmp_path / "claims_sweep.json"
-    shutil.copy(BENCH / "results" / "claims_sweep.json", state)
+    committed = json.loads((BENCH / "results" / "claims_sweep.json").read_text())
+    cell = next(iter(committed["cells"].values()))  # as if trained by code that hashed it otherwise
+    cell["run"] = cell["run"].rsplit("-", 1)[0] + "-0000000000"
+    state.write_text(json.dumps(committed))
     before = state.read_bytes()
     assert claims_sweep.main(["--out", str(state), "--no-progress"]) == 2
     err = capsys.readouterr().err
@@ -233,12 +235,13 @@ def test_a_slice_of_the_plan_judges_the_other_parts_records_by_the_whole_plan(tm
 
     committed = json.loads((BENCH / "results" / "claims_sweep.json").read_text())
     for part in seen["known"]:  # teachers of this configuration, in a runs folder that is gone
-        name = teacher_run(part.base()).path.name
-        committed["teachers"][part.preset]["run"] = f"/elsewhere/{part.preset}/{name}"
+        if part.preset in committed["teachers"]:  # (a partial sweep may not have reached one yet)
+            name = teacher_run(part.base()).path.name
+            committed["teachers"][part.preset]["run"] = f"/elsewhere/{part.preset}/{name}"
     state = tmp_path / "committed.json"
     state.write_text(json.dumps(committed))
     whole = claims._load(state, seen["known"], drop_stale=True)
-    assert set(whole["teachers"]) == {"digits", "digits16"}
+    assert "digits" in whole["teachers"] and set(whole["teachers"]) == set(committed["teachers"])
 
 
 def test_a_stopped_sweep_still_fills_the_readme(tmp_path, monkeypatch):
