@@ -69,13 +69,12 @@ def test_the_figures_index_names_the_image_folder_and_the_changed_keys(tmp_path)
     assert (f"Data: the image folder {pets} (W9: the workshop's toy data)."
             in (index.parent / "README.md").read_text())
     plain = tmp_path / "plain"
-    stale_figures_after_the_images_change(tmp_path / "more")
     save_table([{"model": "teacher"}], ["model"], plain, "T9", "test", ["C1"], prov)
     assert "Data:" not in (plain / "README.md").read_text()
     assert "Changed from" not in (plain / "README.md").read_text()
 
 
-def stale_figures_after_the_images_change(tmp_path):
+def test_figures_made_from_earlier_images_are_named_in_the_index(tmp_path):
     """`dash reproduce --only ...` after an image was replaced remade some figures from the
     new images and left the others, made from the old ones, unmarked in the same folder."""
     from PIL import Image
